@@ -1,0 +1,14 @@
+//! The on-target format: one plain `.tar.zst` per source per snapshot, named by
+//! the BLAKE3 of its own bytes, plus a JSON manifest per snapshot.
+//!
+//! - [`writer`]: entries -> tar -> zstd -> BLAKE3, streamed to a staging file.
+//! - [`reader`]: hash-checked, path-safe unpacking.
+//! - [`manifest`]: the snapshot manifest types.
+
+pub mod manifest;
+pub mod reader;
+pub mod writer;
+
+pub use manifest::{FileRecord, Manifest, SourceRecord};
+pub use reader::{extract, ExtractError, ExtractOptions, ExtractReport};
+pub use writer::{ArchiveSummary, ArchiveWriter, EntryMeta, Progress};

@@ -1,0 +1,438 @@
+//! Streaming archive writer: entries -> tar -> zstd (multi-threaded) -> BLAKE3
+//! -> a staged file. Memory stays bounded whatever the archive size.
+//!
+//! Output is deterministic: the same entries with the same metadata produce
+//! the same bytes (zstd's multi-threaded output does not depend on the number
+//! of workers), so an unchanged source keeps its archive name.
+
+use super::manifest::FileRecord;
+use std::fs::{File, Metadata};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Size of each part when an unknown-length stream (a database dump) is
+/// split into tar entries; each part is buffered once in memory.
+pub const STREAM_PART_SIZE: usize = 32 << 20;
+
+/// Counters shared with a progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub bytes: AtomicU64,
+    pub files: AtomicU64,
+}
+
+/// Passes writes through while hashing and counting them.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+    count: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Counts bytes written (the uncompressed tar size).
+struct CountingWriter<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+type Sink = CountingWriter<zstd::stream::write::Encoder<'static, HashingWriter<BufWriter<File>>>>;
+
+/// What a finished archive is.
+#[derive(Debug, Clone)]
+pub struct ArchiveSummary {
+    pub hash: String,
+    pub archive_size: u64,
+    pub tar_size: u64,
+    pub content_size: u64,
+    pub entries: u64,
+    pub files: Vec<FileRecord>,
+    pub warnings: Vec<String>,
+    /// The staged `.tar.zst` on local disk.
+    pub path: PathBuf,
+}
+
+/// Basic metadata of an entry, independent of where it comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryMeta {
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+}
+
+impl EntryMeta {
+    pub fn from_metadata(m: &Metadata) -> EntryMeta {
+        EntryMeta {
+            mode: m.mode() & 0o7777,
+            uid: m.uid() as u64,
+            gid: m.gid() as u64,
+            mtime: m.mtime(),
+            mtime_nsec: m.mtime_nsec().clamp(0, 999_999_999) as u32,
+        }
+    }
+
+    /// Metadata for generated content (dumps): owner of the process, given mtime.
+    pub fn generated(mtime: i64) -> EntryMeta {
+        EntryMeta {
+            mode: 0o600,
+            uid: unsafe { libc::geteuid() } as u64,
+            gid: unsafe { libc::getegid() } as u64,
+            mtime: mtime.max(0),
+            mtime_nsec: 0,
+        }
+    }
+}
+
+pub struct ArchiveWriter {
+    builder: tar::Builder<Sink>,
+    files: Vec<FileRecord>,
+    entries: u64,
+    content_size: u64,
+    warnings: Vec<String>,
+    path: PathBuf,
+    buf: Vec<u8>,
+    progress: Option<Arc<Progress>>,
+}
+
+impl ArchiveWriter {
+    /// Start an archive staged at `path` (created, truncated).
+    pub fn create(
+        path: &Path,
+        level: i32,
+        workers: u32,
+        progress: Option<Arc<Progress>>,
+    ) -> io::Result<ArchiveWriter> {
+        let file = File::create(path)?;
+        let hashing = HashingWriter {
+            inner: BufWriter::with_capacity(1 << 20, file),
+            hasher: blake3::Hasher::new(),
+            count: 0,
+        };
+        let mut enc = zstd::stream::write::Encoder::new(hashing, level)?;
+        if workers > 0 {
+            enc.multithread(workers)?;
+        }
+        enc.include_checksum(true)?;
+        let mut builder = tar::Builder::new(CountingWriter {
+            inner: enc,
+            count: 0,
+        });
+        builder.mode(tar::HeaderMode::Complete);
+        Ok(ArchiveWriter {
+            builder,
+            files: Vec::new(),
+            entries: 0,
+            content_size: 0,
+            warnings: Vec::new(),
+            path: path.to_path_buf(),
+            buf: vec![0; 256 << 10],
+            progress,
+        })
+    }
+
+    /// Record a problem with the source; it ends up in the manifest and the report.
+    pub fn warn(&mut self, msg: String) {
+        tracing::warn!("{msg}");
+        self.warnings.push(msg);
+    }
+
+    fn header(
+        &mut self,
+        kind: tar::EntryType,
+        meta: &EntryMeta,
+        size: u64,
+    ) -> io::Result<tar::Header> {
+        if meta.mtime_nsec != 0 {
+            let v = format!("{}.{:09}", meta.mtime, meta.mtime_nsec);
+            self.builder
+                .append_pax_extensions([("mtime", v.as_bytes())])?;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(meta.mode);
+        h.set_uid(meta.uid);
+        h.set_gid(meta.gid);
+        h.set_mtime(meta.mtime.max(0) as u64);
+        h.set_size(size);
+        Ok(h)
+    }
+
+    pub fn add_dir(&mut self, rel: &Path, meta: &EntryMeta) -> io::Result<()> {
+        let mut h = self.header(tar::EntryType::Directory, meta, 0)?;
+        let mut name = rel.as_os_str().to_owned();
+        name.push("/");
+        self.builder
+            .append_data(&mut h, Path::new(&name), io::empty())?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    pub fn add_symlink(&mut self, rel: &Path, target: &Path, meta: &EntryMeta) -> io::Result<()> {
+        let mut h = self.header(tar::EntryType::Symlink, meta, 0)?;
+        self.builder.append_link(&mut h, rel, target)?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// Add a regular file from disk, reading exactly the size seen by `stat`.
+    /// A file that shrinks is padded with zeros and one that grows is cut, each
+    /// with a warning, so the archive stays valid (as GNU tar does).
+    pub fn add_file(&mut self, rel: &Path, src: &Path, meta: &Metadata) -> io::Result<()> {
+        let mut file = match File::open(src) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.warn(format!(
+                    "{}: vanished before it could be read; not in this snapshot",
+                    src.display()
+                ));
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                self.warn(format!(
+                    "{}: permission denied; not in this snapshot",
+                    src.display()
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", src.display()))),
+        };
+        let size = meta.len();
+        let em = EntryMeta::from_metadata(meta);
+        let mut h = self.header(tar::EntryType::Regular, &em, size)?;
+        let mut reader = ExactReader::new(
+            &mut file,
+            size,
+            std::mem::take(&mut self.buf),
+            self.progress.clone(),
+        );
+        self.builder.append_data(&mut h, rel, &mut reader)?;
+        let hash = reader.hasher.finalize().to_hex().to_string();
+        let short_by = reader.short_by;
+        self.buf = std::mem::take(&mut reader.buf);
+        if short_by > 0 {
+            self.warn(format!(
+                "{}: file shrank by {short_by} bytes while being read; padded with zeros",
+                src.display()
+            ));
+        } else {
+            let mut probe = [0u8; 1];
+            let grew = matches!(file.read(&mut probe), Ok(n) if n > 0);
+            let after = file.metadata().ok();
+            let changed = after
+                .is_some_and(|a| a.mtime() != meta.mtime() || a.mtime_nsec() != meta.mtime_nsec());
+            if grew {
+                self.warn(format!(
+                    "{}: file grew while being read; stored the first {size} bytes",
+                    src.display()
+                ));
+            } else if changed {
+                self.warn(format!(
+                    "{}: file changed while being read; stored copy may be inconsistent",
+                    src.display()
+                ));
+            }
+        }
+        self.record_file(rel, size, hash);
+        Ok(())
+    }
+
+    fn record_file(&mut self, rel: &Path, size: u64, hash: String) {
+        self.entries += 1;
+        self.content_size += size;
+        self.files.push(FileRecord {
+            path: rel.to_string_lossy().into_owned(),
+            size,
+            blake3: hash,
+        });
+        if let Some(p) = &self.progress {
+            p.files.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Add a regular file whose content comes from a reader of known size.
+    pub fn add_reader(
+        &mut self,
+        rel: &Path,
+        size: u64,
+        meta: &EntryMeta,
+        reader: &mut dyn Read,
+    ) -> io::Result<()> {
+        let mut h = self.header(tar::EntryType::Regular, meta, size)?;
+        let mut exact = ExactReader::new(
+            reader,
+            size,
+            std::mem::take(&mut self.buf),
+            self.progress.clone(),
+        );
+        self.builder.append_data(&mut h, rel, &mut exact)?;
+        let hash = exact.hasher.finalize().to_hex().to_string();
+        let short = exact.short_by;
+        self.buf = std::mem::take(&mut exact.buf);
+        if short > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{}: stream ended {short} bytes early", rel.display()),
+            ));
+        }
+        self.record_file(rel, size, hash);
+        Ok(())
+    }
+
+    /// Add a stream of unknown length (a dump) without a temporary copy. It is
+    /// stored as `rel` when it fits in one part of [`STREAM_PART_SIZE`], else
+    /// as `rel.part-000001`, `rel.part-000002`, ... to be concatenated in order.
+    /// Returns the entry names and the BLAKE3 of the whole stream.
+    pub fn add_stream(
+        &mut self,
+        rel: &Path,
+        meta: &EntryMeta,
+        reader: &mut dyn Read,
+    ) -> io::Result<(Vec<String>, String, u64)> {
+        let mut whole = blake3::Hasher::new();
+        let mut names = Vec::new();
+        let mut total = 0u64;
+        let mut part = Vec::with_capacity(1 << 20);
+        let mut index = 0;
+        loop {
+            part.clear();
+            let n = (&mut *reader)
+                .take(STREAM_PART_SIZE as u64)
+                .read_to_end(&mut part)?;
+            let last = n < STREAM_PART_SIZE;
+            if index == 0 && last {
+                whole.update(&part);
+                total += n as u64;
+                self.add_reader(rel, n as u64, meta, &mut part.as_slice())?;
+                names.push(rel.to_string_lossy().into_owned());
+                break;
+            }
+            if n == 0 && index > 0 {
+                break;
+            }
+            index += 1;
+            whole.update(&part);
+            total += n as u64;
+            let mut name = rel.as_os_str().to_owned();
+            name.push(format!(".part-{index:06}"));
+            let name = PathBuf::from(name);
+            self.add_reader(&name, n as u64, meta, &mut part.as_slice())?;
+            names.push(name.to_string_lossy().into_owned());
+            if last {
+                break;
+            }
+        }
+        Ok((names, whole.finalize().to_hex().to_string(), total))
+    }
+
+    /// Finish the tar stream and the zstd frame, flush and fsync the staged file.
+    pub fn finish(self) -> io::Result<ArchiveSummary> {
+        let counting = self.builder.into_inner()?;
+        let tar_size = counting.count;
+        let hashing = counting.inner.finish()?;
+        let file = hashing.inner.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(ArchiveSummary {
+            hash: hashing.hasher.finalize().to_hex().to_string(),
+            archive_size: hashing.count,
+            tar_size,
+            content_size: self.content_size,
+            entries: self.entries,
+            files: self.files,
+            warnings: self.warnings,
+            path: self.path,
+        })
+    }
+}
+
+/// Yields exactly `remaining` bytes: the source's bytes, then zeros if it ends
+/// early. Reads the source in large blocks (tar copies in 8 KiB steps) and
+/// hashes each block once.
+struct ExactReader<'a, R: Read + ?Sized> {
+    inner: &'a mut R,
+    remaining: u64,
+    hasher: blake3::Hasher,
+    short_by: u64,
+    buf: Vec<u8>,
+    pos: usize,
+    filled: usize,
+    progress: Option<Arc<Progress>>,
+}
+
+impl<'a, R: Read + ?Sized> ExactReader<'a, R> {
+    fn new(inner: &'a mut R, size: u64, buf: Vec<u8>, progress: Option<Arc<Progress>>) -> Self {
+        ExactReader {
+            inner,
+            remaining: size,
+            hasher: blake3::Hasher::new(),
+            short_by: 0,
+            buf,
+            pos: 0,
+            filled: 0,
+            progress,
+        }
+    }
+
+    fn refill(&mut self) -> io::Result<()> {
+        let want = (self.buf.len() as u64).min(self.remaining) as usize;
+        let mut got = 0;
+        while got < want && self.short_by == 0 {
+            match self.inner.read(&mut self.buf[got..want]) {
+                Ok(0) => self.short_by = self.remaining - got as u64,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(p) = &self.progress {
+            p.bytes.fetch_add(got as u64, Ordering::Relaxed);
+        }
+        // Source ended early: pad with zeros.
+        self.buf[got..want].fill(0);
+        self.hasher.update(&self.buf[..want]);
+        self.remaining -= want as u64;
+        self.pos = 0;
+        self.filled = want;
+        Ok(())
+    }
+}
+
+impl<R: Read + ?Sized> Read for ExactReader<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.filled {
+            if self.remaining == 0 {
+                return Ok(0);
+            }
+            self.refill()?;
+        }
+        let n = out.len().min(self.filled - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

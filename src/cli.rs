@@ -1,0 +1,157 @@
+//! Command-line definitions (clap). No behaviour lives here.
+
+use chrono::{DateTime, FixedOffset};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+const AFTER_HELP: &str = "\
+Configuration: --config FILE, else $BACKUPCTL_CONFIG, else ./backupctl.toml, else
+/etc/backupctl/backupctl.toml. Policies are the *.toml files in policies/ beside it.
+
+Exit codes:
+  0  success
+  1  the operation failed (integrity problems found included)
+  2  usage or configuration error
+  3  partial: done on some targets but not all
+
+Examples:
+  backupctl check                          validate config, probe every target
+  backupctl run                            back up every policy now
+  backupctl run shop --dry-run             show what would be backed up
+  backupctl list shop                      snapshots and where each is complete
+  backupctl restore shop --to /srv/restore latest snapshot of every source
+  backupctl verify --all                   re-hash and test-restore everything";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "backupctl",
+    version,
+    about = "Backups that exist in several places and are known to restore",
+    long_about = "backupctl backs up file trees and databases into plain, content-hashed .tar.zst \
+archives, pushes each snapshot to several storage targets, verifies that what the targets \
+hold restores, and restores from whichever target still answers.",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "BACKUPCTL_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+    /// Less output: warnings and errors only.
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// More output (repeat for more).
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the configuration and every policy; probe each target (write, read back, delete).
+    Check(CheckArgs),
+    /// Back up now: every policy, or the ones named.
+    ///
+    /// Each source becomes one .tar.zst archive named by its BLAKE3 hash; the
+    /// archive is pushed to every target of the policy, and the snapshot manifest
+    /// is written last, so an interrupted run leaves no visible snapshot.
+    /// An unchanged source produces the same archive, which is not stored again.
+    Run(RunArgs),
+    /// List snapshots, with the targets on which each is complete.
+    List(ListArgs),
+    /// Restore a snapshot into a directory (each source under DIR/<source>/).
+    ///
+    /// Targets are tried in the policy's order; a target that is unreachable,
+    /// lacks the snapshot or serves damaged bytes is skipped with a warning.
+    Restore(RestoreArgs),
+    /// Prove integrity: re-hash archives on every target and test-restore them into a scratch area.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Policies to run (default: all).
+    pub policies: Vec<String>,
+    /// Record the snapshot as taken at this instant (RFC 3339, offset kept), e.g. 2026-01-31T02:30:00+01:00.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    pub time: Option<DateTime<FixedOffset>>,
+    /// Show what would be backed up, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this policy.
+    pub policy: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    pub policy: String,
+    /// Snapshot id (or a unique prefix); default: the latest.
+    pub snapshot: Option<String>,
+    /// Destination directory; must be empty unless --force.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Only this source.
+    #[arg(long, value_name = "NAME")]
+    pub source: Option<String>,
+    /// Only this target (no failover).
+    #[arg(long, value_name = "NAME")]
+    pub target: Option<String>,
+    /// Only paths matching this glob (relative to the source root; repeatable).
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Restore into a non-empty directory; an existing DIR/<source> is moved aside, not deleted.
+    #[arg(long)]
+    pub force: bool,
+    /// Also create symbolic links that point outside the destination (they are never followed).
+    #[arg(long)]
+    pub allow_external_links: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Policies to verify (default: all).
+    pub policies: Vec<String>,
+    /// Every snapshot.
+    #[arg(long, conflicts_with = "sample")]
+    pub all: bool,
+    /// This many snapshots: the newest, then the least recently verified (default: [verify] sample).
+    #[arg(long, value_name = "N")]
+    pub sample: Option<usize>,
+    /// Only this target.
+    #[arg(long, value_name = "NAME")]
+    pub target: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_time(s: &str) -> Result<DateTime<FixedOffset>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map_err(|e| format!("expected an RFC 3339 time such as 2026-01-31T02:30:00+01:00: {e}"))
+}

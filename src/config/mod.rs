@@ -1,0 +1,399 @@
+//! Configuration: `backupctl.toml` plus `policies/*.toml`, parsed and validated
+//! into a model the rest of the crate trusts.
+//!
+//! Every problem is a [`ConfigError`] naming the file, the key and what was
+//! expected; the CLI maps it to exit code 2. Validation never writes anything.
+//! Relative paths anywhere in the configuration resolve against the directory
+//! that holds `backupctl.toml`.
+
+mod spec;
+
+pub use spec::*;
+
+use crate::error::ConfigError;
+use crate::retention::RetentionPolicy;
+use crate::schedule::Schedule;
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Where `--config` was not given, these are searched in order.
+pub const DEFAULT_CONFIG_PATHS: &[&str] = &["./backupctl.toml", "/etc/backupctl/backupctl.toml"];
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file itself.
+    pub path: PathBuf,
+    /// Its directory; relative paths resolve against it.
+    pub dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub policies_dir: PathBuf,
+    pub targets: BTreeMap<String, TargetSpec>,
+    pub policies: BTreeMap<String, Policy>,
+}
+
+/// A validated policy (`policies/<name>.toml`).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub file: PathBuf,
+    pub schedule: Option<Schedule>,
+    pub schedule_text: Option<String>,
+    pub jitter: Option<std::time::Duration>,
+    /// Target names, in the policy's order (restore tries them in this order).
+    pub targets: Vec<String>,
+    pub compression_level: i32,
+    pub retention: RetentionPolicy,
+    pub sources: Vec<SourceSpec>,
+    pub verify: VerifySpec,
+    pub verify_schedule: Option<Schedule>,
+}
+
+/// Find the config file: explicit flag, then `BACKUPCTL_CONFIG` (handled by
+/// clap's `env`), then the default locations.
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    for p in DEFAULT_CONFIG_PATHS {
+        let p = Path::new(p);
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+    }
+    Err(ConfigError::new(
+        "backupctl",
+        "",
+        format!(
+            "no configuration found: pass --config FILE, set BACKUPCTL_CONFIG, or create one of {}",
+            DEFAULT_CONFIG_PATHS.join(", ")
+        ),
+    ))
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path.display(), "", format!("cannot read file: {e}")))
+}
+
+/// Turn a toml deserialisation error into "file:line:col: message".
+fn toml_error(file: &Path, text: &str, key_prefix: &str, err: toml::de::Error) -> ConfigError {
+    let mut where_ = file.display().to_string();
+    if let Some(span) = err.span() {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+        where_ = format!("{where_}:{line}:{col}");
+    }
+    let msg = err.message().trim().to_string();
+    ConfigError::new(where_, key_prefix, msg)
+}
+
+fn from_value<T: DeserializeOwned>(
+    file: &Path,
+    key: &str,
+    v: toml::Value,
+) -> Result<T, ConfigError> {
+    T::deserialize(v)
+        .map_err(|e| ConfigError::new(file.display(), key, e.message().trim().to_string()))
+}
+
+/// Resolve a possibly relative path against the config directory.
+/// The result is normalised lexically (`a/b/../c` -> `a/c`) for readable messages.
+pub fn resolve(dir: &Path, p: &Path) -> PathBuf {
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    };
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+impl Config {
+    /// Load and validate the configuration and every policy.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = read_file(path)?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| toml_error(path, &text, "", e))?;
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let dir = abs
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let state_dir = raw
+            .state_dir
+            .as_deref()
+            .map(|p| resolve(&dir, p))
+            .unwrap_or_else(|| dir.join(".backupctl"));
+        let policies_dir = raw
+            .policies_dir
+            .as_deref()
+            .map(|p| resolve(&dir, p))
+            .unwrap_or_else(|| dir.join("policies"));
+
+        let mut targets = BTreeMap::new();
+        for (name, value) in raw.targets {
+            let key = format!("targets.{name}");
+            validate_name(path, &key, &name)?;
+            let spec = TargetSpec::parse(path, &key, &dir, value)?;
+            targets.insert(name, spec);
+        }
+
+        let mut policies = BTreeMap::new();
+        if policies_dir.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&policies_dir)
+                .map_err(|e| {
+                    ConfigError::new(
+                        policies_dir.display(),
+                        "",
+                        format!("cannot read policies directory: {e}"),
+                    )
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                .collect();
+            files.sort();
+            for file in files {
+                let policy = Policy::load(&file, &dir, &targets, &state_dir)?;
+                policies.insert(policy.name.clone(), policy);
+            }
+        } else if raw.policies_dir.is_some() {
+            return Err(ConfigError::new(
+                path.display(),
+                "policies_dir",
+                format!("{} is not a directory", policies_dir.display()),
+            ));
+        }
+
+        Ok(Config {
+            path: abs,
+            dir,
+            state_dir,
+            policies_dir,
+            targets,
+            policies,
+        })
+    }
+
+    /// The policies named on the command line (all when `names` is empty).
+    pub fn select(&self, names: &[String]) -> Result<Vec<&Policy>, ConfigError> {
+        if names.is_empty() {
+            if self.policies.is_empty() {
+                return Err(ConfigError::new(
+                    self.policies_dir.display(),
+                    "",
+                    "no policies found: add a *.toml policy file to this directory",
+                ));
+            }
+            return Ok(self.policies.values().collect());
+        }
+        names.iter().map(|n| self.policy(n)).collect()
+    }
+
+    pub fn policy(&self, name: &str) -> Result<&Policy, ConfigError> {
+        self.policies.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.policies.keys().map(String::as_str).collect();
+            ConfigError::new(
+                self.policies_dir.display(),
+                "",
+                format!("no policy named {name:?} (known: {})", known.join(", ")),
+            )
+        })
+    }
+}
+
+fn validate_name(file: &Path, key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            file.display(),
+            key,
+            format!("invalid name {name:?}: expected letters, digits, '-', '_' or '.', not starting with '.'"),
+        ))
+    }
+}
+
+impl Policy {
+    fn load(
+        file: &Path,
+        dir: &Path,
+        targets: &BTreeMap<String, TargetSpec>,
+        state_dir: &Path,
+    ) -> Result<Policy, ConfigError> {
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        validate_name(file, "(file name)", &name)?;
+        let text = read_file(file)?;
+        let raw: RawPolicy = toml::from_str(&text).map_err(|e| toml_error(file, &text, "", e))?;
+        let fd = file.display();
+
+        let (schedule, schedule_text) = match raw.schedule {
+            Some(s) => (
+                Some(
+                    s.parse::<Schedule>()
+                        .map_err(|e| ConfigError::new(&fd, "schedule", e.to_string()))?,
+                ),
+                Some(s),
+            ),
+            None => (None, None),
+        };
+        let jitter = raw
+            .jitter
+            .as_deref()
+            .map(crate::schedule::parse_jitter)
+            .transpose()
+            .map_err(|e| ConfigError::new(&fd, "jitter", e))?;
+
+        if raw.targets.is_empty() {
+            return Err(ConfigError::new(
+                &fd,
+                "targets",
+                "expected at least one target name, e.g. targets = [\"nas\", \"offsite\"]",
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for t in &raw.targets {
+            if !targets.contains_key(t) {
+                let known: Vec<&str> = targets.keys().map(String::as_str).collect();
+                return Err(ConfigError::new(
+                    &fd,
+                    "targets",
+                    format!(
+                        "target {t:?} is not defined in backupctl.toml (defined: {})",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+            if !seen.insert(t) {
+                return Err(ConfigError::new(
+                    &fd,
+                    "targets",
+                    format!("target {t:?} is listed twice"),
+                ));
+            }
+        }
+
+        let level = raw.compression_level.unwrap_or(3);
+        if !(1..=19).contains(&level) {
+            return Err(ConfigError::new(
+                &fd,
+                "compression_level",
+                format!("expected a zstd level from 1 to 19, got {level}"),
+            ));
+        }
+
+        let retention: RetentionPolicy = match raw.retention {
+            Some(v) => from_value(file, "retention", v)?,
+            None => {
+                return Err(ConfigError::new(
+                    &fd,
+                    "retention",
+                    "missing [retention] section: expected at least one rule, e.g. daily = 7",
+                ))
+            }
+        };
+        retention
+            .validate()
+            .map_err(|e| ConfigError::new(&fd, "retention", e))?;
+        if retention.is_empty() {
+            return Err(ConfigError::new(
+                &fd,
+                "retention",
+                "no retention rule set: expected at least one of last, hourly, daily, weekly, monthly, yearly (a count, -1 = unlimited) or within (e.g. \"14d\")",
+            ));
+        }
+
+        if raw.sources.is_empty() {
+            return Err(ConfigError::new(
+                &fd,
+                "sources",
+                "expected at least one [[sources]] entry",
+            ));
+        }
+        let mut sources = Vec::new();
+        let mut names = BTreeSet::new();
+        for (i, v) in raw.sources.into_iter().enumerate() {
+            let key = format!("sources[{i}]");
+            let src = SourceSpec::parse(file, &key, dir, v)?;
+            let key = format!("sources[{i}] ({})", src.name());
+            validate_name(file, &key, src.name())?;
+            if !names.insert(src.name().to_string()) {
+                return Err(ConfigError::new(
+                    &fd,
+                    format!("sources[{i}].name"),
+                    format!(
+                        "duplicate source name {:?}: each source needs a unique name",
+                        src.name()
+                    ),
+                ));
+            }
+            src.validate_exists(file, &key)?;
+            sources.push(src);
+        }
+
+        let mut verify: VerifySpec = match raw.verify {
+            Some(v) => from_value(file, "verify", v)?,
+            None => VerifySpec::default(),
+        };
+        verify.scratch_dir = Some(match verify.scratch_dir.take() {
+            Some(p) => resolve(dir, &p),
+            None => state_dir.join("scratch"),
+        });
+        let verify_schedule = verify
+            .schedule
+            .as_deref()
+            .map(|s| {
+                s.parse::<Schedule>()
+                    .map_err(|e| ConfigError::new(&fd, "verify.schedule", e.to_string()))
+            })
+            .transpose()?;
+
+        Ok(Policy {
+            name,
+            file: file.to_path_buf(),
+            schedule,
+            schedule_text,
+            jitter,
+            targets: raw.targets,
+            compression_level: level,
+            retention,
+            sources,
+            verify,
+            verify_schedule,
+        })
+    }
+
+    /// The distinct `location` values of this policy's targets.
+    pub fn locations<'a>(&self, cfg: &'a Config) -> BTreeSet<&'a str> {
+        self.targets
+            .iter()
+            .filter_map(|t| cfg.targets.get(t))
+            .map(|t| t.location())
+            .collect()
+    }
+}

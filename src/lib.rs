@@ -1,0 +1,19 @@
+//! backupctl: backup orchestration and integrity verification.
+//!
+//! The library holds everything; `main.rs` is a thin CLI over [`ops`].
+//! Rooms depend downward: `ops` uses everything; `archive`, `target`,
+//! `retention` and `schedule` know nothing of each other or of the CLI.
+
+pub mod archive;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod lock;
+pub mod ops;
+pub mod repo;
+pub mod report;
+pub mod retention;
+pub mod schedule;
+pub mod source;
+pub mod target;
+pub mod util;

@@ -1,0 +1,247 @@
+//! The thin CLI: parse arguments, set up output, run one command, map the
+//! outcome to a documented exit code.
+
+use backupctl::cli::{Cli, Command};
+use backupctl::config::{self, Config};
+use backupctl::error::{exit_code_for, ExitCode};
+use backupctl::ops::{self, combine};
+use backupctl::report::{self, print_json, say};
+use clap::Parser;
+
+fn main() {
+    let cli = Cli::parse();
+    report::init(if cli.quiet {
+        -1
+    } else {
+        cli.verbose.min(3) as i8
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = exit_code_for(&e);
+            eprintln!("error: {e:#}");
+            code
+        }
+    };
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    std::process::exit(code.code());
+}
+
+fn load(cli: &Cli) -> anyhow::Result<Config> {
+    let path = config::locate(cli.config.as_deref())?;
+    Ok(Config::load(&path)?)
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cfg = load(&cli)?;
+    match &cli.command {
+        Command::Check(a) => {
+            let r = ops::check::check(&cfg).await;
+            if a.json {
+                print_json(&r);
+            } else {
+                say(format!(
+                    "config {}: valid, {} policies: {}",
+                    r.config,
+                    r.policies.len(),
+                    r.policies.join(", ")
+                ));
+                for t in &r.targets {
+                    match &t.error {
+                        None => say(format!(
+                            "target {} ({}, location {}): ok, probe {:.0} ms",
+                            t.target,
+                            t.description,
+                            t.location,
+                            t.latency_ms.unwrap_or(0.0)
+                        )),
+                        Some(e) => say(format!(
+                            "target {} ({}, location {}): FAILED: {e}",
+                            t.target, t.kind, t.location
+                        )),
+                    }
+                }
+                for w in &r.warnings {
+                    say(format!("warning: {w}"));
+                }
+            }
+            Ok(r.exit_code())
+        }
+        Command::Run(a) => {
+            let policies = cfg.select(&a.policies)?;
+            let opts = ops::run::RunOptions {
+                time: a.time,
+                dry_run: a.dry_run,
+            };
+            let mut results = Vec::new();
+            for p in policies {
+                results.push(ops::run::run_policy(&cfg, p, &opts).await?);
+            }
+            if a.json {
+                print_json(&results);
+            } else {
+                for r in &results {
+                    say(render_run(r));
+                }
+            }
+            Ok(combine(results.iter().map(|r| r.exit_code())))
+        }
+        Command::List(a) => {
+            let policies = match &a.policy {
+                Some(p) => vec![cfg.policy(p)?],
+                None => cfg.select(&[])?,
+            };
+            let mut out = Vec::new();
+            for p in policies {
+                out.push(ops::list::list_policy(&cfg, p).await?);
+            }
+            if a.json {
+                print_json(&out);
+            } else {
+                for l in &out {
+                    say(ops::list::render(l));
+                }
+            }
+            let unreachable = out.iter().any(|l| l.targets.iter().any(|t| !t.reachable));
+            Ok(if unreachable {
+                ExitCode::Partial
+            } else {
+                ExitCode::Success
+            })
+        }
+        Command::Restore(a) => {
+            let policy = cfg.policy(&a.policy)?;
+            let opts = ops::restore::RestoreOptions {
+                snapshot: a.snapshot.clone(),
+                to: a.to.clone(),
+                source: a.source.clone(),
+                target: a.target.clone(),
+                include: a.include.clone(),
+                force: a.force,
+                allow_external_links: a.allow_external_links,
+            };
+            let (r, code) = ops::restore::restore(&cfg, policy, &opts).await?;
+            if a.json {
+                print_json(&r);
+            } else {
+                for s in &r.sources {
+                    say(format!(
+                        "restored {} of snapshot {} ({}) from target {}: {} files, {} -> {}",
+                        s.name,
+                        r.snapshot,
+                        r.time,
+                        s.target,
+                        s.files,
+                        backupctl::util::human_bytes(s.bytes),
+                        s.path
+                    ));
+                }
+            }
+            Ok(code)
+        }
+        Command::Verify(a) => {
+            let policies = cfg.select(&a.policies)?;
+            let opts = ops::verify::VerifyOptions {
+                all: a.all,
+                sample: a.sample,
+                target: a.target.clone(),
+            };
+            let mut results = Vec::new();
+            for p in policies {
+                results.push(ops::verify::verify_policy(&cfg, p, &opts).await?);
+            }
+            if a.json {
+                print_json(&results);
+            } else {
+                for r in &results {
+                    say(render_verify(r));
+                }
+            }
+            Ok(combine(results.iter().map(|r| r.exit_code())))
+        }
+    }
+}
+
+fn render_run(r: &ops::run::RunResult) -> String {
+    use backupctl::util::human_bytes;
+    let mut s = match &r.snapshot {
+        Some(id) => format!(
+            "policy {}: snapshot {} {} ({:.1}s)\n",
+            r.policy, id, r.status, r.duration_seconds
+        ),
+        None => format!("policy {}: {}\n", r.policy, r.status),
+    };
+    for src in &r.sources {
+        match &src.error {
+            Some(e) => s.push_str(&format!("  source {}: FAILED: {e}\n", src.name)),
+            None => s.push_str(&format!(
+                "  source {}: {} files, {} -> {}{}\n",
+                src.name,
+                src.files,
+                human_bytes(src.content_size),
+                if r.dry_run {
+                    "(dry run)".to_string()
+                } else {
+                    human_bytes(src.archive_size)
+                },
+                if src.warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} warnings", src.warnings.len())
+                }
+            )),
+        }
+    }
+    for t in &r.targets {
+        match &t.error {
+            Some(e) => s.push_str(&format!(
+                "  target {} ({}): FAILED: {e}\n",
+                t.name, t.location
+            )),
+            None => s.push_str(&format!(
+                "  target {} ({}): {}, {} uploaded, {} archives already present\n",
+                t.name,
+                t.location,
+                t.status,
+                human_bytes(t.uploaded_bytes),
+                t.archives_already_present
+            )),
+        }
+    }
+    if let Some(e) = &r.error {
+        s.push_str(&format!("  error: {e}\n"));
+    }
+    s.trim_end().to_string()
+}
+
+fn render_verify(r: &ops::verify::VerifyResult) -> String {
+    let mut s = format!("policy {}: {}\n", r.policy, r.result.to_uppercase());
+    for snap in &r.snapshots {
+        s.push_str(&format!("  snapshot {} ({})\n", snap.id, snap.time));
+        for t in &snap.targets {
+            s.push_str(&format!(
+                "    target {}: {}{}\n",
+                t.target,
+                t.result,
+                t.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+            for a in &t.archives {
+                s.push_str(&format!("      {} {}: {}\n", a.source, a.archive, a.result));
+                for p in &a.problems {
+                    s.push_str(&format!("        - {p}\n"));
+                }
+            }
+        }
+    }
+    for p in &r.problems {
+        s.push_str(&format!("  problem: {p}\n"));
+    }
+    s.trim_end().to_string()
+}

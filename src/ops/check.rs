@@ -1,0 +1,107 @@
+//! `backupctl check`: the configuration and every policy are valid (loading
+//! them already proves it), and each target accepts a probe: write, read back,
+//! delete, with the latency reported.
+
+use crate::config::Config;
+use crate::error::ExitCode;
+use crate::ops::warn_locations;
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct ProbeResult {
+    pub target: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub location: String,
+    pub description: String,
+    pub ok: bool,
+    pub latency_ms: Option<f64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckResult {
+    pub config: String,
+    pub policies: Vec<String>,
+    pub targets: Vec<ProbeResult>,
+    pub warnings: Vec<String>,
+}
+
+impl CheckResult {
+    pub fn exit_code(&self) -> ExitCode {
+        if self.targets.iter().all(|t| t.ok) {
+            ExitCode::Success
+        } else {
+            ExitCode::Failure
+        }
+    }
+}
+
+async fn probe(cfg: &Config, name: &str) -> ProbeResult {
+    let spec = &cfg.targets[name];
+    let mut r = ProbeResult {
+        target: name.to_string(),
+        kind: spec.kind().into(),
+        location: spec.location().into(),
+        description: String::new(),
+        ok: false,
+        latency_ms: None,
+        error: None,
+    };
+    let t = match crate::target::open(cfg, name).await {
+        Ok(t) => t,
+        Err(e) => {
+            r.error = Some(format!("{e:#}"));
+            return r;
+        }
+    };
+    r.description = t.describe();
+    let key = format!(".backupctl-probe-{}", crate::util::random_hex(12));
+    let payload = format!("backupctl probe {}", crate::util::random_hex(16)).into_bytes();
+    let start = std::time::Instant::now();
+    let res: Result<(), String> = async {
+        t.put_bytes(&key, payload.clone())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let back = t
+            .get_bytes(&key)
+            .await
+            .map_err(|e| format!("read back: {e}"))?;
+        if back != payload {
+            return Err("read back different bytes than written".into());
+        }
+        t.delete(&key).await.map_err(|e| format!("delete: {e}"))?;
+        Ok(())
+    }
+    .await;
+    r.latency_ms = Some(start.elapsed().as_secs_f64() * 1000.0);
+    match res {
+        Ok(()) => r.ok = true,
+        Err(e) => {
+            let _ = t.delete(&key).await;
+            r.error = Some(e);
+        }
+    }
+    r
+}
+
+pub async fn check(cfg: &Config) -> CheckResult {
+    let mut warnings = Vec::new();
+    for p in cfg.policies.values() {
+        if let Some(w) = warn_locations(cfg, p) {
+            tracing::warn!("{w}");
+            warnings.push(w);
+        }
+    }
+    if cfg.policies.is_empty() {
+        warnings.push(format!("no policies in {}", cfg.policies_dir.display()));
+    }
+    let names: Vec<&String> = cfg.targets.keys().collect();
+    let targets = futures::future::join_all(names.iter().map(|n| probe(cfg, n))).await;
+    CheckResult {
+        config: cfg.path.display().to_string(),
+        policies: cfg.policies.keys().cloned().collect(),
+        targets,
+        warnings,
+    }
+}

@@ -1,0 +1,141 @@
+//! `backupctl list`: snapshots merged across a policy's targets, with the
+//! targets on which each is complete.
+
+use crate::config::{Config, Policy};
+use crate::ops::open_targets;
+use crate::repo::Catalog;
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct ListedSource {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub archive_hash: String,
+    pub archive_size: u64,
+    pub content_size: u64,
+    pub files: usize,
+    pub entries: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListedSnapshot {
+    pub policy: String,
+    pub id: String,
+    pub time: String,
+    pub host: String,
+    pub sources: Vec<ListedSource>,
+    pub archive_size: u64,
+    pub content_size: u64,
+    /// Targets where the snapshot is complete (policy order).
+    pub targets: Vec<String>,
+    /// Targets that hold it only partly, with what is missing.
+    pub incomplete: Vec<(String, String)>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TargetStatus {
+    pub name: String,
+    pub location: String,
+    pub reachable: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PolicyListing {
+    pub policy: String,
+    pub targets: Vec<TargetStatus>,
+    pub snapshots: Vec<ListedSnapshot>,
+}
+
+pub async fn list_policy(cfg: &Config, policy: &Policy) -> anyhow::Result<PolicyListing> {
+    let targets = open_targets(cfg, policy, None).await?;
+    let catalog = Catalog::load(&policy.name, &targets).await;
+    Ok(listing(&catalog))
+}
+
+pub fn listing(catalog: &Catalog) -> PolicyListing {
+    let snapshots = catalog
+        .entries
+        .iter()
+        .map(|e| {
+            let m = &e.manifest;
+            ListedSnapshot {
+                policy: m.policy.clone(),
+                id: m.id.clone(),
+                time: m.time.to_rfc3339(),
+                host: m.host.clone(),
+                sources: m
+                    .sources
+                    .iter()
+                    .map(|s| ListedSource {
+                        name: s.name.clone(),
+                        kind: s.kind.clone(),
+                        archive_hash: s.archive_hash.clone(),
+                        archive_size: s.archive_size,
+                        content_size: s.content_size,
+                        files: s.files.len(),
+                        entries: s.entries,
+                    })
+                    .collect(),
+                archive_size: m.total_archive_size(),
+                content_size: m.total_content_size(),
+                targets: e.complete_on.clone(),
+                incomplete: e.incomplete_on.clone(),
+            }
+        })
+        .collect();
+    PolicyListing {
+        policy: catalog.policy.clone(),
+        targets: catalog
+            .targets
+            .iter()
+            .map(|s| TargetStatus {
+                name: s.target.name().to_string(),
+                location: s.target.location().to_string(),
+                reachable: s.view.is_ok(),
+                error: s.view.as_ref().err().cloned(),
+            })
+            .collect(),
+        snapshots,
+    }
+}
+
+/// The human table.
+pub fn render(l: &PolicyListing) -> String {
+    use crate::util::human_bytes;
+    let mut out = format!("policy {}\n", l.policy);
+    for t in &l.targets {
+        if let Some(e) = &t.error {
+            out.push_str(&format!("  ! target {} unreachable: {e}\n", t.name));
+        }
+    }
+    if l.snapshots.is_empty() {
+        out.push_str("  (no snapshots)\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "  {:<26} {:<25} {:<20} {:>10} {:>10}  {}\n",
+        "ID", "TIME", "SOURCES", "SIZE", "STORED", "TARGETS"
+    ));
+    for s in &l.snapshots {
+        let names: Vec<&str> = s.sources.iter().map(|x| x.name.as_str()).collect();
+        let mut targets = s.targets.join(",");
+        for (t, _) in &s.incomplete {
+            targets.push_str(&format!(" ({t}: incomplete)"));
+        }
+        if targets.is_empty() {
+            targets = "-".into();
+        }
+        out.push_str(&format!(
+            "  {:<26} {:<25} {:<20} {:>10} {:>10}  {}\n",
+            s.id,
+            s.time,
+            names.join(","),
+            human_bytes(s.content_size),
+            human_bytes(s.archive_size),
+            targets
+        ));
+    }
+    out
+}

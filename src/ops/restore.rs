@@ -1,0 +1,299 @@
+//! `backupctl restore`: unpack a snapshot's sources into a directory, from
+//! the first target (in the policy's order) that serves intact bytes.
+//!
+//! Each source is unpacked into a hidden staging directory inside `--to` and
+//! renamed into place only after its archive hash and every file hash check
+//! out; a damaged or unreachable copy is skipped with a warning and the next
+//! target is tried. With `--force`, an existing `<to>/<source>` is moved aside
+//! (never deleted) before the restored tree takes its place.
+
+use crate::archive::{self, ExtractError, ExtractOptions, Progress, SourceRecord};
+use crate::config::{Config, Policy};
+use crate::error::{CodedError, ExitCode};
+use crate::ops::open_targets;
+use crate::repo::{self, Catalog};
+use crate::report::Bar;
+use crate::target::DynTarget;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    pub snapshot: Option<String>,
+    pub to: PathBuf,
+    pub source: Option<String>,
+    pub target: Option<String>,
+    pub include: Vec<String>,
+    pub force: bool,
+    pub allow_external_links: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RestoredSource {
+    pub name: String,
+    pub target: String,
+    pub path: String,
+    pub files: usize,
+    pub bytes: u64,
+    /// Earlier targets skipped, with why.
+    pub skipped_targets: Vec<(String, String)>,
+    /// Where an existing directory was moved (with --force).
+    pub moved_aside: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RestoreResult {
+    pub policy: String,
+    pub snapshot: String,
+    pub time: String,
+    pub sources: Vec<RestoredSource>,
+}
+
+pub fn build_globs(patterns: &[String]) -> anyhow::Result<Option<globset::GlobSet>> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut b = globset::GlobSetBuilder::new();
+    for p in patterns {
+        let g = globset::GlobBuilder::new(p)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| CodedError::usage(format!("--include {p:?}: {e}")))?;
+        b.add(g);
+        // "dir" also selects everything under it
+        if !p.ends_with("/**") {
+            if let Ok(g) = globset::GlobBuilder::new(&format!("{}/**", p.trim_end_matches('/')))
+                .literal_separator(true)
+                .build()
+            {
+                b.add(g);
+            }
+        }
+    }
+    Ok(Some(b.build()?))
+}
+
+/// Why a copy was not used.
+pub enum FetchError {
+    /// Try the next target.
+    Skip(String),
+    /// Stop: a local problem.
+    Fatal(anyhow::Error),
+}
+
+/// Fetch one archive from `t` and unpack it into `dest`, checking the archive
+/// hash and (when `record` has file hashes) every file against the manifest.
+pub async fn fetch_and_extract(
+    t: &DynTarget,
+    policy: &str,
+    record: &SourceRecord,
+    dest: &Path,
+    opts: &ExtractOptions,
+    label: &str,
+) -> Result<archive::ExtractReport, FetchError> {
+    let key = repo::archive_key(policy, &record.archive_hash);
+    let stream = match t.get(&key).await {
+        Ok(s) => s,
+        Err(e) => return Err(FetchError::Skip(e.to_string())),
+    };
+    let progress = Arc::new(Progress::default());
+    let mut opts = opts.clone();
+    opts.progress = Some(progress.clone());
+    let bar = Bar::new(label, Some(record.content_size), progress);
+    let reader = stream.into_blocking_read();
+    let (hash, dest2) = (record.archive_hash.clone(), dest.to_path_buf());
+    let res =
+        tokio::task::spawn_blocking(move || archive::extract(reader, Some(&hash), &dest2, &opts))
+            .await
+            .expect("extract task panicked");
+    drop(bar);
+    match res {
+        Ok(report) => Ok(report),
+        Err(ExtractError::Io { path, source }) => Err(FetchError::Fatal(anyhow::anyhow!(
+            "writing {path}: {source}"
+        ))),
+        Err(e) => Err(FetchError::Skip(e.to_string())),
+    }
+}
+
+fn dir_is_empty(p: &Path) -> bool {
+    std::fs::read_dir(p)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
+}
+
+pub async fn restore(
+    cfg: &Config,
+    policy: &Policy,
+    o: &RestoreOptions,
+) -> anyhow::Result<(RestoreResult, ExitCode)> {
+    if o.to.exists() && !o.to.is_dir() {
+        return Err(CodedError::usage(format!(
+            "--to {}: exists and is not a directory",
+            o.to.display()
+        ))
+        .into());
+    }
+    if o.to.exists() && !dir_is_empty(&o.to) && !o.force {
+        return Err(CodedError::usage(format!(
+            "--to {}: directory is not empty; choose an empty directory or pass --force (existing source directories are moved aside, not deleted)",
+            o.to.display()
+        ))
+        .into());
+    }
+    let include = build_globs(&o.include)?;
+    let targets = open_targets(cfg, policy, o.target.as_deref()).await?;
+    let catalog = Catalog::load(&policy.name, &targets).await;
+    for (t, e) in catalog.unreachable() {
+        tracing::warn!("target {t} unreachable, skipping it: {e}");
+    }
+    let entry = catalog
+        .resolve(o.snapshot.as_deref())
+        .map_err(CodedError::failure)?;
+    let m = &entry.manifest;
+    let chosen: Vec<&SourceRecord> = match &o.source {
+        Some(name) => vec![m.source(name).ok_or_else(|| {
+            CodedError::usage(format!(
+                "snapshot {} has no source {name:?} (sources: {})",
+                m.id,
+                m.sources
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?],
+        None => m.sources.iter().collect(),
+    };
+    tracing::info!(
+        "restore policy={} snapshot={} time={} to={}",
+        policy.name,
+        m.id,
+        m.time.to_rfc3339(),
+        o.to.display()
+    );
+    std::fs::create_dir_all(&o.to)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", o.to.display()))?;
+    let to = std::path::absolute(&o.to)?;
+    let opts = ExtractOptions {
+        include: include.clone(),
+        preserve_owner: crate::util::is_root(),
+        allow_external_links: o.allow_external_links,
+        progress: None,
+    };
+
+    let mut result = RestoreResult {
+        policy: policy.name.clone(),
+        snapshot: m.id.clone(),
+        time: m.time.to_rfc3339(),
+        sources: Vec::new(),
+    };
+    for rec in chosen {
+        let final_dir = to.join(&rec.name);
+        let mut skipped = Vec::new();
+        let mut done = None;
+        for t in &targets {
+            let holds = catalog
+                .targets
+                .iter()
+                .find(|s| s.target.name() == t.name())
+                .and_then(|s| s.view.as_ref().ok())
+                .map(|v| v.snapshots.iter().any(|id| *id == m.id));
+            match holds {
+                None => {
+                    skipped.push((t.name().to_string(), "unreachable".to_string()));
+                    continue;
+                }
+                Some(false) => {
+                    skipped.push((
+                        t.name().to_string(),
+                        "does not hold this snapshot".to_string(),
+                    ));
+                    continue;
+                }
+                Some(true) => {}
+            }
+            let staging = to.join(format!(".backupctl-restore-{}", crate::util::random_hex(8)));
+            let r = fetch_and_extract(t, &policy.name, rec, &staging, &opts, &rec.name).await;
+            let problems = match &r {
+                Ok(rep) => archive::reader::compare_files(&rec.files, &rep.files, include.as_ref()),
+                Err(_) => Vec::new(),
+            };
+            match r {
+                Ok(rep) if problems.is_empty() => {
+                    done = Some((t.name().to_string(), staging, rep));
+                    break;
+                }
+                Ok(_) => {
+                    let msg = format!("files do not match the manifest: {}", problems.join("; "));
+                    tracing::warn!(
+                        "target {}: source {}: {msg}; trying the next target",
+                        t.name(),
+                        rec.name
+                    );
+                    skipped.push((t.name().to_string(), msg));
+                    let _ = std::fs::remove_dir_all(&staging);
+                }
+                Err(FetchError::Skip(msg)) => {
+                    tracing::warn!(
+                        "target {}: source {}: {msg}; trying the next target",
+                        t.name(),
+                        rec.name
+                    );
+                    skipped.push((t.name().to_string(), msg));
+                    let _ = std::fs::remove_dir_all(&staging);
+                }
+                Err(FetchError::Fatal(e)) => {
+                    let _ = std::fs::remove_dir_all(&staging);
+                    return Err(e);
+                }
+            }
+        }
+        let Some((tname, staging, rep)) = done else {
+            let why = skipped
+                .iter()
+                .map(|(t, e)| format!("{t}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(CodedError::failure(format!(
+                "source {}: no target could provide an intact copy ({why})",
+                rec.name
+            ))
+            .into());
+        };
+        let mut moved_aside = None;
+        if std::fs::symlink_metadata(&final_dir).is_ok() {
+            let aside = to.join(format!(
+                "{}.before-restore-{}",
+                rec.name,
+                chrono::Local::now().format("%Y%m%dT%H%M%S")
+            ));
+            std::fs::rename(&final_dir, &aside)?;
+            tracing::warn!(
+                "moved existing {} aside to {}",
+                final_dir.display(),
+                aside.display()
+            );
+            moved_aside = Some(aside.display().to_string());
+        }
+        std::fs::rename(&staging, &final_dir)?;
+        tracing::info!(
+            "restored source={} from target={} files={} to={}",
+            rec.name,
+            tname,
+            rep.files.len(),
+            final_dir.display()
+        );
+        result.sources.push(RestoredSource {
+            name: rec.name.clone(),
+            target: tname,
+            path: final_dir.display().to_string(),
+            files: rep.files.len(),
+            bytes: rep.files.values().map(|(s, _)| *s).sum(),
+            skipped_targets: skipped,
+            moved_aside,
+        });
+    }
+    Ok((result, ExitCode::Success))
+}

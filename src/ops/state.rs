@@ -1,0 +1,62 @@
+//! Local state under `state_dir`: run history per policy (a cache: when lost,
+//! the newest snapshot on the targets stands in). Never the only copy of
+//! anything a restore needs.
+
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct OpRecord {
+    /// When the last attempt started (wall clock).
+    pub last_attempt: Option<DateTime<FixedOffset>>,
+    /// "success", "partial" or "failed".
+    pub last_result: Option<String>,
+    pub last_message: Option<String>,
+    /// When the last successful (or partial) attempt started.
+    pub last_success: Option<DateTime<FixedOffset>>,
+    pub last_snapshot: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PolicyState {
+    #[serde(default)]
+    pub run: OpRecord,
+    #[serde(default)]
+    pub verify: OpRecord,
+    /// snapshot id -> when it was last verified.
+    #[serde(default)]
+    pub verified: std::collections::BTreeMap<String, DateTime<FixedOffset>>,
+}
+
+fn path(state_dir: &Path, policy: &str) -> PathBuf {
+    state_dir.join("history").join(format!("{policy}.json"))
+}
+
+pub fn load(state_dir: &Path, policy: &str) -> PolicyState {
+    std::fs::read(path(state_dir, policy))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Save atomically (temp + rename).
+pub fn save(state_dir: &Path, policy: &str, st: &PolicyState) -> std::io::Result<()> {
+    let p = path(state_dir, policy);
+    std::fs::create_dir_all(p.parent().expect("has parent"))?;
+    let tmp = p.with_extension(format!("json.tmp-{}", crate::util::random_hex(6)));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(st).expect("serialises"))?;
+    std::fs::rename(&tmp, &p)
+}
+
+/// Load, change, save; errors are logged, not fatal (state is a cache).
+pub fn update(state_dir: &Path, policy: &str, f: impl FnOnce(&mut PolicyState)) {
+    let mut st = load(state_dir, policy);
+    f(&mut st);
+    if let Err(e) = save(state_dir, policy, &st) {
+        tracing::warn!(
+            "could not save state for policy {policy} in {}: {e}",
+            state_dir.display()
+        );
+    }
+}

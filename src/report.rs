@@ -1,0 +1,145 @@
+//! How results reach people: indicatif progress bars when stderr is a
+//! terminal, plain one-line log records otherwise (cron mails stay short),
+//! and JSON on stdout for `--json`.
+
+use crate::archive::Progress;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+static MULTI: OnceLock<Option<MultiProgress>> = OnceLock::new();
+
+/// Set up logging. `verbosity`: -1 quiet (warnings and errors), 0 normal, 1+ debug.
+pub fn init(verbosity: i8) {
+    let tty = std::io::stderr().is_terminal();
+    let multi = MULTI
+        .get_or_init(|| tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())));
+    let level = match verbosity {
+        i8::MIN..=-1 => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BACKUPCTL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("backupctl={level},warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(tty);
+    let _ = match multi.clone() {
+        Some(m) => builder
+            .without_time()
+            .with_writer(move || SuspendWriter {
+                multi: m.clone(),
+                buf: Vec::new(),
+            })
+            .try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}
+
+/// Writes a log record above the progress bars.
+struct SuspendWriter {
+    multi: MultiProgress,
+    buf: Vec<u8>,
+}
+
+impl Write for SuspendWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for SuspendWriter {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        self.multi.suspend(|| {
+            let _ = std::io::stderr().write_all(&buf);
+        });
+    }
+}
+
+/// A progress bar fed from shared counters; a no-op without a terminal.
+pub struct Bar {
+    bar: Option<ProgressBar>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Bar {
+    /// `total`: expected bytes, when known (gives a percentage and ETA).
+    pub fn new(label: &str, total: Option<u64>, progress: Arc<Progress>) -> Bar {
+        let Some(Some(multi)) = MULTI.get() else {
+            return Bar {
+                bar: None,
+                stop: None,
+            };
+        };
+        let bar = match total {
+            Some(t) => ProgressBar::new(t).with_style(
+                ProgressStyle::with_template(
+                    "{prefix:>14} [{bar:30}] {bytes}/{total_bytes} {msg} {bytes_per_sec} ETA {eta}",
+                )
+                .expect("template")
+                .progress_chars("=> "),
+            ),
+            None => ProgressBar::new_spinner().with_style(
+                ProgressStyle::with_template(
+                    "{prefix:>14} {spinner} {bytes} {msg} {bytes_per_sec}",
+                )
+                .expect("template"),
+            ),
+        };
+        let bar = multi.add(bar);
+        bar.set_prefix(label.to_string());
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let b = bar.clone();
+        std::thread::spawn(move || loop {
+            b.set_position(progress.bytes.load(Ordering::Relaxed));
+            b.set_message(format!("{} files", progress.files.load(Ordering::Relaxed)));
+            match rx.recv_timeout(Duration::from_millis(150)) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                _ => break,
+            }
+        });
+        Bar {
+            bar: Some(bar),
+            stop: Some(tx),
+        }
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Print a JSON value on stdout.
+pub fn print_json(v: &impl serde::Serialize) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer_pretty(&mut out, v);
+    let _ = writeln!(out);
+}
+
+/// Print a line of human output on stdout (above any bars).
+pub fn say(line: impl AsRef<str>) {
+    let line = line.as_ref();
+    match MULTI.get() {
+        Some(Some(m)) => m.suspend(|| println!("{line}")),
+        _ => println!("{line}"),
+    }
+}
+
+/// True when progress bars are shown (stderr is a terminal).
+pub fn is_tty() -> bool {
+    matches!(MULTI.get(), Some(Some(_)))
+}

@@ -1,0 +1,110 @@
+//! Storage targets behind one trait: [`Target`]. Keys are `/`-separated paths
+//! relative to the target's root (an fs directory, or an S3 bucket + prefix).
+//!
+//! Every backend guarantees: `put_*` is atomic (a reader never sees a partial
+//! object), `list` is complete or fails, and `get` streams.
+
+pub mod fs;
+
+use crate::config::{Config, TargetSpec};
+use async_trait::async_trait;
+use std::io::Read;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::io::AsyncRead;
+
+/// A target failure, classified for the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("target {target}: {key} not found")]
+    NotFound { target: String, key: String },
+    /// Permanent: bad credentials, missing bucket, access denied, bad path.
+    #[error("target {target}: {message}")]
+    Permanent { target: String, message: String },
+    /// The target could not be reached or kept failing (after retries).
+    #[error("target {target}: unavailable: {message}")]
+    Unavailable { target: String, message: String },
+    #[error("target {target}: {context}: {source}")]
+    Io {
+        target: String,
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl TargetError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, TargetError::NotFound { .. })
+    }
+}
+
+pub type TargetResult<T> = Result<T, TargetError>;
+
+/// An object's key and size, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+/// A byte stream read from a target.
+pub enum ByteStream {
+    /// A local file: read synchronously.
+    File(std::fs::File),
+    /// A network body.
+    Async(Pin<Box<dyn AsyncRead + Send>>),
+}
+
+impl ByteStream {
+    /// A blocking reader. For `Async` streams this must be called within a tokio
+    /// runtime context and the reader used only from a blocking thread
+    /// (`spawn_blocking`).
+    pub fn into_blocking_read(self) -> Box<dyn Read + Send> {
+        match self {
+            ByteStream::File(f) => Box::new(f),
+            ByteStream::Async(r) => Box::new(tokio_util::io::SyncIoBridge::new(r)),
+        }
+    }
+}
+
+#[async_trait]
+pub trait Target: Send + Sync {
+    /// The configured name (`[targets.NAME]`).
+    fn name(&self) -> &str;
+    /// The configured `location`.
+    fn location(&self) -> &str;
+    /// A human description ("fs /mnt/nas/backupctl", "s3 bucket/prefix at endpoint").
+    fn describe(&self) -> String;
+    /// Store the local file at `path` under `key`, atomically.
+    async fn put_file(&self, key: &str, path: &Path) -> TargetResult<()>;
+    /// Store `data` under `key`, atomically.
+    async fn put_bytes(&self, key: &str, data: Vec<u8>) -> TargetResult<()>;
+    /// Open `key` for streaming.
+    async fn get(&self, key: &str) -> TargetResult<ByteStream>;
+    /// Read a small object completely.
+    async fn get_bytes(&self, key: &str) -> TargetResult<Vec<u8>>;
+    /// The size of `key`, or None when absent.
+    async fn stat(&self, key: &str) -> TargetResult<Option<u64>>;
+    /// Every object whose key starts with `prefix`; complete or an error.
+    async fn list(&self, prefix: &str) -> TargetResult<Vec<ObjectInfo>>;
+    /// Remove `key`; removing an absent key is not an error.
+    async fn delete(&self, key: &str) -> TargetResult<()>;
+}
+
+pub type DynTarget = Arc<dyn Target>;
+
+/// Build the target named `name` from the configuration.
+pub async fn open(cfg: &Config, name: &str) -> anyhow::Result<DynTarget> {
+    let spec = cfg
+        .targets
+        .get(name)
+        .ok_or_else(|| anyhow::anyhow!("target {name:?} is not defined"))?;
+    Ok(match spec {
+        TargetSpec::Fs(s) => Arc::new(fs::FsTarget::new(name, s)),
+        TargetSpec::S3(_) => {
+            anyhow::bail!("target {name}: s3 targets are not supported by this build yet")
+        }
+    })
+}
