@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install what the test suite needs on a fresh Debian machine (idempotent):
+# command-line tools for manual-restore tests, PostgreSQL and MariaDB servers
+# (started later by scripts/services/*, never as system services), and Garage,
+# the S3-compatible server, built from crates.io once and cached in ~/.cargo/bin.
+set -euo pipefail
+
+need_apt=()
+for pkg_cmd in zstd:zstd b3sum:b3sum sqlite3:sqlite3 postgresql:/usr/lib/postgresql mariadb-server:mariadbd mariadb-client:mariadb-dump; do
+  pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd#*:}
+  if [[ $cmd == /* ]]; then [[ -e $cmd ]] || need_apt+=("$pkg"); else command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg"); fi
+done
+if ((${#need_apt[@]})); then
+  echo "install-deps: apt-get install ${need_apt[*]}" >&2
+  SUDO=; [[ $(id -u) -eq 0 ]] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+GARAGE_VERSION=2.5.0
+if ! command -v garage >/dev/null 2>&1 || ! garage --version 2>/dev/null | grep -q "$GARAGE_VERSION"; then
+  echo "install-deps: building garage $GARAGE_VERSION from crates.io (about 12-20 minutes on 2 cores, once)" >&2
+  cargo install garage --version "$GARAGE_VERSION" --locked --quiet
+fi
