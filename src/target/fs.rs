@@ -38,7 +38,7 @@ impl FsTarget {
     fn io(&self, context: impl Into<String>, source: io::Error) -> TargetError {
         if source.kind() == io::ErrorKind::NotFound {
             // A missing root means the target (a NAS mount, say) is not there.
-            if !self.root.is_dir() && self.root.exists() {
+            if !self.root.is_dir() {
                 return TargetError::Unavailable {
                     target: self.name.clone(),
                     message: format!(
@@ -70,20 +70,17 @@ impl FsTarget {
         }
     }
 
-    /// For writes: create the root when its parent exists (first use), else
-    /// report the target unavailable (an unmounted NAS, say).
+    /// Writes create the root (and its parents) on first use.
     fn ensure_root(&self) -> TargetResult<()> {
-        if !self.root.is_dir() && self.root.parent().is_some_and(Path::is_dir) {
-            let _ = std::fs::create_dir(&self.root);
+        if !self.root.is_dir() {
+            if let Err(e) = std::fs::create_dir_all(&self.root) {
+                return Err(TargetError::Unavailable {
+                    target: self.name.clone(),
+                    message: format!("cannot create {}: {e}", self.root.display()),
+                });
+            }
         }
-        if self.root.is_dir() {
-            Ok(())
-        } else {
-            Err(TargetError::Unavailable {
-                target: self.name.clone(),
-                message: format!("{} is missing or not a directory", self.root.display()),
-            })
-        }
+        Ok(())
     }
 
     /// Write via temp + fsync + rename; `fill` writes the content.
@@ -196,6 +193,9 @@ impl Target for FsTarget {
     }
 
     async fn stat(&self, key: &str) -> TargetResult<Option<u64>> {
+        if !self.root.exists() {
+            return Ok(None); // nothing written yet
+        }
         self.check_root()?;
         let path = self.path(key)?;
         match tokio::fs::metadata(&path).await {

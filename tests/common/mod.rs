@@ -1,0 +1,286 @@
+//! Shared test harness: temporary configurations, running the real binary,
+//! and independent checks (walking trees, hashing with system tools).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_backupctl"))
+}
+
+/// A temporary backupctl setup: config dir, policies dir, targets, a source tree.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        let dir = tempfile::Builder::new()
+            .prefix("backupctl-test-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+        Setup { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path("backupctl.toml")
+    }
+
+    /// Write backupctl.toml with fs targets `names` at `<dir>/targets/<name>`.
+    pub fn fs_config(&self, names: &[&str]) {
+        let mut s = String::from("state_dir = \"state\"\n");
+        for (i, n) in names.iter().enumerate() {
+            s.push_str(&format!(
+                "\n[targets.{n}]\ntype = \"fs\"\npath = \"targets/{n}\"\nlocation = \"site-{i}\"\n"
+            ));
+        }
+        self.write("backupctl.toml", &s);
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    /// A files policy named `name` backing up `src` to `targets`.
+    pub fn files_policy(&self, name: &str, src: &Path, targets: &[&str], extra: &str) {
+        let t: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        self.write(
+            &format!("policies/{name}.toml"),
+            &format!(
+                "targets = [{}]\n{extra}\n[retention]\ndaily = 7\n\n[[sources]]\nname = \"site\"\ntype = \"files\"\npath = \"{}\"\n",
+                t.join(", "),
+                src.display()
+            ),
+        );
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--config").arg(self.config_path());
+        c.env_remove("BACKUPCTL_CONFIG");
+        c
+    }
+
+    /// Run with args; returns the output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("spawn backupctl")
+    }
+
+    pub fn target_dir(&self, name: &str) -> PathBuf {
+        self.path(&format!("targets/{name}"))
+    }
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Assert the exit code, printing both streams on mismatch.
+#[track_caller]
+pub fn expect_code(o: &Output, want: i32) {
+    assert_eq!(
+        code(o),
+        want,
+        "exit code\n--- stdout\n{}\n--- stderr\n{}",
+        stdout(o),
+        stderr(o)
+    );
+}
+
+pub fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\n{}", stdout(o), stderr(o)))
+}
+
+/// Everything observable about a tree, read independently of backupctl:
+/// path -> (kind, mode, mtime seconds+nanos, content or link target).
+pub fn snapshot_tree(root: &Path) -> BTreeMap<String, (String, u32, i64, i64, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let e = e.unwrap();
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let m = std::fs::symlink_metadata(e.path()).unwrap();
+        let (kind, data) = if m.file_type().is_symlink() {
+            (
+                "link",
+                std::fs::read_link(e.path())
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )
+        } else if m.is_dir() {
+            ("dir", Vec::new())
+        } else {
+            ("file", std::fs::read(e.path()).unwrap())
+        };
+        let mode = if kind == "link" {
+            0
+        } else {
+            m.permissions().mode() & 0o7777
+        };
+        out.insert(
+            rel,
+            (kind.to_string(), mode, m.mtime(), m.mtime_nsec(), data),
+        );
+    }
+    out
+}
+
+/// Compare two trees entry by entry with a readable failure.
+#[track_caller]
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let ta = snapshot_tree(a);
+    let tb = snapshot_tree(b);
+    let ka: Vec<&String> = ta.keys().collect();
+    let kb: Vec<&String> = tb.keys().collect();
+    assert_eq!(
+        ka,
+        kb,
+        "different entries in {} and {}",
+        a.display(),
+        b.display()
+    );
+    for (k, va) in &ta {
+        let vb = &tb[k];
+        assert_eq!(va.0, vb.0, "{k}: kind");
+        assert_eq!(va.1, vb.1, "{k}: permission bits {:o} vs {:o}", va.1, vb.1);
+        assert_eq!(va.4, vb.4, "{k}: content or link target");
+        if va.0 != "link" {
+            assert_eq!((va.2, va.3), (vb.2, vb.3), "{k}: mtime");
+        }
+    }
+}
+
+/// Build a varied tree: nested dirs, modes, empty file and dir, unicode
+/// names, a relative symlink, sub-second mtimes, a binary and a larger file.
+pub fn make_tree(root: &Path) {
+    use std::fs;
+    fs::create_dir_all(root.join("public/css")).unwrap();
+    fs::create_dir_all(root.join("empty-dir")).unwrap();
+    fs::create_dir_all(root.join("data/ünïcödé dir")).unwrap();
+    fs::write(root.join("public/index.html"), "<h1>shop</h1>\n").unwrap();
+    fs::write(root.join("public/css/site.css"), "body{}\n").unwrap();
+    fs::write(root.join("empty.txt"), "").unwrap();
+    fs::write(
+        root.join("data/ünïcödé dir/grüße 日本.txt"),
+        "unicode content ✓\n",
+    )
+    .unwrap();
+    let bin: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(root.join("data/blob.bin"), &bin).unwrap();
+    let text: String = (0..20_000)
+        .map(|i| format!("row {i}: some repeated text\n"))
+        .collect();
+    fs::write(root.join("data/big.txt"), text).unwrap();
+    fs::write(root.join("run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(root.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(root.join("secret.conf"), "x=1\n").unwrap();
+    fs::set_permissions(root.join("secret.conf"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(root.join("empty-dir"), fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("public/index.html", root.join("index-link")).unwrap();
+    std::os::unix::fs::symlink("../public", root.join("data/up-link")).unwrap();
+    // Sub-second and old mtimes, files first, then directories (children change dir mtimes).
+    let t = |s: i64, ns: u32| filetime::FileTime::from_unix_time(s, ns);
+    filetime::set_file_mtime(
+        root.join("public/index.html"),
+        t(1_600_000_000, 123_456_789),
+    )
+    .unwrap();
+    filetime::set_file_mtime(root.join("empty.txt"), t(1_500_000_000, 0)).unwrap();
+    filetime::set_file_mtime(root.join("data/big.txt"), t(1_700_000_000, 999_999_999)).unwrap();
+    filetime::set_symlink_file_times(
+        root.join("index-link"),
+        t(1_600_000_001, 0),
+        t(1_600_000_001, 0),
+    )
+    .unwrap();
+    filetime::set_file_mtime(root.join("empty-dir"), t(1_400_000_000, 500)).unwrap();
+    filetime::set_file_mtime(root.join("public/css"), t(1_400_000_100, 0)).unwrap();
+}
+
+/// `b3sum` of a file, by the system tool.
+pub fn b3sum(path: &Path) -> String {
+    let o = Command::new("b3sum")
+        .arg("--no-names")
+        .arg(path)
+        .output()
+        .expect("b3sum installed (apt-get install b3sum)");
+    assert!(o.status.success());
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// The archive files (`*.tar.zst`) of a policy on an fs target.
+pub fn archives(target: &Path, policy: &str) -> Vec<PathBuf> {
+    let dir = target.join(policy).join("archives");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.to_string_lossy().ends_with(".tar.zst"));
+    v.sort();
+    v
+}
+
+/// The snapshot manifests of a policy on an fs target.
+pub fn manifests(target: &Path, policy: &str) -> Vec<PathBuf> {
+    let dir = target.join(policy).join("snapshots");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.extension().is_some_and(|x| x == "json"));
+    v.sort();
+    v
+}
+
+/// Flip one byte in the middle of a file.
+pub fn flip_byte(path: &Path) {
+    let mut b = std::fs::read(path).unwrap();
+    let i = b.len() / 2;
+    b[i] ^= 0xff;
+    std::fs::write(path, b).unwrap();
+}
+
+/// Is a service's environment present? Without it the test is skipped,
+/// unless BACKUPCTL_TEST_REQUIRE_SERVICES=1 (CI), where that is a failure.
+pub fn service_env(vars: &[&str]) -> Option<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for v in vars {
+        match std::env::var(v) {
+            Ok(x) => {
+                out.insert(v.to_string(), x);
+            }
+            Err(_) => {
+                if std::env::var("BACKUPCTL_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") {
+                    panic!("{v} is not set but BACKUPCTL_TEST_REQUIRE_SERVICES=1: start the test services (scripts/test.sh)");
+                }
+                eprintln!("skipped: {v} not set (run scripts/test.sh to start the test services)");
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
