@@ -461,3 +461,52 @@ fn interrupted_run_leaves_no_visible_snapshot() {
     let j = json(&s.run(&["list", "--json"]));
     assert_eq!(j[0]["snapshots"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn a_file_growing_during_the_run_is_reported() {
+    let s = Setup::new();
+    let src = s.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // Enough data that reading takes a moment, and a log that keeps growing.
+    std::fs::write(src.join("a-big.txt"), "x".repeat(30 << 20)).unwrap();
+    let log = src.join("z-app.log");
+    std::fs::write(&log, "start\n").unwrap();
+    s.fs_config(&["alpha"]);
+    s.files_policy("shop", &src, &["alpha"], "");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, log) = (stop.clone(), log.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(&[b'y'; 65536]).unwrap();
+            }
+        })
+    };
+    let o = s.run(&["run", "--json"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    expect_code(&o, 0);
+    let j = json(&o);
+    let warnings = j[0]["sources"][0]["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("z-app.log")
+                && w.as_str().unwrap().contains("while being read")),
+        "{warnings:?}"
+    );
+    assert!(
+        stderr(&o).contains("z-app.log"),
+        "also logged: {}",
+        stderr(&o)
+    );
+    // The manifest records the warning too, and the archive still verifies.
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&manifests(&s.target_dir("alpha"), "shop")[0]).unwrap(),
+    )
+    .unwrap();
+    assert!(!m["sources"][0]["warnings"].as_array().unwrap().is_empty());
+    expect_code(&s.run(&["verify"]), 0);
+}

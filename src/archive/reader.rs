@@ -90,9 +90,11 @@ impl<R: Read> Read for SourceReader<R> {
     }
 }
 
-/// A Read over chunks arriving on a channel.
+/// A Read over chunks arriving on a channel; used chunks go back for reuse
+/// (fresh 1 MiB allocations would each cost a round of page faults).
 struct ChannelReader {
     rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    recycle: mpsc::Sender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
 }
@@ -102,7 +104,10 @@ impl Read for ChannelReader {
         while self.pos == self.cur.len() {
             match self.rx.recv() {
                 Ok(Ok(chunk)) => {
-                    self.cur = chunk;
+                    let used = std::mem::replace(&mut self.cur, chunk);
+                    if used.capacity() > 0 {
+                        let _ = self.recycle.send(used);
+                    }
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
@@ -126,7 +131,9 @@ pub fn extract<R: Read + Send>(
 ) -> Result<ExtractReport, ExtractError> {
     fs::create_dir_all(dest).map_err(|e| local(dest, e))?;
     let source_failed = Arc::new(AtomicBool::new(false));
+    const CHUNK: usize = 1 << 20;
     let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+    let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
     std::thread::scope(|scope| {
         let failed = source_failed.clone();
         let decoder = scope.spawn(move || -> Result<(String, u64), ExtractError> {
@@ -147,7 +154,8 @@ pub fn extract<R: Read + Send>(
                 let mut dec =
                     zstd::stream::read::Decoder::new(&mut sr).map_err(|e| classify(e, &failed))?;
                 loop {
-                    let mut chunk = vec![0u8; 1 << 20];
+                    let mut chunk = recycle_rx.try_recv().unwrap_or_default();
+                    chunk.resize(CHUNK, 0);
                     let mut filled = 0;
                     while filled < chunk.len() {
                         match dec.read(&mut chunk[filled..]) {
@@ -180,6 +188,7 @@ pub fn extract<R: Read + Send>(
 
         let reader = ChannelReader {
             rx,
+            recycle: recycle_tx,
             cur: Vec::new(),
             pos: 0,
         };
@@ -405,14 +414,22 @@ impl<'a> Unpacker<'a> {
                 }
                 let dir = self.ensure_dir(parent)?;
                 let path = dir.join(rel.file_name().unwrap_or_default());
-                self.clear(&path)?;
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)
-                    .map_err(|e| local(&path, e))?;
+                let create = || {
+                    OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&path)
+                };
+                let mut file = match create() {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        self.clear(&path)?;
+                        create().map_err(|e| local(&path, e))?
+                    }
+                    Err(e) => return Err(local(&path, e)),
+                };
                 let mut hasher = blake3::Hasher::new();
                 let mut written = 0u64;
                 loop {

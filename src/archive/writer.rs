@@ -10,6 +10,7 @@ use std::fs::{File, Metadata};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -60,10 +61,89 @@ impl<W: Write> Write for CountingWriter<W> {
     }
 }
 
-type Sink = CountingWriter<zstd::stream::write::Encoder<'static, HashingWriter<BufWriter<File>>>>;
+/// Start kernel writeback every this many bytes, so the final fsync is short
+/// and disk writes overlap compression.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// One destination file of the compressed bytes.
+struct Output {
+    file: File,
+    error: Option<io::Error>,
+    written: u64,
+    flushed_to: u64,
+    writeback: bool,
+}
+
+/// Writes the compressed stream to several files at once (each fs target's
+/// temporary file, and a staging file for network targets). A destination that
+/// fails is dropped without disturbing the others; only when every
+/// destination has failed does writing fail.
+pub struct MultiSink {
+    outputs: Vec<Output>,
+}
+
+impl MultiSink {
+    /// `files`: (file, start writeback early?)
+    pub fn new(files: Vec<(File, bool)>) -> MultiSink {
+        MultiSink {
+            outputs: files
+                .into_iter()
+                .map(|(file, writeback)| Output {
+                    file,
+                    error: None,
+                    written: 0,
+                    flushed_to: 0,
+                    writeback,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Write for MultiSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut any = false;
+        for o in self.outputs.iter_mut().filter(|o| o.error.is_none()) {
+            if let Err(e) = o.file.write_all(buf) {
+                o.error = Some(e);
+                continue;
+            }
+            any = true;
+            o.written += buf.len() as u64;
+            if o.writeback && o.written - o.flushed_to >= WRITEBACK_STEP {
+                use std::os::fd::AsRawFd;
+                // Best effort: ask the kernel to start writing this range out now.
+                unsafe {
+                    libc::sync_file_range(
+                        o.file.as_raw_fd(),
+                        o.flushed_to as libc::off64_t,
+                        (o.written - o.flushed_to) as libc::off64_t,
+                        libc::SYNC_FILE_RANGE_WRITE,
+                    );
+                }
+                o.flushed_to = o.written;
+            }
+        }
+        if any {
+            Ok(buf.len())
+        } else {
+            Err(self
+                .outputs
+                .iter_mut()
+                .find_map(|o| o.error.take())
+                .unwrap_or_else(|| io::Error::other("no destination for the archive")))
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+type Sink =
+    CountingWriter<zstd::stream::write::Encoder<'static, HashingWriter<BufWriter<MultiSink>>>>;
 
 /// What a finished archive is.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ArchiveSummary {
     pub hash: String,
     pub archive_size: u64,
@@ -72,8 +152,8 @@ pub struct ArchiveSummary {
     pub entries: u64,
     pub files: Vec<FileRecord>,
     pub warnings: Vec<String>,
-    /// The staged `.tar.zst` on local disk.
-    pub path: PathBuf,
+    /// Each destination file (in the order given to `create`), or why it failed.
+    pub outputs: Vec<Result<File, io::Error>>,
 }
 
 /// Basic metadata of an entry, independent of where it comes from.
@@ -115,22 +195,22 @@ pub struct ArchiveWriter {
     entries: u64,
     content_size: u64,
     warnings: Vec<String>,
-    path: PathBuf,
     buf: Vec<u8>,
     progress: Option<Arc<Progress>>,
 }
 
 impl ArchiveWriter {
     /// Start an archive staged at `path` (created, truncated).
+    /// Start an archive written to every file in `outputs` at once
+    /// ((file, start writeback early?)).
     pub fn create(
-        path: &Path,
+        outputs: Vec<(File, bool)>,
         level: i32,
         workers: u32,
         progress: Option<Arc<Progress>>,
     ) -> io::Result<ArchiveWriter> {
-        let file = File::create(path)?;
         let hashing = HashingWriter {
-            inner: BufWriter::with_capacity(1 << 20, file),
+            inner: BufWriter::with_capacity(1 << 20, MultiSink::new(outputs)),
             hasher: blake3::Hasher::new(),
             count: 0,
         };
@@ -150,7 +230,6 @@ impl ArchiveWriter {
             entries: 0,
             content_size: 0,
             warnings: Vec::new(),
-            path: path.to_path_buf(),
             buf: vec![0; 256 << 10],
             progress,
         })
@@ -350,13 +429,21 @@ impl ArchiveWriter {
         Ok((names, whole.finalize().to_hex().to_string(), total))
     }
 
-    /// Finish the tar stream and the zstd frame, flush and fsync the staged file.
+    /// Finish the tar stream and the zstd frame and flush every destination.
+    /// Durability (fsync) is the destination's business.
     pub fn finish(self) -> io::Result<ArchiveSummary> {
         let counting = self.builder.into_inner()?;
         let tar_size = counting.count;
         let hashing = counting.inner.finish()?;
-        let file = hashing.inner.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        let sink = hashing.inner.into_inner().map_err(|e| e.into_error())?;
+        let outputs = sink
+            .outputs
+            .into_iter()
+            .map(|o| match o.error {
+                Some(e) => Err(e),
+                None => Ok(o.file),
+            })
+            .collect();
         Ok(ArchiveSummary {
             hash: hashing.hasher.finalize().to_hex().to_string(),
             archive_size: hashing.count,
@@ -365,7 +452,7 @@ impl ArchiveWriter {
             entries: self.entries,
             files: self.files,
             warnings: self.warnings,
-            path: self.path,
+            outputs,
         })
     }
 }

@@ -14,10 +14,11 @@ use crate::ops::{open_targets, state, warn_locations};
 use crate::repo;
 use crate::report::Bar;
 use crate::source;
-use crate::target::DynTarget;
+use crate::target::{DynTarget, LocalWrite};
 use anyhow::Context;
 use chrono::{DateTime, FixedOffset, Utc};
 use serde::Serialize;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -95,15 +96,74 @@ fn zstd_workers() -> u32 {
         .max(1)
 }
 
-/// Archive one source into the staging directory (blocking thread).
+/// Where one target gets this archive from.
+enum Delivery {
+    /// Written directly into a temporary file on the (local) target.
+    Local(LocalWrite),
+    /// Uploaded from the staging file afterwards.
+    Staged,
+    /// The target already failed in this run.
+    Skip,
+}
+
+/// What one target ended up with for one archive.
+struct Pushed {
+    uploaded: bool,
+    bytes: u64,
+}
+
+/// Archive one source, writing the compressed stream at once into a temporary
+/// file on every local target (and a staging file when network targets need
+/// one). Returns the summary and per target how it receives the archive.
 async fn build_archive(
     spec: &SourceSpec,
     level: i32,
     staging: &Path,
     time: i64,
-) -> anyhow::Result<(ArchiveSummary, source::SourceOutput)> {
-    let spec = spec.clone();
+    policy: &str,
+    targets: &[DynTarget],
+    failed: &[bool],
+) -> anyhow::Result<(
+    ArchiveSummary,
+    source::SourceOutput,
+    Vec<(Delivery, Option<File>)>,
+    Vec<Option<String>>,
+)> {
+    let mut deliveries = Vec::new();
+    let mut files = Vec::new();
+    let mut open_errors = vec![None; targets.len()];
+    let dir_key = format!("{policy}/archives");
+    let mut need_staging = false;
+    for (i, t) in targets.iter().enumerate() {
+        if failed[i] {
+            deliveries.push(Delivery::Skip);
+            continue;
+        }
+        match t.local_writer(&dir_key) {
+            Some(Ok((file, lw))) => {
+                files.push((file, true));
+                deliveries.push(Delivery::Local(lw));
+            }
+            Some(Err(e)) => {
+                open_errors[i] = Some(e.to_string());
+                deliveries.push(Delivery::Skip);
+            }
+            None => {
+                need_staging = true;
+                deliveries.push(Delivery::Staged);
+            }
+        }
+    }
     let staged = staging.join(format!("{}.tar.zst", spec.name()));
+    if need_staging {
+        let f = File::create(&staged)
+            .with_context(|| format!("creating staging file {}", staged.display()))?;
+        files.push((f, false));
+    }
+    if files.is_empty() {
+        anyhow::bail!("no target can take the archive");
+    }
+    let spec = spec.clone();
     let progress = Arc::new(Progress::default());
     let total = match &spec {
         SourceSpec::Files(f) if crate::report::is_tty() => {
@@ -113,8 +173,8 @@ async fn build_archive(
     };
     let bar = Bar::new(spec.name(), total, progress.clone());
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let mut w = ArchiveWriter::create(&staged, level, zstd_workers(), Some(progress))
-            .with_context(|| format!("creating staging file {}", staged.display()))?;
+        let mut w = ArchiveWriter::create(files, level, zstd_workers(), Some(progress))
+            .context("starting the archive")?;
         let out = source::archive_source(&spec, &mut w, time)?;
         let summary = w
             .finish()
@@ -124,28 +184,89 @@ async fn build_archive(
     .await
     .expect("archive task panicked");
     drop(bar);
-    result
+    let (mut summary, out) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            for d in deliveries {
+                if let Delivery::Local(lw) = d {
+                    lw.abort();
+                }
+            }
+            return Err(e);
+        }
+    };
+    // Pair each delivery with its output file (outputs follow the order above).
+    let mut outputs = std::mem::take(&mut summary.outputs).into_iter();
+    let mut paired = Vec::new();
+    for (i, d) in deliveries.into_iter().enumerate() {
+        match d {
+            Delivery::Local(lw) => match outputs.next().expect("one output per local target") {
+                Ok(f) => paired.push((Delivery::Local(lw), Some(f))),
+                Err(e) => {
+                    open_errors[i] = Some(format!("writing the archive: {e}"));
+                    lw.abort();
+                    paired.push((Delivery::Skip, None));
+                }
+            },
+            other => paired.push((other, None)),
+        }
+    }
+    if need_staging {
+        if let Some(Err(e)) = outputs.next() {
+            for (i, (d, _)) in paired.iter_mut().enumerate() {
+                if matches!(d, Delivery::Staged) {
+                    open_errors[i] = Some(format!("staging the archive: {e}"));
+                    *d = Delivery::Skip;
+                }
+            }
+        }
+    }
+    Ok((summary, out, paired, open_errors))
 }
 
-/// Upload one archive (and its b3sums) to a target unless already there.
-async fn push_archive(
+/// Deliver one finished archive (and its b3sums) to one target.
+async fn deliver(
     t: &DynTarget,
     policy: &str,
     summary: &ArchiveSummary,
     b3sums: &[u8],
-) -> anyhow::Result<(bool, u64)> {
+    delivery: Delivery,
+    file: Option<File>,
+    staged: &Path,
+) -> Option<anyhow::Result<Pushed>> {
     let key = repo::archive_key(policy, &summary.hash);
-    let sums_key = repo::b3sums_key(policy, &summary.hash);
-    let present = t.stat(&key).await? == Some(summary.archive_size);
-    let sums_present = t.stat(&sums_key).await? == Some(b3sums.len() as u64);
-    if !sums_present {
-        t.put_bytes(&sums_key, b3sums.to_vec()).await?;
+    let name = format!("{}.tar.zst", summary.hash);
+    if matches!(delivery, Delivery::Skip) {
+        return None;
     }
-    if present {
-        return Ok((false, 0));
-    }
-    t.put_file(&key, &summary.path).await?;
-    Ok((true, summary.archive_size))
+    let result = async {
+        let sums_key = repo::b3sums_key(policy, &summary.hash);
+        if t.stat(&sums_key).await? != Some(b3sums.len() as u64) {
+            t.put_bytes(&sums_key, b3sums.to_vec()).await?;
+        }
+        let uploaded = match delivery {
+            Delivery::Skip => unreachable!(),
+            Delivery::Local(lw) => {
+                let file = file.expect("local delivery has its file");
+                tokio::task::spawn_blocking(move || lw.commit(file, &name))
+                    .await
+                    .expect("commit task")?
+            }
+            Delivery::Staged => {
+                if t.stat(&key).await? == Some(summary.archive_size) {
+                    false
+                } else {
+                    t.put_file(&key, staged).await?;
+                    true
+                }
+            }
+        };
+        Ok(Pushed {
+            uploaded,
+            bytes: if uploaded { summary.archive_size } else { 0 },
+        })
+    };
+    Some(result.await)
 }
 
 /// Run one policy.
@@ -200,8 +321,18 @@ pub async fn run_policy(
     let mut failed_source = None;
 
     for spec in &policy.sources {
-        let built = build_archive(spec, policy.compression_level, &staging, time.timestamp()).await;
-        let (summary, out) = match built {
+        let failed: Vec<bool> = tresults.iter().map(|t| t.error.is_some()).collect();
+        let built = build_archive(
+            spec,
+            policy.compression_level,
+            &staging,
+            time.timestamp(),
+            &policy.name,
+            &targets,
+            &failed,
+        )
+        .await;
+        let (summary, out, deliveries, open_errors) = match built {
             Ok(x) => x,
             Err(e) => {
                 let msg = format!("source {}: {e:#}", spec.name());
@@ -221,6 +352,13 @@ pub async fn run_policy(
                 break;
             }
         };
+        for (tr, e) in tresults.iter_mut().zip(open_errors) {
+            if let Some(e) = e {
+                tracing::error!("target {} failed: {e}", tr.name);
+                tr.status = "failed".into();
+                tr.error = Some(e);
+            }
+        }
         tracing::info!(
             "archived source={} files={} bytes={} archive={} compressed={}",
             spec.name(),
@@ -230,25 +368,22 @@ pub async fn run_policy(
             summary.archive_size
         );
         let b3sums = crate::archive::manifest::b3sums(&summary.files).into_bytes();
-        // Push to every still-healthy target concurrently.
-        let pushes =
-            futures::future::join_all(targets.iter().zip(tresults.iter()).map(|(t, tr)| {
-                let (summary, b3sums) = (&summary, &b3sums);
-                async move {
-                    if tr.error.is_some() {
-                        return None;
-                    }
-                    Some(push_archive(t, &policy.name, summary, b3sums).await)
-                }
-            }))
-            .await;
+        let staged = staging.join(format!("{}.tar.zst", spec.name()));
+        // Deliver to every target concurrently; a failing one doesn't stop the others.
+        let pushes = futures::future::join_all(
+            targets
+                .iter()
+                .zip(deliveries)
+                .map(|(t, (d, f))| deliver(t, &policy.name, &summary, &b3sums, d, f, &staged)),
+        )
+        .await;
         for (tr, r) in tresults.iter_mut().zip(pushes) {
             match r {
                 None => {}
-                Some(Ok((uploaded, bytes))) => {
-                    if uploaded {
+                Some(Ok(p)) => {
+                    if p.uploaded {
                         tr.archives_uploaded += 1;
-                        tr.uploaded_bytes += bytes;
+                        tr.uploaded_bytes += p.bytes;
                     } else {
                         tr.archives_already_present += 1;
                     }
@@ -261,7 +396,7 @@ pub async fn run_policy(
                 }
             }
         }
-        let _ = std::fs::remove_file(&summary.path);
+        let _ = std::fs::remove_file(&staged);
         sources.push(SourceResult {
             name: spec.name().into(),
             kind: spec.kind().into(),

@@ -116,7 +116,9 @@ impl FsTarget {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task panicked")
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task panicked")
 }
 
 /// Clone the parts a blocking closure needs.
@@ -250,6 +252,30 @@ impl Target for FsTarget {
             Ok(out)
         })
         .await
+    }
+
+    fn local_writer(
+        &self,
+        dir_key: &str,
+    ) -> Option<TargetResult<(std::fs::File, super::LocalWrite)>> {
+        let open = || -> TargetResult<(std::fs::File, super::LocalWrite)> {
+            self.ensure_root()?;
+            let dir = self.path(dir_key)?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| self.io(format!("creating {}", dir.display()), e))?;
+            let tmp = dir.join(format!("incoming{TMP_MARK}{}", crate::util::random_hex(8)));
+            let file = std::fs::File::create(&tmp)
+                .map_err(|e| self.io(format!("creating {}", tmp.display()), e))?;
+            Ok((
+                file,
+                super::LocalWrite {
+                    target: self.name.clone(),
+                    dir,
+                    tmp,
+                },
+            ))
+        };
+        Some(open())
     }
 
     async fn delete(&self, key: &str) -> TargetResult<()> {

@@ -91,6 +91,55 @@ pub trait Target: Send + Sync {
     async fn list(&self, prefix: &str) -> TargetResult<Vec<ObjectInfo>>;
     /// Remove `key`; removing an absent key is not an error.
     async fn delete(&self, key: &str) -> TargetResult<()>;
+    /// Targets on a local file system can take an archive while it is being
+    /// written: a temporary file inside `dir_key`, committed later under its
+    /// final name with [`LocalWrite::commit`]. Others return None and get the
+    /// finished archive through `put_file`.
+    fn local_writer(&self, dir_key: &str) -> Option<TargetResult<(std::fs::File, LocalWrite)>> {
+        let _ = dir_key;
+        None
+    }
+}
+
+/// A temporary file inside a local target, waiting for its final name.
+pub struct LocalWrite {
+    pub(crate) target: String,
+    pub(crate) dir: std::path::PathBuf,
+    pub(crate) tmp: std::path::PathBuf,
+}
+
+impl LocalWrite {
+    /// Store `file` (this temporary) as `name` in its directory: fsync, rename,
+    /// fsync the directory. When `name` already exists with the same size the
+    /// temporary is dropped instead. Returns whether the file was stored.
+    pub fn commit(self, file: std::fs::File, name: &str) -> TargetResult<bool> {
+        let dest = self.dir.join(name);
+        let io = |context: &str, source: std::io::Error| TargetError::Io {
+            target: self.target.clone(),
+            context: format!("{context} {}", dest.display()),
+            source,
+        };
+        let len = file.metadata().map_err(|e| io("stat", e))?.len();
+        if std::fs::metadata(&dest).is_ok_and(|m| m.len() == len) {
+            drop(file);
+            let _ = std::fs::remove_file(&self.tmp);
+            return Ok(false);
+        }
+        let result = file
+            .sync_all()
+            .and_then(|_| std::fs::rename(&self.tmp, &dest))
+            .and_then(|_| std::fs::File::open(&self.dir)?.sync_all());
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(io("storing", e));
+        }
+        Ok(true)
+    }
+
+    /// Throw the temporary away.
+    pub fn abort(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
 }
 
 pub type DynTarget = Arc<dyn Target>;

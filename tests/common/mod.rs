@@ -112,7 +112,9 @@ pub fn json(o: &Output) -> serde_json::Value {
 
 /// Everything observable about a tree, read independently of backupctl:
 /// path -> (kind, mode, mtime seconds+nanos, content or link target).
-pub fn snapshot_tree(root: &Path) -> BTreeMap<String, (String, u32, i64, i64, Vec<u8>)> {
+pub fn snapshot_tree(
+    root: &Path,
+) -> BTreeMap<String, (String, u32, i64, i64, Vec<u8>, (u32, u32))> {
     let mut out = BTreeMap::new();
     for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
         let e = e.unwrap();
@@ -143,7 +145,14 @@ pub fn snapshot_tree(root: &Path) -> BTreeMap<String, (String, u32, i64, i64, Ve
         };
         out.insert(
             rel,
-            (kind.to_string(), mode, m.mtime(), m.mtime_nsec(), data),
+            (
+                kind.to_string(),
+                mode,
+                m.mtime(),
+                m.mtime_nsec(),
+                data,
+                (m.uid(), m.gid()),
+            ),
         );
     }
     out
@@ -168,6 +177,9 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         assert_eq!(va.0, vb.0, "{k}: kind");
         assert_eq!(va.1, vb.1, "{k}: permission bits {:o} vs {:o}", va.1, vb.1);
         assert_eq!(va.4, vb.4, "{k}: content or link target");
+        if running_as_root() {
+            assert_eq!(va.5, vb.5, "{k}: owner (uid, gid)");
+        }
         if va.0 != "link" {
             assert_eq!((va.2, va.3), (vb.2, vb.3), "{k}: mtime");
         }
@@ -203,6 +215,11 @@ pub fn make_tree(root: &Path) {
     fs::set_permissions(root.join("secret.conf"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::set_permissions(root.join("empty-dir"), fs::Permissions::from_mode(0o750)).unwrap();
     std::os::unix::fs::symlink("public/index.html", root.join("index-link")).unwrap();
+    if running_as_root() {
+        // Ownership is recorded and restored when running as root.
+        std::os::unix::fs::chown(root.join("secret.conf"), Some(1234), Some(2345)).unwrap();
+        std::os::unix::fs::lchown(root.join("index-link"), Some(1234), Some(1234)).unwrap();
+    }
     std::os::unix::fs::symlink("../public", root.join("data/up-link")).unwrap();
     // Sub-second and old mtimes, files first, then directories (children change dir mtimes).
     let t = |s: i64, ns: u32| filetime::FileTime::from_unix_time(s, ns);
@@ -221,6 +238,12 @@ pub fn make_tree(root: &Path) {
     .unwrap();
     filetime::set_file_mtime(root.join("empty-dir"), t(1_400_000_000, 500)).unwrap();
     filetime::set_file_mtime(root.join("public/css"), t(1_400_000_100, 0)).unwrap();
+}
+
+pub fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// `b3sum` of a file, by the system tool.
