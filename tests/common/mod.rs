@@ -110,49 +110,41 @@ pub fn json(o: &Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\n{}", stdout(o), stderr(o)))
 }
 
-/// Everything observable about a tree, read independently of backupctl:
-/// path -> (kind, mode, mtime seconds+nanos, content or link target).
-pub fn snapshot_tree(
-    root: &Path,
-) -> BTreeMap<String, (String, u32, i64, i64, Vec<u8>, (u32, u32))> {
+/// What a test observes of one tree entry, read independently of backupctl.
+#[derive(Debug, PartialEq)]
+pub struct Observed {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub mtime: (i64, i64),
+    /// File content or link target.
+    pub data: Vec<u8>,
+    pub owner: (u32, u32),
+}
+
+/// Everything observable about a tree: relative path -> entry.
+pub fn snapshot_tree(root: &Path) -> BTreeMap<String, Observed> {
     let mut out = BTreeMap::new();
     for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
         let e = e.unwrap();
-        let rel = e
-            .path()
-            .strip_prefix(root)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+        let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
         let m = std::fs::symlink_metadata(e.path()).unwrap();
         let (kind, data) = if m.file_type().is_symlink() {
-            (
-                "link",
-                std::fs::read_link(e.path())
-                    .unwrap()
-                    .into_os_string()
-                    .into_encoded_bytes(),
-            )
+            ("link", std::fs::read_link(e.path()).unwrap().into_os_string().into_encoded_bytes())
         } else if m.is_dir() {
             ("dir", Vec::new())
         } else {
             ("file", std::fs::read(e.path()).unwrap())
         };
-        let mode = if kind == "link" {
-            0
-        } else {
-            m.permissions().mode() & 0o7777
-        };
+        let mode = if kind == "link" { 0 } else { m.permissions().mode() & 0o7777 };
         out.insert(
             rel,
-            (
-                kind.to_string(),
+            Observed {
+                kind,
                 mode,
-                m.mtime(),
-                m.mtime_nsec(),
+                mtime: (m.mtime(), m.mtime_nsec()),
                 data,
-                (m.uid(), m.gid()),
-            ),
+                owner: (m.uid(), m.gid()),
+            },
         );
     }
     out
@@ -165,23 +157,17 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     let tb = snapshot_tree(b);
     let ka: Vec<&String> = ta.keys().collect();
     let kb: Vec<&String> = tb.keys().collect();
-    assert_eq!(
-        ka,
-        kb,
-        "different entries in {} and {}",
-        a.display(),
-        b.display()
-    );
+    assert_eq!(ka, kb, "different entries in {} and {}", a.display(), b.display());
     for (k, va) in &ta {
         let vb = &tb[k];
-        assert_eq!(va.0, vb.0, "{k}: kind");
-        assert_eq!(va.1, vb.1, "{k}: permission bits {:o} vs {:o}", va.1, vb.1);
-        assert_eq!(va.4, vb.4, "{k}: content or link target");
+        assert_eq!(va.kind, vb.kind, "{k}: kind");
+        assert_eq!(va.mode, vb.mode, "{k}: permission bits {:o} vs {:o}", va.mode, vb.mode);
+        assert_eq!(va.data, vb.data, "{k}: content or link target");
         if running_as_root() {
-            assert_eq!(va.5, vb.5, "{k}: owner (uid, gid)");
+            assert_eq!(va.owner, vb.owner, "{k}: owner (uid, gid)");
         }
-        if va.0 != "link" {
-            assert_eq!((va.2, va.3), (vb.2, vb.3), "{k}: mtime");
+        if va.kind != "link" {
+            assert_eq!(va.mtime, vb.mtime, "{k}: mtime");
         }
     }
 }
