@@ -26,6 +26,13 @@ pub struct RunOptions {
     /// Record the snapshot as taken at this instant (keeps its offset).
     pub time: Option<DateTime<FixedOffset>>,
     pub dry_run: bool,
+    /// Cancelled (by a signal): abort at the next safe point. Nothing is
+    /// recorded unless the manifests were already being written.
+    pub cancel: Option<tokio_util::sync::CancellationToken>,
+}
+
+fn cancelled(opts: &RunOptions) -> bool {
+    opts.cancel.as_ref().is_some_and(|c| c.is_cancelled())
 }
 
 #[derive(Debug, Serialize)]
@@ -59,7 +66,8 @@ pub struct RunResult {
     pub policy: String,
     pub snapshot: Option<String>,
     pub time: DateTime<FixedOffset>,
-    /// "complete", "partial", "failed" or "dry-run"
+    /// "complete", "partial", "failed", "aborted" (interrupted before any
+    /// manifest was written) or "dry-run"
     pub status: String,
     pub dry_run: bool,
     pub sources: Vec<SourceResult>,
@@ -101,6 +109,7 @@ async fn build_archive(
     level: i32,
     staging: &Path,
     time: i64,
+    cancel: Option<&tokio_util::sync::CancellationToken>,
 ) -> anyhow::Result<(ArchiveSummary, source::SourceOutput)> {
     let spec = spec.clone();
     let staged = staging.join(format!("{}.tar.zst", spec.name()));
@@ -112,7 +121,8 @@ async fn build_archive(
         _ => None,
     };
     let bar = Bar::new(spec.name(), total, progress.clone());
-    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let flag = progress.clone();
+    let task = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut w = ArchiveWriter::create(&staged, level, zstd_workers(), Some(progress))
             .with_context(|| format!("creating staging file {}", staged.display()))?;
         let out = source::archive_source(&spec, &mut w, time)?;
@@ -120,9 +130,21 @@ async fn build_archive(
             .finish()
             .with_context(|| format!("finishing archive for source {}", spec.name()))?;
         Ok((summary, out))
-    })
-    .await
-    .expect("archive task panicked");
+    });
+    tokio::pin!(task);
+    let joined = match cancel {
+        Some(token) => tokio::select! {
+            r = &mut task => r,
+            _ = token.cancelled() => {
+                // Stop reading the source; wait for the thread so nothing
+                // writes into the staging directory after it is removed.
+                flag.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                (&mut task).await
+            }
+        },
+        None => task.await,
+    };
+    let result = joined.expect("archive task panicked");
     drop(bar);
     result
 }
@@ -155,7 +177,7 @@ pub async fn run_policy(
     opts: &RunOptions,
 ) -> anyhow::Result<RunResult> {
     let started = std::time::Instant::now();
-    let now_local: DateTime<FixedOffset> = chrono::Local::now().fixed_offset();
+    let now_local: DateTime<FixedOffset> = crate::clock::now();
     let time = opts.time.unwrap_or(now_local);
     let mut warnings = Vec::new();
     if let Some(w) = warn_locations(cfg, policy) {
@@ -198,9 +220,25 @@ pub async fn run_policy(
     let mut sources = Vec::new();
     let mut records = Vec::new();
     let mut failed_source = None;
+    let mut aborted = false;
 
     for spec in &policy.sources {
-        let built = build_archive(spec, policy.compression_level, &staging, time.timestamp()).await;
+        if cancelled(opts) {
+            aborted = true;
+            break;
+        }
+        let built = build_archive(
+            spec,
+            policy.compression_level,
+            &staging,
+            time.timestamp(),
+            opts.cancel.as_ref(),
+        )
+        .await;
+        if cancelled(opts) {
+            aborted = true;
+            break;
+        }
         let (summary, out) = match built {
             Ok(x) => x,
             Err(e) => {
@@ -301,7 +339,22 @@ pub async fn run_policy(
         duration_seconds: 0.0,
     };
 
-    if let Some(msg) = failed_source {
+    if aborted || (failed_source.is_none() && cancelled(opts)) {
+        tracing::warn!(
+            "run policy={} snapshot={id}: interrupted before the manifest was written; \
+             no snapshot is recorded (uploaded archives are removed by the next prune)",
+            policy.name
+        );
+        result.status = "aborted".into();
+        result.error = Some(
+            "interrupted by a signal before the snapshot was recorded; nothing was recorded".into(),
+        );
+        for t in &mut result.targets {
+            if t.error.is_none() {
+                t.status = "aborted".into();
+            }
+        }
+    } else if let Some(msg) = failed_source {
         result.error = Some(format!("{msg}; no snapshot was recorded"));
         for t in &mut result.targets {
             if t.error.is_none() {
@@ -378,7 +431,7 @@ pub async fn run_policy(
             status.clone()
         });
         st.run.last_message = err;
-        if status != "failed" {
+        if status == "complete" || status == "partial" {
             st.run.last_success = Some(now_local);
             st.run.last_snapshot = snap;
         }
