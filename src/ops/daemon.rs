@@ -72,6 +72,11 @@ pub async fn run_daemon(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let now = crate::clock::now();
+    tracing::info!(
+        "daemon: started (pid {}), {} policies",
+        std::process::id(),
+        cfg.policies.len()
+    );
     let mut slots: Vec<Slot> = Vec::new();
     for policy in cfg.policies.values() {
         for job in [Job::Run, Job::Verify] {
@@ -102,12 +107,7 @@ pub async fn run_daemon(
             }
         }
     }
-    tracing::info!(
-        "daemon: started (pid {}), {} scheduled job(s) across {} policies",
-        std::process::id(),
-        slots.len(),
-        cfg.policies.len()
-    );
+    tracing::info!("daemon: {} scheduled job(s)", slots.len());
 
     loop {
         let Some(i) = (0..slots.len()).min_by_key(|&i| slots[i].fire_at) else {
