@@ -14,7 +14,10 @@ fn repoint(text: &str, base: &Path, tag: &str) -> String {
     for (i, line) in text.lines().enumerate() {
         if let Some(rest) = line.trim_start().strip_prefix("path = \"") {
             let original = &rest[..rest.find('"').expect("closing quote")];
-            assert!(original.starts_with('/'), "examples use absolute paths: {line}");
+            assert!(
+                original.starts_with('/'),
+                "examples use absolute paths: {line}"
+            );
             let dir = base.join(format!("{tag}-{i}")).join("data");
             std::fs::create_dir_all(&dir).unwrap();
             out.push_str(&format!("path = {:?}", dir.display().to_string()));
@@ -64,7 +67,11 @@ fn example_config_and_policies_pass_check() {
     };
     let r = retention("shop");
     assert_eq!(
-        (r["daily"].as_integer(), r["weekly"].as_integer(), r["monthly"].as_integer()),
+        (
+            r["daily"].as_integer(),
+            r["weekly"].as_integer(),
+            r["monthly"].as_integer()
+        ),
         (Some(7), Some(4), Some(12))
     );
     let r = retention("app-hourly");
