@@ -236,24 +236,37 @@ fn stale_lock_of_a_killed_process_is_taken_over() {
             .unwrap(),
     ));
     let pid = victim.pid();
-    wait_for(60, "the run to take the lock", || {
-        lock_record_names(&s.state, "slow", pid)
+    wait_for(60, "the run to take the lock and stage its archive", || {
+        lock_record_names(&s.state, "slow", pid)?;
+        (!staging_files(&s.state).is_empty()).then_some(())
     });
     signal(pid, libc::SIGKILL);
     assert_eq!(victim.wait(30), None, "killed by a signal");
     // The record of the dead holder is still there; its flock is gone.
     assert!(lock_record_names(&s.state, "slow", pid).is_some());
 
-    let out = s.run(&["prune", "slow"]);
-    expect_code(&out, 0, "prune after the holder was killed");
-    let err = stderr(&out);
-    assert!(err.contains("took over"), "{err}");
-    assert!(err.contains(&format!("pid {pid}")), "{err}");
     assert!(
         snapshots(&a, "slow").is_empty(),
         "the killed run recorded nothing"
     );
-    // Released again after the prune: the next one takes it silently.
+    assert!(
+        !staging_files(&s.state).is_empty(),
+        "a SIGKILLed run cannot clean up"
+    );
+
+    let out = s.run(&["run", "slow"]);
+    expect_code(&out, 0, "run after the holder was killed");
+    let err = stderr(&out);
+    assert!(err.contains("took over"), "{err}");
+    assert!(err.contains(&format!("pid {pid}")), "{err}");
+    assert!(err.contains("left by an interrupted run"), "{err}");
+    assert!(
+        staging_files(&s.state).is_empty(),
+        "{:?}",
+        staging_files(&s.state)
+    );
+    assert_eq!(snapshots(&a, "slow").len(), 1);
+    // Released again after the run: the next one takes it silently.
     let out = s.run(&["prune", "slow"]);
     expect_code(&out, 0, "second prune");
     assert!(!stderr(&out).contains("took over"), "{}", stderr(&out));

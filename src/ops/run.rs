@@ -200,7 +200,19 @@ pub async fn run_policy(
         id,
         time.to_rfc3339()
     );
-    let staging = cfg.state_dir.join("staging").join(&id);
+    // Per policy: under the policy lock anything already here was left by a
+    // run that was killed, and is removed.
+    let policy_staging = cfg.state_dir.join("staging").join(&policy.name);
+    if let Ok(entries) = std::fs::read_dir(&policy_staging) {
+        for e in entries.flatten() {
+            tracing::warn!(
+                "removing {}, left by an interrupted run",
+                e.path().display()
+            );
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let staging = policy_staging.join(&id);
     std::fs::create_dir_all(&staging)
         .with_context(|| format!("creating staging directory {}", staging.display()))?;
     let _cleanup = RemoveOnDrop(staging.clone());
