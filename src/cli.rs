@@ -3,6 +3,7 @@
 use chrono::{DateTime, FixedOffset};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 
 const AFTER_HELP: &str = "\
 Configuration: --config FILE, else $BACKUPCTL_CONFIG, else ./backupctl.toml, else
@@ -20,7 +21,11 @@ Examples:
   backupctl run shop --dry-run             show what would be backed up
   backupctl list shop                      snapshots and where each is complete
   backupctl restore shop --to /srv/restore latest snapshot of every source
-  backupctl verify --all                   re-hash and test-restore everything";
+  backupctl verify --all                   re-hash and test-restore everything
+  backupctl prune --dry-run                which snapshots retention keeps, and why
+  backupctl run --due --prune              for cron: run what is due, then prune
+  backupctl schedule                       next run times and last results
+  backupctl daemon                         run the schedules in one long-running process";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,6 +77,55 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Prove integrity: re-hash archives on every target and test-restore them into a scratch area.
     Verify(VerifyArgs),
+    /// Apply the retention rules: forget old snapshots, then delete unreferenced archives.
+    ///
+    /// The decision (which snapshots to keep, and why) is taken over the
+    /// snapshots of every reachable target; each target is then pruned on its
+    /// own: first the manifests of forgotten snapshots, then the archives no
+    /// remaining snapshot references. A target that cannot be listed is left
+    /// untouched (exit 3). The newest snapshot is never removed.
+    Prune(PruneArgs),
+    /// Show each policy's schedules: next run times, whether due, last result.
+    Schedule(ScheduleArgs),
+    /// Run the policies' schedules in a long-running process (for systemd).
+    ///
+    /// Each decision is logged on one line. Missed occurrences are caught up
+    /// once at start. SIGTERM/SIGINT aborts the current run cleanly (no partial
+    /// snapshot becomes visible) and exits 0.
+    Daemon(DaemonArgs),
+}
+
+/// `--wait [DURATION]`: no value waits as long as it takes.
+const WAIT_HELP: &str = "If the policy is locked by another run, prune or sync, wait for it: \
+up to DURATION (e.g. 30m, 2h), or as long as it takes without a value. Default: fail at once (exit 1)";
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Policies to prune (default: all).
+    pub policies: Vec<String>,
+    /// Show what would be kept and deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever",
+          value_parser = parse_wait, help = WAIT_HELP)]
+    pub wait: Option<Duration>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Do not prune after each complete run.
+    #[arg(long)]
+    pub no_prune: bool,
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +145,16 @@ pub struct RunArgs {
     /// Show what would be backed up, write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Only the policies whose schedule had an occurrence since their last
+    /// success (a cron line every few minutes catches up once after downtime).
+    #[arg(long, conflicts_with = "time")]
+    pub due: bool,
+    /// Prune each policy after a complete run.
+    #[arg(long)]
+    pub prune: bool,
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever",
+          value_parser = parse_wait, help = WAIT_HELP)]
+    pub wait: Option<Duration>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -146,9 +210,21 @@ pub struct VerifyArgs {
     /// Only this target.
     #[arg(long, value_name = "NAME")]
     pub target: Option<String>,
+    /// Only the policies whose `[verify] schedule` had an occurrence since
+    /// their last successful verification.
+    #[arg(long)]
+    pub due: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    if s == "forever" {
+        // "As long as it takes", without overflowing Instant arithmetic.
+        return Ok(Duration::from_secs(100 * 365 * 24 * 3600));
+    }
+    crate::schedule::parse_duration(s, "--wait duration")
 }
 
 fn parse_time(s: &str) -> Result<DateTime<FixedOffset>, String> {

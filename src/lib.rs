@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod lock;

@@ -4,9 +4,11 @@
 use backupctl::cli::{Cli, Command};
 use backupctl::config::{self, Config};
 use backupctl::error::{exit_code_for, ExitCode};
+use backupctl::ops::due::Job;
 use backupctl::ops::{self, combine};
 use backupctl::report::{self, print_json, say};
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 
 fn main() {
     let cli = Cli::parse();
@@ -72,23 +74,136 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(r.exit_code())
         }
         Command::Run(a) => {
-            let policies = cfg.select(&a.policies)?;
+            let mut policies = cfg.select(&a.policies)?;
+            if a.due {
+                policies = due_policies(&cfg, policies, Job::Run).await?;
+                if policies.is_empty() {
+                    if a.json {
+                        print_json(&Vec::<()>::new());
+                    }
+                    return Ok(ExitCode::Success);
+                }
+            }
+            let cancel = cancel_on_signal();
             let opts = ops::run::RunOptions {
                 time: a.time,
                 dry_run: a.dry_run,
+                cancel: Some(cancel.clone()),
             };
             let mut results = Vec::new();
+            let mut codes = Vec::new();
             for p in policies {
-                results.push(ops::run::run_policy(&cfg, p, &opts).await?);
+                if cancel.is_cancelled() {
+                    codes.push(ExitCode::Failure);
+                    break;
+                }
+                let _lock = if a.dry_run {
+                    None
+                } else {
+                    match ops::policy_lock(&cfg, &p.name, "run", a.wait).await {
+                        Ok(l) => Some(l),
+                        Err(e) => {
+                            eprintln!("error: {e:#}");
+                            codes.push(exit_code_for(&e));
+                            continue;
+                        }
+                    }
+                };
+                let run = ops::run::run_policy(&cfg, p, &opts).await?;
+                codes.push(run.exit_code());
+                let mut prune = None;
+                if a.prune && !a.dry_run {
+                    if run.status == "complete" && !cancel.is_cancelled() {
+                        match ops::prune::prune_policy(&cfg, p, &Default::default()).await {
+                            Ok(r) => {
+                                codes.push(r.exit_code());
+                                prune = Some(r);
+                            }
+                            Err(e) => {
+                                eprintln!("error: policy {}: prune: {e:#}", p.name);
+                                codes.push(exit_code_for(&e));
+                            }
+                        }
+                    } else {
+                        tracing::warn!(
+                            "policy {}: not pruned: the run did not complete on every target",
+                            p.name
+                        );
+                    }
+                }
+                results.push(RunAndPrune { run, prune });
             }
             if a.json {
                 print_json(&results);
             } else {
                 for r in &results {
-                    say(render_run(r));
+                    say(render_run(&r.run));
+                    if let Some(p) = &r.prune {
+                        say(ops::prune::render(p));
+                    }
                 }
             }
-            Ok(combine(results.iter().map(|r| r.exit_code())))
+            Ok(combine(codes))
+        }
+        Command::Prune(a) => {
+            let policies = cfg.select(&a.policies)?;
+            let opts = ops::prune::PruneOptions { dry_run: a.dry_run };
+            let mut out = Vec::new();
+            let mut codes = Vec::new();
+            for p in policies {
+                // A dry run deletes nothing, so it does not need the lock.
+                let _lock = if a.dry_run {
+                    None
+                } else {
+                    match ops::policy_lock(&cfg, &p.name, "prune", a.wait).await {
+                        Ok(l) => Some(l),
+                        Err(e) => {
+                            eprintln!("error: {e:#}");
+                            codes.push(exit_code_for(&e));
+                            continue;
+                        }
+                    }
+                };
+                match ops::prune::prune_policy(&cfg, p, &opts).await {
+                    Ok(r) => {
+                        codes.push(r.exit_code());
+                        out.push(r);
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        codes.push(exit_code_for(&e));
+                    }
+                }
+            }
+            if a.json {
+                print_json(&out);
+            } else {
+                for r in &out {
+                    say(ops::prune::render(r));
+                }
+            }
+            Ok(combine(codes))
+        }
+        Command::Schedule(a) => {
+            let now = backupctl::clock::now();
+            let mut out = Vec::new();
+            for p in cfg.select(&[])? {
+                out.push(ops::schedule::policy_schedule(&cfg, p, now).await?);
+            }
+            if a.json {
+                print_json(&out);
+            } else {
+                for p in &out {
+                    say(ops::schedule::render(p));
+                }
+            }
+            Ok(ExitCode::Success)
+        }
+        Command::Daemon(a) => {
+            let cancel = cancel_on_signal();
+            let opts = ops::daemon::DaemonOptions { prune: !a.no_prune };
+            ops::daemon::run_daemon(&cfg, &opts, cancel).await?;
+            Ok(ExitCode::Success)
         }
         Command::List(a) => {
             let policies = match &a.policy {
@@ -144,7 +259,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(code)
         }
         Command::Verify(a) => {
-            let policies = cfg.select(&a.policies)?;
+            let mut policies = cfg.select(&a.policies)?;
+            if a.due {
+                policies = due_policies(&cfg, policies, Job::Verify).await?;
+                if policies.is_empty() {
+                    if a.json {
+                        print_json(&Vec::<()>::new());
+                    }
+                    return Ok(ExitCode::Success);
+                }
+            }
             let opts = ops::verify::VerifyOptions {
                 all: a.all,
                 sample: a.sample,
@@ -164,6 +288,52 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(combine(results.iter().map(|r| r.exit_code())))
         }
     }
+}
+
+/// A run, and the prune that followed it (`run --prune`).
+#[derive(serde::Serialize)]
+struct RunAndPrune {
+    #[serde(flatten)]
+    run: ops::run::RunResult,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prune: Option<ops::prune::PruneResult>,
+}
+
+/// The policies whose `job` is due now. Due decisions are logged at info,
+/// the others at debug (a cron line every few minutes stays quiet).
+async fn due_policies<'a>(
+    cfg: &Config,
+    policies: Vec<&'a backupctl::config::Policy>,
+    job: Job,
+) -> anyhow::Result<Vec<&'a backupctl::config::Policy>> {
+    let now = backupctl::clock::now();
+    let mut due = Vec::new();
+    for p in policies {
+        let d = ops::due::decide(cfg, p, job, now).await?;
+        if d.due {
+            tracing::info!("{}", d.describe());
+            due.push(p);
+        } else {
+            tracing::debug!("{}", d.describe());
+        }
+    }
+    Ok(due)
+}
+
+/// A token cancelled by the first SIGTERM or SIGINT; a second one exits at once.
+fn cancel_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        ops::daemon::shutdown_signal().await;
+        tracing::warn!(
+            "stopping: finishing or aborting the current step (signal again to exit now)"
+        );
+        t.cancel();
+        ops::daemon::shutdown_signal().await;
+        std::process::exit(ExitCode::Failure.code());
+    });
+    token
 }
 
 fn render_run(r: &ops::run::RunResult) -> String {

@@ -590,6 +590,22 @@ mod tests {
                 ],
             },
             Case {
+                name: "ISO week from the own offset across New Year (2015-W53 vs 2016-W01)",
+                input: &[
+                    "2016-01-04T01:00:00Z",      // Monday: 2016-W01
+                    "2016-01-03T23:30:00-05:00", // 01-04T04:30Z (newest), Sunday: 2015-W53
+                    "2015-12-28T10:00:00Z",      // 2015-W53
+                ],
+                policy: RetentionPolicy { weekly: 2, ..p() },
+                now: "2030-01-01T00:00:00Z",
+                // In UTC the first two would share 2016-W01 and the 2015 one
+                // would be kept instead.
+                want: &[
+                    ("2016-01-03T23:30:00-05:00", "weekly snapshot"),
+                    ("2016-01-04T01:00:00Z", "weekly snapshot"),
+                ],
+            },
+            Case {
                 name: "own offset decides the calendar year",
                 input: &[
                     "2021-12-31T23:30:00-05:00", // 2022-01-01T04:30Z, a 2021 snapshot

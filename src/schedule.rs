@@ -270,9 +270,15 @@ impl<'de> Deserialize<'de> for Schedule {
 /// Parses a jitter such as `"30s"`, `"10m"` (minutes) or `"1h"`; parts may be
 /// combined (`"1h30m"`). Surrounding whitespace is ignored.
 pub fn parse_jitter(text: &str) -> Result<Duration, String> {
+    parse_duration(text, "jitter")
+}
+
+/// Parses a duration such as `"30s"`, `"10m"` (minutes), `"1h30m"`; `what`
+/// names the value in the error message.
+pub fn parse_duration(text: &str, what: &str) -> Result<Duration, String> {
     let bad = |why: &str| {
         format!(
-            "invalid jitter {text:?}: {why}; expected a duration like \"30s\", \"10m\" or \"1h\" \
+            "invalid {what} {text:?}: {why}; expected a duration like \"30s\", \"10m\" or \"1h\" \
              (units s, m = minutes, h)"
         )
     };

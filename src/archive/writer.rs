@@ -23,6 +23,8 @@ pub const STREAM_PART_SIZE: usize = 32 << 20;
 pub struct Progress {
     pub bytes: AtomicU64,
     pub files: AtomicU64,
+    /// Set to abort the archive: the next read of source data fails.
+    pub cancel: std::sync::atomic::AtomicBool,
 }
 
 /// Passes writes through while hashing and counting them.
@@ -486,6 +488,11 @@ impl<'a, R: Read + ?Sized> ExactReader<'a, R> {
     }
 
     fn refill(&mut self) -> io::Result<()> {
+        if let Some(p) = &self.progress {
+            if p.cancel.load(Ordering::Relaxed) {
+                return Err(io::Error::other("archiving cancelled"));
+            }
+        }
         let want = (self.buf.len() as u64).min(self.remaining) as usize;
         let mut got = 0;
         while got < want && self.short_by == 0 {

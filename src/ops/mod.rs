@@ -2,15 +2,21 @@
 //! or `--json`) and an [`ExitCode`].
 
 pub mod check;
+pub mod daemon;
+pub mod due;
 pub mod list;
+pub mod prune;
 pub mod restore;
 pub mod run;
+pub mod schedule;
 pub mod state;
 pub mod verify;
 
 use crate::config::{Config, Policy};
-use crate::error::ExitCode;
+use crate::error::{CodedError, ExitCode};
+use crate::lock::{Lock, LockError};
 use crate::target::{self, DynTarget};
+use std::time::Duration;
 
 /// Open the policy's targets in its order (or only `only`).
 pub async fn open_targets(
@@ -66,4 +72,47 @@ pub fn combine(codes: impl IntoIterator<Item = ExitCode>) -> ExitCode {
         };
     }
     worst
+}
+
+/// Take the per-policy lock (`<state_dir>/locks/<policy>.lock`) that keeps
+/// run, prune and sync of one policy from running at the same time, across
+/// processes. With `wait == None` a held lock fails at once (exit code 1, the
+/// message names the holder); otherwise it is retried until `wait` has passed.
+/// A lock left by a dead process is taken over with a warning.
+pub async fn policy_lock(
+    cfg: &Config,
+    policy: &str,
+    op: &str,
+    wait: Option<Duration>,
+) -> anyhow::Result<Lock> {
+    let (dir, name, op_s) = (cfg.state_dir.clone(), policy.to_string(), op.to_string());
+    let res = tokio::task::spawn_blocking(move || Lock::acquire(&dir, &name, &op_s, wait))
+        .await
+        .expect("lock task panicked");
+    match res {
+        Ok(lock) => {
+            if let Some(dead) = &lock.took_over_from {
+                tracing::warn!(
+                    "policy {policy}: took over the lock left by {dead}, which is no longer running; \
+                     its {} may have been cut short",
+                    dead.op
+                );
+            }
+            tracing::debug!(
+                "policy {policy}: lock {} taken for {op}",
+                lock.path().display()
+            );
+            Ok(lock)
+        }
+        Err(e @ LockError::Held { .. }) => Err(CodedError::failure(format!(
+            "policy {policy}: cannot {op}: {e}{}",
+            if wait.is_some() {
+                " (gave up waiting)"
+            } else {
+                "; pass --wait [DURATION] to wait for it"
+            }
+        ))
+        .into()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("policy {policy}: cannot {op}"))),
+    }
 }

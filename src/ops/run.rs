@@ -27,6 +27,13 @@ pub struct RunOptions {
     /// Record the snapshot as taken at this instant (keeps its offset).
     pub time: Option<DateTime<FixedOffset>>,
     pub dry_run: bool,
+    /// Cancelled (by a signal): abort at the next safe point. Nothing is
+    /// recorded unless the manifests were already being written.
+    pub cancel: Option<tokio_util::sync::CancellationToken>,
+}
+
+fn cancelled(opts: &RunOptions) -> bool {
+    opts.cancel.as_ref().is_some_and(|c| c.is_cancelled())
 }
 
 #[derive(Debug, Serialize)]
@@ -60,7 +67,8 @@ pub struct RunResult {
     pub policy: String,
     pub snapshot: Option<String>,
     pub time: DateTime<FixedOffset>,
-    /// "complete", "partial", "failed" or "dry-run"
+    /// "complete", "partial", "failed", "aborted" (interrupted before any
+    /// manifest was written) or "dry-run"
     pub status: String,
     pub dry_run: bool,
     pub sources: Vec<SourceResult>,
@@ -117,12 +125,12 @@ struct Pushed {
 /// one). Returns the summary and per target how it receives the archive.
 async fn build_archive(
     spec: &SourceSpec,
-    level: i32,
+    policy: &Policy,
     staging: &Path,
     time: i64,
-    policy: &str,
     targets: &[DynTarget],
     failed: &[bool],
+    cancel: Option<&tokio_util::sync::CancellationToken>,
 ) -> anyhow::Result<(
     ArchiveSummary,
     source::SourceOutput,
@@ -132,7 +140,7 @@ async fn build_archive(
     let mut deliveries = Vec::new();
     let mut files = Vec::new();
     let mut open_errors = vec![None; targets.len()];
-    let dir_key = format!("{policy}/archives");
+    let dir_key = format!("{}/archives", policy.name);
     let mut need_staging = false;
     for (i, t) in targets.iter().enumerate() {
         if failed[i] {
@@ -164,6 +172,7 @@ async fn build_archive(
         anyhow::bail!("no target can take the archive");
     }
     let spec = spec.clone();
+    let level = policy.compression_level;
     let progress = Arc::new(Progress::default());
     let total = match &spec {
         SourceSpec::Files(f) if crate::report::is_tty() => {
@@ -172,7 +181,8 @@ async fn build_archive(
         _ => None,
     };
     let bar = Bar::new(spec.name(), total, progress.clone());
-    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let flag = progress.clone();
+    let task = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut w = ArchiveWriter::create(files, level, zstd_workers(), Some(progress))
             .context("starting the archive")?;
         let out = source::archive_source(&spec, &mut w, time)?;
@@ -180,9 +190,21 @@ async fn build_archive(
             .finish()
             .with_context(|| format!("finishing archive for source {}", spec.name()))?;
         Ok((summary, out))
-    })
-    .await
-    .expect("archive task panicked");
+    });
+    tokio::pin!(task);
+    let joined = match cancel {
+        Some(token) => tokio::select! {
+            r = &mut task => r,
+            _ = token.cancelled() => {
+                // Stop reading the source; wait for the thread so nothing
+                // writes into the staging directory after it is removed.
+                flag.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                (&mut task).await
+            }
+        },
+        None => task.await,
+    };
+    let result = joined.expect("archive task panicked");
     drop(bar);
     let (mut summary, out) = match result {
         Ok(x) => x,
@@ -276,7 +298,7 @@ pub async fn run_policy(
     opts: &RunOptions,
 ) -> anyhow::Result<RunResult> {
     let started = std::time::Instant::now();
-    let now_local: DateTime<FixedOffset> = chrono::Local::now().fixed_offset();
+    let now_local: DateTime<FixedOffset> = crate::clock::now();
     let time = opts.time.unwrap_or(now_local);
     let mut warnings = Vec::new();
     if let Some(w) = warn_locations(cfg, policy) {
@@ -299,7 +321,19 @@ pub async fn run_policy(
         id,
         time.to_rfc3339()
     );
-    let staging = cfg.state_dir.join("staging").join(&id);
+    // Per policy: under the policy lock anything already here was left by a
+    // run that was killed, and is removed.
+    let policy_staging = cfg.state_dir.join("staging").join(&policy.name);
+    if let Ok(entries) = std::fs::read_dir(&policy_staging) {
+        for e in entries.flatten() {
+            tracing::warn!(
+                "removing {}, left by an interrupted run",
+                e.path().display()
+            );
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let staging = policy_staging.join(&id);
     std::fs::create_dir_all(&staging)
         .with_context(|| format!("creating staging directory {}", staging.display()))?;
     let _cleanup = RemoveOnDrop(staging.clone());
@@ -319,19 +353,35 @@ pub async fn run_policy(
     let mut sources = Vec::new();
     let mut records = Vec::new();
     let mut failed_source = None;
+    let mut aborted = false;
 
     for spec in &policy.sources {
+        if cancelled(opts) {
+            aborted = true;
+            break;
+        }
         let failed: Vec<bool> = tresults.iter().map(|t| t.error.is_some()).collect();
         let built = build_archive(
             spec,
-            policy.compression_level,
+            policy,
             &staging,
             time.timestamp(),
-            &policy.name,
             &targets,
             &failed,
+            opts.cancel.as_ref(),
         )
         .await;
+        if cancelled(opts) {
+            if let Ok((_, _, deliveries, _)) = built {
+                for (d, _) in deliveries {
+                    if let Delivery::Local(lw) = d {
+                        lw.abort();
+                    }
+                }
+            }
+            aborted = true;
+            break;
+        }
         let (summary, out, deliveries, open_errors) = match built {
             Ok(x) => x,
             Err(e) => {
@@ -436,7 +486,22 @@ pub async fn run_policy(
         duration_seconds: 0.0,
     };
 
-    if let Some(msg) = failed_source {
+    if aborted || (failed_source.is_none() && cancelled(opts)) {
+        tracing::warn!(
+            "run policy={} snapshot={id}: interrupted before the manifest was written; \
+             no snapshot is recorded (uploaded archives are removed by the next prune)",
+            policy.name
+        );
+        result.status = "aborted".into();
+        result.error = Some(
+            "interrupted by a signal before the snapshot was recorded; nothing was recorded".into(),
+        );
+        for t in &mut result.targets {
+            if t.error.is_none() {
+                t.status = "aborted".into();
+            }
+        }
+    } else if let Some(msg) = failed_source {
         result.error = Some(format!("{msg}; no snapshot was recorded"));
         for t in &mut result.targets {
             if t.error.is_none() {
@@ -513,7 +578,7 @@ pub async fn run_policy(
             status.clone()
         });
         st.run.last_message = err;
-        if status != "failed" {
+        if status == "complete" || status == "partial" {
             st.run.last_success = Some(now_local);
             st.run.last_snapshot = snap;
         }

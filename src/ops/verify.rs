@@ -220,7 +220,7 @@ pub async fn verify_policy(
             o.sample.unwrap_or(policy.verify.sample).max(1),
         )
     };
-    let now = chrono::Local::now().fixed_offset();
+    let now = crate::clock::now();
     let mut snapshots = Vec::new();
     let mut codes = Vec::new();
     if !problems.is_empty() {

@@ -263,6 +263,22 @@ impl Target for FsTarget {
             let dir = self.path(dir_key)?;
             std::fs::create_dir_all(&dir)
                 .map_err(|e| self.io(format!("creating {}", dir.display()), e))?;
+            // The caller holds the policy lock: temporaries already here were
+            // left by a run that was killed.
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    if e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("incoming{TMP_MARK}"))
+                    {
+                        tracing::warn!(
+                            "removing {}, left by an interrupted run",
+                            e.path().display()
+                        );
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
             let tmp = dir.join(format!("incoming{TMP_MARK}{}", crate::util::random_hex(8)));
             let file = std::fs::File::create(&tmp)
                 .map_err(|e| self.io(format!("creating {}", tmp.display()), e))?;

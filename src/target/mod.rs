@@ -94,7 +94,9 @@ pub trait Target: Send + Sync {
     /// Targets on a local file system can take an archive while it is being
     /// written: a temporary file inside `dir_key`, committed later under its
     /// final name with [`LocalWrite::commit`]. Others return None and get the
-    /// finished archive through `put_file`.
+    /// finished archive through `put_file`. Called under the policy lock, so
+    /// temporaries already in `dir_key` are leftovers of a killed run and are
+    /// removed.
     fn local_writer(&self, dir_key: &str) -> Option<TargetResult<(std::fs::File, LocalWrite)>> {
         let _ = dir_key;
         None

@@ -126,16 +126,31 @@ pub fn snapshot_tree(root: &Path) -> BTreeMap<String, Observed> {
     let mut out = BTreeMap::new();
     for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
         let e = e.unwrap();
-        let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let m = std::fs::symlink_metadata(e.path()).unwrap();
         let (kind, data) = if m.file_type().is_symlink() {
-            ("link", std::fs::read_link(e.path()).unwrap().into_os_string().into_encoded_bytes())
+            (
+                "link",
+                std::fs::read_link(e.path())
+                    .unwrap()
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )
         } else if m.is_dir() {
             ("dir", Vec::new())
         } else {
             ("file", std::fs::read(e.path()).unwrap())
         };
-        let mode = if kind == "link" { 0 } else { m.permissions().mode() & 0o7777 };
+        let mode = if kind == "link" {
+            0
+        } else {
+            m.permissions().mode() & 0o7777
+        };
         out.insert(
             rel,
             Observed {
@@ -157,11 +172,21 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     let tb = snapshot_tree(b);
     let ka: Vec<&String> = ta.keys().collect();
     let kb: Vec<&String> = tb.keys().collect();
-    assert_eq!(ka, kb, "different entries in {} and {}", a.display(), b.display());
+    assert_eq!(
+        ka,
+        kb,
+        "different entries in {} and {}",
+        a.display(),
+        b.display()
+    );
     for (k, va) in &ta {
         let vb = &tb[k];
         assert_eq!(va.kind, vb.kind, "{k}: kind");
-        assert_eq!(va.mode, vb.mode, "{k}: permission bits {:o} vs {:o}", va.mode, vb.mode);
+        assert_eq!(
+            va.mode, vb.mode,
+            "{k}: permission bits {:o} vs {:o}",
+            va.mode, vb.mode
+        );
         assert_eq!(va.data, vb.data, "{k}: content or link target");
         if running_as_root() {
             assert_eq!(va.owner, vb.owner, "{k}: owner (uid, gid)");

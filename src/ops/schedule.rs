@@ -1,0 +1,117 @@
+//! `backupctl schedule`: for each policy, its run and verification schedules,
+//! the next run times, whether each is due now, and the last result with its
+//! time (from local state; a run's last success falls back to the newest
+//! snapshot on the targets).
+
+use crate::config::{Config, Policy};
+use crate::ops::due::{self, Job};
+use crate::ops::state;
+use chrono::{DateTime, FixedOffset, Local};
+use serde::Serialize;
+
+/// How many upcoming times are listed.
+pub const UPCOMING: usize = 3;
+
+#[derive(Debug, Serialize)]
+pub struct JobStatus {
+    /// The cron expression, or null when the job is not scheduled.
+    pub schedule: Option<String>,
+    /// The next occurrences (local time), soonest first.
+    pub next: Vec<String>,
+    pub due: bool,
+    /// "success", "partial", "failed" or "aborted"; null when never attempted.
+    pub last_result: Option<String>,
+    pub last_attempt: Option<String>,
+    pub last_message: Option<String>,
+    pub last_success: Option<String>,
+    /// Where last_success comes from: "state", "targets" or "none".
+    pub last_success_from: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PolicySchedule {
+    pub policy: String,
+    /// Random delay added to each occurrence by the daemon.
+    pub jitter_seconds: Option<u64>,
+    pub run: JobStatus,
+    pub verify: JobStatus,
+    pub last_snapshot: Option<String>,
+}
+
+fn rfc(t: Option<DateTime<FixedOffset>>) -> Option<String> {
+    t.map(|t| t.to_rfc3339())
+}
+
+pub async fn policy_schedule(
+    cfg: &Config,
+    policy: &Policy,
+    now: DateTime<FixedOffset>,
+) -> anyhow::Result<PolicySchedule> {
+    let st = state::load(&cfg.state_dir, &policy.name);
+    let job = |j: Job, rec: &state::OpRecord, d: due::Decision| JobStatus {
+        schedule: d.schedule.clone(),
+        next: j
+            .schedule(policy)
+            .map(|s| {
+                s.upcoming(&now.with_timezone(&Local), UPCOMING)
+                    .into_iter()
+                    .map(|t| t.fixed_offset().to_rfc3339())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        due: d.due,
+        last_result: rec.last_result.clone(),
+        last_attempt: rfc(rec.last_attempt),
+        last_message: rec.last_message.clone(),
+        last_success: rfc(d.last_success.or(rec.last_success)),
+        last_success_from: d.basis,
+    };
+    let run = job(
+        Job::Run,
+        &st.run,
+        due::decide(cfg, policy, Job::Run, now).await?,
+    );
+    let verify = job(
+        Job::Verify,
+        &st.verify,
+        due::decide(cfg, policy, Job::Verify, now).await?,
+    );
+    Ok(PolicySchedule {
+        policy: policy.name.clone(),
+        jitter_seconds: policy.jitter.map(|j| j.as_secs()),
+        run,
+        verify,
+        last_snapshot: st.run.last_snapshot,
+    })
+}
+
+fn render_job(name: &str, j: &JobStatus) -> String {
+    let Some(s) = &j.schedule else {
+        return format!("  {name}: not scheduled\n");
+    };
+    let last = match (&j.last_result, &j.last_attempt) {
+        (Some(r), Some(t)) => format!("last {r} at {t}"),
+        _ => match &j.last_success {
+            Some(t) => format!("last success {t} (from {})", j.last_success_from),
+            None => "never run".to_string(),
+        },
+    };
+    format!(
+        "  {name}: {s:?}, next {}; {last}{}\n",
+        j.next.first().map(String::as_str).unwrap_or("never"),
+        if j.due { "; DUE now" } else { "" }
+    )
+}
+
+pub fn render(p: &PolicySchedule) -> String {
+    let mut s = format!(
+        "policy {}{}\n",
+        p.policy,
+        p.jitter_seconds
+            .map(|j| format!(" (jitter up to {j}s)"))
+            .unwrap_or_default()
+    );
+    s.push_str(&render_job("run", &p.run));
+    s.push_str(&render_job("verify", &p.verify));
+    s.trim_end().to_string()
+}
