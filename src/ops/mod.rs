@@ -4,6 +4,7 @@
 pub mod check;
 pub mod list;
 pub mod restore;
+pub mod restore_db;
 pub mod run;
 pub mod state;
 pub mod verify;

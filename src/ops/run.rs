@@ -104,6 +104,7 @@ async fn build_archive(
 ) -> anyhow::Result<(ArchiveSummary, source::SourceOutput)> {
     let spec = spec.clone();
     let staged = staging.join(format!("{}.tar.zst", spec.name()));
+    let staging = staging.to_path_buf();
     let progress = Arc::new(Progress::default());
     let total = match &spec {
         SourceSpec::Files(f) if crate::report::is_tty() => {
@@ -115,7 +116,7 @@ async fn build_archive(
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut w = ArchiveWriter::create(&staged, level, zstd_workers(), Some(progress))
             .with_context(|| format!("creating staging file {}", staged.display()))?;
-        let out = source::archive_source(&spec, &mut w, time)?;
+        let out = source::archive_source(&spec, &mut w, time, &staging)?;
         let summary = w
             .finish()
             .with_context(|| format!("finishing archive for source {}", spec.name()))?;
