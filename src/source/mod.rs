@@ -34,13 +34,11 @@ pub fn archive_source(
     time: i64,
     staging: &Path,
 ) -> anyhow::Result<SourceOutput> {
-    let with_name = |r: anyhow::Result<SourceOutput>| {
-        r.map_err(|e| e.context(format!("source {}", spec.name())))
-    };
+    // The caller (ops::run) names the source in its error message.
     match spec {
         SourceSpec::Files(s) => files::archive_tree(s, w),
-        SourceSpec::Postgres(s) => with_name(postgres::archive(s, w, time)),
-        SourceSpec::Mysql(s) => with_name(mysql::archive(s, w, time)),
+        SourceSpec::Postgres(s) => postgres::archive(s, w, time),
+        SourceSpec::Mysql(s) => mysql::archive(s, w, time),
         SourceSpec::Sqlite(s) => sqlite::archive(s, w, time, staging),
     }
 }

@@ -113,14 +113,13 @@ impl MyConn {
         if let Some(u) = &self.user {
             c.arg(format!("--user={u}"));
         }
-        c.arg("--connect-timeout=10");
         c.env_remove("MYSQL_PWD");
         c
     }
 
     fn client(&self, tools: &Tools) -> Command {
         let mut c = self.command(&tools.client);
-        c.arg("--default-character-set=utf8mb4");
+        c.args(["--connect-timeout=10", "--default-character-set=utf8mb4"]);
         c
     }
 
@@ -226,6 +225,10 @@ impl DumpCounter {
     }
 
     fn end_line_start(&mut self) {
+        // `INSERT INTO `t` VALUES` alone on its line (rows on the next lines).
+        if self.try_insert(true) {
+            return;
+        }
         let l = String::from_utf8_lossy(&self.line);
         let l = l.trim_end();
         if l == "DELIMITER ;;" {
@@ -242,6 +245,39 @@ impl DumpCounter {
         }
     }
 
+    /// At `INSERT INTO `name` VALUES` (followed by a space, or by the end of
+    /// the line when `at_eol`), switch to counting tuples.
+    fn try_insert(&mut self, at_eol: bool) -> bool {
+        if self.in_delimiter_block || !self.line.starts_with(b"INSERT INTO `") {
+            return false;
+        }
+        let Some((name, used)) = parse_ident(&self.line[12..]) else {
+            return false;
+        };
+        let rest = &self.line[12 + used..];
+        let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
+        let tail = if let Some(t) = rest.strip_prefix(b" VALUES ") {
+            t.to_vec()
+        } else if at_eol && rest == b" VALUES" {
+            Vec::new()
+        } else {
+            if rest.len() > 8 {
+                self.mode = Mode::Skip;
+            }
+            return false;
+        };
+        self.tables.entry(name.clone()).or_insert(0);
+        self.current = name;
+        self.mode = Mode::Values;
+        self.depth = 0;
+        self.in_string = false;
+        self.escaped = false;
+        for b in tail {
+            self.values_byte(b);
+        }
+        true
+    }
+
     fn check_prefix(&mut self) {
         let l = &self.line;
         if self.in_delimiter_block {
@@ -251,24 +287,7 @@ impl DumpCounter {
             return;
         }
         if l.starts_with(b"INSERT INTO `") {
-            if let Some((name, used)) = parse_ident(&l[12..]) {
-                let rest = &l[12 + used..];
-                if rest.starts_with(b" VALUES ") {
-                    self.tables.entry(name.clone()).or_insert(0);
-                    self.current = name;
-                    self.mode = Mode::Values;
-                    self.depth = 0;
-                    self.in_string = false;
-                    self.escaped = false;
-                    // Feed what followed " VALUES " (nothing, normally).
-                    let tail = rest[8..].to_vec();
-                    for b in tail {
-                        self.values_byte(b);
-                    }
-                } else if rest.len() >= 8 {
-                    self.mode = Mode::Skip;
-                }
-            }
+            self.try_insert(false);
             return;
         }
         let possible = [&b"INSERT INTO `"[..], b"CREATE TABLE `", b"DELIMITER ;"]
@@ -299,10 +318,8 @@ impl DumpCounter {
                 self.depth += 1;
             }
             b')' => self.depth = self.depth.saturating_sub(1),
-            b'\n' if self.depth == 0 => {
-                self.mode = Mode::LineStart;
-                self.line.clear();
-            }
+            // End of the statement: skip the rest of its line.
+            b';' if self.depth == 0 => self.mode = Mode::Skip,
             _ => {}
         }
     }
@@ -611,7 +628,7 @@ mod tests {
 
     #[test]
     fn counter_counts_tuples_not_parentheses_in_strings() {
-        let dump = b"-- header\nCREATE TABLE `a``b` (\n  `id` int\n);\nCREATE TABLE `empty` (\n `x` int);\nINSERT INTO `a``b` VALUES (1,'x(y)\\'),(z'),(2,NULL),(3,0xABCD);\nINSERT INTO `a``b` VALUES (4,'a\nb');\nDELIMITER ;;\nINSERT INTO `log` VALUES (NEW.id);\nDELIMITER ;\n-- Dump completed\n";
+        let dump = b"-- header\nCREATE TABLE `a``b` (\n  `id` int\n);\nCREATE TABLE `empty` (\n `x` int);\nINSERT INTO `a``b` VALUES (1,'x(y)\\'),(z'),(2,NULL),(3,0xABCD);\nINSERT INTO `a``b` VALUES (4,'a\nb');\nINSERT INTO `a``b` VALUES\n(5,'x'),\n(6,'(');\nDELIMITER ;;\nINSERT INTO `log` VALUES (NEW.id);\nDELIMITER ;\n-- Dump completed\n";
         // Feed in awkward chunk sizes.
         for chunk in [1usize, 3, 7, 1000] {
             let mut c = DumpCounter::default();
@@ -620,7 +637,7 @@ mod tests {
             }
             assert_eq!(
                 c.tables.get("a`b"),
-                Some(&4),
+                Some(&6),
                 "chunk {chunk}: {:?}",
                 c.tables
             );

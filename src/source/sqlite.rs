@@ -53,8 +53,7 @@ pub fn archive(
 ) -> anyhow::Result<SourceOutput> {
     anyhow::ensure!(
         spec.path.is_file(),
-        "source {}: {} does not exist or is not a file",
-        spec.name,
+        "{} does not exist or is not a file",
         spec.path.display()
     );
     let copy = staging.join(format!("sqlite-{}.db", crate::util::random_hex(12)));
@@ -64,26 +63,19 @@ pub fn archive(
             &spec.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .with_context(|| format!("source {}: opening {}", spec.name, spec.path.display()))?;
+        .with_context(|| format!("opening {}", spec.path.display()))?;
         src.busy_timeout(Duration::from_secs(60))?;
         let mut dst = Connection::open(&copy)?;
         let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
         // All pages in one step: one read transaction, a consistent state.
         backup
             .run_to_completion(-1, Duration::from_millis(50), None)
-            .with_context(|| {
-                format!(
-                    "source {}: online backup of {}",
-                    spec.name,
-                    spec.path.display()
-                )
-            })?;
+            .with_context(|| format!("online backup of {}", spec.path.display()))?;
     }
     let (problems, tables) = inspect(&copy)?;
     anyhow::ensure!(
         problems.is_empty(),
-        "source {}: the copy of {} fails PRAGMA integrity_check: {}",
-        spec.name,
+        "the copy of {} fails PRAGMA integrity_check: {}",
         spec.path.display(),
         problems.join("; ")
     );
