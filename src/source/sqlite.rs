@@ -67,10 +67,27 @@ pub fn archive(
         src.busy_timeout(Duration::from_secs(60))?;
         let mut dst = Connection::open(&copy)?;
         let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
-        // All pages in one step: one read transaction, a consistent state.
-        backup
-            .run_to_completion(-1, Duration::from_millis(50), None)
-            .with_context(|| format!("online backup of {}", spec.path.display()))?;
+        // All pages in one step: one read transaction, so the copy is one
+        // committed state (chunked steps would restart whenever the
+        // application writes). A writer holding a lock makes us wait.
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        loop {
+            use rusqlite::backup::StepResult;
+            match backup
+                .step(-1)
+                .with_context(|| format!("online backup of {}", spec.path.display()))?
+            {
+                StepResult::Done => break,
+                StepResult::More => continue,
+                _ if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => anyhow::bail!(
+                    "online backup of {}: the database stayed locked for 10 minutes",
+                    spec.path.display()
+                ),
+            }
+        }
     }
     let (problems, tables) = inspect(&copy)?;
     anyhow::ensure!(
