@@ -21,6 +21,8 @@ Examples:
   backupctl run shop --dry-run             show what would be backed up
   backupctl list shop                      snapshots and where each is complete
   backupctl restore shop --to /srv/restore latest snapshot of every source
+  backupctl restore shop --source shopdb --into-database shop_restored
+                                           load a database dump into its server
   backupctl verify --all                   re-hash and test-restore everything
   backupctl prune --dry-run                which snapshots retention keeps, and why
   backupctl run --due --prune              for cron: run what is due, then prune
@@ -175,8 +177,17 @@ pub struct RestoreArgs {
     /// Snapshot id (or a unique prefix); default: the latest.
     pub snapshot: Option<String>,
     /// Destination directory; must be empty unless --force.
-    #[arg(long, value_name = "DIR")]
-    pub to: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "into_database")]
+    pub to: Option<PathBuf>,
+    /// Load a database source's dump into this database on the source's
+    /// configured server (needs --source); a non-empty database is refused
+    /// unless --force, which replaces it.
+    #[arg(long, value_name = "DBNAME", conflicts_with_all = ["to", "include"], requires = "source")]
+    pub into_database: Option<String>,
+    /// With --into-database: which dump of a multi-database source to load
+    /// (default: the only one, or the one named DBNAME).
+    #[arg(long, value_name = "NAME", requires = "into_database")]
+    pub database: Option<String>,
     /// Only this source.
     #[arg(long, value_name = "NAME")]
     pub source: Option<String>,
@@ -186,7 +197,8 @@ pub struct RestoreArgs {
     /// Only paths matching this glob (relative to the source root; repeatable).
     #[arg(long, value_name = "GLOB")]
     pub include: Vec<String>,
-    /// Restore into a non-empty directory; an existing DIR/<source> is moved aside, not deleted.
+    /// Restore into a non-empty directory (an existing DIR/<source> is moved aside, not deleted);
+    /// with --into-database: replace a non-empty database.
     #[arg(long)]
     pub force: bool,
     /// Also create symbolic links that point outside the destination (they are never followed).

@@ -230,9 +230,38 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Restore(a) => {
             let policy = cfg.policy(&a.policy)?;
+            if let Some(into) = &a.into_database {
+                let opts = ops::restore_db::RestoreDbOptions {
+                    snapshot: a.snapshot.clone(),
+                    source: a.source.clone().unwrap_or_default(),
+                    into: into.clone(),
+                    database: a.database.clone(),
+                    target: a.target.clone(),
+                    force: a.force,
+                };
+                let r = ops::restore_db::restore_into_database(&cfg, policy, &opts).await?;
+                if a.json {
+                    print_json(&r);
+                } else {
+                    say(format!(
+                        "restored database {} of source {} (snapshot {}, {}) from target {} into {} on {}: {} tables, {} rows{}",
+                        r.from_database,
+                        r.source,
+                        r.snapshot,
+                        r.time,
+                        r.target,
+                        r.load.database,
+                        r.load.server,
+                        r.load.tables,
+                        r.load.rows,
+                        if r.load.replaced_existing { " (replaced the existing database)" } else { "" }
+                    ));
+                }
+                return Ok(ExitCode::Success);
+            }
             let opts = ops::restore::RestoreOptions {
                 snapshot: a.snapshot.clone(),
-                to: a.to.clone(),
+                to: a.to.clone().expect("clap requires --to"),
                 source: a.source.clone(),
                 target: a.target.clone(),
                 include: a.include.clone(),

@@ -7,6 +7,7 @@ pub mod due;
 pub mod list;
 pub mod prune;
 pub mod restore;
+pub mod restore_db;
 pub mod run;
 pub mod schedule;
 pub mod state;

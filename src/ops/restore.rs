@@ -117,6 +117,95 @@ pub async fn fetch_and_extract(
     }
 }
 
+/// Fetch and unpack one source's archive from the first target (in order)
+/// that holds the snapshot and serves intact bytes, into a fresh hidden
+/// directory under `parent`. Returns the target used, the directory, the
+/// extraction report and the targets skipped (with why).
+#[allow(clippy::too_many_arguments)]
+pub async fn fetch_with_failover(
+    targets: &[DynTarget],
+    catalog: &Catalog,
+    policy: &str,
+    m: &archive::Manifest,
+    rec: &SourceRecord,
+    parent: &Path,
+    opts: &ExtractOptions,
+    include: Option<&globset::GlobSet>,
+) -> anyhow::Result<(
+    String,
+    PathBuf,
+    archive::ExtractReport,
+    Vec<(String, String)>,
+)> {
+    let mut skipped = Vec::new();
+    for t in targets {
+        let holds = catalog
+            .targets
+            .iter()
+            .find(|s| s.target.name() == t.name())
+            .and_then(|s| s.view.as_ref().ok())
+            .map(|v| v.snapshots.contains(&m.id));
+        match holds {
+            None => {
+                skipped.push((t.name().to_string(), "unreachable".to_string()));
+                continue;
+            }
+            Some(false) => {
+                skipped.push((
+                    t.name().to_string(),
+                    "does not hold this snapshot".to_string(),
+                ));
+                continue;
+            }
+            Some(true) => {}
+        }
+        let staging = parent.join(format!(".backupctl-restore-{}", crate::util::random_hex(8)));
+        let r = fetch_and_extract(t, policy, rec, &staging, opts, &rec.name).await;
+        let problems = match &r {
+            Ok(rep) => archive::reader::compare_files(&rec.files, &rep.files, include),
+            Err(_) => Vec::new(),
+        };
+        match r {
+            Ok(rep) if problems.is_empty() => {
+                return Ok((t.name().to_string(), staging, rep, skipped));
+            }
+            Ok(_) => {
+                let msg = format!("files do not match the manifest: {}", problems.join("; "));
+                tracing::warn!(
+                    "target {}: source {}: {msg}; trying the next target",
+                    t.name(),
+                    rec.name
+                );
+                skipped.push((t.name().to_string(), msg));
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            Err(FetchError::Skip(msg)) => {
+                tracing::warn!(
+                    "target {}: source {}: {msg}; trying the next target",
+                    t.name(),
+                    rec.name
+                );
+                skipped.push((t.name().to_string(), msg));
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            Err(FetchError::Fatal(e)) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        }
+    }
+    let why = skipped
+        .iter()
+        .map(|(t, e)| format!("{t}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(CodedError::failure(format!(
+        "source {}: no target could provide an intact copy ({why})",
+        rec.name
+    ))
+    .into())
+}
+
 fn dir_is_empty(p: &Path) -> bool {
     std::fs::read_dir(p)
         .map(|mut d| d.next().is_none())
@@ -191,77 +280,17 @@ pub async fn restore(
     };
     for rec in chosen {
         let final_dir = to.join(&rec.name);
-        let mut skipped = Vec::new();
-        let mut done = None;
-        for t in &targets {
-            let holds = catalog
-                .targets
-                .iter()
-                .find(|s| s.target.name() == t.name())
-                .and_then(|s| s.view.as_ref().ok())
-                .map(|v| v.snapshots.contains(&m.id));
-            match holds {
-                None => {
-                    skipped.push((t.name().to_string(), "unreachable".to_string()));
-                    continue;
-                }
-                Some(false) => {
-                    skipped.push((
-                        t.name().to_string(),
-                        "does not hold this snapshot".to_string(),
-                    ));
-                    continue;
-                }
-                Some(true) => {}
-            }
-            let staging = to.join(format!(".backupctl-restore-{}", crate::util::random_hex(8)));
-            let r = fetch_and_extract(t, &policy.name, rec, &staging, &opts, &rec.name).await;
-            let problems = match &r {
-                Ok(rep) => archive::reader::compare_files(&rec.files, &rep.files, include.as_ref()),
-                Err(_) => Vec::new(),
-            };
-            match r {
-                Ok(rep) if problems.is_empty() => {
-                    done = Some((t.name().to_string(), staging, rep));
-                    break;
-                }
-                Ok(_) => {
-                    let msg = format!("files do not match the manifest: {}", problems.join("; "));
-                    tracing::warn!(
-                        "target {}: source {}: {msg}; trying the next target",
-                        t.name(),
-                        rec.name
-                    );
-                    skipped.push((t.name().to_string(), msg));
-                    let _ = std::fs::remove_dir_all(&staging);
-                }
-                Err(FetchError::Skip(msg)) => {
-                    tracing::warn!(
-                        "target {}: source {}: {msg}; trying the next target",
-                        t.name(),
-                        rec.name
-                    );
-                    skipped.push((t.name().to_string(), msg));
-                    let _ = std::fs::remove_dir_all(&staging);
-                }
-                Err(FetchError::Fatal(e)) => {
-                    let _ = std::fs::remove_dir_all(&staging);
-                    return Err(e);
-                }
-            }
-        }
-        let Some((tname, staging, rep)) = done else {
-            let why = skipped
-                .iter()
-                .map(|(t, e)| format!("{t}: {e}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Err(CodedError::failure(format!(
-                "source {}: no target could provide an intact copy ({why})",
-                rec.name
-            ))
-            .into());
-        };
+        let (tname, staging, rep, skipped) = fetch_with_failover(
+            &targets,
+            &catalog,
+            &policy.name,
+            m,
+            rec,
+            &to,
+            &opts,
+            include.as_ref(),
+        )
+        .await?;
         let mut moved_aside = None;
         if std::fs::symlink_metadata(&final_dir).is_ok() {
             let aside = to.join(format!(

@@ -172,6 +172,7 @@ async fn build_archive(
         anyhow::bail!("no target can take the archive");
     }
     let spec = spec.clone();
+    let staging_dir = staging.to_path_buf();
     let level = policy.compression_level;
     let progress = Arc::new(Progress::default());
     let total = match &spec {
@@ -185,7 +186,7 @@ async fn build_archive(
     let task = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut w = ArchiveWriter::create(files, level, zstd_workers(), Some(progress))
             .context("starting the archive")?;
-        let out = source::archive_source(&spec, &mut w, time)?;
+        let out = source::archive_source(&spec, &mut w, time, &staging_dir)?;
         let summary = w
             .finish()
             .with_context(|| format!("finishing archive for source {}", spec.name()))?;

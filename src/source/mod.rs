@@ -2,9 +2,15 @@
 //! [`ArchiveWriter`] (one archive per source per snapshot).
 //!
 //! - [`files`]: a directory tree with gitignore-style excludes.
-//! - database sources (PostgreSQL, MySQL/MariaDB, SQLite) stream their dumps in.
+//! - database sources ([`postgres`], [`mysql`], [`sqlite`]) write their dumps
+//!   in (see [`db`] for what they share) and record [`db::DatabaseFacts`] in
+//!   the manifest; `verify` loads those dumps again.
 
+pub mod db;
 pub mod files;
+pub mod mysql;
+pub mod postgres;
+pub mod sqlite;
 
 use crate::archive::{ArchiveWriter, SourceRecord};
 use crate::config::{Policy, SourceSpec};
@@ -19,27 +25,28 @@ pub struct SourceOutput {
     pub database: Option<serde_json::Value>,
 }
 
-/// Write `spec`'s content into `w`. Runs on a blocking thread.
+/// Write `spec`'s content into `w`. Runs on a blocking thread. `time` is the
+/// snapshot time (mtime of generated entries); `staging` is the run's
+/// staging directory (SQLite's backup copy goes there).
 pub fn archive_source(
     spec: &SourceSpec,
     w: &mut ArchiveWriter,
     time: i64,
+    staging: &Path,
 ) -> anyhow::Result<SourceOutput> {
-    let _ = time;
+    // The caller (ops::run) names the source in its error message.
     match spec {
         SourceSpec::Files(s) => files::archive_tree(s, w),
-        other => anyhow::bail!(
-            "source {}: {} sources are not supported by this build yet",
-            other.name(),
-            other.kind()
-        ),
+        SourceSpec::Postgres(s) => postgres::archive(s, w, time),
+        SourceSpec::Mysql(s) => mysql::archive(s, w, time),
+        SourceSpec::Sqlite(s) => sqlite::archive(s, w, time, staging),
     }
 }
 
 /// Before writing anything: can this source be read at all? (Files: the path
 /// exists; databases: the client tool is installed.)
 pub fn preflight(spec: &SourceSpec) -> anyhow::Result<()> {
-    match spec {
+    let db_tools = match spec {
         SourceSpec::Files(s) => {
             anyhow::ensure!(
                 s.path.is_dir(),
@@ -47,10 +54,15 @@ pub fn preflight(spec: &SourceSpec) -> anyhow::Result<()> {
                 s.name,
                 s.path.display()
             );
-            Ok(())
+            return Ok(());
         }
-        _ => Ok(()),
-    }
+        SourceSpec::Postgres(s) => postgres::Tools::find()
+            .and_then(|_| db::password_from_env("", s.password_env.as_deref()).map(|_| ())),
+        SourceSpec::Mysql(s) => mysql::Tools::find()
+            .and_then(|_| db::password_from_env("", s.password_env.as_deref()).map(|_| ())),
+        SourceSpec::Sqlite(_) => Ok(()),
+    };
+    db_tools.map_err(|e| e.context(format!("source {}", spec.name())))
 }
 
 /// Verification beyond file hashes for a source unpacked at `dir` (databases:
@@ -62,9 +74,24 @@ pub fn verify_unpacked(
     record: &SourceRecord,
     dir: &Path,
 ) -> anyhow::Result<Vec<String>> {
-    let _ = (policy, spec, dir);
+    let facts = || db::DatabaseFacts::from_record(record);
+    let name = record.name.as_str();
     match record.kind.as_str() {
-        "files" => Ok(Vec::new()),
+        "postgres" => {
+            let spec = match spec {
+                Some(SourceSpec::Postgres(s)) => Some(s),
+                _ => None,
+            };
+            postgres::verify(policy.verify.postgres.as_ref(), spec, name, &facts()?, dir)
+        }
+        "mysql" => {
+            let spec = match spec {
+                Some(SourceSpec::Mysql(s)) => Some(s),
+                _ => None,
+            };
+            mysql::verify(policy.verify.mysql.as_ref(), spec, name, &facts()?, dir)
+        }
+        "sqlite" => sqlite::verify(name, &facts()?, dir),
         _ => Ok(Vec::new()),
     }
 }

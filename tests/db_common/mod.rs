@@ -1,0 +1,242 @@
+//! Shared test helpers. Sections are kept separate to ease merging.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+// ---------------------------------------------------------------------------
+// Services (scripts/services/*.sh): env vars, skip or require.
+// ---------------------------------------------------------------------------
+
+/// The service's variables from the environment, else from
+/// `target/services/<service>.env`. Missing: skip (None) with a note, or
+/// panic when BACKUPCTL_TEST_REQUIRE_SERVICES=1.
+pub fn service_env(service: &str, vars: &[&str]) -> Option<HashMap<String, String>> {
+    let mut found: HashMap<String, String> = vars
+        .iter()
+        .filter_map(|v| std::env::var(v).ok().map(|x| (v.to_string(), x)))
+        .collect();
+    if found.len() < vars.len() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/services")
+            .join(format!("{service}.env"));
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            found.clear();
+            for line in text.lines() {
+                if let Some((k, v)) = line.trim().trim_start_matches("export ").split_once('=') {
+                    if vars.contains(&k) {
+                        found.insert(k.to_string(), v.to_string());
+                    }
+                }
+            }
+        }
+    }
+    if found.len() == vars.len() {
+        return Some(found);
+    }
+    if std::env::var("BACKUPCTL_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!(
+            "service {service} required (BACKUPCTL_TEST_REQUIRE_SERVICES=1) but {} not set: run scripts/services/{service}.sh start",
+            vars.join(", ")
+        );
+    }
+    eprintln!("skipped: service {service} not running (scripts/services/{service}.sh start)");
+    None
+}
+
+// ---------------------------------------------------------------------------
+// Database test helpers (issue 4).
+// ---------------------------------------------------------------------------
+
+/// `n` random hex characters.
+pub fn db_hex(n: usize) -> String {
+    let mut b = vec![0u8; n.div_ceil(2)];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut b).unwrap();
+    let mut s: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    s.truncate(n);
+    s
+}
+
+/// A server from the services' env file.
+#[derive(Clone, Debug)]
+pub struct DbServer {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+}
+
+impl DbServer {
+    fn from(service: &str, prefix: &str) -> Option<DbServer> {
+        let names: Vec<String> = ["HOST", "PORT", "USER", "PASSWORD"]
+            .iter()
+            .map(|k| format!("{prefix}_{k}"))
+            .collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let e = service_env(service, &refs)?;
+        Some(DbServer {
+            host: e[&names[0]].clone(),
+            port: e[&names[1]].parse().unwrap(),
+            user: e[&names[2]].clone(),
+            password: e[&names[3]].clone(),
+        })
+    }
+
+    pub fn postgres() -> Option<DbServer> {
+        DbServer::from("postgres", "BACKUPCTL_TEST_PG")
+    }
+
+    pub fn mariadb() -> Option<DbServer> {
+        DbServer::from("mariadb", "BACKUPCTL_TEST_MYSQL")
+    }
+
+    /// Run SQL with psql (independent of backupctl); panics on error.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .env("PGHOST", &self.host)
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", &self.user)
+            .env("PGPASSWORD", &self.password)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Run SQL with the mariadb client; panics on error.
+    pub fn mysql(&self, db: Option<&str>, sql: &str) -> String {
+        let mut c = Command::new("mariadb");
+        c.args(["--batch", "--skip-column-names", "--raw"])
+            .arg(format!("--host={}", self.host))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--user={}", self.user))
+            .env("MYSQL_PWD", &self.password)
+            .args(["-e", sql]);
+        if let Some(d) = db {
+            c.arg(d);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "mariadb {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+/// A config with two fs targets (`a` in location "office", `b` in "offsite")
+/// and one policy `db` whose sources are `sources_toml`.
+pub struct DbSetup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl DbSetup {
+    pub fn new(sources_toml: &str, verify_toml: &str) -> DbSetup {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("policies")).unwrap();
+        let config = root.join("backupctl.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"{0}/state\"\n\n[targets.a]\ntype = \"fs\"\npath = \"{0}/target-a\"\nlocation = \"office\"\n\n[targets.b]\ntype = \"fs\"\npath = \"{0}/target-b\"\nlocation = \"offsite\"\n",
+                root.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("policies/db.toml"),
+            format!(
+                "targets = [\"a\", \"b\"]\n\n[retention]\ndaily = 7\n\n{sources_toml}\n{verify_toml}\n"
+            ),
+        )
+        .unwrap();
+        DbSetup { dir, config }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_backupctl"));
+        c.arg("--config").arg(&self.config);
+        c
+    }
+
+    /// Run backupctl with `args` (plus extra env), returning the output.
+    pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = self.cmd();
+        c.args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+
+    /// Snapshot manifests stored on target `t` (files under */snapshots/).
+    pub fn manifests(&self, t: &str) -> Vec<PathBuf> {
+        let dir = self.path().join(format!("target-{t}/db/snapshots"));
+        match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The single archive file of the policy on target `t`.
+    pub fn archives(&self, t: &str) -> Vec<PathBuf> {
+        let dir = self.path().join(format!("target-{t}/db/archives"));
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.to_string_lossy().ends_with(".tar.zst"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// stdout + stderr as text, for assertions and failure messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Flip bytes in the middle of a file.
+pub fn flip_bytes(p: &Path) {
+    let mut b = std::fs::read(p).unwrap();
+    let mid = b.len() / 2;
+    let end = mid + 16.min(b.len() - mid);
+    for x in &mut b[mid..end] {
+        *x ^= 0xff;
+    }
+    std::fs::write(p, b).unwrap();
+}

@@ -1,0 +1,148 @@
+//! SQLite sources: the online backup while an application writes; the
+//! restored copy is checked with the system `sqlite3` CLI (independent of
+//! backupctl's bundled SQLite).
+
+mod db_common;
+use db_common::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+fn sqlite3(file: &std::path::Path, sql: &str) -> String {
+    let o = std::process::Command::new("sqlite3")
+        .arg(file)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 CLI (Debian package sqlite3)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Transfers money between accounts; each transaction also appends to a
+/// ledger and bumps a counter, so a consistent state has
+/// sum(balance) = 100000 and count(ledger) = meta.n.
+fn writer(path: std::path::PathBuf, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
+    let mut c = rusqlite::Connection::open(path).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
+    let mut i: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let tx = c.transaction().unwrap();
+        let (from, to, amount) = ((i % 10) as i64, ((i * 7 + 3) % 10) as i64, (i % 13) as i64);
+        tx.execute(
+            "UPDATE accounts SET balance = balance - ?1 WHERE id = ?2",
+            (amount, from),
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO ledger (src, dst, amount, memo) VALUES (?1, ?2, ?3, hex(randomblob(64)))",
+            (from, to, amount),
+        )
+        .unwrap();
+        tx.execute(
+            "UPDATE accounts SET balance = balance + ?1 WHERE id = ?2",
+            (amount, to),
+        )
+        .unwrap();
+        tx.execute("UPDATE meta SET n = n + 1", ()).unwrap();
+        tx.commit().unwrap();
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn backup_while_writing(journal_mode: &str) {
+    let s0 = tempfile::tempdir().unwrap();
+    let db = s0.path().join("app.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(&format!(
+            "PRAGMA journal_mode = {journal_mode};
+             CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);
+             CREATE TABLE ledger (id INTEGER PRIMARY KEY, src INT, dst INT, amount INT, memo TEXT);
+             CREATE TABLE meta (n INTEGER NOT NULL);
+             CREATE TABLE filler (id INTEGER PRIMARY KEY, blob BLOB);
+             INSERT INTO meta VALUES (0);
+             WITH RECURSIVE i(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM i WHERE x < 9)
+               INSERT INTO accounts SELECT x, 10000 FROM i;
+             WITH RECURSIVE i(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM i WHERE x < 20000)
+               INSERT INTO filler SELECT x, randomblob(1000) FROM i;"
+        ))
+        .unwrap();
+    }
+    let src = format!(
+        "[[sources]]\nname = \"app\"\ntype = \"sqlite\"\npath = \"{}\"\n",
+        db.display()
+    );
+    let s = DbSetup::new(&src, "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let w = {
+        let (db, stop, done) = (db.clone(), stop.clone(), done.clone());
+        std::thread::spawn(move || writer(db, stop, done))
+    };
+    while done.load(Ordering::Relaxed) < 50 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let before = done.load(Ordering::Relaxed);
+    let o = s.run(&["run"], &[]);
+    let after = done.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    w.join().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        after > before,
+        "the writer made no progress during the backup"
+    );
+
+    let out = s.path().join("out");
+    let o = s.run(&["restore", "db", "--to", out.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let copy = out.join("app/app.db");
+    assert_eq!(sqlite3(&copy, "PRAGMA integrity_check"), "ok");
+    assert_eq!(
+        sqlite3(&copy, "SELECT sum(balance) FROM accounts"),
+        "100000"
+    );
+    assert_eq!(
+        sqlite3(
+            &copy,
+            "SELECT (SELECT count(*) FROM ledger) = (SELECT n FROM meta)"
+        ),
+        "1"
+    );
+    let n: u64 = sqlite3(&copy, "SELECT n FROM meta").parse().unwrap();
+    assert!(
+        n >= before && n <= after,
+        "copy state {n} outside [{before}, {after}]"
+    );
+    // The recorded row count is that of the copy.
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&s.manifests("a")[0]).unwrap()).unwrap();
+    assert_eq!(
+        m["sources"][0]["database"]["databases"][0]["tables"]["ledger"], n,
+        "{m}"
+    );
+    assert_eq!(
+        m["sources"][0]["database"]["databases"][0]["tables"]["filler"],
+        20000
+    );
+
+    let o = s.run(&["verify"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // A corrupted archive on one target is reported there only.
+    flip_bytes(&s.archives("a")[0]);
+    let o = s.run(&["verify", "--json"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["snapshots"][0]["targets"][0]["result"], "failed");
+    assert_eq!(v[0]["snapshots"][0]["targets"][1]["result"], "ok");
+}
+
+#[test]
+fn sqlite_backup_while_writing_rollback_journal() {
+    backup_while_writing("delete");
+}
+
+#[test]
+fn sqlite_backup_while_writing_wal() {
+    backup_while_writing("wal");
+}
