@@ -51,12 +51,17 @@ pub struct ExtractOptions {
     /// Create symlinks whose target lies outside the destination.
     pub allow_external_links: bool,
     pub progress: Option<Arc<Progress>>,
+    /// Hash every file's content (verify). Restore leaves it off: the archive
+    /// hash already covers every byte, and nothing is moved into place until
+    /// it has been checked.
+    pub hash_files: bool,
 }
 
 /// What was unpacked.
 #[derive(Debug, Default)]
 pub struct ExtractReport {
-    /// path -> (size, BLAKE3) of every regular file written.
+    /// path -> (size, BLAKE3) of every regular file written (the hash is
+    /// empty unless `hash_files`).
     pub files: HashMap<String, (u64, String)>,
     pub entries: u64,
     pub archive_hash: String,
@@ -439,7 +444,9 @@ impl<'a> Unpacker<'a> {
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => return Err(ExtractError::Integrity(format!("reading {}: {e}", rel.display()))),
                     };
-                    hasher.update(&self.buf[..n]);
+                    if self.opts.hash_files {
+                        hasher.update(&self.buf[..n]);
+                    }
                     file.write_all(&self.buf[..n]).map_err(|e| local(&path, e))?;
                     written += n as u64;
                     if let Some(p) = &self.opts.progress {
@@ -458,9 +465,13 @@ impl<'a> Unpacker<'a> {
                 if let Some(p) = &self.opts.progress {
                     p.files.fetch_add(1, Ordering::Relaxed);
                 }
-                self.report
-                    .files
-                    .insert(rel.to_string_lossy().into_owned(), (written, hasher.finalize().to_hex().to_string()));
+                // Empty when not hashed (see ExtractOptions::hash_files).
+                let hash = if self.opts.hash_files {
+                    hasher.finalize().to_hex().to_string()
+                } else {
+                    String::new()
+                };
+                self.report.files.insert(rel.to_string_lossy().into_owned(), (written, hash));
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -557,10 +568,12 @@ pub fn compare_files(
         seen += 1;
         match got.get(&f.path) {
             None => problems.push(format!("{}: missing from the archive", f.path)),
-            Some((size, hash)) if *size != f.size || *hash != f.blake3 => problems.push(format!(
-                "{}: content does not match its BLAKE3 in the manifest",
-                f.path
-            )),
+            Some((size, hash)) if *size != f.size || (!hash.is_empty() && *hash != f.blake3) => {
+                problems.push(format!(
+                    "{}: content does not match its BLAKE3 in the manifest",
+                    f.path
+                ))
+            }
             Some(_) => {}
         }
     }

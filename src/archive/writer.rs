@@ -141,8 +141,11 @@ impl Write for MultiSink {
     }
 }
 
-type Sink =
-    CountingWriter<zstd::stream::write::Encoder<'static, HashingWriter<BufWriter<MultiSink>>>>;
+/// tar writes headers and 8 KiB blocks; zstd's multi-threaded encoder takes
+/// locks on every call, so it is fed through a 1 MiB buffer.
+type Sink = CountingWriter<
+    BufWriter<zstd::stream::write::Encoder<'static, HashingWriter<BufWriter<MultiSink>>>>,
+>;
 
 /// What a finished archive is.
 #[derive(Debug)]
@@ -222,7 +225,7 @@ impl ArchiveWriter {
         }
         enc.include_checksum(true)?;
         let mut builder = tar::Builder::new(CountingWriter {
-            inner: enc,
+            inner: BufWriter::with_capacity(1 << 20, enc),
             count: 0,
         });
         builder.mode(tar::HeaderMode::Complete);
@@ -436,7 +439,8 @@ impl ArchiveWriter {
     pub fn finish(self) -> io::Result<ArchiveSummary> {
         let counting = self.builder.into_inner()?;
         let tar_size = counting.count;
-        let hashing = counting.inner.finish()?;
+        let enc = counting.inner.into_inner().map_err(|e| e.into_error())?;
+        let hashing = enc.finish()?;
         let sink = hashing.inner.into_inner().map_err(|e| e.into_error())?;
         let outputs = sink
             .outputs

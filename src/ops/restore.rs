@@ -270,6 +270,7 @@ pub async fn restore(
         preserve_owner: crate::util::is_root(),
         allow_external_links: o.allow_external_links,
         progress: None,
+        hash_files: false,
     };
 
     let mut result = RestoreResult {

@@ -144,6 +144,7 @@ async fn check_on_target(
         let label = format!("{}:{}", t.name(), rec.name);
         let opts = ExtractOptions {
             preserve_owner: false,
+            hash_files: true,
             ..Default::default()
         };
         let mut ac = ArchiveCheck {
