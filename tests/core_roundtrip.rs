@@ -510,3 +510,27 @@ fn a_file_growing_during_the_run_is_reported() {
     assert!(!m["sources"][0]["warnings"].as_array().unwrap().is_empty());
     expect_code(&s.run(&["verify"]), 0);
 }
+
+#[test]
+fn snapshot_ids_are_unique_for_equal_times() {
+    let (s, _src) = setup_two_targets();
+    let t = "2026-03-01T02:30:00+01:00";
+    let a = json(&s.run(&["run", "--json", "--time", t]))[0]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = json(&s.run(&["run", "--json", "--time", t]))[0]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(a, b);
+    assert_eq!(manifests(&s.target_dir("alpha"), "shop").len(), 2);
+    let j = json(&s.run(&["list", "--json"]));
+    let times: Vec<&str> = j[0]["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["time"].as_str().unwrap())
+        .collect();
+    assert_eq!(times, vec![t, t]);
+}

@@ -297,24 +297,3 @@ pub fn flip_byte(path: &Path) {
     b[i] ^= 0xff;
     std::fs::write(path, b).unwrap();
 }
-
-/// Is a service's environment present? Without it the test is skipped,
-/// unless BACKUPCTL_TEST_REQUIRE_SERVICES=1 (CI), where that is a failure.
-pub fn service_env(vars: &[&str]) -> Option<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for v in vars {
-        match std::env::var(v) {
-            Ok(x) => {
-                out.insert(v.to_string(), x);
-            }
-            Err(_) => {
-                if std::env::var("BACKUPCTL_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                    panic!("{v} is not set but BACKUPCTL_TEST_REQUIRE_SERVICES=1: start the test services (scripts/test.sh)");
-                }
-                eprintln!("skipped: {v} not set (run scripts/test.sh to start the test services)");
-                return None;
-            }
-        }
-    }
-    Some(out)
-}
