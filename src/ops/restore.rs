@@ -165,34 +165,24 @@ pub async fn fetch_with_failover(
             Ok(rep) => archive::reader::compare_files(&rec.files, &rep.files, include),
             Err(_) => Vec::new(),
         };
-        match r {
+        let msg = match r {
             Ok(rep) if problems.is_empty() => {
                 return Ok((t.name().to_string(), staging, rep, skipped));
             }
-            Ok(_) => {
-                let msg = format!("files do not match the manifest: {}", problems.join("; "));
-                tracing::warn!(
-                    "target {}: source {}: {msg}; trying the next target",
-                    t.name(),
-                    rec.name
-                );
-                skipped.push((t.name().to_string(), msg));
-                let _ = std::fs::remove_dir_all(&staging);
-            }
-            Err(FetchError::Skip(msg)) => {
-                tracing::warn!(
-                    "target {}: source {}: {msg}; trying the next target",
-                    t.name(),
-                    rec.name
-                );
-                skipped.push((t.name().to_string(), msg));
-                let _ = std::fs::remove_dir_all(&staging);
-            }
+            Ok(_) => format!("files do not match the manifest: {}", problems.join("; ")),
+            Err(FetchError::Skip(msg)) => msg,
             Err(FetchError::Fatal(e)) => {
                 let _ = std::fs::remove_dir_all(&staging);
                 return Err(e);
             }
-        }
+        };
+        tracing::warn!(
+            "target {}: source {}: {msg}; trying the next target",
+            t.name(),
+            rec.name
+        );
+        skipped.push((t.name().to_string(), msg));
+        let _ = std::fs::remove_dir_all(&staging);
     }
     let why = skipped
         .iter()
@@ -210,6 +200,21 @@ fn dir_is_empty(p: &Path) -> bool {
     std::fs::read_dir(p)
         .map(|mut d| d.next().is_none())
         .unwrap_or(true)
+}
+
+/// Open the policy's targets (or only `only`) and merge what they hold,
+/// warning about the ones that cannot be reached.
+pub async fn load_catalog(
+    cfg: &Config,
+    policy: &Policy,
+    only: Option<&str>,
+) -> anyhow::Result<(Vec<DynTarget>, Catalog)> {
+    let targets = open_targets(cfg, policy, only).await?;
+    let catalog = Catalog::load(&policy.name, &targets).await;
+    for (t, e) in catalog.unreachable() {
+        tracing::warn!("target {t} unreachable, skipping it: {e}");
+    }
+    Ok((targets, catalog))
 }
 
 pub async fn restore(
@@ -232,11 +237,7 @@ pub async fn restore(
         .into());
     }
     let include = build_globs(&o.include)?;
-    let targets = open_targets(cfg, policy, o.target.as_deref()).await?;
-    let catalog = Catalog::load(&policy.name, &targets).await;
-    for (t, e) in catalog.unreachable() {
-        tracing::warn!("target {t} unreachable, skipping it: {e}");
-    }
+    let (targets, catalog) = load_catalog(cfg, policy, o.target.as_deref()).await?;
     let entry = catalog
         .resolve(o.snapshot.as_deref())
         .map_err(CodedError::failure)?;

@@ -7,9 +7,7 @@
 use crate::archive::ExtractOptions;
 use crate::config::{Config, Policy, SourceSpec};
 use crate::error::CodedError;
-use crate::ops::open_targets;
 use crate::ops::restore::fetch_with_failover;
-use crate::repo::Catalog;
 use crate::source::db::DatabaseFacts;
 use crate::source::{mysql, postgres};
 use serde::Serialize;
@@ -67,11 +65,8 @@ pub async fn restore_into_database(
     if o.into.is_empty() {
         return Err(CodedError::usage("--into-database: expected a database name").into());
     }
-    let targets = open_targets(cfg, policy, o.target.as_deref()).await?;
-    let catalog = Catalog::load(&policy.name, &targets).await;
-    for (t, e) in catalog.unreachable() {
-        tracing::warn!("target {t} unreachable, skipping it: {e}");
-    }
+    let (targets, catalog) =
+        crate::ops::restore::load_catalog(cfg, policy, o.target.as_deref()).await?;
     let entry = catalog
         .resolve(o.snapshot.as_deref())
         .map_err(CodedError::failure)?;
