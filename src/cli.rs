@@ -20,7 +20,8 @@ Examples:
   backupctl run shop --dry-run             show what would be backed up
   backupctl list shop                      snapshots and where each is complete
   backupctl restore shop --to /srv/restore latest snapshot of every source
-  backupctl verify --all                   re-hash and test-restore everything";
+  backupctl verify --all                   re-hash and test-restore everything
+  backupctl sync                           copy snapshots a target lacks from the others";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,6 +73,12 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Prove integrity: re-hash archives on every target and test-restore them into a scratch area.
     Verify(VerifyArgs),
+    /// Copy every snapshot a target lacks (or holds incomplete) from a target where it is complete.
+    ///
+    /// Archives are downloaded once, checked against their BLAKE3 name, uploaded to
+    /// each target that needs them; the manifest is written last. Incomplete S3
+    /// multipart uploads left by a crash or an outage are aborted first.
+    Sync(SyncArgs),
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +153,21 @@ pub struct VerifyArgs {
     /// Only this target.
     #[arg(long, value_name = "NAME")]
     pub target: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Policies to sync (default: all).
+    pub policies: Vec<String>,
+    /// Show what would be copied, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Abort incomplete multipart uploads started longer ago than this (e.g. 24h, 30m, 0s).
+    #[arg(long, value_name = "AGE", default_value = "24h", value_parser = crate::ops::sync::parse_age)]
+    pub abort_uploads_older_than: std::time::Duration,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

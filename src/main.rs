@@ -163,6 +163,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(combine(results.iter().map(|r| r.exit_code())))
         }
+        Command::Sync(a) => {
+            let policies = cfg.select(&a.policies)?;
+            let opts = ops::sync::SyncOptions {
+                dry_run: a.dry_run,
+                abort_uploads_older_than: a.abort_uploads_older_than,
+            };
+            let mut results = Vec::new();
+            for p in policies {
+                results.push(ops::sync::sync_policy(&cfg, p, &opts).await?);
+            }
+            if a.json {
+                print_json(&results);
+            } else {
+                for r in &results {
+                    say(ops::sync::render(r));
+                }
+            }
+            Ok(combine(results.iter().map(|r| r.exit_code())))
+        }
     }
 }
 

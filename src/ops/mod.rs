@@ -6,6 +6,7 @@ pub mod list;
 pub mod restore;
 pub mod run;
 pub mod state;
+pub mod sync;
 pub mod verify;
 
 use crate::config::{Config, Policy};

@@ -199,7 +199,7 @@ pub async fn restore(
                 .iter()
                 .find(|s| s.target.name() == t.name())
                 .and_then(|s| s.view.as_ref().ok())
-                .map(|v| v.snapshots.iter().any(|id| *id == m.id));
+                .map(|v| v.snapshots.contains(&m.id));
             match holds {
                 None => {
                     skipped.push((t.name().to_string(), "unreachable".to_string()));

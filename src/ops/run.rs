@@ -128,24 +128,95 @@ async fn build_archive(
 }
 
 /// Upload one archive (and its b3sums) to a target unless already there.
-async fn push_archive(
-    t: &DynTarget,
-    policy: &str,
-    summary: &ArchiveSummary,
-    b3sums: &[u8],
-) -> anyhow::Result<(bool, u64)> {
-    let key = repo::archive_key(policy, &summary.hash);
-    let sums_key = repo::b3sums_key(policy, &summary.hash);
-    let present = t.stat(&key).await? == Some(summary.archive_size);
-    let sums_present = t.stat(&sums_key).await? == Some(b3sums.len() as u64);
+async fn push_archive(t: &DynTarget, policy: &str, st: &Staged) -> anyhow::Result<(bool, u64)> {
+    let key = repo::archive_key(policy, &st.hash);
+    let sums_key = repo::b3sums_key(policy, &st.hash);
+    let present = t.stat(&key).await? == Some(st.size);
+    let sums_present = t.stat(&sums_key).await? == Some(st.b3sums.len() as u64);
     if !sums_present {
-        t.put_bytes(&sums_key, b3sums.to_vec()).await?;
+        t.put_bytes(&sums_key, st.b3sums.clone()).await?;
     }
     if present {
         return Ok((false, 0));
     }
-    t.put_file(&key, &summary.path).await?;
-    Ok((true, summary.archive_size))
+    t.put_file(&key, &st.path).await?;
+    Ok((true, st.size))
+}
+
+/// An archive in the staging directory, shared by the target workers; the
+/// file is removed when the last of them drops it.
+struct Staged {
+    path: PathBuf,
+    hash: String,
+    size: u64,
+    b3sums: Vec<u8>,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+enum Job {
+    Archive(Arc<Staged>),
+    /// Every archive was sent: write the restore instructions, then the
+    /// manifest (snapshot id, JSON) last.
+    Commit(String, Arc<Vec<u8>>),
+}
+
+#[derive(Default)]
+struct Outcome {
+    uploaded_bytes: u64,
+    archives_uploaded: usize,
+    archives_already_present: usize,
+    error: Option<String>,
+}
+
+/// Push everything queued for one target, in order; after the first failure
+/// the target receives nothing more (and never a manifest).
+async fn target_worker(
+    t: DynTarget,
+    policy: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Job>,
+) -> Outcome {
+    let mut o = Outcome::default();
+    while let Some(job) = rx.recv().await {
+        if o.error.is_some() {
+            continue;
+        }
+        match job {
+            Job::Archive(st) => match push_archive(&t, &policy, &st).await {
+                Ok((true, bytes)) => {
+                    o.archives_uploaded += 1;
+                    o.uploaded_bytes += bytes;
+                }
+                Ok((false, _)) => o.archives_already_present += 1,
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    tracing::error!("target {} failed: {msg}", t.name());
+                    o.error = Some(msg);
+                }
+            },
+            Job::Commit(id, json) => {
+                let r = async {
+                    t.put_bytes(
+                        repo::RESTORE_FILE,
+                        repo::restore_instructions().into_bytes(),
+                    )
+                    .await?;
+                    t.put_bytes(&repo::manifest_key(&policy, &id), json.to_vec())
+                        .await
+                }
+                .await;
+                if let Err(e) = r {
+                    tracing::error!("target {} failed writing the manifest: {e}", t.name());
+                    o.error = Some(e.to_string());
+                }
+            }
+        }
+    }
+    o
 }
 
 /// Run one policy.
@@ -183,18 +254,20 @@ pub async fn run_policy(
         .with_context(|| format!("creating staging directory {}", staging.display()))?;
     let _cleanup = RemoveOnDrop(staging.clone());
 
-    let mut tresults: Vec<TargetResult> = targets
-        .iter()
-        .map(|t| TargetResult {
-            name: t.name().to_string(),
-            location: t.location().to_string(),
-            status: "complete".into(),
-            uploaded_bytes: 0,
-            archives_uploaded: 0,
-            archives_already_present: 0,
-            error: None,
-        })
-        .collect();
+    // One worker per target, each with its own queue: a slow or failing
+    // target never holds back the others (nor the archiving of the next
+    // source); each target gets its manifest as soon as it has everything.
+    let mut queues = Vec::new();
+    let mut workers = Vec::new();
+    for t in &targets {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        queues.push(tx);
+        workers.push(tokio::spawn(target_worker(
+            t.clone(),
+            policy.name.clone(),
+            rx,
+        )));
+    }
     let mut sources = Vec::new();
     let mut records = Vec::new();
     let mut failed_source = None;
@@ -230,38 +303,16 @@ pub async fn run_policy(
             summary.archive_size
         );
         let b3sums = crate::archive::manifest::b3sums(&summary.files).into_bytes();
-        // Push to every still-healthy target concurrently.
-        let pushes =
-            futures::future::join_all(targets.iter().zip(tresults.iter()).map(|(t, tr)| {
-                let (summary, b3sums) = (&summary, &b3sums);
-                async move {
-                    if tr.error.is_some() {
-                        return None;
-                    }
-                    Some(push_archive(t, &policy.name, summary, b3sums).await)
-                }
-            }))
-            .await;
-        for (tr, r) in tresults.iter_mut().zip(pushes) {
-            match r {
-                None => {}
-                Some(Ok((uploaded, bytes))) => {
-                    if uploaded {
-                        tr.archives_uploaded += 1;
-                        tr.uploaded_bytes += bytes;
-                    } else {
-                        tr.archives_already_present += 1;
-                    }
-                }
-                Some(Err(e)) => {
-                    let msg = format!("{e:#}");
-                    tracing::error!("target {} failed: {msg}", tr.name);
-                    tr.status = "failed".into();
-                    tr.error = Some(msg);
-                }
-            }
+        let staged = Arc::new(Staged {
+            path: summary.path.clone(),
+            hash: summary.hash.clone(),
+            size: summary.archive_size,
+            b3sums,
+        });
+        for q in &queues {
+            let _ = q.send(Job::Archive(staged.clone()));
         }
-        let _ = std::fs::remove_file(&summary.path);
+        drop(staged); // the file goes when the last target is done with it
         sources.push(SourceResult {
             name: spec.name().into(),
             kind: spec.kind().into(),
@@ -287,6 +338,48 @@ pub async fn run_policy(
             database: out.database,
         });
     }
+    if failed_source.is_none() {
+        let manifest = Manifest {
+            format: crate::archive::manifest::FORMAT_NAME.into(),
+            schema_version: crate::archive::manifest::SCHEMA_VERSION,
+            policy: policy.name.clone(),
+            id: id.clone(),
+            time,
+            host: crate::util::hostname(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            sources: std::mem::take(&mut records),
+        };
+        let json = Arc::new(manifest.to_json());
+        for q in &queues {
+            let _ = q.send(Job::Commit(id.clone(), json.clone()));
+        }
+    }
+    drop(queues);
+    let outcomes = futures::future::join_all(workers).await;
+    let tresults: Vec<TargetResult> = targets
+        .iter()
+        .zip(outcomes)
+        .map(|(t, o)| {
+            let o = o.unwrap_or_else(|e| Outcome {
+                error: Some(format!("upload task failed: {e}")),
+                ..Default::default()
+            });
+            TargetResult {
+                name: t.name().to_string(),
+                location: t.location().to_string(),
+                status: if o.error.is_some() {
+                    "failed"
+                } else {
+                    "complete"
+                }
+                .into(),
+                uploaded_bytes: o.uploaded_bytes,
+                archives_uploaded: o.archives_uploaded,
+                archives_already_present: o.archives_already_present,
+                error: o.error,
+            }
+        })
+        .collect();
 
     let mut result = RunResult {
         policy: policy.name.clone(),
@@ -310,46 +403,6 @@ pub async fn run_policy(
             }
         }
     } else {
-        let manifest = Manifest {
-            format: crate::archive::manifest::FORMAT_NAME.into(),
-            schema_version: crate::archive::manifest::SCHEMA_VERSION,
-            policy: policy.name.clone(),
-            id: id.clone(),
-            time,
-            host: crate::util::hostname(),
-            tool_version: env!("CARGO_PKG_VERSION").into(),
-            sources: records,
-        };
-        let json = manifest.to_json();
-        let key = repo::manifest_key(&policy.name, &id);
-        let commits =
-            futures::future::join_all(targets.iter().zip(result.targets.iter()).map(|(t, tr)| {
-                let (json, key) = (&json, &key);
-                async move {
-                    if tr.error.is_some() {
-                        return None;
-                    }
-                    // Restore instructions first, the manifest last.
-                    if let Err(e) = t
-                        .put_bytes(
-                            repo::RESTORE_FILE,
-                            repo::restore_instructions().into_bytes(),
-                        )
-                        .await
-                    {
-                        return Some(Err(e));
-                    }
-                    Some(t.put_bytes(key, json.clone()).await)
-                }
-            }))
-            .await;
-        for (tr, r) in result.targets.iter_mut().zip(commits) {
-            if let Some(Err(e)) = r {
-                tracing::error!("target {} failed writing the manifest: {e}", tr.name);
-                tr.status = "failed".into();
-                tr.error = Some(e.to_string());
-            }
-        }
         let ok = result.targets.iter().filter(|t| t.error.is_none()).count();
         result.status = if ok == result.targets.len() {
             "complete"

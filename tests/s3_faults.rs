@@ -1,0 +1,240 @@
+//! Fault tests with a private Garage instance each (so stopping it does not
+//! disturb other tests): the server stopped in the middle of an upload,
+//! restore while the first target is down, and a 1 GiB upload with bounded
+//! memory.
+
+mod common;
+
+use common::{run_cli, text, Garage};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    cfg: PathBuf,
+    src: PathBuf,
+    prefix: String,
+    garage: Garage,
+    envs: Vec<(&'static str, String)>,
+}
+
+impl Setup {
+    fn new(
+        tag: &str,
+        order: &[&str],
+        s3_extra: &str,
+        fill: impl FnOnce(&std::path::Path),
+    ) -> Option<Setup> {
+        let garage = Garage::start(tag)?;
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fill(&src);
+        let prefix = format!("{}/", common::unique(tag));
+        let targets = format!(
+            "[targets.local]\ntype = \"fs\"\npath = \"{}\"\nlocation = \"office\"\n\n{}",
+            tmp.path().join("fs-target").display(),
+            garage
+                .env
+                .target_toml("offsite", &prefix, "garage-dc", s3_extra)
+        );
+        let cfg = common::write_config(&tmp.path().join("conf"), &targets, "site", order, &src);
+        let envs = garage.env.child_env();
+        Some(Setup {
+            tmp,
+            cfg,
+            src,
+            prefix,
+            garage,
+            envs,
+        })
+    }
+
+    fn envs(&self) -> Vec<(&str, &str)> {
+        self.envs.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        run_cli(&self.cfg, args, &self.envs())
+    }
+
+    fn restore_and_compare(&self, extra: &[&str]) -> std::process::Output {
+        let to = self.tmp.path().join(common::unique("restore"));
+        let mut args = vec!["restore", "site", "--to", to.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = self.run(&args);
+        assert_eq!(o.status.code(), Some(0), "restore: {}", text(&o));
+        assert_eq!(
+            common::tree_contents(&to.join("site")),
+            common::tree_contents(&self.src),
+            "restored tree differs from the source"
+        );
+        o
+    }
+}
+
+#[test]
+fn server_stopped_mid_upload_then_sync_completes() {
+    let Some(s) = Setup::new(
+        "midupload",
+        &["local", "offsite"],
+        "part_size_mib = 5\nparts_in_flight = 1\nmax_attempts = 2",
+        |p| common::make_tree(p, 160 * 1024 * 1024),
+    ) else {
+        return;
+    };
+    let mut child = common::bin()
+        .arg("--config")
+        .arg(&s.cfg)
+        .arg("run")
+        .envs(s.envs())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the archive's multipart upload is under way, then stop the server.
+    let t0 = Instant::now();
+    loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run finished before the server could be stopped"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(120), "no upload started");
+        if !s.garage.env.multipart_uploads(&s.prefix).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.garage.stop();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "partial: {}", text(&o));
+    let all = text(&o);
+    assert!(all.contains("target offsite"), "{all}");
+    // The fs target completed.
+    let snaps: Vec<_> = std::fs::read_dir(s.tmp.path().join("fs-target/site/snapshots"))
+        .unwrap()
+        .collect();
+    assert_eq!(snaps.len(), 1);
+
+    s.garage.restart();
+    let keys = s.garage.env.list_keys(&s.prefix);
+    assert!(
+        !keys.iter().any(|(k, _)| k.contains("/snapshots/")),
+        "no snapshot may be visible on s3: {keys:?}"
+    );
+    assert!(
+        !keys.iter().any(|(k, _)| k.ends_with(".tar.zst")),
+        "{keys:?}"
+    );
+    let o = s.run(&["list", "--json"]);
+    let l: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        l[0]["snapshots"][0]["targets"],
+        serde_json::json!(["local"])
+    );
+
+    // Sync: aborts the upload the outage left behind, copies the snapshot.
+    let o = s.run(&["sync", "--abort-uploads-older-than", "0s", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r[0]["copies"][0]["target"], "offsite");
+    assert_eq!(r[0]["copies"][0]["status"], "copied");
+    assert!(
+        s.garage.env.multipart_uploads(&s.prefix).is_empty(),
+        "stale multipart uploads are aborted"
+    );
+    let keys = s.garage.env.list_keys(&s.prefix);
+    assert!(
+        keys.iter().any(|(k, _)| k.contains("/snapshots/")),
+        "{keys:?}"
+    );
+
+    let o = s.run(&["verify", "--all", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for t in v[0]["snapshots"][0]["targets"].as_array().unwrap() {
+        assert_eq!(t["result"], "ok", "{t}");
+    }
+    s.restore_and_compare(&["--target", "offsite"]);
+}
+
+#[test]
+fn restore_fails_over_when_the_first_target_is_down() {
+    let Some(s) = Setup::new("down", &["offsite", "local"], "max_attempts = 2", |p| {
+        common::make_tree(p, 3 * 1024 * 1024)
+    }) else {
+        return;
+    };
+    let o = s.run(&["run"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    s.garage.stop();
+    let t0 = Instant::now();
+    let o = s.restore_and_compare(&[]);
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "a dead endpoint must fail fast"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("from target local"),
+        "{}",
+        text(&o)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("offsite") && l.contains("unreachable")),
+        "{err}"
+    );
+    // verify reports the outage as partial (3), naming the target.
+    let o = s.run(&["verify", "--all"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("target offsite: unreachable"));
+}
+
+#[test]
+fn one_gib_archive_uploads_with_bounded_memory() {
+    let Some(s) = Setup::new("1gib", &["offsite"], "", |p| {
+        std::fs::create_dir_all(p).unwrap();
+        let mut f = std::fs::File::create(p.join("big.bin")).unwrap();
+        for i in 0..64 {
+            f.write_all(&common::noise(16 << 20, 100 + i)).unwrap();
+        }
+    }) else {
+        return;
+    };
+    let o = std::process::Command::new("/usr/bin/time")
+        .arg("-v")
+        .arg(env!("CARGO_BIN_EXE_backupctl"))
+        .arg("--config")
+        .arg(&s.cfg)
+        .args(["run", "--json"])
+        .envs(s.envs())
+        .env_remove("BACKUPCTL_CONFIG")
+        .output()
+        .expect("/usr/bin/time (Debian package `time`)");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let kb: u64 = err
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .expect("peak RSS in /usr/bin/time output")
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!("peak RSS for a 1 GiB upload: {} MiB", kb / 1024);
+    assert!(kb < 200 * 1024, "peak RSS {kb} kB is over 200 MB");
+    // The object is there, complete (size as recorded), and no upload lingers.
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let hash = r[0]["sources"][0]["archive_hash"].as_str().unwrap();
+    let size = r[0]["sources"][0]["archive_size"].as_i64().unwrap();
+    assert!(size > 1 << 30, "incompressible: {size}");
+    let keys = s.garage.env.list_keys(&s.prefix);
+    assert!(
+        keys.contains(&(format!("{}site/archives/{hash}.tar.zst", s.prefix), size)),
+        "{keys:?}"
+    );
+    assert!(s.garage.env.multipart_uploads(&s.prefix).is_empty());
+}
