@@ -238,3 +238,118 @@ fn one_gib_archive_uploads_with_bounded_memory() {
     );
     assert!(s.garage.env.multipart_uploads(&s.prefix).is_empty());
 }
+
+/// A TCP relay to the S3 server that, once armed, cuts every connection whose
+/// response passes `cut_after` bytes: a connection reset in the middle of a
+/// download (the server itself is real).
+struct CuttingRelay {
+    endpoint: String,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CuttingRelay {
+    fn start(upstream: &str, cut_after: usize) -> CuttingRelay {
+        use std::io::{Read, Write};
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        let up = upstream.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let armed2 = armed.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(&up) else {
+                    continue;
+                };
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    let _ = s_out.shutdown(Shutdown::Write);
+                });
+                let armed = armed2.clone();
+                std::thread::spawn(move || {
+                    let (mut s_in, mut c_out) = (server, client);
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut sent = 0;
+                    loop {
+                        let n = match s_in.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if armed.load(Ordering::SeqCst) && sent + n > cut_after {
+                            let _ = c_out.write_all(&buf[..cut_after.saturating_sub(sent)]);
+                            let _ = c_out.shutdown(Shutdown::Both);
+                            let _ = s_in.shutdown(Shutdown::Both);
+                            return;
+                        }
+                        if c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n;
+                    }
+                    let _ = c_out.shutdown(Shutdown::Write);
+                });
+            }
+        });
+        CuttingRelay { endpoint, armed }
+    }
+}
+
+#[test]
+fn connection_reset_mid_download_fails_over() {
+    let Some(mut env) = common::s3_env() else {
+        return;
+    };
+    let relay = CuttingRelay::start(&env.endpoint, 2 * 1024 * 1024);
+    env.endpoint = relay.endpoint.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    common::make_tree(&src, 24 * 1024 * 1024);
+    let prefix = format!("{}/", common::unique("reset"));
+    let targets = format!(
+        "[targets.local]\ntype = \"fs\"\npath = \"{}\"\nlocation = \"office\"\n\n{}",
+        tmp.path().join("fs-target").display(),
+        env.target_toml("offsite", &prefix, "garage-dc", "max_attempts = 2")
+    );
+    let cfg = common::write_config(
+        &tmp.path().join("conf"),
+        &targets,
+        "site",
+        &["offsite", "local"],
+        &src,
+    );
+    let owned = env.child_env();
+    let envs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let o = run_cli(&cfg, &["run"], &envs);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    relay.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let to = tmp.path().join("restore");
+    let o = run_cli(
+        &cfg,
+        &["restore", "site", "--to", to.to_str().unwrap()],
+        &envs,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("from target local"),
+        "{}",
+        text(&o)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("target offsite") && l.contains("trying the next target")),
+        "{err}"
+    );
+    assert_eq!(
+        common::tree_contents(&to.join("site")),
+        common::tree_contents(&src)
+    );
+    // Through the relay the S3 copy never downloads whole: verify fails it.
+    let o = run_cli(&cfg, &["verify", "--target", "offsite"], &envs);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}

@@ -298,10 +298,7 @@ impl S3Target {
         match e {
             TargetError::Permanent { message, .. } => {
                 let m = message.to_ascii_lowercase();
-                m.contains("checksum")
-                    || m.contains("notimplemented")
-                    || m.contains("x-amz-sdk-checksum")
-                    || m.contains("invalidargument")
+                m.contains("checksum") || m.contains("notimplemented")
             }
             _ => false,
         }
