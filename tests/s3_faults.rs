@@ -107,6 +107,7 @@ fn server_stopped_mid_upload_then_sync_completes() {
     }
     s.garage.stop();
     let o = child.wait_with_output().unwrap();
+    eprintln!("run with the server stopped mid-upload: {}", text(&o));
     assert_eq!(o.status.code(), Some(3), "partial: {}", text(&o));
     let all = text(&o);
     assert!(all.contains("target offsite"), "{all}");
@@ -170,6 +171,11 @@ fn restore_fails_over_when_the_first_target_is_down() {
     s.garage.stop();
     let t0 = Instant::now();
     let o = s.restore_and_compare(&[]);
+    eprintln!(
+        "restore with the first target down ({:.1} s): {}",
+        t0.elapsed().as_secs_f64(),
+        text(&o)
+    );
     assert!(
         t0.elapsed() < Duration::from_secs(60),
         "a dead endpoint must fail fast"

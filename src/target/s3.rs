@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as SdkStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, StorageClass};
 use aws_sdk_s3::Client;
@@ -41,6 +41,20 @@ const MAX_PARTS: u64 = 10_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// No byte for this long on an open connection: the attempt fails (and is retried).
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An error and its causes, one line ("a: b: c"), without repeats or Debug dumps.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let msg = err.to_string();
+        if !msg.is_empty() && !parts.iter().any(|p| p.contains(&msg)) {
+            parts.push(msg);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
 
 pub struct S3Target {
     name: String,
@@ -189,21 +203,17 @@ impl S3Target {
             Some(m) if !code.is_empty() => format!("{code}: {m}"),
             Some(m) => m.to_string(),
             None if !code.is_empty() => code.clone(),
-            None => DisplayErrorContext(&err).to_string(),
+            None => chain(&err),
         };
         match &err {
             SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
                 return TargetError::Unavailable {
                     target,
-                    message: format!(
-                        "{what} {key}: {} ({})",
-                        DisplayErrorContext(&err),
-                        self.where_()
-                    ),
+                    message: format!("{what} {key}: {} ({})", chain(&err), self.where_()),
                 }
             }
             SdkError::DispatchFailure(d) => {
-                let text = DisplayErrorContext(&err).to_string();
+                let text = chain(&err);
                 if d.is_user() || text.contains("credentials") || text.contains("identity") {
                     return TargetError::Permanent {
                         target,
@@ -221,7 +231,7 @@ impl S3Target {
             SdkError::ConstructionFailure(_) => {
                 return TargetError::Permanent {
                     target,
-                    message: format!("{what} {key}: {}", DisplayErrorContext(&err)),
+                    message: format!("{what} {key}: {}", chain(&err)),
                 }
             }
             _ => {}
@@ -623,7 +633,7 @@ impl Target for S3Target {
             .await
             .map_err(|e| TargetError::Unavailable {
                 target: self.name.clone(),
-                message: format!("download {key}: {}", DisplayErrorContext(&e)),
+                message: format!("download {key}: {}", chain(&e)),
             })?;
         Ok(data.into_bytes().to_vec())
     }
