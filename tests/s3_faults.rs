@@ -247,14 +247,15 @@ fn one_gib_archive_uploads_with_bounded_memory() {
 
 /// A TCP relay to the S3 server that, once armed, cuts every connection whose
 /// response passes `cut_after` bytes: a connection reset in the middle of a
-/// download (the server itself is real).
+/// download (the server itself is real). With `up_rate`, requests are passed
+/// on at that many bytes per second: a slow link.
 struct CuttingRelay {
     endpoint: String,
     armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CuttingRelay {
-    fn start(upstream: &str, cut_after: usize) -> CuttingRelay {
+    fn start(upstream: &str, cut_after: usize, up_rate: Option<usize>) -> CuttingRelay {
         use std::io::{Read, Write};
         use std::net::{Shutdown, TcpListener, TcpStream};
         use std::sync::atomic::Ordering;
@@ -272,7 +273,20 @@ impl CuttingRelay {
                 let (mut c_in, mut s_out) =
                     (client.try_clone().unwrap(), server.try_clone().unwrap());
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c_in, &mut s_out);
+                    match up_rate {
+                        None => {
+                            let _ = std::io::copy(&mut c_in, &mut s_out);
+                        }
+                        Some(rate) => {
+                            let mut buf = vec![0u8; rate / 10];
+                            while let Ok(n) = c_in.read(&mut buf) {
+                                if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                        }
+                    }
                     let _ = s_out.shutdown(Shutdown::Write);
                 });
                 let armed = armed2.clone();
@@ -309,7 +323,7 @@ fn connection_reset_mid_download_fails_over() {
     let Some(mut env) = common::s3_env() else {
         return;
     };
-    let relay = CuttingRelay::start(&env.endpoint, 2 * 1024 * 1024);
+    let relay = CuttingRelay::start(&env.endpoint, 2 * 1024 * 1024, None);
     env.endpoint = relay.endpoint.clone();
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
@@ -358,4 +372,67 @@ fn connection_reset_mid_download_fails_over() {
     // Through the relay the S3 copy never downloads whole: verify fails it.
     let o = run_cli(&cfg, &["verify", "--target", "offsite"], &envs);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+#[test]
+fn a_slow_target_does_not_hold_back_the_others() {
+    let Some(mut env) = common::s3_env() else {
+        return;
+    };
+    // About 8 s to upload the archive through a 1 MiB/s link.
+    let relay = CuttingRelay::start(&env.endpoint, usize::MAX, Some(1 << 20));
+    env.endpoint = relay.endpoint.clone();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    common::make_tree(&src, 8 * 1024 * 1024);
+    let prefix = format!("{}/", common::unique("slow"));
+    let fs_root = tmp.path().join("fs-target");
+    let targets = format!(
+        "[targets.local]\ntype = \"fs\"\npath = \"{}\"\nlocation = \"office\"\n\n{}",
+        fs_root.display(),
+        env.target_toml("offsite", &prefix, "garage-dc", "")
+    );
+    let cfg = common::write_config(
+        &tmp.path().join("conf"),
+        &targets,
+        "site",
+        &["offsite", "local"],
+        &src,
+    );
+    let mut child = common::bin()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .envs(env.child_env())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The fs target's snapshot is committed while the slow upload goes on.
+    let t0 = Instant::now();
+    let snapshots = fs_root.join("site/snapshots");
+    loop {
+        let done = std::fs::read_dir(&snapshots).is_ok_and(|mut d| d.next().is_some());
+        if done {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before the fs target had its snapshot"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the slow target should still be uploading when the fast one is complete"
+    );
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        env.list_keys(&prefix)
+            .iter()
+            .any(|(k, _)| k.contains("/snapshots/")),
+        "the slow target completes too"
+    );
 }
