@@ -321,3 +321,43 @@ fn restore_fails_over_from_a_corrupted_s3_copy() {
     assert!(out.contains("target offsite: failed"), "{out}");
     assert!(out.contains("target local: ok"), "{out}");
 }
+
+#[test]
+fn unset_credential_variable_is_a_config_error() {
+    // No server needed: the target cannot even be opened.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    common::make_tree(&src, 10);
+    let env = S3Env {
+        endpoint: "http://127.0.0.1:9".into(),
+        bucket: "b".into(),
+        region: "garage".into(),
+        key_id: String::new(),
+        secret: String::new(),
+    };
+    let targets = format!(
+        "[targets.local]\ntype = \"fs\"\npath = \"{}\"\nlocation = \"office\"\n\n{}",
+        tmp.path().join("fs").display(),
+        env.target_toml("offsite", "", "dc", "")
+    );
+    let cfg = common::write_config(
+        &tmp.path().join("conf"),
+        &targets,
+        "site",
+        &["local", "offsite"],
+        &src,
+    );
+    let mut c = common::bin();
+    c.arg("--config").arg(&cfg).arg("run");
+    c.env_remove("TEST_S3_KEY_ID").env_remove("TEST_S3_SECRET");
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("backupctl.toml")
+            && err.contains("targets.offsite.access_key_id_env")
+            && err.contains("TEST_S3_KEY_ID is not set"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("fs").exists(), "nothing is written");
+}
