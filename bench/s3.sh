@@ -53,7 +53,7 @@ policy() { # name targets...
 policy one dir-one
 policy two dir-two s3-two
 policy sync dir-sync
-B() { "$BIN" -q --config "$W/conf/backupctl.toml" "$@"; }
+B() { "$BIN" -q --config "$W/conf/backupctl.toml" "$@" >/dev/null; }
 now() { date +%s.%N; }
 secs() { echo "$2 - $1" | bc -l; }
 
