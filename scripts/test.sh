@@ -13,7 +13,9 @@ scripts/install-deps.sh
 
 services=()
 for s in scripts/services/*.sh; do
-  [[ -e $s ]] && services+=("$(basename "$s" .sh)")
+  name=$(basename "$s" .sh)
+  [[ $name == lib ]] && continue   # shared functions, not a service
+  services+=("$name")
 done
 stop_services() {
   for name in "${services[@]}"; do

@@ -24,6 +24,7 @@ Examples:
   backupctl restore shop --source shopdb --into-database shop_restored
                                            load a database dump into its server
   backupctl verify --all                   re-hash and test-restore everything
+  backupctl sync                           copy snapshots a target lacks from the others
   backupctl prune --dry-run                which snapshots retention keeps, and why
   backupctl run --due --prune              for cron: run what is due, then prune
   backupctl schedule                       next run times and last results
@@ -95,6 +96,12 @@ pub enum Command {
     /// once at start. SIGTERM/SIGINT aborts the current run cleanly (no partial
     /// snapshot becomes visible) and exits 0.
     Daemon(DaemonArgs),
+    /// Copy every snapshot a target lacks (or holds incomplete) from a target where it is complete.
+    ///
+    /// Archives are downloaded once, checked against their BLAKE3 name, uploaded to
+    /// each target that needs them; the manifest is written last. Incomplete S3
+    /// multipart uploads left by a crash or an outage are aborted first.
+    Sync(SyncArgs),
 }
 
 /// `--wait [DURATION]`: no value waits as long as it takes.
@@ -237,6 +244,24 @@ fn parse_wait(s: &str) -> Result<Duration, String> {
         return Ok(Duration::from_secs(100 * 365 * 24 * 3600));
     }
     crate::schedule::parse_duration(s, "--wait duration")
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Policies to sync (default: all).
+    pub policies: Vec<String>,
+    /// Show what would be copied, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Abort incomplete multipart uploads started longer ago than this (e.g. 24h, 30m, 0s).
+    #[arg(long, value_name = "AGE", default_value = "24h", value_parser = crate::ops::sync::parse_age)]
+    pub abort_uploads_older_than: std::time::Duration,
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever",
+          value_parser = parse_wait, help = WAIT_HELP)]
+    pub wait: Option<Duration>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn parse_time(s: &str) -> Result<DateTime<FixedOffset>, String> {

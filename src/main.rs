@@ -316,6 +316,41 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(combine(results.iter().map(|r| r.exit_code())))
         }
+        Command::Sync(a) => {
+            let policies = cfg.select(&a.policies)?;
+            let opts = ops::sync::SyncOptions {
+                dry_run: a.dry_run,
+                abort_uploads_older_than: a.abort_uploads_older_than,
+            };
+            let mut results = Vec::new();
+            let mut codes = Vec::new();
+            for p in policies {
+                // One run, prune or sync per policy at a time; a dry run writes nothing.
+                let _lock = if a.dry_run {
+                    None
+                } else {
+                    match ops::policy_lock(&cfg, &p.name, "sync", a.wait).await {
+                        Ok(l) => Some(l),
+                        Err(e) => {
+                            eprintln!("error: {e:#}");
+                            codes.push(exit_code_for(&e));
+                            continue;
+                        }
+                    }
+                };
+                let r = ops::sync::sync_policy(&cfg, p, &opts).await?;
+                codes.push(r.exit_code());
+                results.push(r);
+            }
+            if a.json {
+                print_json(&results);
+            } else {
+                for r in &results {
+                    say(ops::sync::render(r));
+                }
+            }
+            Ok(combine(codes))
+        }
     }
 }
 

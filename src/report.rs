@@ -22,8 +22,14 @@ pub fn init(verbosity: i8) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BACKUPCTL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("backupctl={level},warn")));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("BACKUPCTL_LOG").unwrap_or_else(|_| {
+            // The AWS SDK's own warnings (one per credential provider tried, with
+            // debug dumps) repeat what backupctl's error messages already say.
+            tracing_subscriber::EnvFilter::new(format!(
+                "backupctl={level},warn,aws_config=error,aws_smithy_runtime=error"
+            ))
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

@@ -11,6 +11,7 @@ pub mod restore_db;
 pub mod run;
 pub mod schedule;
 pub mod state;
+pub mod sync;
 pub mod verify;
 
 use crate::config::{Config, Policy};

@@ -1,11 +1,17 @@
-//! `backupctl run`: read each source once into a content-hashed archive, push
-//! it to every target concurrently, then write the manifest last on each
-//! target that received everything.
+//! `backupctl run`: read each source once into a content-hashed archive,
+//! deliver it to every target concurrently, then write the manifest last on
+//! each target that received everything.
 //!
-//! A target that fails stops receiving this snapshot but never blocks or
-//! corrupts the others (exit 3: partial). A source that fails fails the run for
-//! its policy: no manifest is written anywhere, so nothing half-done counts as
-//! a snapshot.
+//! Delivery: local (fs) targets receive the compressed stream directly into a
+//! temporary file while it is written, committed under the archive's name once
+//! its hash is known; network (S3) targets upload from one shared staging file.
+//! Each target has its own worker and queue, so a slow or failing target never
+//! holds back the others nor the archiving of the next source, and each gets its
+//! manifest as soon as it has every archive.
+//!
+//! A target that fails stops receiving this snapshot (exit 3: partial). A source
+//! that fails fails the run for its policy: no manifest is written anywhere, so
+//! nothing half-done counts as a snapshot.
 
 use crate::archive::{ArchiveSummary, ArchiveWriter, Manifest, Progress, SourceRecord};
 use crate::config::{Config, Policy, SourceSpec};
@@ -20,6 +26,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 use serde::Serialize;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Default)]
@@ -104,72 +111,207 @@ fn zstd_workers() -> u32 {
         .max(1)
 }
 
-/// Where one target gets this archive from.
-enum Delivery {
-    /// Written directly into a temporary file on the (local) target.
-    Local(LocalWrite),
-    /// Uploaded from the staging file afterwards.
-    Staged,
-    /// The target already failed in this run.
-    Skip,
+/// An archive in the staging directory, shared by the network targets'
+/// workers; the file is removed when the last of them drops it.
+struct Staged {
+    path: PathBuf,
 }
 
-/// What one target ended up with for one archive.
-struct Pushed {
-    uploaded: bool,
-    bytes: u64,
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// How one target receives one archive.
+enum Via {
+    /// The temporary file the archive was written into on the (local) target.
+    Local(LocalWrite, File),
+    /// Upload from the shared staging file.
+    Staged(Arc<Staged>),
+    /// Writing this target's copy failed.
+    Failed(String),
+}
+
+enum Job {
+    Archive {
+        hash: String,
+        size: u64,
+        b3sums: Arc<Vec<u8>>,
+        via: Via,
+    },
+    /// Every archive was sent: write the restore instructions, then the
+    /// manifest (snapshot id, JSON) last.
+    Commit(String, Arc<Vec<u8>>),
+}
+
+#[derive(Default)]
+struct Outcome {
+    uploaded_bytes: u64,
+    archives_uploaded: usize,
+    archives_already_present: usize,
+    error: Option<String>,
+    /// The manifest was written: the snapshot is complete on this target.
+    committed: bool,
+}
+
+/// Deliver one archive and its b3sums; returns whether the archive was stored
+/// (false: it was already there).
+async fn deliver(
+    t: &DynTarget,
+    policy: &str,
+    hash: &str,
+    size: u64,
+    b3sums: &[u8],
+    via: Via,
+) -> anyhow::Result<bool> {
+    let sums_key = repo::b3sums_key(policy, hash);
+    if t.stat(&sums_key).await? != Some(b3sums.len() as u64) {
+        t.put_bytes(&sums_key, b3sums.to_vec()).await?;
+    }
+    match via {
+        Via::Failed(e) => Err(anyhow::anyhow!(e)),
+        Via::Local(lw, file) => {
+            let name = format!("{hash}.tar.zst");
+            Ok(tokio::task::spawn_blocking(move || lw.commit(file, &name))
+                .await
+                .expect("commit task")?)
+        }
+        Via::Staged(st) => {
+            let key = repo::archive_key(policy, hash);
+            if t.stat(&key).await? == Some(size) {
+                return Ok(false);
+            }
+            t.put_file(&key, &st.path).await?;
+            Ok(true)
+        }
+    }
+}
+
+/// Deliver everything queued for one target, in order; after the first
+/// failure the target receives nothing more (and never a manifest), and
+/// `failed` tells the archiver to stop writing for it.
+async fn target_worker(
+    t: DynTarget,
+    policy: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Job>,
+    failed: Arc<AtomicBool>,
+    cancel: Option<tokio_util::sync::CancellationToken>,
+) -> Outcome {
+    let mut o = Outcome::default();
+    while let Some(job) = rx.recv().await {
+        let stop = o.error.is_some() || cancel.as_ref().is_some_and(|c| c.is_cancelled());
+        match job {
+            Job::Archive {
+                via: Via::Local(lw, _),
+                ..
+            } if stop => lw.abort(),
+            _ if stop => {}
+            Job::Archive {
+                hash,
+                size,
+                b3sums,
+                via,
+            } => match deliver(&t, &policy, &hash, size, &b3sums, via).await {
+                Ok(true) => {
+                    o.archives_uploaded += 1;
+                    o.uploaded_bytes += size;
+                }
+                Ok(false) => o.archives_already_present += 1,
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    tracing::error!("target {} failed: {msg}", t.name());
+                    failed.store(true, Ordering::SeqCst);
+                    o.error = Some(msg);
+                }
+            },
+            Job::Commit(id, json) => {
+                let r = async {
+                    t.put_bytes(
+                        repo::RESTORE_FILE,
+                        repo::restore_instructions().into_bytes(),
+                    )
+                    .await?;
+                    t.put_bytes(&repo::manifest_key(&policy, &id), json.to_vec())
+                        .await
+                }
+                .await;
+                match r {
+                    Ok(()) => o.committed = true,
+                    Err(e) => {
+                        tracing::error!("target {} failed writing the manifest: {e}", t.name());
+                        failed.store(true, Ordering::SeqCst);
+                        o.error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+    o
 }
 
 /// Archive one source, writing the compressed stream at once into a temporary
-/// file on every local target (and a staging file when network targets need
-/// one). Returns the summary and per target how it receives the archive.
+/// file on every local target still healthy (and a staging file when network
+/// targets need one). Returns the summary, the source's facts, and per target
+/// how it receives the archive (None: the target already failed).
 async fn build_archive(
     spec: &SourceSpec,
     policy: &Policy,
     staging: &Path,
     time: i64,
     targets: &[DynTarget],
-    failed: &[bool],
+    failed: &[Arc<AtomicBool>],
     cancel: Option<&tokio_util::sync::CancellationToken>,
-) -> anyhow::Result<(
-    ArchiveSummary,
-    source::SourceOutput,
-    Vec<(Delivery, Option<File>)>,
-    Vec<Option<String>>,
-)> {
-    let mut deliveries = Vec::new();
+) -> anyhow::Result<(ArchiveSummary, source::SourceOutput, Vec<Option<Via>>)> {
+    enum Plan {
+        Skip,
+        Local(LocalWrite),
+        Staged,
+        Failed(String),
+    }
+    let mut plans = Vec::new();
     let mut files = Vec::new();
-    let mut open_errors = vec![None; targets.len()];
     let dir_key = format!("{}/archives", policy.name);
-    let mut need_staging = false;
     for (i, t) in targets.iter().enumerate() {
-        if failed[i] {
-            deliveries.push(Delivery::Skip);
+        if failed[i].load(Ordering::SeqCst) {
+            plans.push(Plan::Skip);
             continue;
         }
-        match t.local_writer(&dir_key) {
+        plans.push(match t.local_writer(&dir_key) {
             Some(Ok((file, lw))) => {
                 files.push((file, true));
-                deliveries.push(Delivery::Local(lw));
+                Plan::Local(lw)
             }
-            Some(Err(e)) => {
-                open_errors[i] = Some(e.to_string());
-                deliveries.push(Delivery::Skip);
-            }
-            None => {
-                need_staging = true;
-                deliveries.push(Delivery::Staged);
-            }
-        }
+            Some(Err(e)) => Plan::Failed(e.to_string()),
+            None => Plan::Staged,
+        });
     }
-    let staged = staging.join(format!("{}.tar.zst", spec.name()));
+    let need_staging = plans.iter().any(|p| matches!(p, Plan::Staged));
+    let staged_path = staging.join(format!("{}.tar.zst", spec.name()));
     if need_staging {
-        let f = File::create(&staged)
-            .with_context(|| format!("creating staging file {}", staged.display()))?;
+        let f = File::create(&staged_path)
+            .with_context(|| format!("creating staging file {}", staged_path.display()))?;
         files.push((f, false));
     }
+    let abort_all = |plans: Vec<Plan>| {
+        for p in plans {
+            if let Plan::Local(lw) = p {
+                lw.abort();
+            }
+        }
+    };
     if files.is_empty() {
-        anyhow::bail!("no target can take the archive");
+        let why: Vec<String> = plans
+            .into_iter()
+            .filter_map(|p| {
+                if let Plan::Failed(e) = p {
+                    Some(e)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        anyhow::bail!("no target can take the archive ({})", why.join("; "));
     }
     let spec = spec.clone();
     let staging_dir = staging.to_path_buf();
@@ -199,7 +341,7 @@ async fn build_archive(
             _ = token.cancelled() => {
                 // Stop reading the source; wait for the thread so nothing
                 // writes into the staging directory after it is removed.
-                flag.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                flag.cancel.store(true, Ordering::Relaxed);
                 (&mut task).await
             }
         },
@@ -210,86 +352,49 @@ async fn build_archive(
     let (mut summary, out) = match result {
         Ok(x) => x,
         Err(e) => {
-            for d in deliveries {
-                if let Delivery::Local(lw) = d {
-                    lw.abort();
-                }
-            }
+            abort_all(plans);
+            let _ = std::fs::remove_file(&staged_path);
             return Err(e);
         }
     };
-    // Pair each delivery with its output file (outputs follow the order above).
+    // Outputs come in the order the files were pushed: locals, then staging.
     let mut outputs = std::mem::take(&mut summary.outputs).into_iter();
-    let mut paired = Vec::new();
-    for (i, d) in deliveries.into_iter().enumerate() {
-        match d {
-            Delivery::Local(lw) => match outputs.next().expect("one output per local target") {
-                Ok(f) => paired.push((Delivery::Local(lw), Some(f))),
+    let mut vias: Vec<Option<Via>> = Vec::new();
+    let mut staged_slots = Vec::new();
+    for p in plans {
+        vias.push(match p {
+            Plan::Skip => None,
+            Plan::Failed(e) => Some(Via::Failed(e)),
+            Plan::Local(lw) => match outputs.next().expect("one output per local target") {
+                Ok(f) => Some(Via::Local(lw, f)),
                 Err(e) => {
-                    open_errors[i] = Some(format!("writing the archive: {e}"));
                     lw.abort();
-                    paired.push((Delivery::Skip, None));
+                    Some(Via::Failed(format!("writing the archive: {e}")))
                 }
             },
-            other => paired.push((other, None)),
-        }
+            Plan::Staged => {
+                staged_slots.push(vias.len());
+                None
+            }
+        });
     }
     if need_staging {
-        if let Some(Err(e)) = outputs.next() {
-            for (i, (d, _)) in paired.iter_mut().enumerate() {
-                if matches!(d, Delivery::Staged) {
-                    open_errors[i] = Some(format!("staging the archive: {e}"));
-                    *d = Delivery::Skip;
-                }
+        let via = match outputs.next().expect("the staging output") {
+            Ok(f) => {
+                drop(f);
+                let st = Arc::new(Staged { path: staged_path });
+                Box::new(move || Via::Staged(st.clone())) as Box<dyn Fn() -> Via + Send>
             }
-        }
-    }
-    Ok((summary, out, paired, open_errors))
-}
-
-/// Deliver one finished archive (and its b3sums) to one target.
-async fn deliver(
-    t: &DynTarget,
-    policy: &str,
-    summary: &ArchiveSummary,
-    b3sums: &[u8],
-    delivery: Delivery,
-    file: Option<File>,
-    staged: &Path,
-) -> Option<anyhow::Result<Pushed>> {
-    let key = repo::archive_key(policy, &summary.hash);
-    let name = format!("{}.tar.zst", summary.hash);
-    if matches!(delivery, Delivery::Skip) {
-        return None;
-    }
-    let result = async {
-        let sums_key = repo::b3sums_key(policy, &summary.hash);
-        if t.stat(&sums_key).await? != Some(b3sums.len() as u64) {
-            t.put_bytes(&sums_key, b3sums.to_vec()).await?;
-        }
-        let uploaded = match delivery {
-            Delivery::Skip => unreachable!(),
-            Delivery::Local(lw) => {
-                let file = file.expect("local delivery has its file");
-                tokio::task::spawn_blocking(move || lw.commit(file, &name))
-                    .await
-                    .expect("commit task")?
-            }
-            Delivery::Staged => {
-                if t.stat(&key).await? == Some(summary.archive_size) {
-                    false
-                } else {
-                    t.put_file(&key, staged).await?;
-                    true
-                }
+            Err(e) => {
+                let msg = format!("staging the archive: {e}");
+                Box::new(move || Via::Failed(msg.clone())) as Box<dyn Fn() -> Via + Send>
             }
         };
-        Ok(Pushed {
-            uploaded,
-            bytes: if uploaded { summary.archive_size } else { 0 },
-        })
-    };
-    Some(result.await)
+        for i in staged_slots {
+            vias[i] = Some(via());
+        }
+    }
+    Ok((summary, out, vias))
 }
 
 /// Run one policy.
@@ -339,18 +444,23 @@ pub async fn run_policy(
         .with_context(|| format!("creating staging directory {}", staging.display()))?;
     let _cleanup = RemoveOnDrop(staging.clone());
 
-    let mut tresults: Vec<TargetResult> = targets
+    let failed: Vec<Arc<AtomicBool>> = targets
         .iter()
-        .map(|t| TargetResult {
-            name: t.name().to_string(),
-            location: t.location().to_string(),
-            status: "complete".into(),
-            uploaded_bytes: 0,
-            archives_uploaded: 0,
-            archives_already_present: 0,
-            error: None,
-        })
+        .map(|_| Arc::new(AtomicBool::new(false)))
         .collect();
+    let mut queues = Vec::new();
+    let mut workers = Vec::new();
+    for (t, f) in targets.iter().zip(&failed) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        queues.push(tx);
+        workers.push(tokio::spawn(target_worker(
+            t.clone(),
+            policy.name.clone(),
+            rx,
+            f.clone(),
+            opts.cancel.clone(),
+        )));
+    }
     let mut sources = Vec::new();
     let mut records = Vec::new();
     let mut failed_source = None;
@@ -361,7 +471,6 @@ pub async fn run_policy(
             aborted = true;
             break;
         }
-        let failed: Vec<bool> = tresults.iter().map(|t| t.error.is_some()).collect();
         let built = build_archive(
             spec,
             policy,
@@ -373,9 +482,9 @@ pub async fn run_policy(
         )
         .await;
         if cancelled(opts) {
-            if let Ok((_, _, deliveries, _)) = built {
-                for (d, _) in deliveries {
-                    if let Delivery::Local(lw) = d {
+            if let Ok((_, _, vias)) = built {
+                for via in vias.into_iter().flatten() {
+                    if let Via::Local(lw, _) = via {
                         lw.abort();
                     }
                 }
@@ -383,7 +492,7 @@ pub async fn run_policy(
             aborted = true;
             break;
         }
-        let (summary, out, deliveries, open_errors) = match built {
+        let (summary, out, vias) = match built {
             Ok(x) => x,
             Err(e) => {
                 let msg = format!("source {}: {e:#}", spec.name());
@@ -403,13 +512,6 @@ pub async fn run_policy(
                 break;
             }
         };
-        for (tr, e) in tresults.iter_mut().zip(open_errors) {
-            if let Some(e) = e {
-                tracing::error!("target {} failed: {e}", tr.name);
-                tr.status = "failed".into();
-                tr.error = Some(e);
-            }
-        }
         tracing::info!(
             "archived source={} files={} bytes={} archive={} compressed={}",
             spec.name(),
@@ -418,36 +520,18 @@ pub async fn run_policy(
             &summary.hash[..16],
             summary.archive_size
         );
-        let b3sums = crate::archive::manifest::b3sums(&summary.files).into_bytes();
-        let staged = staging.join(format!("{}.tar.zst", spec.name()));
-        // Deliver to every target concurrently; a failing one doesn't stop the others.
-        let pushes = futures::future::join_all(
-            targets
-                .iter()
-                .zip(deliveries)
-                .map(|(t, (d, f))| deliver(t, &policy.name, &summary, &b3sums, d, f, &staged)),
-        )
-        .await;
-        for (tr, r) in tresults.iter_mut().zip(pushes) {
-            match r {
-                None => {}
-                Some(Ok(p)) => {
-                    if p.uploaded {
-                        tr.archives_uploaded += 1;
-                        tr.uploaded_bytes += p.bytes;
-                    } else {
-                        tr.archives_already_present += 1;
-                    }
-                }
-                Some(Err(e)) => {
-                    let msg = format!("{e:#}");
-                    tracing::error!("target {} failed: {msg}", tr.name);
-                    tr.status = "failed".into();
-                    tr.error = Some(msg);
-                }
+        let b3sums = Arc::new(crate::archive::manifest::b3sums(&summary.files).into_bytes());
+        for (q, via) in queues.iter().zip(vias) {
+            if let Some(via) = via {
+                let job = Job::Archive {
+                    hash: summary.hash.clone(),
+                    size: summary.archive_size,
+                    b3sums: b3sums.clone(),
+                    via,
+                };
+                let _ = q.send(job);
             }
         }
-        let _ = std::fs::remove_file(&staged);
         sources.push(SourceResult {
             name: spec.name().into(),
             kind: spec.kind().into(),
@@ -473,6 +557,54 @@ pub async fn run_policy(
             database: out.database,
         });
     }
+    if failed_source.is_none() && !aborted {
+        let manifest = Manifest {
+            format: crate::archive::manifest::FORMAT_NAME.into(),
+            schema_version: crate::archive::manifest::SCHEMA_VERSION,
+            policy: policy.name.clone(),
+            id: id.clone(),
+            time,
+            host: crate::util::hostname(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            sources: std::mem::take(&mut records),
+        };
+        let json = Arc::new(manifest.to_json());
+        for q in &queues {
+            let _ = q.send(Job::Commit(id.clone(), json.clone()));
+        }
+    }
+    drop(queues);
+    let outcomes = futures::future::join_all(workers).await;
+    let outcomes: Vec<Outcome> = outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|e| Outcome {
+                error: Some(format!("delivery task failed: {e}")),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let committed = outcomes.iter().filter(|o| o.committed).count();
+    let tresults: Vec<TargetResult> = targets
+        .iter()
+        .zip(outcomes)
+        .map(|(t, o)| TargetResult {
+            name: t.name().to_string(),
+            location: t.location().to_string(),
+            status: if o.committed {
+                "complete"
+            } else if o.error.is_some() {
+                "failed"
+            } else {
+                "aborted"
+            }
+            .into(),
+            uploaded_bytes: o.uploaded_bytes,
+            archives_uploaded: o.archives_uploaded,
+            archives_already_present: o.archives_already_present,
+            error: o.error,
+        })
+        .collect();
 
     let mut result = RunResult {
         policy: policy.name.clone(),
@@ -487,7 +619,7 @@ pub async fn run_policy(
         duration_seconds: 0.0,
     };
 
-    if aborted || (failed_source.is_none() && cancelled(opts)) {
+    if aborted || (failed_source.is_none() && committed == 0 && cancelled(opts)) {
         tracing::warn!(
             "run policy={} snapshot={id}: interrupted before the manifest was written; \
              no snapshot is recorded (uploaded archives are removed by the next prune)",
@@ -497,11 +629,6 @@ pub async fn run_policy(
         result.error = Some(
             "interrupted by a signal before the snapshot was recorded; nothing was recorded".into(),
         );
-        for t in &mut result.targets {
-            if t.error.is_none() {
-                t.status = "aborted".into();
-            }
-        }
     } else if let Some(msg) = failed_source {
         result.error = Some(format!("{msg}; no snapshot was recorded"));
         for t in &mut result.targets {
@@ -511,47 +638,7 @@ pub async fn run_policy(
             }
         }
     } else {
-        let manifest = Manifest {
-            format: crate::archive::manifest::FORMAT_NAME.into(),
-            schema_version: crate::archive::manifest::SCHEMA_VERSION,
-            policy: policy.name.clone(),
-            id: id.clone(),
-            time,
-            host: crate::util::hostname(),
-            tool_version: env!("CARGO_PKG_VERSION").into(),
-            sources: records,
-        };
-        let json = manifest.to_json();
-        let key = repo::manifest_key(&policy.name, &id);
-        let commits =
-            futures::future::join_all(targets.iter().zip(result.targets.iter()).map(|(t, tr)| {
-                let (json, key) = (&json, &key);
-                async move {
-                    if tr.error.is_some() {
-                        return None;
-                    }
-                    // Restore instructions first, the manifest last.
-                    if let Err(e) = t
-                        .put_bytes(
-                            repo::RESTORE_FILE,
-                            repo::restore_instructions().into_bytes(),
-                        )
-                        .await
-                    {
-                        return Some(Err(e));
-                    }
-                    Some(t.put_bytes(key, json.clone()).await)
-                }
-            }))
-            .await;
-        for (tr, r) in result.targets.iter_mut().zip(commits) {
-            if let Some(Err(e)) = r {
-                tracing::error!("target {} failed writing the manifest: {e}", tr.name);
-                tr.status = "failed".into();
-                tr.error = Some(e.to_string());
-            }
-        }
-        let ok = result.targets.iter().filter(|t| t.error.is_none()).count();
+        let ok = committed;
         result.status = if ok == result.targets.len() {
             "complete"
         } else if ok > 0 {

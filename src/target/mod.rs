@@ -5,6 +5,7 @@
 //! object), `list` is complete or fails, and `get` streams.
 
 pub mod fs;
+pub mod s3;
 
 use crate::config::{Config, TargetSpec};
 use async_trait::async_trait;
@@ -91,6 +92,11 @@ pub trait Target: Send + Sync {
     async fn list(&self, prefix: &str) -> TargetResult<Vec<ObjectInfo>>;
     /// Remove `key`; removing an absent key is not an error.
     async fn delete(&self, key: &str) -> TargetResult<()>;
+    /// Remove incomplete uploads (S3 multipart uploads) started more than
+    /// `older_than` ago; returns how many. Backends without such leftovers: 0.
+    async fn abort_stale_uploads(&self, _older_than: std::time::Duration) -> TargetResult<usize> {
+        Ok(0)
+    }
     /// Targets on a local file system can take an archive while it is being
     /// written: a temporary file inside `dir_key`, committed later under its
     /// final name with [`LocalWrite::commit`]. Others return None and get the
@@ -154,8 +160,6 @@ pub async fn open(cfg: &Config, name: &str) -> anyhow::Result<DynTarget> {
         .ok_or_else(|| anyhow::anyhow!("target {name:?} is not defined"))?;
     Ok(match spec {
         TargetSpec::Fs(s) => Arc::new(fs::FsTarget::new(name, s)),
-        TargetSpec::S3(_) => {
-            anyhow::bail!("target {name}: s3 targets are not supported by this build yet")
-        }
+        TargetSpec::S3(s) => Arc::new(s3::S3Target::new(&cfg.path, name, s).await?),
     })
 }
