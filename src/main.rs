@@ -97,17 +97,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     codes.push(ExitCode::Failure);
                     break;
                 }
-                let _lock = if a.dry_run {
-                    None
-                } else {
-                    match ops::policy_lock(&cfg, &p.name, "run", a.wait).await {
-                        Ok(l) => Some(l),
-                        Err(e) => {
-                            eprintln!("error: {e:#}");
-                            codes.push(exit_code_for(&e));
-                            continue;
-                        }
-                    }
+                let Some(_lock) =
+                    lock_unless_dry_run(&cfg, &p.name, "run", a.dry_run, a.wait, &mut codes).await
+                else {
+                    continue;
                 };
                 let run = ops::run::run_policy(&cfg, p, &opts).await?;
                 codes.push(run.exit_code());
@@ -151,18 +144,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut out = Vec::new();
             let mut codes = Vec::new();
             for p in policies {
-                // A dry run deletes nothing, so it does not need the lock.
-                let _lock = if a.dry_run {
-                    None
-                } else {
-                    match ops::policy_lock(&cfg, &p.name, "prune", a.wait).await {
-                        Ok(l) => Some(l),
-                        Err(e) => {
-                            eprintln!("error: {e:#}");
-                            codes.push(exit_code_for(&e));
-                            continue;
-                        }
-                    }
+                let Some(_lock) =
+                    lock_unless_dry_run(&cfg, &p.name, "prune", a.dry_run, a.wait, &mut codes)
+                        .await
+                else {
+                    continue;
                 };
                 match ops::prune::prune_policy(&cfg, p, &opts).await {
                     Ok(r) => {
@@ -325,18 +311,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut results = Vec::new();
             let mut codes = Vec::new();
             for p in policies {
-                // One run, prune or sync per policy at a time; a dry run writes nothing.
-                let _lock = if a.dry_run {
-                    None
-                } else {
-                    match ops::policy_lock(&cfg, &p.name, "sync", a.wait).await {
-                        Ok(l) => Some(l),
-                        Err(e) => {
-                            eprintln!("error: {e:#}");
-                            codes.push(exit_code_for(&e));
-                            continue;
-                        }
-                    }
+                let Some(_lock) =
+                    lock_unless_dry_run(&cfg, &p.name, "sync", a.dry_run, a.wait, &mut codes).await
+                else {
+                    continue;
                 };
                 let r = ops::sync::sync_policy(&cfg, p, &opts).await?;
                 codes.push(r.exit_code());
@@ -398,6 +376,31 @@ fn cancel_on_signal() -> CancellationToken {
         std::process::exit(ExitCode::Failure.code());
     });
     token
+}
+
+/// One run, prune or sync per policy at a time: take the policy's lock, unless
+/// this is a dry run (it writes nothing). When the lock can't be had, the error
+/// is printed, its exit code recorded, and None tells the caller to skip the
+/// policy.
+async fn lock_unless_dry_run(
+    cfg: &Config,
+    policy: &str,
+    op: &str,
+    dry_run: bool,
+    wait: Option<std::time::Duration>,
+    codes: &mut Vec<ExitCode>,
+) -> Option<Option<backupctl::lock::Lock>> {
+    if dry_run {
+        return Some(None);
+    }
+    match ops::policy_lock(cfg, policy, op, wait).await {
+        Ok(l) => Some(Some(l)),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            codes.push(exit_code_for(&e));
+            None
+        }
+    }
 }
 
 fn render_run(r: &ops::run::RunResult) -> String {

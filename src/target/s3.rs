@@ -85,6 +85,20 @@ fn env_var(cfg_file: &Path, key: &str, var: &str) -> Result<String, ConfigError>
 }
 
 impl S3Target {
+    /// Start downloading `key`.
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> TargetResult<aws_sdk_s3::operation::get_object::GetObjectOutput> {
+        self.client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| self.classify("download", key, e))
+    }
+
     /// Build the client. Credentials: the variables named by
     /// `access_key_id_env`/`secret_access_key_env`, else the standard AWS chain
     /// (environment, shared profiles, web identity, container and instance roles).
@@ -607,26 +621,12 @@ impl Target for S3Target {
     }
 
     async fn get(&self, key: &str) -> TargetResult<ByteStream> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
-            .await
-            .map_err(|e| self.classify("download", key, e))?;
+        let out = self.get_object(key).await?;
         Ok(ByteStream::Async(Box::pin(out.body.into_async_read())))
     }
 
     async fn get_bytes(&self, key: &str) -> TargetResult<Vec<u8>> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
-            .await
-            .map_err(|e| self.classify("download", key, e))?;
+        let out = self.get_object(key).await?;
         let data = out
             .body
             .collect()
