@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 SIZE_MB=${1:-1024}
 W=bench/work
 DATA=$W/data-$SIZE_MB
-RUN=$W/run-$(date +%s)
+RUN=$PWD/$W/run-$(date +%s)
 mkdir -p "$W" "$RUN"
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null; }
 
@@ -109,4 +109,4 @@ if [[ ${BENCH_PEERS:-0} == 1 ]]; then
   echo "borg   backup $(cat "$RUN/borg-backup.wall")s ($(ratio "$(cat "$RUN/borg-backup.wall")" "$bb")x base), restore $(cat "$RUN/borg-restore.wall")s ($(ratio "$(cat "$RUN/borg-restore.wall")" "$br")x base)"
 fi
 # Leftovers of earlier runs go now, after measuring.
-for old in "$W"/run-*; do [[ $old == "$RUN" ]] || rm -rf "$old"; done
+for old in "$PWD/$W"/run-*; do [[ $old == "$RUN" ]] || rm -rf "$old"; done
