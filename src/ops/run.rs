@@ -358,11 +358,17 @@ async fn build_archive(
         }
     };
     // Outputs come in the order the files were pushed: locals, then staging.
-    let mut outputs = std::mem::take(&mut summary.outputs).into_iter();
-    let mut vias: Vec<Option<Via>> = Vec::new();
-    let mut staged_slots = Vec::new();
-    for p in plans {
-        vias.push(match p {
+    let mut outputs = std::mem::take(&mut summary.outputs);
+    // The staging file, when there is one, is the last output.
+    let staged: Option<Result<Arc<Staged>, String>> =
+        need_staging.then(|| match outputs.pop().expect("the staging output") {
+            Ok(_) => Ok(Arc::new(Staged { path: staged_path })),
+            Err(e) => Err(format!("staging the archive: {e}")),
+        });
+    let mut outputs = outputs.into_iter();
+    let vias = plans
+        .into_iter()
+        .map(|p| match p {
             Plan::Skip => None,
             Plan::Failed(e) => Some(Via::Failed(e)),
             Plan::Local(lw) => match outputs.next().expect("one output per local target") {
@@ -372,28 +378,12 @@ async fn build_archive(
                     Some(Via::Failed(format!("writing the archive: {e}")))
                 }
             },
-            Plan::Staged => {
-                staged_slots.push(vias.len());
-                None
-            }
-        });
-    }
-    if need_staging {
-        let via = match outputs.next().expect("the staging output") {
-            Ok(f) => {
-                drop(f);
-                let st = Arc::new(Staged { path: staged_path });
-                Box::new(move || Via::Staged(st.clone())) as Box<dyn Fn() -> Via + Send>
-            }
-            Err(e) => {
-                let msg = format!("staging the archive: {e}");
-                Box::new(move || Via::Failed(msg.clone())) as Box<dyn Fn() -> Via + Send>
-            }
-        };
-        for i in staged_slots {
-            vias[i] = Some(via());
-        }
-    }
+            Plan::Staged => Some(match staged.as_ref().expect("staging planned") {
+                Ok(st) => Via::Staged(st.clone()),
+                Err(msg) => Via::Failed(msg.clone()),
+            }),
+        })
+        .collect();
     Ok((summary, out, vias))
 }
 
