@@ -98,20 +98,18 @@ impl FsTarget {
             dest.file_name().unwrap_or_default().to_string_lossy(),
             crate::util::random_hex(8)
         ));
-        let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            fill(&mut f)?;
-            f.flush()?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, &dest)?;
-            std::fs::File::open(&dir)?.sync_all()
-        })();
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(self.io(format!("writing {key}"), e));
-        }
-        Ok(())
+        let result = std::fs::File::create(&tmp).and_then(|mut f| {
+            let filled = fill(&mut f).and_then(|_| f.flush());
+            match filled {
+                Ok(()) => super::persist(f, &tmp, &dest),
+                Err(e) => {
+                    drop(f);
+                    let _ = std::fs::remove_file(&tmp);
+                    Err(e)
+                }
+            }
+        });
+        result.map_err(|e| self.io(format!("writing {key}"), e))
     }
 }
 

@@ -109,6 +109,26 @@ pub trait Target: Send + Sync {
     }
 }
 
+/// Make a fully written temporary file durable under its final name: fsync it,
+/// rename it over `dest` (same directory), fsync the directory. On failure the
+/// temporary is removed and `dest` is untouched.
+pub(crate) fn persist(
+    file: std::fs::File,
+    tmp: &std::path::Path,
+    dest: &std::path::Path,
+) -> std::io::Result<()> {
+    let result = file.sync_all().and_then(|_| {
+        drop(file);
+        std::fs::rename(tmp, dest)?;
+        let dir = dest.parent().unwrap_or(std::path::Path::new("."));
+        std::fs::File::open(dir)?.sync_all()
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    result
+}
+
 /// A temporary file inside a local target, waiting for its final name.
 pub struct LocalWrite {
     pub(crate) target: String,
@@ -133,14 +153,7 @@ impl LocalWrite {
             let _ = std::fs::remove_file(&self.tmp);
             return Ok(false);
         }
-        let result = file
-            .sync_all()
-            .and_then(|_| std::fs::rename(&self.tmp, &dest))
-            .and_then(|_| std::fs::File::open(&self.dir)?.sync_all());
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&self.tmp);
-            return Err(io("storing", e));
-        }
+        persist(file, &self.tmp, &dest).map_err(|e| io("storing", e))?;
         Ok(true)
     }
 
