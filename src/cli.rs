@@ -14,8 +14,10 @@ Exit codes:
   1  the operation failed (integrity problems found included)
   2  usage or configuration error
   3  partial: done on some targets but not all
+With several policies the worst code wins: 2, then 1, then 3.
 
 Examples:
+  backupctl init                           prepare every target (once, after mounting)
   backupctl check                          validate config, probe every target
   backupctl run                            back up every policy now
   backupctl run shop --dry-run             show what would be backed up
@@ -50,7 +52,8 @@ pub struct Cli {
         value_name = "FILE"
     )]
     pub config: Option<PathBuf>,
-    /// Less output: warnings and errors only.
+    /// For cron: print nothing at all when everything succeeded; on a failure
+    /// or a partial result, only a short summary of what failed and what to do.
     #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
     pub quiet: bool,
     /// More output (repeat for more).
@@ -64,6 +67,15 @@ pub struct Cli {
 pub enum Command {
     /// Validate the configuration and every policy; probe each target (write, read back, delete).
     Check(CheckArgs),
+    /// Make targets ready for backups: create a directory target's root and its marker file.
+    ///
+    /// A directory target is used only once `init` has written
+    /// backupctl-target.json at its root, so an unmounted disk or share (whose
+    /// empty mount point is still there) is reported as unreachable instead of
+    /// silently filling the local disk. S3 targets get the marker under their
+    /// prefix (the bucket must exist). Targets already initialised are left as
+    /// they are; a non-empty directory without backupctl data is refused.
+    Init(InitArgs),
     /// Back up now: every policy, or the ones named.
     ///
     /// Each source becomes one .tar.zst archive named by its BLAKE3 hash; the
@@ -138,6 +150,15 @@ pub struct DaemonArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Targets to initialise (default: every target in backupctl.toml).
+    pub targets: Vec<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Machine-readable output.
     #[arg(long)]
@@ -171,8 +192,8 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Only this policy.
-    pub policy: Option<String>,
+    /// Policies to list (default: all).
+    pub policies: Vec<String>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

@@ -1,12 +1,21 @@
-//! The thin CLI: parse arguments, set up output, run one command, map the
+//! The thin CLI: parse arguments, set up output, run one command through the
+//! shared per-policy loop ([`ops::each`]), render the results, and map the
 //! outcome to a documented exit code.
+//!
+//! Output rules: `--json` prints the results on stdout; otherwise each
+//! policy's summary is printed, except under `-q`, where a successful policy
+//! prints nothing at all (cron sends no mail) and a failed or partial one
+//! prints its short summary. Policies that could not be run at all are
+//! always named on stderr (`error: policy NAME: ...`).
 
 use backupctl::cli::{Cli, Command};
 use backupctl::config::{self, Config};
 use backupctl::error::{exit_code_for, ExitCode};
 use backupctl::ops::due::Job;
-use backupctl::ops::{self, combine};
+use backupctl::ops::each::{for_each_policy, Coded, Locking, Outcome, Plan};
+use backupctl::ops::{self};
 use backupctl::report::{self, print_json, say};
+use backupctl::util::short_time;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -38,184 +47,166 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
     Ok(Config::load(&path)?)
 }
 
+/// How results are shown.
+#[derive(Clone, Copy)]
+struct Show {
+    json: bool,
+    quiet: bool,
+}
+
+impl Show {
+    /// Print an outcome of the per-policy loop; returns its exit code.
+    fn outcome<T: serde::Serialize + Coded>(
+        self,
+        o: &Outcome<T>,
+        render: impl Fn(&T) -> String,
+    ) -> ExitCode {
+        if self.json {
+            print_json(&o.results);
+        } else {
+            for r in &o.results {
+                if !self.quiet || r.exit_code() != ExitCode::Success {
+                    say(render(r));
+                }
+            }
+        }
+        for f in &o.failures {
+            eprintln!("error: policy {}: {}", f.policy, f.error);
+        }
+        o.exit_code()
+    }
+
+    /// Print a single result.
+    fn one<T: serde::Serialize>(self, r: &T, code: ExitCode, render: impl Fn(&T) -> String) {
+        if self.json {
+            print_json(r);
+        } else if !self.quiet || code != ExitCode::Success {
+            say(render(r));
+        }
+    }
+}
+
+/// Take the policy lock for steps that write, not for dry runs.
+fn locking(op: &'static str, dry_run: bool, wait: Option<std::time::Duration>) -> Option<Locking> {
+    (!dry_run).then_some(Locking::Take { op, wait })
+}
+
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let cfg = load(&cli)?;
+    let cfg = &cfg;
+    let quiet = cli.quiet;
     match &cli.command {
         Command::Check(a) => {
-            let r = ops::check::check(&cfg).await;
-            if a.json {
-                print_json(&r);
-            } else {
-                say(format!(
-                    "config {}: valid, {} policies: {}",
-                    r.config,
-                    r.policies.len(),
-                    r.policies.join(", ")
-                ));
-                for t in &r.targets {
-                    match &t.error {
-                        None => say(format!(
-                            "target {} ({}, location {}): ok, probe {:.0} ms",
-                            t.target,
-                            t.description,
-                            t.location,
-                            t.latency_ms.unwrap_or(0.0)
-                        )),
-                        Some(e) => say(format!(
-                            "target {} ({}, location {}): FAILED: {e}",
-                            t.target, t.kind, t.location
-                        )),
-                    }
-                }
-                for w in &r.warnings {
-                    say(format!("warning: {w}"));
-                }
-            }
-            Ok(r.exit_code())
+            let r = ops::check::check(cfg).await;
+            let code = r.exit_code();
+            Show { json: a.json, quiet }.one(&r, code, render_check);
+            Ok(code)
+        }
+        Command::Init(a) => {
+            let r = ops::init::init(cfg, &a.targets).await?;
+            let code = r.exit_code();
+            Show { json: a.json, quiet }.one(&r, code, render_init);
+            Ok(code)
         }
         Command::Run(a) => {
-            let mut policies = cfg.select(&a.policies)?;
-            if a.due {
-                policies = due_policies(&cfg, policies, Job::Run).await?;
-                if policies.is_empty() {
-                    if a.json {
-                        print_json(&Vec::<()>::new());
-                    }
-                    return Ok(ExitCode::Success);
-                }
-            }
             let cancel = cancel_on_signal();
             let opts = ops::run::RunOptions {
                 time: a.time,
                 dry_run: a.dry_run,
                 cancel: Some(cancel.clone()),
             };
-            let mut results = Vec::new();
-            let mut codes = Vec::new();
-            for p in policies {
-                if cancel.is_cancelled() {
-                    codes.push(ExitCode::Failure);
-                    break;
-                }
-                let Some(_lock) =
-                    lock_unless_dry_run(&cfg, &p.name, "run", a.dry_run, a.wait, &mut codes).await
-                else {
-                    continue;
-                };
-                let run = ops::run::run_policy(&cfg, p, &opts).await?;
-                codes.push(run.exit_code());
-                let mut prune = None;
-                if a.prune && !a.dry_run {
-                    if run.status == "complete" && !cancel.is_cancelled() {
-                        match ops::prune::prune_policy(&cfg, p, &Default::default()).await {
-                            Ok(r) => {
-                                codes.push(r.exit_code());
-                                prune = Some(r);
-                            }
-                            Err(e) => {
-                                eprintln!("error: policy {}: prune: {e:#}", p.name);
-                                codes.push(exit_code_for(&e));
-                            }
-                        }
-                    } else {
-                        tracing::warn!(
-                            "policy {}: not pruned: the run did not complete on every target",
-                            p.name
-                        );
-                    }
-                }
-                results.push(RunAndPrune { run, prune });
-            }
-            if a.json {
-                print_json(&results);
-            } else {
-                for r in &results {
-                    say(render_run(&r.run));
-                    if let Some(p) = &r.prune {
-                        say(ops::prune::render(p));
-                    }
-                }
-            }
-            Ok(combine(codes))
+            let opts = &opts;
+            let prune = a.prune;
+            let plan = Plan {
+                names: &a.policies,
+                due: a.due.then_some(Job::Run),
+                locking: locking("run", a.dry_run, a.wait),
+                cancel: Some(cancel),
+            };
+            let o = for_each_policy(cfg, &plan, move |p, d| {
+                Box::pin(async move { ops::run::run_step(cfg, p, d.as_ref(), opts, prune).await })
+            })
+            .await?;
+            Ok(Show { json: a.json, quiet }.outcome(&o, render_run_step))
         }
         Command::Prune(a) => {
-            let policies = cfg.select(&a.policies)?;
             let opts = ops::prune::PruneOptions { dry_run: a.dry_run };
-            let mut out = Vec::new();
-            let mut codes = Vec::new();
-            for p in policies {
-                let Some(_lock) =
-                    lock_unless_dry_run(&cfg, &p.name, "prune", a.dry_run, a.wait, &mut codes)
-                        .await
-                else {
-                    continue;
-                };
-                match ops::prune::prune_policy(&cfg, p, &opts).await {
-                    Ok(r) => {
-                        codes.push(r.exit_code());
-                        out.push(r);
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        codes.push(exit_code_for(&e));
-                    }
-                }
-            }
-            if a.json {
-                print_json(&out);
-            } else {
-                for r in &out {
-                    say(ops::prune::render(r));
-                }
-            }
-            Ok(combine(codes))
+            let opts = &opts;
+            let plan = Plan {
+                names: &a.policies,
+                locking: locking("prune", a.dry_run, a.wait),
+                ..Default::default()
+            };
+            let o = for_each_policy(cfg, &plan, move |p, _| {
+                Box::pin(ops::prune::prune_policy(cfg, p, opts))
+            })
+            .await?;
+            Ok(Show { json: a.json, quiet }.outcome(&o, ops::prune::render))
+        }
+        Command::Verify(a) => {
+            let opts = ops::verify::VerifyOptions {
+                all: a.all,
+                sample: a.sample,
+                target: a.target.clone(),
+            };
+            let opts = &opts;
+            let plan = Plan {
+                names: &a.policies,
+                due: a.due.then_some(Job::Verify),
+                ..Default::default()
+            };
+            let o = for_each_policy(cfg, &plan, move |p, _| {
+                Box::pin(ops::verify::verify_policy(cfg, p, opts))
+            })
+            .await?;
+            Ok(Show { json: a.json, quiet }.outcome(&o, render_verify))
+        }
+        Command::Sync(a) => {
+            let opts = ops::sync::SyncOptions {
+                dry_run: a.dry_run,
+                abort_uploads_older_than: a.abort_uploads_older_than,
+                only_targets: None,
+            };
+            let opts = &opts;
+            let plan = Plan {
+                names: &a.policies,
+                locking: locking("sync", a.dry_run, a.wait),
+                ..Default::default()
+            };
+            let o = for_each_policy(cfg, &plan, move |p, _| {
+                Box::pin(ops::sync::sync_policy(cfg, p, opts))
+            })
+            .await?;
+            Ok(Show { json: a.json, quiet }.outcome(&o, ops::sync::render))
+        }
+        Command::List(a) => {
+            let plan = Plan {
+                names: &a.policies,
+                ..Default::default()
+            };
+            let o = for_each_policy(cfg, &plan, move |p, _| {
+                Box::pin(ops::list::list_policy(cfg, p))
+            })
+            .await?;
+            Ok(Show { json: a.json, quiet }.outcome(&o, ops::list::render))
         }
         Command::Schedule(a) => {
             let now = backupctl::clock::now();
-            let mut out = Vec::new();
-            for p in cfg.select(&[])? {
-                out.push(ops::schedule::policy_schedule(&cfg, p, now).await?);
-            }
-            if a.json {
-                print_json(&out);
-            } else {
-                for p in &out {
-                    say(ops::schedule::render(p));
-                }
-            }
-            Ok(ExitCode::Success)
+            let o = for_each_policy(cfg, &Plan::default(), move |p, _| {
+                Box::pin(ops::schedule::policy_schedule(cfg, p, now))
+            })
+            .await?;
+            Ok(Show { json: a.json, quiet }.outcome(&o, ops::schedule::render))
         }
         Command::Daemon(a) => {
             let cancel = cancel_on_signal();
             let opts = ops::daemon::DaemonOptions { prune: !a.no_prune };
-            ops::daemon::run_daemon(&cfg, &opts, cancel).await?;
+            ops::daemon::run_daemon(cfg, &opts, cancel).await?;
             Ok(ExitCode::Success)
-        }
-        Command::List(a) => {
-            let policies = match &a.policy {
-                Some(p) => vec![cfg.policy(p)?],
-                None => cfg.select(&[])?,
-            };
-            let mut out = Vec::new();
-            for p in policies {
-                out.push(ops::list::list_policy(&cfg, p).await?);
-            }
-            if a.json {
-                print_json(&out);
-            } else {
-                for l in &out {
-                    say(ops::list::render(l));
-                }
-            }
-            let unreachable = out.iter().any(|l| l.targets.iter().any(|t| !t.reachable));
-            Ok(if unreachable {
-                ExitCode::Partial
-            } else {
-                ExitCode::Success
-            })
         }
         Command::Restore(a) => {
             let policy = cfg.policy(&a.policy)?;
+            let show = Show { json: a.json, quiet };
             if let Some(into) = &a.into_database {
                 let opts = ops::restore_db::RestoreDbOptions {
                     snapshot: a.snapshot.clone(),
@@ -225,24 +216,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     target: a.target.clone(),
                     force: a.force,
                 };
-                let r = ops::restore_db::restore_into_database(&cfg, policy, &opts).await?;
-                if a.json {
-                    print_json(&r);
-                } else {
-                    say(format!(
-                        "restored database {} of source {} (snapshot {}, {}) from target {} into {} on {}: {} tables, {} rows{}",
-                        r.from_database,
-                        r.source,
-                        r.snapshot,
-                        r.time,
-                        r.target,
-                        r.load.database,
-                        r.load.server,
-                        r.load.tables,
-                        r.load.rows,
-                        if r.load.replaced_existing { " (replaced the existing database)" } else { "" }
-                    ));
-                }
+                let r = ops::restore_db::restore_into_database(cfg, policy, &opts).await?;
+                show.one(&r, ExitCode::Success, render_restore_db);
                 return Ok(ExitCode::Success);
             }
             let opts = ops::restore::RestoreOptions {
@@ -254,112 +229,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 force: a.force,
                 allow_external_links: a.allow_external_links,
             };
-            let (r, code) = ops::restore::restore(&cfg, policy, &opts).await?;
-            if a.json {
-                print_json(&r);
-            } else {
-                for s in &r.sources {
-                    say(format!(
-                        "restored {} of snapshot {} ({}) from target {}: {} files, {} -> {}",
-                        s.name,
-                        r.snapshot,
-                        r.time,
-                        s.target,
-                        s.files,
-                        backupctl::util::human_bytes(s.bytes),
-                        s.path
-                    ));
-                }
-            }
+            let (r, code) = ops::restore::restore(cfg, policy, &opts).await?;
+            show.one(&r, code, render_restore);
             Ok(code)
         }
-        Command::Verify(a) => {
-            let mut policies = cfg.select(&a.policies)?;
-            if a.due {
-                policies = due_policies(&cfg, policies, Job::Verify).await?;
-                if policies.is_empty() {
-                    if a.json {
-                        print_json(&Vec::<()>::new());
-                    }
-                    return Ok(ExitCode::Success);
-                }
-            }
-            let opts = ops::verify::VerifyOptions {
-                all: a.all,
-                sample: a.sample,
-                target: a.target.clone(),
-            };
-            let mut results = Vec::new();
-            for p in policies {
-                results.push(ops::verify::verify_policy(&cfg, p, &opts).await?);
-            }
-            if a.json {
-                print_json(&results);
-            } else {
-                for r in &results {
-                    say(render_verify(r));
-                }
-            }
-            Ok(combine(results.iter().map(|r| r.exit_code())))
-        }
-        Command::Sync(a) => {
-            let policies = cfg.select(&a.policies)?;
-            let opts = ops::sync::SyncOptions {
-                dry_run: a.dry_run,
-                abort_uploads_older_than: a.abort_uploads_older_than,
-            };
-            let mut results = Vec::new();
-            let mut codes = Vec::new();
-            for p in policies {
-                let Some(_lock) =
-                    lock_unless_dry_run(&cfg, &p.name, "sync", a.dry_run, a.wait, &mut codes).await
-                else {
-                    continue;
-                };
-                let r = ops::sync::sync_policy(&cfg, p, &opts).await?;
-                codes.push(r.exit_code());
-                results.push(r);
-            }
-            if a.json {
-                print_json(&results);
-            } else {
-                for r in &results {
-                    say(ops::sync::render(r));
-                }
-            }
-            Ok(combine(codes))
-        }
     }
-}
-
-/// A run, and the prune that followed it (`run --prune`).
-#[derive(serde::Serialize)]
-struct RunAndPrune {
-    #[serde(flatten)]
-    run: ops::run::RunResult,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prune: Option<ops::prune::PruneResult>,
-}
-
-/// The policies whose `job` is due now. Due decisions are logged at info,
-/// the others at debug (a cron line every few minutes stays quiet).
-async fn due_policies<'a>(
-    cfg: &Config,
-    policies: Vec<&'a backupctl::config::Policy>,
-    job: Job,
-) -> anyhow::Result<Vec<&'a backupctl::config::Policy>> {
-    let now = backupctl::clock::now();
-    let mut due = Vec::new();
-    for p in policies {
-        let d = ops::due::decide(cfg, p, job, now).await?;
-        if d.due {
-            tracing::info!("{}", d.describe());
-            due.push(p);
-        } else {
-            tracing::debug!("{}", d.describe());
-        }
-    }
-    Ok(due)
 }
 
 /// A token cancelled by the first SIGTERM or SIGINT; a second one exits at once.
@@ -378,37 +252,83 @@ fn cancel_on_signal() -> CancellationToken {
     token
 }
 
-/// One run, prune or sync per policy at a time: take the policy's lock, unless
-/// this is a dry run (it writes nothing). When the lock can't be had, the error
-/// is printed, its exit code recorded, and None tells the caller to skip the
-/// policy.
-async fn lock_unless_dry_run(
-    cfg: &Config,
-    policy: &str,
-    op: &str,
-    dry_run: bool,
-    wait: Option<std::time::Duration>,
-    codes: &mut Vec<ExitCode>,
-) -> Option<Option<backupctl::lock::Lock>> {
-    if dry_run {
-        return Some(None);
-    }
-    match ops::policy_lock(cfg, policy, op, wait).await {
-        Ok(l) => Some(Some(l)),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            codes.push(exit_code_for(&e));
-            None
+fn render_check(r: &ops::check::CheckResult) -> String {
+    let mut s = format!(
+        "config {}: {} policies: {}\n",
+        r.config,
+        r.policies.len(),
+        r.policies.join(", ")
+    );
+    for t in &r.targets {
+        match (&t.error, &t.note) {
+            (None, Some(note)) => s.push_str(&format!(
+                "target {} ({}, location {}): ok: {note}\n",
+                t.target, t.description, t.location
+            )),
+            (None, None) => s.push_str(&format!(
+                "target {} ({}, location {}): ok, probe {:.0} ms\n",
+                t.target,
+                t.description,
+                t.location,
+                t.latency_ms.unwrap_or(0.0)
+            )),
+            (Some(e), _) => s.push_str(&format!(
+                "target {} ({}, location {}): FAILED: {e}\n",
+                t.target, t.kind, t.location
+            )),
         }
     }
+    for w in &r.warnings {
+        s.push_str(&format!("warning: {w}\n"));
+    }
+    for e in &r.errors {
+        s.push_str(&format!("error: {e}\n"));
+    }
+    s.trim_end().to_string()
+}
+
+fn render_init(r: &ops::init::InitReport) -> String {
+    let mut s = String::new();
+    for t in &r.targets {
+        match &t.error {
+            None => s.push_str(&format!("target {} ({}): {}\n", t.target, t.description, t.status)),
+            Some(e) => s.push_str(&format!("target {}: FAILED: {e}\n", t.target)),
+        }
+    }
+    s.trim_end().to_string()
+}
+
+fn render_run_step(step: &ops::run::RunStep) -> String {
+    let mut parts = Vec::new();
+    if let Some(r) = &step.run {
+        parts.push(render_run(r));
+    }
+    if let Some(c) = &step.catch_up {
+        parts.push(format!(
+            "policy {}: catching up targets that missed earlier snapshots\n{}",
+            c.policy,
+            ops::sync::render(c)
+        ));
+    }
+    if let Some(p) = &step.prune {
+        parts.push(ops::prune::render(p));
+    }
+    if let Some(e) = &step.prune_error {
+        parts.push(format!("policy {}: prune FAILED: {e}", step.policy()));
+    }
+    parts.join("\n")
 }
 
 fn render_run(r: &ops::run::RunResult) -> String {
     use backupctl::util::human_bytes;
     let mut s = match &r.snapshot {
         Some(id) => format!(
-            "policy {}: snapshot {} {} ({:.1}s)\n",
-            r.policy, id, r.status, r.duration_seconds
+            "policy {}: snapshot {} ({}) {} in {:.1}s\n",
+            r.policy,
+            id,
+            short_time(&r.time.to_rfc3339()),
+            r.status,
+            r.duration_seconds
         ),
         None => format!("policy {}: {}\n", r.policy, r.status),
     };
@@ -452,13 +372,37 @@ fn render_run(r: &ops::run::RunResult) -> String {
     if let Some(e) = &r.error {
         s.push_str(&format!("  error: {e}\n"));
     }
+    match r.status.as_str() {
+        "partial" => {
+            let missed: Vec<&str> = r
+                .targets
+                .iter()
+                .filter(|t| t.status != "complete")
+                .map(|t| t.name.as_str())
+                .collect();
+            s.push_str(&format!(
+                "  to do: bring {} back; the next `backupctl run --due` (or `backupctl sync {}`) copies what it missed\n",
+                missed.join(", "),
+                r.policy
+            ));
+        }
+        "failed" => s.push_str(&format!(
+            "  to do: fix the cause above, then `backupctl run {}`; nothing was recorded, earlier snapshots are untouched\n",
+            r.policy
+        )),
+        _ => {}
+    }
     s.trim_end().to_string()
 }
 
 fn render_verify(r: &ops::verify::VerifyResult) -> String {
     let mut s = format!("policy {}: {}\n", r.policy, r.result.to_uppercase());
     for snap in &r.snapshots {
-        s.push_str(&format!("  snapshot {} ({})\n", snap.id, snap.time));
+        s.push_str(&format!(
+            "  snapshot {} ({})\n",
+            snap.id,
+            short_time(&snap.time)
+        ));
         for t in &snap.targets {
             s.push_str(&format!(
                 "    target {}: {}{}\n",
@@ -481,4 +425,41 @@ fn render_verify(r: &ops::verify::VerifyResult) -> String {
         s.push_str(&format!("  problem: {p}\n"));
     }
     s.trim_end().to_string()
+}
+
+fn render_restore(r: &ops::restore::RestoreResult) -> String {
+    let mut s = String::new();
+    for src in &r.sources {
+        s.push_str(&format!(
+            "restored {} of snapshot {} ({}) from target {}: {} files, {} -> {}\n",
+            src.name,
+            r.snapshot,
+            short_time(&r.time),
+            src.target,
+            src.files,
+            backupctl::util::human_bytes(src.bytes),
+            src.path
+        ));
+    }
+    s.trim_end().to_string()
+}
+
+fn render_restore_db(r: &ops::restore_db::RestoreDbResult) -> String {
+    format!(
+        "restored database {} of source {} (snapshot {}, {}) from target {} into {} on {}: {} tables, {} rows{}",
+        r.from_database,
+        r.source,
+        r.snapshot,
+        short_time(&r.time),
+        r.target,
+        r.load.database,
+        r.load.server,
+        r.load.tables,
+        r.load.rows,
+        if r.load.replaced_existing {
+            " (replaced the existing database)"
+        } else {
+            ""
+        }
+    )
 }

@@ -16,19 +16,21 @@ pub fn init(verbosity: i8) {
     let tty = std::io::stderr().is_terminal();
     let multi = MULTI
         .get_or_init(|| tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())));
+    // Quiet (cron): only errors reach the log; the command's own summary says
+    // what failed and what to do.
     let level = match verbosity {
-        i8::MIN..=-1 => "warn",
+        i8::MIN..=-1 => "error",
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("BACKUPCTL_LOG").unwrap_or_else(|_| {
-            // The AWS SDK's own warnings (one per credential provider tried, with
-            // debug dumps) repeat what backupctl's error messages already say.
-            tracing_subscriber::EnvFilter::new(format!(
-                "backupctl={level},warn,aws_config=error,aws_smithy_runtime=error"
-            ))
+            // Third-party libraries stay silent: their warnings (the AWS SDK's
+            // per-provider credential notes, skipped part-level checksums) are
+            // not actionable, and backupctl's own errors carry their causes.
+            // BACKUPCTL_LOG brings them back for debugging.
+            tracing_subscriber::EnvFilter::new(format!("backupctl={level},off"))
         });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -52,3 +52,32 @@ pub fn human_bytes(n: u64) -> String {
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Create `dir` and its missing parents with mode 0700 (whatever the umask);
+/// directories that exist are left as they are.
+pub fn create_private_dir_all(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Create (truncate) a file readable and writable by its owner only (0600).
+pub fn create_private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// "2026-11-22T02:30:00.123456789+01:00" -> "2026-11-22 02:30:00+01:00":
+/// times for people, to the second (JSON keeps full precision).
+pub fn short_time(rfc3339: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%:z").to_string())
+        .unwrap_or_else(|_| rfc3339.to_string())
+}

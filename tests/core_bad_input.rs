@@ -12,7 +12,7 @@ struct Case {
     expect: &'static [&'static str],
 }
 
-const CONFIG: &str = "state_dir = \"state\"\n[targets.nas]\ntype = \"fs\"\npath = \"targets/nas\"\nlocation = \"office\"\n[targets.off]\ntype = \"fs\"\npath = \"targets/off\"\nlocation = \"dc\"\n";
+const CONFIG: &str = "state_dir = \"state\"\n[targets.nas]\ntype = \"fs\"\ncreate = true\npath = \"targets/nas\"\nlocation = \"office\"\n[targets.off]\ntype = \"fs\"\ncreate = true\npath = \"targets/off\"\nlocation = \"dc\"\n";
 
 const GOOD_TAIL: &str = "[[sources]]\nname = \"site\"\ntype = \"files\"\npath = \"src\"\n";
 
@@ -92,13 +92,13 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "unknown key in a target",
-            config: Some("[targets.nas]\ntype = \"fs\"\npath = \"x\"\nlocation = \"office\"\nfoo = 1\n"),
+            config: Some("[targets.nas]\ntype = \"fs\"\ncreate = true\npath = \"x\"\nlocation = \"office\"\nfoo = 1\n"),
             policy: "",
             expect: &["backupctl.toml", "targets.nas", "foo"],
         },
         Case {
             name: "target without location",
-            config: Some("[targets.nas]\ntype = \"fs\"\npath = \"x\"\n"),
+            config: Some("[targets.nas]\ntype = \"fs\"\ncreate = true\npath = \"x\"\n"),
             policy: "",
             expect: &["backupctl.toml", "targets.nas", "location"],
         },

@@ -416,7 +416,7 @@ fn check_probes_targets_and_warns_on_one_location() {
     make_tree(&src);
     s.write(
         "backupctl.toml",
-        "[targets.a]\ntype = \"fs\"\npath = \"ta\"\nlocation = \"office\"\n[targets.b]\ntype = \"fs\"\npath = \"tb\"\nlocation = \"office\"\n",
+        "[targets.a]\ntype = \"fs\"\ncreate = true\npath = \"ta\"\nlocation = \"office\"\n[targets.b]\ntype = \"fs\"\ncreate = true\npath = \"tb\"\nlocation = \"office\"\n",
     );
     s.files_policy("shop", &src, &["a", "b"], "");
     let o = s.run(&["check", "--json"]);

@@ -26,7 +26,7 @@ impl Setup {
         s3_common::make_tree(&src, 12 * 1024 * 1024);
         let prefix = format!("cli/{}/", s3_common::unique("p"));
         let targets = format!(
-            "[targets.local]\ntype = \"fs\"\npath = \"{}\"\nlocation = \"office\"\n\n{}",
+            "[targets.local]\ntype = \"fs\"\ncreate = true\npath = \"{}\"\nlocation = \"office\"\n\n{}",
             tmp.path().join("fs-target").display(),
             env.target_toml("offsite", &prefix, "garage-dc", s3_extra)
         );
@@ -344,7 +344,7 @@ fn unset_credential_variable_is_a_config_error() {
         secret: String::new(),
     };
     let targets = format!(
-        "[targets.local]\ntype = \"fs\"\npath = \"{}\"\nlocation = \"office\"\n\n{}",
+        "[targets.local]\ntype = \"fs\"\ncreate = true\npath = \"{}\"\nlocation = \"office\"\n\n{}",
         tmp.path().join("fs").display(),
         env.target_toml("offsite", "", "dc", "")
     );

@@ -32,7 +32,7 @@ impl Setup {
         fill(&src);
         let prefix = format!("{}/", s3_common::unique(tag));
         let targets = format!(
-            "[targets.local]\ntype = \"fs\"\npath = \"{}\"\nlocation = \"office\"\n\n{}",
+            "[targets.local]\ntype = \"fs\"\ncreate = true\npath = \"{}\"\nlocation = \"office\"\n\n{}",
             tmp.path().join("fs-target").display(),
             garage
                 .env
@@ -330,7 +330,7 @@ fn connection_reset_mid_download_fails_over() {
     s3_common::make_tree(&src, 24 * 1024 * 1024);
     let prefix = format!("{}/", s3_common::unique("reset"));
     let targets = format!(
-        "[targets.local]\ntype = \"fs\"\npath = \"{}\"\nlocation = \"office\"\n\n{}",
+        "[targets.local]\ntype = \"fs\"\ncreate = true\npath = \"{}\"\nlocation = \"office\"\n\n{}",
         tmp.path().join("fs-target").display(),
         env.target_toml("offsite", &prefix, "garage-dc", "max_attempts = 2")
     );
@@ -388,7 +388,7 @@ fn a_slow_target_does_not_hold_back_the_others() {
     let prefix = format!("{}/", s3_common::unique("slow"));
     let fs_root = tmp.path().join("fs-target");
     let targets = format!(
-        "[targets.local]\ntype = \"fs\"\npath = \"{}\"\nlocation = \"office\"\n\n{}",
+        "[targets.local]\ntype = \"fs\"\ncreate = true\npath = \"{}\"\nlocation = \"office\"\n\n{}",
         fs_root.display(),
         env.target_toml("offsite", &prefix, "garage-dc", "")
     );

@@ -21,6 +21,7 @@ fn fs_target() -> Option<Fixture> {
     let spec = FsTargetSpec {
         path: tmp.path().join("root"),
         location: "here".into(),
+        create: true,
     };
     Some(Fixture {
         target: Arc::new(FsTarget::new("suite-fs", &spec)),

@@ -31,6 +31,9 @@ pub struct Config {
     pub policies_dir: PathBuf,
     pub targets: BTreeMap<String, TargetSpec>,
     pub policies: BTreeMap<String, Policy>,
+    /// Policy files that could not be loaded, by policy name (file stem).
+    /// They fail on their own: every other policy still runs.
+    pub broken: BTreeMap<String, ConfigError>,
 }
 
 /// A validated policy (`policies/<name>.toml`).
@@ -152,6 +155,7 @@ impl Config {
         }
 
         let mut policies = BTreeMap::new();
+        let mut broken = BTreeMap::new();
         if policies_dir.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(&policies_dir)
                 .map_err(|e| {
@@ -166,8 +170,18 @@ impl Config {
                 .collect();
             files.sort();
             for file in files {
-                let policy = Policy::load(&file, &dir, &targets, &state_dir)?;
-                policies.insert(policy.name.clone(), policy);
+                match Policy::load(&file, &dir, &targets, &state_dir) {
+                    Ok(policy) => {
+                        policies.insert(policy.name.clone(), policy);
+                    }
+                    Err(e) => {
+                        let stem = file
+                            .file_stem()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        broken.insert(stem, e);
+                    }
+                }
             }
         } else if raw.policies_dir.is_some() {
             return Err(ConfigError::new(
@@ -184,25 +198,57 @@ impl Config {
             policies_dir,
             targets,
             policies,
+            broken,
         })
     }
 
-    /// The policies named on the command line (all when `names` is empty).
-    pub fn select(&self, names: &[String]) -> Result<Vec<&Policy>, ConfigError> {
+    /// The policies named on the command line (all when `names` is empty),
+    /// with the broken ones among them set apart. A name that is neither a
+    /// policy nor a broken policy file is a usage error.
+    pub fn selection(&self, names: &[String]) -> Result<Selection<'_>, ConfigError> {
+        let mut sel = Selection::default();
         if names.is_empty() {
-            if self.policies.is_empty() {
+            if self.policies.is_empty() && self.broken.is_empty() {
                 return Err(ConfigError::new(
                     self.policies_dir.display(),
                     "",
                     "no policies found: add a *.toml policy file to this directory",
                 ));
             }
-            return Ok(self.policies.values().collect());
+            sel.policies = self.policies.values().collect();
+            sel.broken = self.broken.iter().map(|(n, e)| (n.clone(), e)).collect();
+            return Ok(sel);
         }
-        names.iter().map(|n| self.policy(n)).collect()
+        for n in names {
+            if let Some(e) = self.broken.get(n) {
+                if !sel.broken.iter().any(|(b, _)| b == n) {
+                    sel.broken.push((n.clone(), e));
+                }
+                continue;
+            }
+            let p = self.policy(n)?;
+            if !sel.policies.iter().any(|q| q.name == p.name) {
+                sel.policies.push(p);
+            }
+        }
+        Ok(sel)
     }
 
+    /// The valid policies named (all when `names` is empty); a broken one
+    /// named, or any broken one when all are asked for, is its error.
+    pub fn select(&self, names: &[String]) -> Result<Vec<&Policy>, ConfigError> {
+        let sel = self.selection(names)?;
+        if let Some((_, e)) = sel.broken.first() {
+            return Err((*e).clone());
+        }
+        Ok(sel.policies)
+    }
+
+    /// One policy by name; a policy file that failed to load gives its error.
     pub fn policy(&self, name: &str) -> Result<&Policy, ConfigError> {
+        if let Some(e) = self.broken.get(name) {
+            return Err(e.clone());
+        }
         self.policies.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.policies.keys().map(String::as_str).collect();
             ConfigError::new(
@@ -212,6 +258,14 @@ impl Config {
             )
         })
     }
+}
+
+/// Policies chosen for a command.
+#[derive(Debug, Default)]
+pub struct Selection<'a> {
+    pub policies: Vec<&'a Policy>,
+    /// Named (or all) policies whose files failed to load, with why.
+    pub broken: Vec<(String, &'a ConfigError)>,
 }
 
 fn validate_name(file: &Path, key: &str, name: &str) -> Result<(), ConfigError> {
@@ -352,7 +406,6 @@ impl Policy {
                     ),
                 ));
             }
-            src.validate_exists(file, &key)?;
             sources.push(src);
         }
 
@@ -386,6 +439,20 @@ impl Policy {
             verify,
             verify_schedule,
         })
+    }
+
+    /// Source paths that do not exist now (an unmounted share, a deleted
+    /// site): reported by `check`; at run time they fail only this policy.
+    /// Restore, list and verify never need them.
+    pub fn missing_paths(&self) -> Vec<ConfigError> {
+        self.sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.validate_exists(&self.file, &format!("sources[{i}] ({})", s.name()))
+                    .err()
+            })
+            .collect()
     }
 
     /// The distinct `location` values of this policy's targets.

@@ -148,6 +148,11 @@ impl TargetSpec {
 pub struct FsTargetSpec {
     pub path: PathBuf,
     pub location: String,
+    /// Create the root (and its marker) on the first `run` when it is
+    /// missing. Off by default: a missing root is a disk that is not mounted,
+    /// and must not be silently replaced by a directory on the local disk.
+    #[serde(default)]
+    pub create: bool,
 }
 
 /// `type = "s3"`: any S3-compatible object store.
@@ -279,7 +284,7 @@ impl SourceSpec {
     }
 
     /// Paths that must exist at config time (file trees, SQLite files).
-    pub(super) fn validate_exists(&self, file: &Path, key: &str) -> Result<(), ConfigError> {
+    pub fn validate_exists(&self, file: &Path, key: &str) -> Result<(), ConfigError> {
         let (path, want_dir) = match self {
             SourceSpec::Files(s) => (&s.path, true),
             SourceSpec::Sqlite(s) => (&s.path, false),

@@ -1,6 +1,10 @@
 //! `backupctl check`: the configuration and every policy are valid (loading
 //! them already proves it), and each target accepts a probe: write, read back,
-//! delete, with the latency reported.
+//! delete, with the latency reported. Policy files that fail to load and
+//! source paths that do not exist are reported here as configuration errors
+//! (exit 2); at run time they fail only their own policy. A target that is
+//! not there (an fs root without its marker) fails its probe; `check` never
+//! creates anything.
 
 use crate::config::Config;
 use crate::error::ExitCode;
@@ -17,6 +21,8 @@ pub struct ProbeResult {
     pub ok: bool,
     pub latency_ms: Option<f64>,
     pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -25,11 +31,16 @@ pub struct CheckResult {
     pub policies: Vec<String>,
     pub targets: Vec<ProbeResult>,
     pub warnings: Vec<String>,
+    /// Configuration problems: policy files that do not load, source paths
+    /// that do not exist. Each names the file and the key (exit 2).
+    pub errors: Vec<String>,
 }
 
 impl CheckResult {
     pub fn exit_code(&self) -> ExitCode {
-        if self.targets.iter().all(|t| t.ok) {
+        if !self.errors.is_empty() {
+            ExitCode::Usage
+        } else if self.targets.iter().all(|t| t.ok) {
             ExitCode::Success
         } else {
             ExitCode::Failure
@@ -47,6 +58,7 @@ async fn probe(cfg: &Config, name: &str) -> ProbeResult {
         ok: false,
         latency_ms: None,
         error: None,
+        note: None,
     };
     let t = match crate::target::open(cfg, name).await {
         Ok(t) => t,
@@ -56,6 +68,19 @@ async fn probe(cfg: &Config, name: &str) -> ProbeResult {
         }
     };
     r.description = t.describe();
+    match t.readiness().await {
+        Ok(crate::target::Readiness::Ready) => {}
+        Ok(crate::target::Readiness::CreatedOnFirstRun(note)) => {
+            // Nothing to probe yet, and check never creates anything.
+            r.ok = true;
+            r.note = Some(note);
+            return r;
+        }
+        Err(e) => {
+            r.error = Some(e.to_string());
+            return r;
+        }
+    }
     let key = format!(".backupctl-probe-{}", crate::util::random_hex(12));
     let payload = format!("backupctl probe {}", crate::util::random_hex(16)).into_bytes();
     let start = std::time::Instant::now();
@@ -96,6 +121,10 @@ pub async fn check(cfg: &Config) -> CheckResult {
     if cfg.policies.is_empty() {
         warnings.push(format!("no policies in {}", cfg.policies_dir.display()));
     }
+    let mut errors: Vec<String> = cfg.broken.values().map(|e| e.to_string()).collect();
+    for p in cfg.policies.values() {
+        errors.extend(p.missing_paths().iter().map(|e| e.to_string()));
+    }
     let names: Vec<&String> = cfg.targets.keys().collect();
     let targets = futures::future::join_all(names.iter().map(|n| probe(cfg, n))).await;
     CheckResult {
@@ -103,5 +132,6 @@ pub async fn check(cfg: &Config) -> CheckResult {
         policies: cfg.policies.keys().cloned().collect(),
         targets,
         warnings,
+        errors,
     }
 }

@@ -15,7 +15,8 @@
 
 use crate::config::{Config, Policy};
 use crate::ops::due::{self, Job};
-use crate::ops::{policy_lock, prune, run, verify};
+use crate::ops::each::{for_each_policy, Coded, Locking, Outcome, Plan};
+use crate::ops::{run, verify};
 use chrono::{DateTime, FixedOffset, Local, TimeDelta};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -83,15 +84,27 @@ pub async fn run_daemon(
             if job.schedule(policy).is_none() {
                 continue;
             }
-            let d = due::decide(cfg, policy, job, now).await?;
-            let fire_at = if d.due {
+            let d = match due::decide(cfg, policy, job, now).await {
+                Ok(d) => d,
+                Err(e) => {
+                    // One policy's trouble never stops the daemon: try at
+                    // the next occurrence.
+                    tracing::error!(
+                        "daemon: policy {}: {}: cannot decide whether it is due: {e:#}",
+                        policy.name,
+                        job.name()
+                    );
+                    due::Decision::not_due(policy, job)
+                }
+            };
+            let fire_at = if d.acts() {
                 tracing::info!("daemon: {} -> starting now (catch-up)", d.describe());
                 Some(now)
             } else {
                 next_fire(policy, job, now)
             };
             if let Some(fire_at) = fire_at {
-                if !d.due {
+                if !d.acts() {
                     tracing::info!(
                         "daemon: policy {}: {} next at {}",
                         policy.name,
@@ -146,6 +159,8 @@ pub async fn run_daemon(
     Ok(())
 }
 
+/// One job of one policy, through the same per-policy loop as the CLI
+/// (lock, isolation, run-then-prune), logged on one line each.
 async fn execute(
     cfg: &Config,
     opts: &DaemonOptions,
@@ -153,72 +168,121 @@ async fn execute(
     job: Job,
     cancel: &CancellationToken,
 ) {
+    let names = [policy.name.clone()];
+    tracing::info!("daemon: policy {}: {} starting", policy.name, job.name());
     match job {
         Job::Run => {
-            let _lock = match policy_lock(cfg, &policy.name, "run", None).await {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!("daemon: policy {}: run skipped: {e:#}", policy.name);
-                    return;
-                }
+            let plan = Plan {
+                names: &names,
+                locking: Some(Locking::Take {
+                    op: "run",
+                    wait: None,
+                }),
+                cancel: Some(cancel.clone()),
+                ..Default::default()
             };
-            tracing::info!("daemon: policy {}: run starting", policy.name);
             let ro = run::RunOptions {
                 cancel: Some(cancel.clone()),
                 ..Default::default()
             };
-            let r = match run::run_policy(cfg, policy, &ro).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!("daemon: policy {}: run failed: {e:#}", policy.name);
-                    return;
+            let (ro, prune) = (&ro, opts.prune);
+            let out = for_each_policy(cfg, &plan, move |p, _| {
+                Box::pin(async move {
+                    // The occurrence fired: run, and catch up any target an
+                    // earlier partial run missed.
+                    let mut d = due::decide(cfg, p, Job::Run, crate::clock::now()).await?;
+                    d.due = true;
+                    run::run_step(cfg, p, Some(&d), ro, prune).await
+                })
+            })
+            .await;
+            log_outcome(policy, job, out, |step| {
+                let mut parts = Vec::new();
+                if let Some(r) = &step.run {
+                    parts.push(format!(
+                        "run {}{}{}",
+                        r.status,
+                        r.snapshot
+                            .as_deref()
+                            .map(|s| format!(", snapshot {s}"))
+                            .unwrap_or_default(),
+                        r.error
+                            .as_deref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    ));
                 }
-            };
-            tracing::info!(
-                "daemon: policy {}: run {}{}{}",
-                policy.name,
-                r.status,
-                r.snapshot
-                    .as_deref()
-                    .map(|s| format!(", snapshot {s}"))
-                    .unwrap_or_default(),
-                r.error
-                    .as_deref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            );
-            if opts.prune && r.status == "complete" && !cancel.is_cancelled() {
-                match prune::prune_policy(cfg, policy, &prune::PruneOptions::default()).await {
-                    Ok(p) => tracing::info!(
-                        "daemon: policy {}: prune {}: kept {}, removed {} snapshot(s)",
-                        policy.name,
+                if let Some(c) = &step.catch_up {
+                    parts.push(format!("catch-up {}", c.result));
+                }
+                if let Some(p) = &step.prune {
+                    parts.push(format!(
+                        "prune {}: kept {}, removed {} snapshot(s)",
                         p.result,
                         p.keep.len(),
                         p.remove.len()
-                    ),
-                    Err(e) => {
-                        tracing::error!("daemon: policy {}: prune failed: {e:#}", policy.name)
-                    }
+                    ));
                 }
-            }
+                if let Some(e) = &step.prune_error {
+                    parts.push(format!("prune failed: {e}"));
+                }
+                parts.join("; ")
+            });
         }
         Job::Verify => {
-            tracing::info!("daemon: policy {}: verify starting", policy.name);
-            match verify::verify_policy(cfg, policy, &verify::VerifyOptions::default()).await {
-                Ok(r) => tracing::info!(
-                    "daemon: policy {}: verify {}{}",
-                    policy.name,
+            let plan = Plan {
+                names: &names,
+                cancel: Some(cancel.clone()),
+                ..Default::default()
+            };
+            let vo = verify::VerifyOptions::default();
+            let vo = &vo;
+            let out = for_each_policy(cfg, &plan, move |p, _| {
+                Box::pin(verify::verify_policy(cfg, p, vo))
+            })
+            .await;
+            log_outcome(policy, job, out, |r| {
+                format!(
+                    "verify {}{}",
                     r.result,
                     if r.problems.is_empty() {
                         String::new()
                     } else {
                         format!(": {}", r.problems.join("; "))
                     }
-                ),
-                Err(e) => {
-                    tracing::error!("daemon: policy {}: verify failed: {e:#}", policy.name)
-                }
-            }
+                )
+            });
         }
+    }
+}
+
+/// One log line per result; errors at error level.
+fn log_outcome<T: Coded>(
+    policy: &Policy,
+    job: Job,
+    out: Result<Outcome<T>, crate::error::ConfigError>,
+    describe: impl Fn(&T) -> String,
+) {
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!("daemon: policy {}: {} failed: {e}", policy.name, job.name());
+            return;
+        }
+    };
+    for r in &out.results {
+        if r.exit_code() == crate::error::ExitCode::Success {
+            tracing::info!("daemon: policy {}: {}", policy.name, describe(r));
+        } else {
+            tracing::error!("daemon: policy {}: {}", policy.name, describe(r));
+        }
+    }
+    for f in &out.failures {
+        tracing::error!(
+            "daemon: policy {}: {} failed: {}",
+            f.policy,
+            job.name(),
+            f.error
+        );
     }
 }

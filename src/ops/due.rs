@@ -54,11 +54,47 @@ pub struct Decision {
     pub occurrence: Option<DateTime<FixedOffset>>,
     /// The next occurrence after now.
     pub next: Option<DateTime<FixedOffset>>,
+    /// Runs only: targets that missed an earlier snapshot (a partial run) and
+    /// are to be caught up by the next `run --due`, due or not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub catch_up: Vec<String>,
 }
 
 impl Decision {
+    /// A decision that does nothing (used when deciding failed).
+    pub fn not_due(policy: &Policy, job: Job) -> Decision {
+        Decision {
+            policy: policy.name.clone(),
+            job,
+            due: false,
+            schedule: job.schedule(policy).map(|s| s.source().to_string()),
+            last_success: None,
+            basis: "none",
+            occurrence: None,
+            next: None,
+            catch_up: Vec::new(),
+        }
+    }
+
+    /// Does `run --due` / `verify --due` act on this policy now (scheduled,
+    /// or targets to catch up)?
+    pub fn acts(&self) -> bool {
+        self.due || !self.catch_up.is_empty()
+    }
+
     /// One log line.
     pub fn describe(&self) -> String {
+        let mut s = self.describe_schedule();
+        if !self.catch_up.is_empty() {
+            s.push_str(&format!(
+                "; target(s) {} missed a snapshot and are caught up",
+                self.catch_up.join(", ")
+            ));
+        }
+        s
+    }
+
+    fn describe_schedule(&self) -> String {
         let Some(schedule) = &self.schedule else {
             return format!(
                 "policy {}: {} not due: no schedule",
@@ -117,21 +153,22 @@ pub async fn decide(
     job: Job,
     now: DateTime<FixedOffset>,
 ) -> anyhow::Result<Decision> {
-    let mut d = Decision {
-        policy: policy.name.clone(),
-        job,
-        due: false,
-        schedule: None,
-        last_success: None,
-        basis: "none",
-        occurrence: None,
-        next: None,
-    };
+    let mut d = Decision::not_due(policy, job);
+    d.schedule = None;
+    let st = state::load(&cfg.state_dir, &policy.name);
+    if job == Job::Run {
+        d.catch_up = st
+            .run
+            .missed_targets
+            .iter()
+            .filter(|t| policy.targets.contains(t))
+            .cloned()
+            .collect();
+    }
     let Some(schedule) = job.schedule(policy) else {
         return Ok(d);
     };
     d.schedule = Some(schedule.source().to_string());
-    let st = state::load(&cfg.state_dir, &policy.name);
     let recorded = match job {
         Job::Run => st.run.last_success,
         Job::Verify => st.verify.last_success,

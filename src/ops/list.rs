@@ -101,13 +101,6 @@ pub fn listing(catalog: &Catalog) -> PolicyListing {
     }
 }
 
-/// "2026-11-22T02:30:00.123456789+01:00" -> "2026-11-22 02:30:00+01:00".
-fn short_time(rfc3339: &str) -> String {
-    chrono::DateTime::parse_from_rfc3339(rfc3339)
-        .map(|t| t.format("%Y-%m-%d %H:%M:%S%:z").to_string())
-        .unwrap_or_else(|_| rfc3339.to_string())
-}
-
 /// The human table.
 pub fn render(l: &PolicyListing) -> String {
     use crate::util::human_bytes;
@@ -137,7 +130,7 @@ pub fn render(l: &PolicyListing) -> String {
         out.push_str(&format!(
             "  {:<26} {:<25} {:<20} {:>10} {:>10}  {}\n",
             s.id,
-            short_time(&s.time),
+            crate::util::short_time(&s.time),
             names.join(","),
             human_bytes(s.content_size),
             human_bytes(s.archive_size),
@@ -145,4 +138,15 @@ pub fn render(l: &PolicyListing) -> String {
         ));
     }
     out
+}
+
+impl crate::ops::each::Coded for PolicyListing {
+    /// Partial (3) when a target could not be listed.
+    fn exit_code(&self) -> crate::error::ExitCode {
+        if self.targets.iter().any(|t| !t.reachable) {
+            crate::error::ExitCode::Partial
+        } else {
+            crate::error::ExitCode::Success
+        }
+    }
 }

@@ -4,6 +4,8 @@
 pub mod check;
 pub mod daemon;
 pub mod due;
+pub mod each;
+pub mod init;
 pub mod list;
 pub mod prune;
 pub mod restore;

@@ -401,10 +401,26 @@ pub async fn run_policy(
         tracing::warn!("{w}");
         warnings.push(w);
     }
-    for s in &policy.sources {
-        source::preflight(s)?;
-    }
-    let targets = open_targets(cfg, policy, None).await?;
+    let ready = async {
+        for s in &policy.sources {
+            source::preflight(s)?;
+        }
+        open_targets(cfg, policy, None).await
+    };
+    let targets = match ready.await {
+        Ok(t) => t,
+        Err(e) => {
+            if !opts.dry_run {
+                let msg = format!("{e:#}");
+                state::update(&cfg.state_dir, &policy.name, |st| {
+                    st.run.last_attempt = Some(now_local);
+                    st.run.last_result = Some("failed".into());
+                    st.run.last_message = Some(msg);
+                });
+            }
+            return Err(e);
+        }
+    };
 
     if opts.dry_run {
         return Ok(dry_run(policy, &targets, time, warnings, started));
@@ -648,7 +664,18 @@ pub async fn run_policy(
     let status = result.status.clone();
     let snap = result.snapshot.clone();
     let err = result.error.clone();
+    let missed: Vec<String> = if status == "partial" {
+        result
+            .targets
+            .iter()
+            .filter(|t| t.status != "complete")
+            .map(|t| t.name.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
     state::update(&cfg.state_dir, &policy.name, |st| {
+        st.run.missed_targets.extend(missed);
         st.run.last_attempt = Some(now_local);
         st.run.last_result = Some(if status == "complete" {
             "success".into()
@@ -732,4 +759,100 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// One scheduled or manual run of a policy as `run` and the daemon perform
+/// it: the run itself (unless only targets are to be caught up), copying
+/// what targets missed by earlier partial runs, then (with `prune`) a prune
+/// after a run that completed on every target.
+#[derive(Debug, Serialize)]
+pub struct RunStep {
+    #[serde(flatten)]
+    pub run: Option<RunResult>,
+    /// Targets a partial run missed, brought up to date (as `sync` does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<crate::ops::sync::SyncResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune: Option<crate::ops::prune::PruneResult>,
+    /// The prune after the run could not be done at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune_error: Option<String>,
+}
+
+impl RunStep {
+    pub fn policy(&self) -> &str {
+        self.run
+            .as_ref()
+            .map(|r| r.policy.as_str())
+            .or(self.catch_up.as_ref().map(|c| c.policy.as_str()))
+            .unwrap_or_default()
+    }
+}
+
+impl crate::ops::each::Coded for RunStep {
+    fn exit_code(&self) -> ExitCode {
+        crate::ops::combine(
+            self.run
+                .iter()
+                .map(|r| r.exit_code())
+                .chain(self.catch_up.iter().map(|c| c.exit_code()))
+                .chain(self.prune.iter().map(|p| p.exit_code()))
+                .chain(self.prune_error.iter().map(|_| ExitCode::Failure)),
+        )
+    }
+}
+
+impl crate::ops::each::Coded for RunResult {
+    fn exit_code(&self) -> ExitCode {
+        RunResult::exit_code(self)
+    }
+}
+
+/// Run `policy` (when `decision` is None or says the schedule is due), catch
+/// up the targets the decision names, and prune after a complete run when
+/// `prune` is set. The caller holds the policy lock (unless a dry run).
+pub async fn run_step(
+    cfg: &Config,
+    policy: &Policy,
+    decision: Option<&crate::ops::due::Decision>,
+    opts: &RunOptions,
+    prune: bool,
+) -> anyhow::Result<RunStep> {
+    let mut step = RunStep {
+        run: None,
+        catch_up: None,
+        prune: None,
+        prune_error: None,
+    };
+    if decision.is_none_or(|d| d.due) {
+        step.run = Some(run_policy(cfg, policy, opts).await?);
+    }
+    if let Some(d) = decision.filter(|d| !d.catch_up.is_empty()) {
+        if !cancelled(opts) {
+            let so = crate::ops::sync::SyncOptions {
+                dry_run: opts.dry_run,
+                only_targets: Some(d.catch_up.clone()),
+                ..Default::default()
+            };
+            step.catch_up = Some(crate::ops::sync::sync_policy(cfg, policy, &so).await?);
+        }
+    }
+    let complete = step.run.as_ref().is_some_and(|r| r.status == "complete");
+    if prune && !opts.dry_run && step.run.is_some() {
+        if complete && !cancelled(opts) {
+            match crate::ops::prune::prune_policy(cfg, policy, &Default::default()).await {
+                Ok(p) => step.prune = Some(p),
+                Err(e) => {
+                    tracing::error!("policy {}: prune: {e:#}", policy.name);
+                    step.prune_error = Some(format!("{e:#}"));
+                }
+            }
+        } else {
+            tracing::warn!(
+                "policy {}: not pruned: the run did not complete on every target",
+                policy.name
+            );
+        }
+    }
+    Ok(step)
 }

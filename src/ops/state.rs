@@ -16,6 +16,12 @@ pub struct OpRecord {
     /// When the last successful (or partial) attempt started.
     pub last_success: Option<DateTime<FixedOffset>>,
     pub last_snapshot: Option<String>,
+    /// Runs only: targets that missed a snapshot (unreachable or failed
+    /// during a partial run) and have not been caught up since. They keep the
+    /// policy due: the next `run --due` copies what they lack (as `sync`
+    /// does) once they answer again.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub missed_targets: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -25,6 +25,9 @@ pub struct SyncOptions {
     pub dry_run: bool,
     /// Abort incomplete uploads started longer ago than this.
     pub abort_uploads_older_than: Duration,
+    /// Only bring these targets up to date (`run --due` catching up the
+    /// targets a partial run missed); None: every target.
+    pub only_targets: Option<Vec<String>>,
 }
 
 impl Default for SyncOptions {
@@ -32,6 +35,7 @@ impl Default for SyncOptions {
         SyncOptions {
             dry_run: false,
             abort_uploads_older_than: Duration::from_secs(24 * 3600),
+            only_targets: None,
         }
     }
 }
@@ -57,6 +61,10 @@ pub struct SyncResult {
     pub result: String,
     pub dry_run: bool,
     pub copies: Vec<SnapshotCopy>,
+    /// Snapshots some target lacks that retention no longer keeps: not
+    /// copied (the next prune removes them where they remain).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_retained: Vec<String>,
     /// Targets that could not be listed (not synced): (target, error).
     pub unreachable: Vec<(String, String)>,
     /// Stale multipart uploads aborted, per target.
@@ -152,6 +160,7 @@ pub async fn sync_policy(
         result: "ok".into(),
         dry_run: o.dry_run,
         copies: Vec::new(),
+        not_retained: Vec::new(),
         unreachable: catalog.unreachable(),
         aborted_uploads: Vec::new(),
         problems: catalog
@@ -201,14 +210,35 @@ pub async fn sync_policy(
     let mut copied_any = false;
     let mut failed_any = false;
 
-    for entry in &catalog.entries {
+    // What retention no longer keeps is never copied back (a target that was
+    // away while prune ran elsewhere still holds it; prune removes it there).
+    let times: Vec<_> = catalog.entries.iter().map(|e| e.manifest.time).collect();
+    let dropped: HashSet<usize> =
+        crate::retention::apply(&times, &policy.retention, crate::clock::now().to_utc())
+            .remove
+            .into_iter()
+            .collect();
+    let wanted = |t: &DynTarget| {
+        o.only_targets
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|n| n == t.name()))
+    };
+    for (ei, entry) in catalog.entries.iter().enumerate() {
         let m = &entry.manifest;
         let needers: Vec<&DynTarget> = reachable
             .iter()
             .copied()
-            .filter(|t| !entry.complete_on.iter().any(|c| c == t.name()))
+            .filter(|t| wanted(t) && !entry.complete_on.iter().any(|c| c == t.name()))
             .collect();
         if needers.is_empty() {
+            continue;
+        }
+        if dropped.contains(&ei) {
+            tracing::info!(
+                "sync snapshot={}: not copied: retention no longer keeps it",
+                m.id
+            );
+            res.not_retained.push(m.id.clone());
             continue;
         }
         let sources: Vec<&DynTarget> = reachable
@@ -371,6 +401,26 @@ pub async fn sync_policy(
                 }
             }
             res.copies.push(c);
+        }
+    }
+    if !o.dry_run {
+        // Targets now holding everything are caught up: they no longer keep
+        // the policy due (see `ops::due`).
+        let failed: HashSet<&str> = res
+            .copies
+            .iter()
+            .filter(|c| c.error.is_some())
+            .map(|c| c.target.as_str())
+            .collect();
+        let done: Vec<String> = reachable
+            .iter()
+            .map(|t| t.name().to_string())
+            .filter(|n| !failed.contains(n.as_str()))
+            .collect();
+        if !done.is_empty() {
+            crate::ops::state::update(&cfg.state_dir, &policy.name, |st| {
+                st.run.missed_targets.retain(|t| !done.contains(t));
+            });
         }
     }
     res.result = if o.dry_run {

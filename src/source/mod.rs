@@ -48,13 +48,24 @@ pub fn archive_source(
 pub fn preflight(spec: &SourceSpec) -> anyhow::Result<()> {
     let db_tools = match spec {
         SourceSpec::Files(s) => {
-            anyhow::ensure!(
-                s.path.is_dir(),
-                "source {}: {} is not a directory",
+            if !s.path.is_dir() {
+                return Err(crate::error::CodedError::failure(format!(
+                    "source {}: {} does not exist or is not a directory (a share not mounted? \
+                     a site moved?); this policy was not backed up",
+                    s.name,
+                    s.path.display()
+                ))
+                .into());
+            }
+            return Ok(());
+        }
+        SourceSpec::Sqlite(s) if !s.path.is_file() => {
+            return Err(crate::error::CodedError::failure(format!(
+                "source {}: {} does not exist or is not a file; this policy was not backed up",
                 s.name,
                 s.path.display()
-            );
-            return Ok(());
+            ))
+            .into());
         }
         SourceSpec::Postgres(s) => postgres::Tools::find()
             .and_then(|_| db::password_from_env("", s.password_env.as_deref()).map(|_| ())),

@@ -1,11 +1,19 @@
 //! `type = "fs"`: a local or mounted directory. Writes go to a temporary name
 //! in the same directory, are fsynced, then renamed (and the directory fsynced).
+//!
+//! A target is only *there* when its root exists and holds the marker
+//! [`super::MARKER_KEY`], written by `backupctl init` (or by the first write
+//! when the target sets `create = true`). A missing root or marker is an
+//! unplugged disk or an unmounted share: the target is unavailable, and is
+//! never silently recreated on the local disk.
 
-use super::{ByteStream, ObjectInfo, Target, TargetError, TargetResult};
+use super::{ByteStream, ObjectInfo, Readiness, Target, TargetError, TargetResult};
 use crate::config::FsTargetSpec;
 use async_trait::async_trait;
+use std::collections::HashSet;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Suffix marker of in-flight temporary files; never listed.
 const TMP_MARK: &str = ".tmp-";
@@ -14,6 +22,17 @@ pub struct FsTarget {
     name: String,
     location: String,
     root: PathBuf,
+    create: bool,
+    /// Directories whose leftover temporaries this instance already removed
+    /// (once per directory per run: later temporaries are this run's own).
+    cleaned: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+/// What is at the root.
+enum Presence {
+    Ready,
+    NoRoot,
+    NoMarker,
 }
 
 impl FsTarget {
@@ -22,6 +41,8 @@ impl FsTarget {
             name: name.to_string(),
             location: spec.location.clone(),
             root: spec.path.clone(),
+            create: spec.create,
+            cleaned: Arc::default(),
         }
     }
 
@@ -36,17 +57,9 @@ impl FsTarget {
     }
 
     fn io(&self, context: impl Into<String>, source: io::Error) -> TargetError {
-        if source.kind() == io::ErrorKind::NotFound {
-            // A missing root means the target (a NAS mount, say) is not there.
-            if !self.root.is_dir() {
-                return TargetError::Unavailable {
-                    target: self.name.clone(),
-                    message: format!(
-                        "{} is missing or not a directory ({source})",
-                        self.root.display()
-                    ),
-                };
-            }
+        if source.kind() == io::ErrorKind::NotFound && !matches!(self.presence(), Presence::Ready) {
+            // The root went away under us (a disk unplugged mid-run).
+            return self.missing();
         }
         TargetError::Io {
             target: self.name.clone(),
@@ -55,32 +68,94 @@ impl FsTarget {
         }
     }
 
-    /// The root must be a directory, or not exist yet below an existing parent
-    /// (a target never written to: empty). Anything else is unavailable.
-    fn check_root(&self) -> TargetResult<()> {
-        if self.root.is_dir()
-            || (!self.root.exists() && self.root.parent().is_some_and(Path::is_dir))
-        {
-            Ok(())
+    fn presence(&self) -> Presence {
+        if !self.root.is_dir() {
+            Presence::NoRoot
+        } else if !self.root.join(super::MARKER_KEY).is_file() {
+            Presence::NoMarker
         } else {
-            Err(TargetError::Unavailable {
-                target: self.name.clone(),
-                message: format!("{} is missing or not a directory", self.root.display()),
-            })
+            Presence::Ready
         }
     }
 
-    /// Writes create the root (and its parents) on first use.
-    fn ensure_root(&self) -> TargetResult<()> {
-        if !self.root.is_dir() {
-            if let Err(e) = std::fs::create_dir_all(&self.root) {
-                return Err(TargetError::Unavailable {
-                    target: self.name.clone(),
-                    message: format!("cannot create {}: {e}", self.root.display()),
-                });
+    /// The error for a target that is not there.
+    fn missing(&self) -> TargetError {
+        let message = match self.presence() {
+            Presence::NoRoot => format!(
+                "{} does not exist: the disk or share holding this target is not mounted, \
+                 or the target was never initialised (`backupctl init {}`; or set \
+                 create = true for a directory on an always-present local disk)",
+                self.root.display(),
+                self.name
+            ),
+            _ => format!(
+                "{} is not an initialised backupctl target (no {}): if a disk or share \
+                 is meant to be mounted there, mount it; for a new target run `backupctl init {}`",
+                self.root.display(),
+                super::MARKER_KEY,
+                self.name
+            ),
+        };
+        TargetError::Unavailable {
+            target: self.name.clone(),
+            message,
+        }
+    }
+
+    /// Reads need the target to be there. A `create = true` target that was
+    /// never written to reads as empty (`Ok(false)`).
+    fn ready_for_read(&self) -> TargetResult<bool> {
+        match self.presence() {
+            Presence::Ready => Ok(true),
+            Presence::NoRoot if self.create => Ok(false),
+            _ => Err(self.missing()),
+        }
+    }
+
+    /// Writes need the target to be there; `create = true` creates it.
+    fn ready_for_write(&self) -> TargetResult<()> {
+        match self.presence() {
+            Presence::Ready => Ok(()),
+            _ if self.create => self.initialise().map(|_| ()),
+            _ => Err(self.missing()),
+        }
+    }
+
+    /// Create the root when missing and write the marker. An existing
+    /// directory is adopted only when it is empty or already holds backupctl
+    /// data (its RESTORE-README.txt). Returns whether anything was written.
+    fn initialise(&self) -> TargetResult<bool> {
+        let unavailable = |message: String| TargetError::Unavailable {
+            target: self.name.clone(),
+            message,
+        };
+        match self.presence() {
+            Presence::Ready => return Ok(false),
+            Presence::NoRoot => {
+                crate::util::create_private_dir_all(&self.root)
+                    .map_err(|e| unavailable(format!("cannot create {}: {e}", self.root.display())))?;
+            }
+            Presence::NoMarker => {
+                let empty = std::fs::read_dir(&self.root)
+                    .map_err(|e| unavailable(format!("cannot read {}: {e}", self.root.display())))?
+                    .next()
+                    .is_none();
+                if !empty && !self.root.join(super::RESTORE_FILE).is_file() {
+                    return Err(TargetError::Permanent {
+                        target: self.name.clone(),
+                        message: format!(
+                            "{} is not empty and holds no backupctl data; refusing to make it a \
+                             target: choose an empty or new directory",
+                            self.root.display()
+                        ),
+                    });
+                }
             }
         }
-        Ok(())
+        self.atomic_write(super::MARKER_KEY, |f| {
+            f.write_all(&super::marker_bytes(&self.name))
+        })?;
+        Ok(true)
     }
 
     /// Write via temp + fsync + rename; `fill` writes the content.
@@ -91,14 +166,14 @@ impl FsTarget {
     ) -> TargetResult<()> {
         let dest = self.path(key)?;
         let dir = dest.parent().expect("key has a parent").to_path_buf();
-        std::fs::create_dir_all(&dir)
+        crate::util::create_private_dir_all(&dir)
             .map_err(|e| self.io(format!("creating {}", dir.display()), e))?;
         let tmp = dir.join(format!(
             "{}{TMP_MARK}{}",
             dest.file_name().unwrap_or_default().to_string_lossy(),
             crate::util::random_hex(8)
         ));
-        let result = std::fs::File::create(&tmp).and_then(|mut f| {
+        let result = crate::util::create_private_file(&tmp).and_then(|mut f| {
             let filled = fill(&mut f).and_then(|_| f.flush());
             match filled {
                 Ok(()) => super::persist(f, &tmp, &dest),
@@ -110,6 +185,33 @@ impl FsTarget {
             }
         });
         result.map_err(|e| self.io(format!("writing {key}"), e))
+    }
+
+    /// Remove temporaries left in `dir` by a killed run or sync, once per
+    /// directory for this instance. The caller holds the policy lock, so no
+    /// other process is writing there; this run's own temporaries are all
+    /// created after the first call.
+    fn clean_leftovers_once(&self, dir: &Path) {
+        let first = self
+            .cleaned
+            .lock()
+            .expect("cleaned set")
+            .insert(dir.to_path_buf());
+        if !first {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().contains(TMP_MARK) {
+                tracing::warn!(
+                    "removing {}, left by an interrupted run",
+                    e.path().display()
+                );
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }
 
@@ -125,6 +227,8 @@ fn handle(t: &FsTarget) -> FsTarget {
         name: t.name.clone(),
         location: t.location.clone(),
         root: t.root.clone(),
+        create: t.create,
+        cleaned: t.cleaned.clone(),
     }
 }
 
@@ -143,7 +247,7 @@ impl Target for FsTarget {
     }
 
     async fn put_file(&self, key: &str, path: &Path) -> TargetResult<()> {
-        self.ensure_root()?;
+        self.ready_for_write()?;
         let (t, key, path) = (handle(self), key.to_string(), path.to_path_buf());
         blocking(move || {
             t.atomic_write(&key, |f| {
@@ -155,13 +259,18 @@ impl Target for FsTarget {
     }
 
     async fn put_bytes(&self, key: &str, data: Vec<u8>) -> TargetResult<()> {
-        self.ensure_root()?;
+        self.ready_for_write()?;
         let (t, key) = (handle(self), key.to_string());
         blocking(move || t.atomic_write(&key, |f| f.write_all(&data))).await
     }
 
     async fn get(&self, key: &str) -> TargetResult<ByteStream> {
-        self.check_root()?;
+        if !self.ready_for_read()? {
+            return Err(TargetError::NotFound {
+                target: self.name.clone(),
+                key: key.to_string(),
+            });
+        }
         let path = self.path(key)?;
         match std::fs::File::open(&path) {
             Ok(f) => Ok(ByteStream::File(f)),
@@ -174,7 +283,12 @@ impl Target for FsTarget {
     }
 
     async fn get_bytes(&self, key: &str) -> TargetResult<Vec<u8>> {
-        self.check_root()?;
+        if !self.ready_for_read()? {
+            return Err(TargetError::NotFound {
+                target: self.name.clone(),
+                key: key.to_string(),
+            });
+        }
         let path = self.path(key)?;
         match tokio::fs::read(&path).await {
             Ok(v) => Ok(v),
@@ -187,10 +301,9 @@ impl Target for FsTarget {
     }
 
     async fn stat(&self, key: &str) -> TargetResult<Option<u64>> {
-        if !self.root.exists() {
-            return Ok(None); // nothing written yet
+        if !self.ready_for_read()? {
+            return Ok(None); // `create = true`, nothing written yet
         }
-        self.check_root()?;
         let path = self.path(key)?;
         match tokio::fs::metadata(&path).await {
             Ok(m) => Ok(Some(m.len())),
@@ -200,7 +313,9 @@ impl Target for FsTarget {
     }
 
     async fn list(&self, prefix: &str) -> TargetResult<Vec<ObjectInfo>> {
-        self.check_root()?;
+        if !self.ready_for_read()? {
+            return Ok(Vec::new()); // `create = true`, nothing written yet
+        }
         // Walk the deepest directory the prefix names, then filter by prefix.
         let dir_part = match prefix.rfind('/') {
             Some(i) => &prefix[..i],
@@ -257,28 +372,13 @@ impl Target for FsTarget {
         dir_key: &str,
     ) -> Option<TargetResult<(std::fs::File, super::LocalWrite)>> {
         let open = || -> TargetResult<(std::fs::File, super::LocalWrite)> {
-            self.ensure_root()?;
+            self.ready_for_write()?;
             let dir = self.path(dir_key)?;
-            std::fs::create_dir_all(&dir)
+            crate::util::create_private_dir_all(&dir)
                 .map_err(|e| self.io(format!("creating {}", dir.display()), e))?;
-            // The caller holds the policy lock: temporaries already here were
-            // left by a run that was killed.
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                for e in entries.flatten() {
-                    if e.file_name()
-                        .to_string_lossy()
-                        .starts_with(&format!("incoming{TMP_MARK}"))
-                    {
-                        tracing::warn!(
-                            "removing {}, left by an interrupted run",
-                            e.path().display()
-                        );
-                        let _ = std::fs::remove_file(e.path());
-                    }
-                }
-            }
+            self.clean_leftovers_once(&dir);
             let tmp = dir.join(format!("incoming{TMP_MARK}{}", crate::util::random_hex(8)));
-            let file = std::fs::File::create(&tmp)
+            let file = crate::util::create_private_file(&tmp)
                 .map_err(|e| self.io(format!("creating {}", tmp.display()), e))?;
             Ok((
                 file,
@@ -292,8 +392,26 @@ impl Target for FsTarget {
         Some(open())
     }
 
+    async fn init(&self) -> TargetResult<bool> {
+        let t = handle(self);
+        blocking(move || t.initialise()).await
+    }
+
+    async fn readiness(&self) -> TargetResult<Readiness> {
+        match self.presence() {
+            Presence::Ready => Ok(Readiness::Ready),
+            Presence::NoRoot if self.create => Ok(Readiness::CreatedOnFirstRun(format!(
+                "{} does not exist yet; the first run creates it (create = true)",
+                self.root.display()
+            ))),
+            _ => Err(self.missing()),
+        }
+    }
+
     async fn delete(&self, key: &str) -> TargetResult<()> {
-        self.check_root()?;
+        if !self.ready_for_read()? {
+            return Ok(());
+        }
         let path = self.path(key)?;
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),

@@ -43,6 +43,35 @@ impl TargetError {
 
 pub type TargetResult<T> = Result<T, TargetError>;
 
+/// The marker at a target's root that says "this is a backupctl target".
+/// Written by `backupctl init`; an fs target without it is not there.
+pub const MARKER_KEY: &str = "backupctl-target.json";
+
+/// The restore instructions at every target's root.
+pub use crate::repo::RESTORE_FILE;
+
+/// The marker's content: what it is, which target, since when.
+pub fn marker_bytes(target: &str) -> Vec<u8> {
+    let v = serde_json::json!({
+        "format": "backupctl-target",
+        "version": 1,
+        "target": target,
+        "created": crate::clock::now().to_rfc3339(),
+        "note": "This directory (or bucket prefix) holds backupctl backups; see RESTORE-README.txt.",
+    });
+    let mut b = serde_json::to_vec_pretty(&v).expect("marker serialises");
+    b.push(b'\n');
+    b
+}
+
+/// Whether a target can be used now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Not there yet, and the first run creates it (fs `create = true`).
+    CreatedOnFirstRun(String),
+}
+
 /// An object's key and size, as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -96,6 +125,19 @@ pub trait Target: Send + Sync {
     /// `older_than` ago; returns how many. Backends without such leftovers: 0.
     async fn abort_stale_uploads(&self, _older_than: std::time::Duration) -> TargetResult<usize> {
         Ok(0)
+    }
+    /// Make this a backupctl target: create what is missing and write the
+    /// marker. Returns false when it already was one.
+    async fn init(&self) -> TargetResult<bool> {
+        if self.stat(MARKER_KEY).await?.is_some() {
+            return Ok(false);
+        }
+        self.put_bytes(MARKER_KEY, marker_bytes(self.name())).await?;
+        Ok(true)
+    }
+    /// Is the target there (without writing anything)? Unavailable when not.
+    async fn readiness(&self) -> TargetResult<Readiness> {
+        Ok(Readiness::Ready)
     }
     /// Targets on a local file system can take an archive while it is being
     /// written: a temporary file inside `dir_key`, committed later under its

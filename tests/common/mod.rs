@@ -39,7 +39,7 @@ impl Setup {
         let mut s = String::from("state_dir = \"state\"\n");
         for (i, n) in names.iter().enumerate() {
             s.push_str(&format!(
-                "\n[targets.{n}]\ntype = \"fs\"\npath = \"targets/{n}\"\nlocation = \"site-{i}\"\n"
+                "\n[targets.{n}]\ntype = \"fs\"\ncreate = true\npath = \"targets/{n}\"\nlocation = \"site-{i}\"\n"
             ));
         }
         self.write("backupctl.toml", &s);

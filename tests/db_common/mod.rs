@@ -158,7 +158,7 @@ impl DbSetup {
         std::fs::write(
             &config,
             format!(
-                "state_dir = \"{0}/state\"\n\n[targets.a]\ntype = \"fs\"\npath = \"{0}/target-a\"\nlocation = \"office\"\n\n[targets.b]\ntype = \"fs\"\npath = \"{0}/target-b\"\nlocation = \"offsite\"\n",
+                "state_dir = \"{0}/state\"\n\n[targets.a]\ntype = \"fs\"\ncreate = true\npath = \"{0}/target-a\"\nlocation = \"office\"\n\n[targets.b]\ntype = \"fs\"\ncreate = true\npath = \"{0}/target-b\"\nlocation = \"offsite\"\n",
                 root.display()
             ),
         )

@@ -51,7 +51,7 @@ impl TestTarget for FsTestTarget {
     }
     fn config_snippet(&self) -> String {
         format!(
-            "[targets.{}]\ntype = \"fs\"\npath = {:?}\nlocation = \"loc-{}\"\n",
+            "[targets.{}]\ntype = \"fs\"\ncreate = true\npath = {:?}\nlocation = \"loc-{}\"\n",
             self.name,
             self.root.display().to_string(),
             self.name

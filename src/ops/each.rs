@@ -1,0 +1,169 @@
+//! The one per-policy loop behind `run`, `verify`, `sync`, `prune`, the
+//! `--due` runs and the daemon, so they cannot drift apart.
+//!
+//! For each chosen policy, in order: a policy file that failed to load is
+//! reported (exit 2) and skipped; with `due`, the schedule decides whether the
+//! policy acts now; with `lock`, the policy's lock is taken; then the step
+//! runs. Whatever goes wrong in one policy (a missing source path, a dump tool
+//! or database that is not there, a held lock, an unreachable target) is
+//! recorded for that policy and the next one still runs. Only a selection
+//! that names an unknown policy fails the whole command.
+
+use crate::config::{Config, Policy};
+use crate::error::{exit_code_for, ExitCode};
+use crate::ops::due::{self, Decision, Job};
+use crate::ops::{combine, policy_lock};
+use futures::future::BoxFuture;
+use serde::Serialize;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// A per-policy result that knows its exit code.
+pub trait Coded {
+    fn exit_code(&self) -> ExitCode;
+}
+
+/// Whether the step needs the policy's lock (run, prune, sync write).
+#[derive(Debug, Clone, Copy)]
+pub enum Locking {
+    None,
+    Take {
+        op: &'static str,
+        wait: Option<Duration>,
+    },
+}
+
+/// A policy whose step did not produce a result.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyFailure {
+    pub policy: String,
+    pub error: String,
+    #[serde(skip)]
+    pub code: ExitCode,
+}
+
+/// Everything the loop saw.
+#[derive(Debug)]
+pub struct Outcome<T> {
+    pub results: Vec<T>,
+    pub failures: Vec<PolicyFailure>,
+    /// With `due`: how many policies were considered and did not act now.
+    pub not_due: usize,
+}
+
+impl<T: Coded> Outcome<T> {
+    /// The worst code (precedence: 2 configuration, 1 failure, 3 partial, 0).
+    pub fn exit_code(&self) -> ExitCode {
+        combine(
+            self.results
+                .iter()
+                .map(Coded::exit_code)
+                .chain(self.failures.iter().map(|f| f.code)),
+        )
+    }
+}
+
+/// How to go through the policies.
+#[derive(Debug, Clone, Default)]
+pub struct Plan<'a> {
+    /// Policy names (empty: all).
+    pub names: &'a [String],
+    /// Only the policies this scheduled job is due for (or has targets to
+    /// catch up); the decision is passed to the step.
+    pub due: Option<Job>,
+    pub locking: Option<Locking>,
+    /// Stop starting new policies once cancelled.
+    pub cancel: Option<CancellationToken>,
+}
+
+/// Run `step` for each policy of `plan`. `step` gets the policy and, with
+/// `due`, the decision that made it act.
+pub async fn for_each_policy<'c, T, F>(
+    cfg: &'c Config,
+    plan: &Plan<'_>,
+    mut step: F,
+) -> Result<Outcome<T>, crate::error::ConfigError>
+where
+    F: FnMut(&'c Policy, Option<Decision>) -> BoxFuture<'c, anyhow::Result<T>>,
+{
+    let sel = cfg.selection(plan.names)?;
+    let mut out = Outcome {
+        results: Vec::new(),
+        failures: Vec::new(),
+        not_due: 0,
+    };
+    for (name, e) in &sel.broken {
+        out.failures.push(PolicyFailure {
+            policy: name.clone(),
+            error: format!("policy file not loaded: {e}"),
+            code: ExitCode::Usage,
+        });
+    }
+    let fail = |out: &mut Outcome<T>, policy: &str, e: anyhow::Error| {
+        let error = format!("{e:#}");
+        tracing::debug!("policy {policy}: {error}");
+        out.failures.push(PolicyFailure {
+            policy: policy.to_string(),
+            error,
+            code: exit_code_for(&e),
+        });
+    };
+    for p in sel.policies {
+        if plan.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+            out.failures.push(PolicyFailure {
+                policy: p.name.clone(),
+                error: "not started: interrupted by a signal".into(),
+                code: ExitCode::Failure,
+            });
+            continue;
+        }
+        let decision = match plan.due {
+            None => None,
+            Some(job) => match due::decide(cfg, p, job, crate::clock::now()).await {
+                Ok(d) if d.acts() => {
+                    tracing::info!("{}", d.describe());
+                    Some(d)
+                }
+                Ok(d) => {
+                    tracing::debug!("{}", d.describe());
+                    out.not_due += 1;
+                    continue;
+                }
+                Err(e) => {
+                    fail(&mut out, &p.name, e);
+                    continue;
+                }
+            },
+        };
+        let _lock = match plan.locking.unwrap_or(Locking::None) {
+            Locking::None => None,
+            Locking::Take { op, wait } => match policy_lock(cfg, &p.name, op, wait).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    fail(&mut out, &p.name, e);
+                    continue;
+                }
+            },
+        };
+        match step(p, decision).await {
+            Ok(r) => out.results.push(r),
+            Err(e) => fail(&mut out, &p.name, e),
+        }
+    }
+    Ok(out)
+}
+
+macro_rules! coded {
+    ($($t:ty),*) => {$(
+        impl Coded for $t {
+            fn exit_code(&self) -> ExitCode {
+                <$t>::exit_code(self)
+            }
+        }
+    )*};
+}
+coded!(
+    crate::ops::prune::PruneResult,
+    crate::ops::sync::SyncResult,
+    crate::ops::verify::VerifyResult
+);
