@@ -399,7 +399,8 @@ fn pg_dump_killed_mid_dump_stores_no_snapshot() {
     };
     let db = make_db(&pg, 20000);
     let s = DbSetup::new(&source(&pg, &db, "format = \"plain\""), "");
-    // A pg_dump first on PATH that streams part of the real dump, then dies.
+    // A pg_dump first on PATH that answers --version and --help, but streams
+    // only part of the real dump, then dies.
     let bin = s.path().join("fakebin");
     std::fs::create_dir_all(&bin).unwrap();
     let real = which("pg_dump");
@@ -407,7 +408,7 @@ fn pg_dump_killed_mid_dump_stores_no_snapshot() {
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\ncase \"$1\" in --version) exec {real} --version;; esac\n{real} \"$@\" | head -c 200000\nkill -9 $$\n"
+            "#!/bin/sh\ncase \"$1\" in --version|--help) exec {real} \"$1\";; esac\n{real} \"$@\" | head -c 200000\nkill -9 $$\n"
         ),
     )
     .unwrap();
