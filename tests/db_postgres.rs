@@ -399,7 +399,8 @@ fn pg_dump_killed_mid_dump_stores_no_snapshot() {
     };
     let db = make_db(&pg, 20000);
     let s = DbSetup::new(&source(&pg, &db, "format = \"plain\""), "");
-    // A pg_dump first on PATH that streams part of the real dump, then dies.
+    // A pg_dump first on PATH that answers --version and --help, but streams
+    // only part of the real dump, then dies.
     let bin = s.path().join("fakebin");
     std::fs::create_dir_all(&bin).unwrap();
     let real = which("pg_dump");
@@ -407,7 +408,7 @@ fn pg_dump_killed_mid_dump_stores_no_snapshot() {
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\ncase \"$1\" in --version) exec {real} --version;; esac\n{real} \"$@\" | head -c 200000\nkill -9 $$\n"
+            "#!/bin/sh\ncase \"$1\" in --version|--help) exec {real} \"$1\";; esac\n{real} \"$@\" | head -c 200000\nkill -9 $$\n"
         ),
     )
     .unwrap();
@@ -459,4 +460,112 @@ fn which(tool: &str) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn pg_dedupe(format: &str) {
+    let Some(pg) = DbServer::postgres() else {
+        return;
+    };
+    let db = make_db(&pg, 300);
+    // A sequence, a function and a large object as well.
+    pg.psql(
+        &db,
+        "CREATE SEQUENCE counter START 40; SELECT nextval('counter');
+         CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42';
+         SELECT lo_from_bytea(0, 'large object');",
+    );
+    let s = DbSetup::new(&source(&pg, &db, &format!("format = \"{format}\"")), "");
+    let pw = [("TEST_PG_PW", pg.password.as_str())];
+    s.assert_dedupes("pgdb", &pw, || {
+        pg.psql(&db, "UPDATE customers SET name = 'changed' WHERE id = 1");
+    });
+    drop_db(&pg, &db);
+}
+
+#[test]
+fn pg_custom_unchanged_database_gives_identical_archives() {
+    pg_dedupe("custom");
+}
+
+#[test]
+fn pg_plain_unchanged_database_gives_identical_archives() {
+    pg_dedupe("plain");
+}
+
+#[test]
+fn pg_normalised_custom_dump_restores_with_pg_restore_and_into_database() {
+    let Some(pg) = DbServer::postgres() else {
+        return;
+    };
+    let db = make_db(&pg, 2000);
+    let before = fingerprint(&pg, &db);
+    let s = DbSetup::new(&source(&pg, &db, ""), "");
+    let pw = [("TEST_PG_PW", pg.password.as_str())];
+    s.run_at("2026-03-01T02:30:00+00:00", &pw);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&s.manifests("a")[0]).unwrap()).unwrap();
+    assert!(
+        m["sources"][0]["warnings"]
+            .as_array()
+            .is_none_or(|w| w.is_empty()),
+        "{m}"
+    );
+
+    let out = s.path().join("out");
+    let o = s.run(&["restore", "db", "--to", out.to_str().unwrap()], &pw);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let dump = out.join("pgdb").join(format!("{db}.pgdump"));
+    // pg_restore reads the rewritten header: the fixed creation time, and no
+    // compression inside the dump.
+    let l = std::process::Command::new("pg_restore")
+        .arg("-l")
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(l.status.success(), "{}", String::from_utf8_lossy(&l.stderr));
+    let listing = String::from_utf8_lossy(&l.stdout);
+    assert!(
+        listing.contains("Archive created at 2000-01-01 00:00:00"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("Compression: 0") || listing.contains("Compression: none"),
+        "{listing}"
+    );
+    assert!(listing.contains(&format!("dbname: {db}")), "{listing}");
+
+    // Loaded by pg_restore itself into a fresh database.
+    let by_pg_restore = format!("{db}_pgr");
+    pg.psql("postgres", &format!("CREATE DATABASE {by_pg_restore}"));
+    let r = std::process::Command::new("pg_restore")
+        .args(["--exit-on-error", "--single-transaction", "-d"])
+        .arg(&by_pg_restore)
+        .arg(&dump)
+        .env("PGHOST", &pg.host)
+        .env("PGPORT", pg.port.to_string())
+        .env("PGUSER", &pg.user)
+        .env("PGPASSWORD", &pg.password)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(fingerprint(&pg, &by_pg_restore), before);
+
+    // And by backupctl restore --into-database.
+    let by_backupctl = format!("{db}_cli");
+    let o = s.run(
+        &[
+            "restore",
+            "db",
+            "--source",
+            "pgdb",
+            "--into-database",
+            &by_backupctl,
+        ],
+        &pw,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(fingerprint(&pg, &by_backupctl), before);
+    drop_db(&pg, &by_pg_restore);
+    drop_db(&pg, &by_backupctl);
+    drop_db(&pg, &db);
 }

@@ -146,3 +146,65 @@ fn sqlite_backup_while_writing_rollback_journal() {
 fn sqlite_backup_while_writing_wal() {
     backup_while_writing("wal");
 }
+
+fn sqlite_source(db: &std::path::Path) -> String {
+    format!(
+        "[[sources]]\nname = \"app\"\ntype = \"sqlite\"\npath = \"{}\"\n",
+        db.display()
+    )
+}
+
+fn sqlite_dedupe(journal_mode: &str) {
+    let s0 = tempfile::tempdir().unwrap();
+    let db = s0.path().join("app.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(&format!(
+            "PRAGMA journal_mode = {journal_mode};
+             CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, blob BLOB);
+             CREATE INDEX items_name ON items (name);
+             WITH RECURSIVE i(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM i WHERE x < 3000)
+               INSERT INTO items SELECT x, 'item ' || x, randomblob(200) FROM i;"
+        ))
+        .unwrap();
+    }
+    let s = DbSetup::new(&sqlite_source(&db), "");
+    s.assert_dedupes("app", &[], || {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute("UPDATE items SET name = 'changed' WHERE id = 5", ())
+            .unwrap();
+    });
+}
+
+#[test]
+fn sqlite_unchanged_database_gives_identical_archives_rollback_journal() {
+    sqlite_dedupe("delete");
+}
+
+#[test]
+fn sqlite_unchanged_database_gives_identical_archives_wal() {
+    sqlite_dedupe("wal");
+}
+
+#[test]
+fn sqlite_restored_copy_keeps_the_source_file_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let s0 = tempfile::tempdir().unwrap();
+    let db = s0.path().join("app.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1), (2);")
+        .unwrap();
+    let s = DbSetup::new(&sqlite_source(&db), "");
+    for (i, mode) in [0o640u32, 0o604].into_iter().enumerate() {
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(mode)).unwrap();
+        s.run_at(&format!("2026-03-0{}T02:30:00+00:00", i + 1), &[]);
+        let out = s.path().join(format!("out-{i}"));
+        let o = s.run(&["restore", "db", "--to", out.to_str().unwrap()], &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let copy = out.join("app/app.db");
+        let got = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(got, mode, "restored mode {got:o}, source {mode:o}");
+        assert_eq!(sqlite3(&copy, "SELECT count(*) FROM t"), "2");
+    }
+}

@@ -3,7 +3,9 @@
 //!
 //! Output is deterministic: the same entries with the same metadata produce
 //! the same bytes (zstd's multi-threaded output does not depend on the number
-//! of workers), so an unchanged source keeps its archive name.
+//! of workers), so an unchanged source keeps its archive name. Generated
+//! entries (database dumps) get fixed metadata for the same reason (see
+//! [`EntryMeta::generated`]).
 
 use super::manifest::FileRecord;
 use std::fs::{File, Metadata};
@@ -161,6 +163,10 @@ pub struct ArchiveSummary {
     pub outputs: Vec<Result<File, io::Error>>,
 }
 
+/// The tar mtime of generated entries (see [`EntryMeta::generated`]): the
+/// Unix epoch.
+pub const GENERATED_MTIME: i64 = 0;
+
 /// Basic metadata of an entry, independent of where it comes from.
 #[derive(Debug, Clone, Copy)]
 pub struct EntryMeta {
@@ -182,13 +188,19 @@ impl EntryMeta {
         }
     }
 
-    /// Metadata for generated content (dumps): owner of the process, given mtime.
-    pub fn generated(mtime: i64) -> EntryMeta {
+    /// Metadata for generated content (database dumps and copies): mode
+    /// 0600, owned by the process's effective user and group, and the mtime
+    /// [`GENERATED_MTIME`] (the Unix epoch, 1970-01-01T00:00:00Z) whatever
+    /// the snapshot time. Nothing here depends on when the snapshot is taken,
+    /// so a dump whose bytes do not change gives byte-identical tar entries
+    /// and therefore the same archive (the snapshot time is in the
+    /// manifest). Restored dump files carry that mtime.
+    pub fn generated() -> EntryMeta {
         EntryMeta {
             mode: 0o600,
             uid: unsafe { libc::geteuid() } as u64,
             gid: unsafe { libc::getegid() } as u64,
-            mtime: mtime.max(0),
+            mtime: GENERATED_MTIME,
             mtime_nsec: 0,
         }
     }

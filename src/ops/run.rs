@@ -258,7 +258,7 @@ async fn build_archive(
     spec: &SourceSpec,
     policy: &Policy,
     staging: &Path,
-    time: i64,
+    state_dir: &Path,
     targets: &[DynTarget],
     failed: &[Arc<AtomicBool>],
     cancel: Option<&tokio_util::sync::CancellationToken>,
@@ -315,6 +315,7 @@ async fn build_archive(
     }
     let spec = spec.clone();
     let staging_dir = staging.to_path_buf();
+    let state_dir = state_dir.to_path_buf();
     let level = policy.compression_level;
     let progress = Arc::new(Progress::default());
     let total = match &spec {
@@ -328,7 +329,7 @@ async fn build_archive(
     let task = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut w = ArchiveWriter::create(files, level, zstd_workers(), Some(progress))
             .context("starting the archive")?;
-        let out = source::archive_source(&spec, &mut w, time, &staging_dir)?;
+        let out = source::archive_source(&spec, &mut w, &staging_dir, &state_dir)?;
         let summary = w
             .finish()
             .with_context(|| format!("finishing archive for source {}", spec.name()))?;
@@ -481,7 +482,7 @@ pub async fn run_policy(
             spec,
             policy,
             &staging,
-            time.timestamp(),
+            &cfg.state_dir,
             &targets,
             &failed,
             opts.cancel.as_ref(),

@@ -1,7 +1,12 @@
 //! What the database sources share: finding client tools, running them with
 //! checked exit status and stderr, streaming a dump tool's stdout straight
-//! into the archive, feeding a (possibly split) dump back into a loader, and
+//! into the archive (optionally rewriting its first bytes, see
+//! [`HeadRewrite`]), feeding a (possibly split) dump back into a loader, and
 //! the database facts recorded in the manifest.
+//!
+//! Dumps are archived with [`EntryMeta::generated`], whose metadata does not
+//! depend on the snapshot time: an unchanged database gives the same dump
+//! bytes and so the same archive, stored only once.
 
 use crate::archive::{ArchiveWriter, EntryMeta};
 use crate::error::CodedError;
@@ -241,6 +246,91 @@ impl<R: Read> Read for Tap<'_, R> {
     }
 }
 
+/// A rewrite of a dump's first bytes as they stream by (PostgreSQL's
+/// custom-format header, whose creation time would make every dump differ).
+#[derive(Clone, Copy)]
+pub struct HeadRewrite {
+    /// The first `len` bytes of the dump (fewer if it is shorter) are
+    /// buffered and handed to `rewrite`.
+    pub len: usize,
+    /// Rewrites those bytes in place (same length), or leaves them exactly
+    /// as they are and says why (that becomes a warning of the source).
+    pub rewrite: fn(&mut [u8]) -> Result<(), String>,
+}
+
+/// Passes a stream through, except that its first bytes go through a
+/// [`HeadRewrite`] first.
+pub struct HeadReader<R> {
+    inner: R,
+    head: Option<HeadRewrite>,
+    buf: Vec<u8>,
+    pos: usize,
+    broken: bool,
+    /// What the rewrite said, once it has run (None before the first read,
+    /// or when there is no rewrite).
+    pub outcome: Option<Result<(), String>>,
+}
+
+impl<R: Read> HeadReader<R> {
+    pub fn new(inner: R, head: Option<HeadRewrite>) -> HeadReader<R> {
+        HeadReader {
+            inner,
+            head,
+            buf: Vec::new(),
+            pos: 0,
+            broken: false,
+            outcome: None,
+        }
+    }
+
+    fn fill_head(&mut self, h: HeadRewrite) -> std::io::Result<()> {
+        let mut buf = vec![0u8; h.len];
+        let mut got = 0;
+        while got < h.len {
+            match self.inner.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(got);
+        let before = buf.clone();
+        let outcome = (h.rewrite)(&mut buf);
+        if outcome.is_err() {
+            // A rewrite that gives up leaves the bytes alone, whatever it did.
+            buf = before;
+        }
+        self.outcome = Some(outcome);
+        self.buf = buf;
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for HeadReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(h) = self.head.take() {
+            if let Err(e) = self.fill_head(h) {
+                // Part of the head may be lost: never pass on what follows.
+                self.broken = true;
+                return Err(e);
+            }
+        }
+        if self.broken {
+            return Err(std::io::Error::other(
+                "reading the start of the dump failed",
+            ));
+        }
+        if self.pos < self.buf.len() {
+            let n = out.len().min(self.buf.len() - self.pos);
+            out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+            self.pos += n;
+            return Ok(n);
+        }
+        self.inner.read(out)
+    }
+}
+
 /// How to stream one dump.
 pub struct DumpJob<'a> {
     /// Tar entry name (parts get `.part-NNNNNN` appended).
@@ -251,17 +341,19 @@ pub struct DumpJob<'a> {
     /// addition to the exit status.
     pub complete_marker: Option<&'static str>,
     pub observer: Option<Observer<'a>>,
+    /// Rewrite the dump's first bytes before they are archived.
+    pub head: Option<HeadRewrite>,
 }
 
 /// Run a dump tool and stream its stdout straight into the archive (no
 /// temporary copy; [`ArchiveWriter::add_stream`] splits large dumps into
-/// parts). The dump fails when the tool exits non-zero or is killed, prints an
-/// error on stderr, or (for plain SQL) lacks its completion marker; other
-/// stderr lines become warnings of the source.
+/// parts), with [`EntryMeta::generated`] metadata. The dump fails when the
+/// tool exits non-zero or is killed, prints an error on stderr, or (for plain
+/// SQL) lacks its completion marker; other stderr lines, and a head rewrite
+/// that gave up, become warnings of the source.
 pub fn stream_dump(
     w: &mut ArchiveWriter,
     cmd: &mut Command,
-    mtime: i64,
     job: DumpJob<'_>,
 ) -> anyhow::Result<DumpFile> {
     cmd.stdin(Stdio::null())
@@ -272,15 +364,11 @@ pub fn stream_dump(
         .with_context(|| format!("{}: cannot start {:?}", job.what, cmd.get_program()))?;
     let err = spawn_stderr_reader(&mut child);
     let mut tap = Tap {
-        inner: child.stdout.take().expect("stdout piped"),
+        inner: HeadReader::new(child.stdout.take().expect("stdout piped"), job.head),
         tail: Vec::new(),
         observer: job.observer,
     };
-    let added = w.add_stream(
-        Path::new(&job.entry),
-        &EntryMeta::generated(mtime),
-        &mut tap,
-    );
+    let added = w.add_stream(Path::new(&job.entry), &EntryMeta::generated(), &mut tap);
     if added.is_err() {
         let _ = child.kill();
     }
@@ -304,6 +392,9 @@ pub fn stream_dump(
     }
     for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
         w.warn(format!("{}: {}", job.what, line.trim()));
+    }
+    if let Some(Err(why)) = tap.inner.outcome.take() {
+        w.warn(format!("{}: {why}", job.what));
     }
     Ok(DumpFile {
         entries,
@@ -398,6 +489,38 @@ mod tests {
         assert_eq!(entry_stem("a/b"), "a%2Fb");
         assert_eq!(entry_stem(".."), "%2E.");
         assert_eq!(entry_stem("Grüße db"), "Gr%C3%BC%C3%9Fe%20db");
+    }
+
+    #[test]
+    fn head_reader_rewrites_only_the_head_and_undoes_a_rewrite_that_gives_up() {
+        use std::io::Read;
+        let upper = HeadRewrite {
+            len: 4,
+            rewrite: |h| {
+                h.make_ascii_uppercase();
+                Ok(())
+            },
+        };
+        let run = |input: &[u8], head| {
+            let mut r = HeadReader::new(input, head);
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            (String::from_utf8(out).unwrap(), r.outcome)
+        };
+        assert_eq!(run(b"abcdefgh", Some(upper)).0, "ABCDefgh");
+        assert_eq!(run(b"ab", Some(upper)).0, "AB");
+        assert_eq!(run(b"abcdefgh", None), ("abcdefgh".into(), None));
+        let gives_up = HeadRewrite {
+            len: 4,
+            rewrite: |h| {
+                h.fill(b'x');
+                Err("no".into())
+            },
+        };
+        assert_eq!(
+            run(b"abcdefgh", Some(gives_up)),
+            ("abcdefgh".into(), Some(Err("no".into())))
+        );
     }
 
     #[test]

@@ -25,21 +25,23 @@ pub struct SourceOutput {
     pub database: Option<serde_json::Value>,
 }
 
-/// Write `spec`'s content into `w`. Runs on a blocking thread. `time` is the
-/// snapshot time (mtime of generated entries); `staging` is the run's
-/// staging directory (SQLite's backup copy goes there).
+/// Write `spec`'s content into `w`. Runs on a blocking thread. `staging` is
+/// the run's staging directory (SQLite's backup copy goes there);
+/// `state_dir` is backupctl's state directory (PostgreSQL keeps the secret
+/// of its plain dumps' restrict keys there). The snapshot time is not an
+/// input: an unchanged source gives the same archive whenever it is taken.
 pub fn archive_source(
     spec: &SourceSpec,
     w: &mut ArchiveWriter,
-    time: i64,
     staging: &Path,
+    state_dir: &Path,
 ) -> anyhow::Result<SourceOutput> {
     // The caller (ops::run) names the source in its error message.
     match spec {
         SourceSpec::Files(s) => files::archive_tree(s, w),
-        SourceSpec::Postgres(s) => postgres::archive(s, w, time),
-        SourceSpec::Mysql(s) => mysql::archive(s, w, time),
-        SourceSpec::Sqlite(s) => sqlite::archive(s, w, time, staging),
+        SourceSpec::Postgres(s) => postgres::archive(s, w, state_dir),
+        SourceSpec::Mysql(s) => mysql::archive(s, w),
+        SourceSpec::Sqlite(s) => sqlite::archive(s, w, staging),
     }
 }
 

@@ -347,11 +347,7 @@ fn parse_ident(s: &[u8]) -> Option<(String, usize)> {
     None
 }
 
-pub fn archive(
-    spec: &MysqlSourceSpec,
-    w: &mut ArchiveWriter,
-    time: i64,
-) -> anyhow::Result<SourceOutput> {
+pub fn archive(spec: &MysqlSourceSpec, w: &mut ArchiveWriter) -> anyhow::Result<SourceOutput> {
     let tools = Tools::find()?;
     let conn = MyConn::for_source(spec)?;
     let version = db::run_output(
@@ -399,12 +395,12 @@ pub fn archive(
         let dump: DumpFile = db::stream_dump(
             w,
             &mut cmd,
-            time,
             DumpJob {
                 entry: format!("{}.sql", db::entry_stem(name)),
                 what: format!("dump of database {name} ({})", conn.describe()),
                 complete_marker: Some("-- Dump completed"),
                 observer: Some(&mut observe),
+                head: None,
             },
         )?;
         tracing::info!(

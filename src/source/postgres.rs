@@ -10,8 +10,18 @@
 //!
 //! Credentials: PGPASSWORD from `password_env`, else the usual PG* variables
 //! and ~/.pgpass; never on a command line. Tools run with `-w` (never prompt).
+//!
+//! Deduplication: an unchanged database must give the same dump bytes.
+//! Custom-format dumps are written uncompressed (`--compress=0`: zstd
+//! compresses the archive) and their header's creation time, the one part
+//! that differs between two dumps of an unchanged database, is rewritten to
+//! a fixed date as it streams by ([`normalise_custom_header`]). Plain dumps
+//! (and `pg_dumpall`) from pg_dump releases with psql's `\restrict` guard
+//! would carry a new random key each time; they get `--restrict-key` with a
+//! key derived from a secret kept in the state directory
+//! ([`restrict_key`]), stable across runs but unknown to the server.
 
-use super::db::{self, DatabaseFacts, DumpFile, DumpJob, DumpedDatabase};
+use super::db::{self, DatabaseFacts, DumpFile, DumpJob, DumpedDatabase, HeadRewrite};
 use super::SourceOutput;
 use crate::archive::ArchiveWriter;
 use crate::config::{DbServerSpec, PostgresSourceSpec};
@@ -24,6 +34,201 @@ use std::process::{Child, Command, Stdio};
 
 pub const PACKAGE: &str = "postgresql-client";
 const GLOBALS_ENTRY: &str = "globals.pg_dumpall.sql";
+
+/// Custom-format archive versions 1.N whose header layout is known (the
+/// layout has been the same since 1.7, except for the compression field,
+/// which is a single byte from 1.15 on: PostgreSQL 16).
+const CUSTOM_MINOR_VERSIONS: std::ops::RangeInclusive<u8> = 7..=16;
+
+/// The creation time written into custom-format headers: 2000-01-01
+/// 00:00:00 as pg_dump's `struct tm` fields (sec, min, hour, mday, mon
+/// (0-based), year - 1900, isdst). `pg_restore -l` shows it as "Archive
+/// created at"; the real time is the snapshot's.
+pub const FIXED_CREATION_TIME: [i64; 7] = [0, 0, 0, 1, 0, 100, 0];
+
+/// The longest custom-format header prefix that holds the creation time:
+/// magic and 6 bytes, the compression field and 7 integers of 8 bytes.
+pub const CUSTOM_HEAD_LEN: usize = 11 + 9 + 7 * 9;
+
+/// Read pg_dump's `WriteInt` encoding at `at`: a sign byte (0 or 1), then
+/// the magnitude in `size` bytes, least significant first.
+fn read_int(h: &[u8], at: usize, size: usize) -> Result<i128, String> {
+    let b = h
+        .get(at..at + 1 + size)
+        .ok_or_else(|| format!("the header is truncated ({} bytes)", h.len()))?;
+    let magnitude = b[1..]
+        .iter()
+        .rev()
+        .fold(0i128, |acc, &x| (acc << 8) | x as i128);
+    match b[0] {
+        0 => Ok(magnitude),
+        1 => Ok(-magnitude),
+        s => Err(format!("integer at byte {at} has sign byte {s}")),
+    }
+}
+
+fn write_int(h: &mut [u8], at: usize, size: usize, v: i64) {
+    h[at] = u8::from(v < 0);
+    let mut m = v.unsigned_abs();
+    for b in &mut h[at + 1..at + 1 + size] {
+        *b = (m & 0xff) as u8;
+        m >>= 8;
+    }
+}
+
+/// Rewrite the creation time in the start of a pg_dump custom-format
+/// archive (`h`, at least [`CUSTOM_HEAD_LEN`] bytes unless the dump is
+/// shorter) to [`FIXED_CREATION_TIME`], leaving every other byte alone.
+///
+/// The header, as `WriteHead` in pg_backup_archiver.c writes it: "PGDMP",
+/// version bytes major, minor, revision, intSize, offSize, the format byte
+/// (1 = custom), the compression field (an integer before archive version
+/// 1.15, one byte, the algorithm, from 1.15 on), then seven integers
+/// sec, min, hour, mday, mon, year, isdst (then strings: database name and
+/// versions). Integers are a sign byte and intSize bytes, little-endian.
+///
+/// Strict: anything unexpected (no magic, an unknown version, intSize not 4
+/// or 8, another format, a field out of range, too few bytes) is an error
+/// naming it, and `h` is left unchanged.
+pub fn normalise_custom_header(h: &mut [u8]) -> Result<(), String> {
+    if h.len() < 11 {
+        return Err(format!("the header is truncated ({} bytes)", h.len()));
+    }
+    if &h[..5] != b"PGDMP" {
+        return Err("no PGDMP magic at the start".into());
+    }
+    let (major, minor, rev) = (h[5], h[6], h[7]);
+    let (int_size, off_size, format) = (h[8] as usize, h[9], h[10]);
+    if major != 1 || !CUSTOM_MINOR_VERSIONS.contains(&minor) {
+        return Err(format!("unknown archive version {major}.{minor}.{rev}"));
+    }
+    if int_size != 4 && int_size != 8 {
+        return Err(format!("unexpected integer size {int_size}"));
+    }
+    if off_size != 4 && off_size != 8 {
+        return Err(format!("unexpected offset size {off_size}"));
+    }
+    if format != 1 {
+        return Err(format!("format byte {format} is not the custom format (1)"));
+    }
+    let step = 1 + int_size;
+    let mut at = 11;
+    if minor >= 15 {
+        at += 1;
+    } else {
+        read_int(h, at, int_size)?;
+        at += step;
+    }
+    const FIELDS: [(&str, i128, i128); 7] = [
+        ("tm_sec", 0, 61),
+        ("tm_min", 0, 59),
+        ("tm_hour", 0, 23),
+        ("tm_mday", 1, 31),
+        ("tm_mon", 0, 11),
+        ("tm_year", 0, i32::MAX as i128),
+        ("tm_isdst", i32::MIN as i128, i32::MAX as i128),
+    ];
+    for (i, (name, lo, hi)) in FIELDS.iter().enumerate() {
+        let v = read_int(h, at + i * step, int_size)?;
+        if v < *lo || v > *hi {
+            return Err(format!("creation time field {name} is {v}"));
+        }
+    }
+    for (i, v) in FIXED_CREATION_TIME.iter().enumerate() {
+        write_int(h, at + i * step, int_size, *v);
+    }
+    Ok(())
+}
+
+/// [`normalise_custom_header`] as a [`HeadRewrite`] of a custom dump.
+const CUSTOM_HEAD: HeadRewrite = HeadRewrite {
+    len: CUSTOM_HEAD_LEN,
+    rewrite: |h| {
+        normalise_custom_header(h).map_err(|why| {
+            format!(
+                "custom-format header not recognised ({why}); archived as pg_dump wrote it, \
+                 creation time included, so this dump will not deduplicate"
+            )
+        })
+    },
+};
+
+/// The file in the state directory holding the secret that
+/// [`restrict_key`] derives keys from (64 hex digits, mode 0600).
+const RESTRICT_SECRET_FILE: &str = "pg-restrict-key.secret";
+
+/// The secret in `<state_dir>/pg-restrict-key.secret`, created on first use.
+fn restrict_secret(state_dir: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = state_dir.join(RESTRICT_SECRET_FILE);
+    let valid = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if !path.exists() {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let mut bytes = [0u8; 32];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)
+            .context("reading /dev/urandom")?;
+        let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        // Written in full under a temporary name, then linked into place: a
+        // concurrent run either creates the file or finds a complete one.
+        let tmp = state_dir.join(format!(
+            ".{RESTRICT_SECRET_FILE}.{}",
+            crate::util::random_hex(12)
+        ));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(format!("{secret}\n").as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|_| match std::fs::hard_link(&tmp, &path) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+                _ => Ok(()),
+            });
+        let _ = std::fs::remove_file(&tmp);
+        written.with_context(|| format!("creating {}", path.display()))?;
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let secret = text.trim();
+    anyhow::ensure!(
+        valid(secret),
+        "{} does not hold 64 hex digits; delete it and a new secret is made \
+         (plain dumps then change once)",
+        path.display()
+    );
+    Ok(secret.to_string())
+}
+
+/// The psql `\restrict` key for the plain dump `what` (a database name, or
+/// the globals dump). pg_dump would choose a random key per dump (a guard
+/// against a hostile server smuggling psql meta-commands into the dump), so
+/// no two plain dumps would be equal. This key is as unguessable for the
+/// server but stable: the BLAKE3-derived key of a random secret kept in the
+/// state directory and of `what` (64 hex digits). A lost state directory
+/// means a new secret, and plain dumps that change once.
+pub fn restrict_key(state_dir: &Path, what: &str) -> anyhow::Result<String> {
+    let secret = restrict_secret(state_dir)?;
+    let mut material = secret.into_bytes();
+    material.push(0);
+    material.extend_from_slice(what.as_bytes());
+    let key = blake3::derive_key("backupctl 2025-12 pg_dump --restrict-key", &material);
+    Ok(key.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Does this pg_dump / pg_dumpall know `--restrict-key` (and so write
+/// `\restrict` lines into plain dumps)? Older releases do neither.
+fn has_restrict_key(tool: &Path) -> anyhow::Result<bool> {
+    let help = db::run_output(
+        Command::new(tool).arg("--help"),
+        None,
+        &format!("{} --help", tool.display()),
+    )?;
+    Ok(help.contains("--restrict-key"))
+}
 
 /// Every table (ordinary and partitioned, not extension-owned) with its row
 /// count, as one JSON object on one line.
@@ -226,10 +431,12 @@ fn dump_entry(db_name: &str, format: &str) -> String {
     format!("{}.{ext}", db::entry_stem(db_name))
 }
 
+/// Dump the source's databases into `w`. `state_dir` holds the secret of
+/// the plain dumps' restrict keys ([`restrict_key`]).
 pub fn archive(
     spec: &PostgresSourceSpec,
     w: &mut ArchiveWriter,
-    time: i64,
+    state_dir: &Path,
 ) -> anyhow::Result<SourceOutput> {
     let tools = Tools::find()?;
     let conn = PgConn::for_source(spec)?;
@@ -264,18 +471,26 @@ pub fn archive(
     if sel.all {
         let mut cmd = conn.command(&tools.pg_dumpall);
         cmd.args(["-w", "--globals-only", "-l", "postgres"]);
+        if has_restrict_key(&tools.pg_dumpall)? {
+            cmd.arg(format!(
+                "--restrict-key={}",
+                restrict_key(state_dir, "pg_dumpall --globals-only")?
+            ));
+        }
         globals = Some(db::stream_dump(
             w,
             &mut cmd,
-            time,
             DumpJob {
                 entry: GLOBALS_ENTRY.into(),
                 what: format!("pg_dumpall --globals-only ({})", conn.describe()),
                 complete_marker: Some("PostgreSQL database cluster dump complete"),
                 observer: None,
+                head: None,
             },
         )?);
     }
+    let plain = spec.format == "plain";
+    let restrict = plain && has_restrict_key(&tools.pg_dump)?;
     let mut databases = Vec::new();
     for name in &names {
         let entry = dump_entry(name, &spec.format);
@@ -287,19 +502,23 @@ pub fn archive(
         let mut cmd = conn.command(&tools.pg_dump);
         cmd.arg("-w")
             .arg(format!("--format={}", spec.format))
-            .arg(format!("--snapshot={snapshot}"))
-            .arg("-d")
-            .arg(name);
+            .arg(format!("--snapshot={snapshot}"));
+        if !plain {
+            cmd.arg("--compress=0");
+        }
+        if restrict {
+            cmd.arg(format!("--restrict-key={}", restrict_key(state_dir, name)?));
+        }
+        cmd.arg("-d").arg(name);
         let dumped = db::stream_dump(
             w,
             &mut cmd,
-            time,
             DumpJob {
                 entry,
                 what: format!("pg_dump of database {name}"),
-                complete_marker: (spec.format == "plain")
-                    .then_some("PostgreSQL database dump complete"),
+                complete_marker: plain.then_some("PostgreSQL database dump complete"),
                 observer: None,
+                head: (!plain).then_some(CUSTOM_HEAD),
             },
         );
         let closed = session.close();
@@ -570,4 +789,165 @@ pub fn restore_into(
         rows: loaded.values().sum(),
         replaced_existing: exists,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn put_int(out: &mut Vec<u8>, size: usize, v: i64) {
+        out.push(u8::from(v < 0));
+        let m = v.unsigned_abs();
+        out.extend((0..size).map(|i| (m >> (8 * i)) as u8));
+    }
+
+    /// A custom-format archive start as pg_dump writes it (WriteHead), then
+    /// a few bytes standing for the rest of the dump.
+    fn dump(minor: u8, int_size: usize, compression: i64, crtm: [i64; 7]) -> Vec<u8> {
+        let mut h = b"PGDMP".to_vec();
+        h.extend([1, minor, 0, int_size as u8, 8, 1]);
+        if minor >= 15 {
+            h.push(compression as u8);
+        } else {
+            put_int(&mut h, int_size, compression);
+        }
+        for v in crtm {
+            put_int(&mut h, int_size, v);
+        }
+        for s in ["shop", "15.18 (Debian 15.18-0+deb12u1)", "15.18"] {
+            put_int(&mut h, int_size, s.len() as i64);
+            h.extend(s.as_bytes());
+        }
+        h.extend(b"\x01\x02 the table of contents and data ...");
+        h
+    }
+
+    /// 2026-12-01 10:38:14, DST unknown.
+    const SOME_TIME: [i64; 7] = [14, 38, 10, 1, 11, 126, -1];
+
+    /// Through the streaming filter, one byte per read.
+    fn filtered(input: &[u8]) -> (Vec<u8>, Option<Result<(), String>>) {
+        struct OneByte<'a>(&'a [u8]);
+        impl Read for OneByte<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0.is_empty() || buf.is_empty() {
+                    return Ok(0);
+                }
+                buf[0] = self.0[0];
+                self.0 = &self.0[1..];
+                Ok(1)
+            }
+        }
+        let mut r = db::HeadReader::new(OneByte(input), Some(CUSTOM_HEAD));
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        (out, r.outcome.take())
+    }
+
+    #[test]
+    fn custom_header_time_is_rewritten_in_both_layouts() {
+        // Before 1.15 the compression field is an integer (here -1, the
+        // default level); from 1.15 (PostgreSQL 16) a byte.
+        for (minor, int_size, compression) in [
+            (14, 4, -1),
+            (14, 8, 0),
+            (12, 4, 6),
+            (15, 4, 0),
+            (16, 4, 1),
+            (16, 8, 2),
+        ] {
+            let input = dump(minor, int_size, compression, SOME_TIME);
+            let expected = dump(minor, int_size, compression, FIXED_CREATION_TIME);
+            assert_ne!(input, expected);
+            assert_eq!(input.len(), expected.len());
+            let mut h = input.clone();
+            assert_eq!(
+                normalise_custom_header(&mut h),
+                Ok(()),
+                "1.{minor} int {int_size}"
+            );
+            assert_eq!(h, expected, "1.{minor} int {int_size}");
+            let (out, outcome) = filtered(&input);
+            assert_eq!(outcome, Some(Ok(())));
+            assert_eq!(out, expected, "streamed, 1.{minor} int {int_size}");
+            // Idempotent: an already fixed header stays as it is.
+            let (again, _) = filtered(&expected);
+            assert_eq!(again, expected);
+        }
+    }
+
+    #[test]
+    fn custom_header_fields_are_where_pg_restore_reads_them() {
+        let mut h = dump(14, 4, 0, SOME_TIME);
+        normalise_custom_header(&mut h).unwrap();
+        // 11 header bytes, the 5-byte compression integer, then the seven.
+        let got: Vec<i128> = (0..7)
+            .map(|i| read_int(&h, 16 + i * 5, 4).unwrap())
+            .collect();
+        assert_eq!(got, [0, 0, 0, 1, 0, 100, 0]);
+        let mut h = dump(16, 8, 0, SOME_TIME);
+        normalise_custom_header(&mut h).unwrap();
+        let got: Vec<i128> = (0..7)
+            .map(|i| read_int(&h, 12 + i * 9, 8).unwrap())
+            .collect();
+        assert_eq!(got, [0, 0, 0, 1, 0, 100, 0]);
+    }
+
+    #[test]
+    fn unexpected_custom_headers_pass_through_unchanged() {
+        let good = dump(14, 4, 0, SOME_TIME);
+        let mut cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", Vec::new()),
+            ("truncated before the version", good[..9].to_vec()),
+            ("truncated inside the time", good[..30].to_vec()),
+            (
+                "not a pg_dump archive",
+                b"-- PostgreSQL database dump\n".to_vec(),
+            ),
+            ("unknown minor version", dump(17, 4, 0, SOME_TIME)),
+            ("old minor version", dump(6, 4, 0, SOME_TIME)),
+            ("intSize 2", dump(14, 2, 0, SOME_TIME)),
+            ("hour 25", dump(14, 4, 0, [0, 0, 25, 1, 0, 100, 0])),
+        ];
+        let mut v = good.clone();
+        v[5] = 2; // major version 2
+        cases.push(("unknown major version", v));
+        let mut v = good.clone();
+        v[10] = 3; // the tar format
+        cases.push(("another format", v));
+        let mut v = good.clone();
+        v[16] = 7; // sign byte of tm_sec
+        cases.push(("bad sign byte", v));
+        for (what, input) in cases {
+            let mut h = input.clone();
+            assert!(normalise_custom_header(&mut h).is_err(), "{what}");
+            assert_eq!(h, input, "{what}");
+            let (out, outcome) = filtered(&input);
+            assert_eq!(out, input, "{what}: streamed bytes changed");
+            let why = outcome.unwrap().unwrap_err();
+            assert!(why.contains("not recognised"), "{what}: {why}");
+        }
+    }
+
+    #[test]
+    fn restrict_keys_are_stable_per_state_dir_and_differ_otherwise() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let k = restrict_key(a.path(), "shop").unwrap();
+        assert_eq!(k.len(), 64);
+        assert!(k.bytes().all(|c| c.is_ascii_alphanumeric()), "{k}");
+        assert_eq!(restrict_key(a.path(), "shop").unwrap(), k);
+        assert_ne!(restrict_key(a.path(), "other").unwrap(), k);
+        assert_ne!(restrict_key(b.path(), "shop").unwrap(), k);
+        use std::os::unix::fs::PermissionsExt;
+        let secret = a.path().join(RESTRICT_SECRET_FILE);
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // The key is not the secret itself.
+        assert!(!std::fs::read_to_string(&secret).unwrap().contains(&k));
+        std::fs::write(&secret, "garbage\n").unwrap();
+        let e = restrict_key(a.path(), "shop").unwrap_err();
+        assert!(format!("{e:#}").contains("64 hex digits"), "{e:#}");
+    }
 }

@@ -7,6 +7,10 @@
 //! (its size must be known for the tar entry), is checked with `PRAGMA
 //! integrity_check`, its tables' rows are counted, and it is archived as
 //! `<file name>` and then deleted.
+//!
+//! The entry has the fixed metadata of generated content (mtime the Unix
+//! epoch, see [`EntryMeta::generated`]) but the source file's permission
+//! bits, so a restored copy has the source's mode.
 
 use super::db::{DatabaseFacts, DumpFile, DumpedDatabase};
 use super::SourceOutput;
@@ -15,6 +19,7 @@ use crate::config::SqliteSourceSpec;
 use anyhow::Context;
 use rusqlite::{Connection, OpenFlags};
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -48,14 +53,14 @@ pub fn inspect(path: &Path) -> anyhow::Result<(Vec<String>, BTreeMap<String, u64
 pub fn archive(
     spec: &SqliteSourceSpec,
     w: &mut ArchiveWriter,
-    time: i64,
     staging: &Path,
 ) -> anyhow::Result<SourceOutput> {
-    anyhow::ensure!(
-        spec.path.is_file(),
-        "{} does not exist or is not a file",
-        spec.path.display()
-    );
+    let source_meta = std::fs::metadata(&spec.path)
+        .ok()
+        .filter(|m| m.is_file())
+        .ok_or_else(|| {
+            anyhow::anyhow!("{} does not exist or is not a file", spec.path.display())
+        })?;
     let copy = staging.join(format!("sqlite-{}.db", crate::util::random_hex(12)));
     let _cleanup = RemoveFile(copy.clone());
     {
@@ -108,8 +113,14 @@ pub fn archive(
         h.update_reader(&mut f)?;
         h.finalize().to_hex().to_string()
     };
+    // Fixed metadata (see EntryMeta::generated), except that the restored
+    // file gets the source file's permission bits.
+    let meta = EntryMeta {
+        mode: source_meta.permissions().mode() & 0o777,
+        ..EntryMeta::generated()
+    };
     let mut f = std::fs::File::open(&copy)?;
-    w.add_reader(Path::new(&entry), size, &EntryMeta::generated(time), &mut f)?;
+    w.add_reader(Path::new(&entry), size, &meta, &mut f)?;
     let facts = DatabaseFacts {
         engine: "sqlite".into(),
         dump_tool: format!(

@@ -240,3 +240,73 @@ pub fn flip_bytes(p: &Path) {
     }
     std::fs::write(p, b).unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// Dumps that dedupe (issue 8).
+// ---------------------------------------------------------------------------
+
+impl DbSetup {
+    /// `backupctl run --time TIME` (RFC 3339); asserts success.
+    pub fn run_at(&self, time: &str, env: &[(&str, &str)]) {
+        let o = self.run(&["run", "--time", time], env);
+        assert_eq!(o.status.code(), Some(0), "run at {time}: {}", text(&o));
+    }
+
+    /// The `archive_hash` of source `source` in every snapshot of policy `db`,
+    /// oldest first, as `backupctl list --json` reports them.
+    pub fn archive_hashes(&self, source: &str) -> Vec<String> {
+        let o = self.run(&["list", "db", "--json"], &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let mut snaps: Vec<(String, String)> = v[0]["snapshots"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no snapshots in {v}"))
+            .iter()
+            .map(|s| {
+                let src = s["sources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|x| x["name"] == source)
+                    .unwrap_or_else(|| panic!("no source {source} in {s}"));
+                (
+                    s["id"].as_str().unwrap().to_string(),
+                    src["archive_hash"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        // Snapshot ids start with the UTC time.
+        snaps.sort();
+        snaps.into_iter().map(|(_, h)| h).collect()
+    }
+
+    /// Back up twice at two different instants (with `pause` in between,
+    /// so that anything stamped with the wall clock differs too), call
+    /// `change` (a one-row change), back up again; assert that the first two
+    /// archives of `source` are the same and the third differs. Returns the
+    /// three hashes.
+    pub fn assert_dedupes(
+        &self,
+        source: &str,
+        env: &[(&str, &str)],
+        change: impl FnOnce(),
+    ) -> Vec<String> {
+        self.run_at("2026-03-01T02:30:00+00:00", env);
+        // Past a second boundary of the wall clock (pg_dump's header time has
+        // one-second resolution).
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        self.run_at("2026-03-02T02:30:00+00:00", env);
+        change();
+        self.run_at("2026-03-03T02:30:00+00:00", env);
+        let h = self.archive_hashes(source);
+        assert_eq!(h.len(), 3, "three snapshots: {h:?}");
+        assert_eq!(
+            h[0], h[1],
+            "an unchanged database gave a different archive: {h:?}"
+        );
+        assert_ne!(h[1], h[2], "a one-row change gave the same archive: {h:?}");
+        // Stored once: two distinct archives on each target.
+        assert_eq!(self.archives("a").len(), 2, "{:?}", self.archives("a"));
+        h
+    }
+}
