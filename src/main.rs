@@ -99,13 +99,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(a) => {
             let r = ops::check::check(cfg).await;
             let code = r.exit_code();
-            Show { json: a.json, quiet }.one(&r, code, render_check);
+            Show {
+                json: a.json,
+                quiet,
+            }
+            .one(&r, code, render_check);
+            for e in &r.errors {
+                eprintln!("error: {e}");
+            }
             Ok(code)
         }
         Command::Init(a) => {
             let r = ops::init::init(cfg, &a.targets).await?;
             let code = r.exit_code();
-            Show { json: a.json, quiet }.one(&r, code, render_init);
+            Show {
+                json: a.json,
+                quiet,
+            }
+            .one(&r, code, render_init);
             Ok(code)
         }
         Command::Run(a) => {
@@ -127,7 +138,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Box::pin(async move { ops::run::run_step(cfg, p, d.as_ref(), opts, prune).await })
             })
             .await?;
-            Ok(Show { json: a.json, quiet }.outcome(&o, render_run_step))
+            Ok(Show {
+                json: a.json,
+                quiet,
+            }
+            .outcome(&o, render_run_step))
         }
         Command::Prune(a) => {
             let opts = ops::prune::PruneOptions { dry_run: a.dry_run };
@@ -141,7 +156,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Box::pin(ops::prune::prune_policy(cfg, p, opts))
             })
             .await?;
-            Ok(Show { json: a.json, quiet }.outcome(&o, ops::prune::render))
+            Ok(Show {
+                json: a.json,
+                quiet,
+            }
+            .outcome(&o, ops::prune::render))
         }
         Command::Verify(a) => {
             let opts = ops::verify::VerifyOptions {
@@ -159,7 +178,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Box::pin(ops::verify::verify_policy(cfg, p, opts))
             })
             .await?;
-            Ok(Show { json: a.json, quiet }.outcome(&o, render_verify))
+            Ok(Show {
+                json: a.json,
+                quiet,
+            }
+            .outcome(&o, render_verify))
         }
         Command::Sync(a) => {
             let opts = ops::sync::SyncOptions {
@@ -177,7 +200,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Box::pin(ops::sync::sync_policy(cfg, p, opts))
             })
             .await?;
-            Ok(Show { json: a.json, quiet }.outcome(&o, ops::sync::render))
+            Ok(Show {
+                json: a.json,
+                quiet,
+            }
+            .outcome(&o, ops::sync::render))
         }
         Command::List(a) => {
             let plan = Plan {
@@ -188,7 +215,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Box::pin(ops::list::list_policy(cfg, p))
             })
             .await?;
-            Ok(Show { json: a.json, quiet }.outcome(&o, ops::list::render))
+            Ok(Show {
+                json: a.json,
+                quiet,
+            }
+            .outcome(&o, ops::list::render))
         }
         Command::Schedule(a) => {
             let now = backupctl::clock::now();
@@ -196,7 +227,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Box::pin(ops::schedule::policy_schedule(cfg, p, now))
             })
             .await?;
-            Ok(Show { json: a.json, quiet }.outcome(&o, ops::schedule::render))
+            Ok(Show {
+                json: a.json,
+                quiet,
+            }
+            .outcome(&o, ops::schedule::render))
         }
         Command::Daemon(a) => {
             let cancel = cancel_on_signal();
@@ -206,7 +241,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Restore(a) => {
             let policy = cfg.policy(&a.policy)?;
-            let show = Show { json: a.json, quiet };
+            let show = Show {
+                json: a.json,
+                quiet,
+            };
             if let Some(into) = &a.into_database {
                 let opts = ops::restore_db::RestoreDbOptions {
                     snapshot: a.snapshot.clone(),
@@ -281,9 +319,6 @@ fn render_check(r: &ops::check::CheckResult) -> String {
     for w in &r.warnings {
         s.push_str(&format!("warning: {w}\n"));
     }
-    for e in &r.errors {
-        s.push_str(&format!("error: {e}\n"));
-    }
     s.trim_end().to_string()
 }
 
@@ -291,7 +326,10 @@ fn render_init(r: &ops::init::InitReport) -> String {
     let mut s = String::new();
     for t in &r.targets {
         match &t.error {
-            None => s.push_str(&format!("target {} ({}): {}\n", t.target, t.description, t.status)),
+            None => s.push_str(&format!(
+                "target {} ({}): {}\n",
+                t.target, t.description, t.status
+            )),
             Some(e) => s.push_str(&format!("target {}: FAILED: {e}\n", t.target)),
         }
     }

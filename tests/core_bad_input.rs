@@ -43,12 +43,6 @@ fn cases() -> Vec<Case> {
             expect: &["policies/shop.toml", "schedule", "5 fields"],
         },
         Case {
-            name: "source path does not exist",
-            config: None,
-            policy: "targets = [\"nas\"]\n[retention]\ndaily = 7\n[[sources]]\nname = \"site\"\ntype = \"files\"\npath = \"no/such/dir\"\n",
-            expect: &["policies/shop.toml", "sources[0] (site).path", "does not exist"],
-        },
-        Case {
             name: "no retention rules",
             config: None,
             policy: "targets = [\"nas\"]\n[[sources]]\nname = \"site\"\ntype = \"files\"\npath = \"src\"\n",

@@ -15,6 +15,8 @@ fn plant(s: &Setup, target: &str, py_entries: &str) {
     let dir = root.join("evil/archives");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::create_dir_all(root.join("evil/snapshots")).unwrap();
+    // An initialised target (what `backupctl init` writes).
+    std::fs::write(root.join("backupctl-target.json"), "{}\n").unwrap();
     let tar = s.path("evil.tar");
     let script = format!(
         "import tarfile, io\nt = tarfile.open({tar:?}, 'w', format=tarfile.GNU_FORMAT)\ndef f(name, data=b'pwned'):\n    i = tarfile.TarInfo(name); i.size = len(data); t.addfile(i, io.BytesIO(data))\ndef l(name, target, kind=tarfile.SYMTYPE):\n    i = tarfile.TarInfo(name); i.type = kind; i.linkname = target; t.addfile(i)\ndef d(name):\n    i = tarfile.TarInfo(name); i.type = tarfile.DIRTYPE; i.mode = 0o755; t.addfile(i)\ndef dev(name):\n    i = tarfile.TarInfo(name); i.type = tarfile.CHRTYPE; i.devmajor = 1; i.devminor = 3; t.addfile(i)\n{py_entries}\nt.close()\n",

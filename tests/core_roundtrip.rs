@@ -416,17 +416,22 @@ fn check_probes_targets_and_warns_on_one_location() {
     make_tree(&src);
     s.write(
         "backupctl.toml",
-        "[targets.a]\ntype = \"fs\"\ncreate = true\npath = \"ta\"\nlocation = \"office\"\n[targets.b]\ntype = \"fs\"\ncreate = true\npath = \"tb\"\nlocation = \"office\"\n",
+        "[targets.a]\ntype = \"fs\"\npath = \"ta\"\nlocation = \"office\"\n[targets.b]\ntype = \"fs\"\npath = \"tb\"\nlocation = \"office\"\n",
     );
     s.files_policy("shop", &src, &["a", "b"], "");
+    expect_code(&s.run(&["init"]), 0);
     let o = s.run(&["check", "--json"]);
     expect_code(&o, 0);
     let j = json(&o);
     assert_eq!(j["targets"][0]["ok"], true);
     assert!(j["warnings"][0].as_str().unwrap().contains("3-2-1"));
     // The probe left nothing behind.
-    let left: Vec<_> = std::fs::read_dir(s.path("ta")).unwrap().collect();
-    assert!(left.is_empty());
+    let left: Vec<_> = std::fs::read_dir(s.path("ta"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "backupctl-target.json" && n != "RESTORE-README.txt")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

@@ -53,6 +53,11 @@ fn example_config_and_policies_pass_check() {
     names.sort();
     assert_eq!(names, ["app-hourly", "records", "shop"]);
 
+    // Directory targets must be initialised: before `init`, check fails them.
+    let out = s.run(&["check", "--json"]);
+    expect_code(&out, 1, "check before init");
+    let out = s.run(&["init"]);
+    expect_code(&out, 0, "init of the example targets");
     let out = s.run(&["check", "--json"]);
     expect_code(&out, 0, "check of the examples");
     let v = stdout_json(&out);

@@ -226,7 +226,7 @@ async fn execute(
                 if let Some(e) = &step.prune_error {
                     parts.push(format!("prune failed: {e}"));
                 }
-                parts.join("; ")
+                parts
             });
         }
         Job::Verify => {
@@ -242,7 +242,7 @@ async fn execute(
             })
             .await;
             log_outcome(policy, job, out, |r| {
-                format!(
+                vec![format!(
                     "verify {}{}",
                     r.result,
                     if r.problems.is_empty() {
@@ -250,18 +250,18 @@ async fn execute(
                     } else {
                         format!(": {}", r.problems.join("; "))
                     }
-                )
+                )]
             });
         }
     }
 }
 
-/// One log line per result; errors at error level.
+/// One log line per part of each result; failures at error level.
 fn log_outcome<T: Coded>(
     policy: &Policy,
     job: Job,
     out: Result<Outcome<T>, crate::error::ConfigError>,
-    describe: impl Fn(&T) -> String,
+    describe: impl Fn(&T) -> Vec<String>,
 ) {
     let out = match out {
         Ok(o) => o,
@@ -271,10 +271,13 @@ fn log_outcome<T: Coded>(
         }
     };
     for r in &out.results {
-        if r.exit_code() == crate::error::ExitCode::Success {
-            tracing::info!("daemon: policy {}: {}", policy.name, describe(r));
-        } else {
-            tracing::error!("daemon: policy {}: {}", policy.name, describe(r));
+        let ok = r.exit_code() == crate::error::ExitCode::Success;
+        for line in describe(r) {
+            if ok {
+                tracing::info!("daemon: policy {}: {line}", policy.name);
+            } else {
+                tracing::error!("daemon: policy {}: {line}", policy.name);
+            }
         }
     }
     for f in &out.failures {

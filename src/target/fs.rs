@@ -132,8 +132,9 @@ impl FsTarget {
         match self.presence() {
             Presence::Ready => return Ok(false),
             Presence::NoRoot => {
-                crate::util::create_private_dir_all(&self.root)
-                    .map_err(|e| unavailable(format!("cannot create {}: {e}", self.root.display())))?;
+                crate::util::create_private_dir_all(&self.root).map_err(|e| {
+                    unavailable(format!("cannot create {}: {e}", self.root.display()))
+                })?;
             }
             Presence::NoMarker => {
                 let empty = std::fs::read_dir(&self.root)

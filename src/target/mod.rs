@@ -132,7 +132,8 @@ pub trait Target: Send + Sync {
         if self.stat(MARKER_KEY).await?.is_some() {
             return Ok(false);
         }
-        self.put_bytes(MARKER_KEY, marker_bytes(self.name())).await?;
+        self.put_bytes(MARKER_KEY, marker_bytes(self.name()))
+            .await?;
         Ok(true)
     }
     /// Is the target there (without writing anything)? Unavailable when not.

@@ -37,6 +37,10 @@ impl FsTestTarget {
         let mount = base.join(format!("mnt-{name}"));
         std::fs::create_dir_all(&mount).unwrap();
         let root = mount.join("backups");
+        // Initialised, as `backupctl init` leaves it: taking the mount away
+        // then makes the target unavailable.
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("backupctl-target.json"), "{}\n").unwrap();
         FsTestTarget {
             name: name.to_string(),
             mount,
@@ -51,7 +55,7 @@ impl TestTarget for FsTestTarget {
     }
     fn config_snippet(&self) -> String {
         format!(
-            "[targets.{}]\ntype = \"fs\"\ncreate = true\npath = {:?}\nlocation = \"loc-{}\"\n",
+            "[targets.{}]\ntype = \"fs\"\npath = {:?}\nlocation = \"loc-{}\"\n",
             self.name,
             self.root.display().to_string(),
             self.name
