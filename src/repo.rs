@@ -205,8 +205,10 @@ impl Catalog {
         }
     }
 
-    /// "latest"/None, an exact id, or a unique id prefix.
-    pub fn resolve(&self, spec: Option<&str>) -> Result<&Entry, String> {
+    /// "latest"/None, an exact id, or a unique id prefix. Not found is a
+    /// failure (exit 1); an ambiguous prefix a usage error (exit 2).
+    pub fn resolve(&self, spec: Option<&str>) -> Result<&Entry, crate::error::CodedError> {
+        use crate::error::CodedError;
         match spec {
             None | Some("latest") => self
                 .entries
@@ -214,10 +216,10 @@ impl Catalog {
                 .rev()
                 .find(|e| !e.complete_on.is_empty())
                 .ok_or_else(|| {
-                    format!(
+                    CodedError::failure(format!(
                         "policy {}: no complete snapshot on any reachable target",
                         self.policy
-                    )
+                    ))
                 }),
             Some(s) => {
                 if let Some(e) = self.entries.iter().find(|e| e.manifest.id == s) {
@@ -230,14 +232,20 @@ impl Catalog {
                     .collect();
                 match matches.len() {
                     1 => Ok(matches[0]),
-                    0 => Err(format!(
+                    0 => Err(CodedError::failure(format!(
                         "policy {}: no snapshot {s:?} on any reachable target",
                         self.policy
-                    )),
-                    n => Err(format!(
-                        "policy {}: {s:?} matches {n} snapshots; give more of the id",
-                        self.policy
-                    )),
+                    ))),
+                    n => Err(CodedError::usage(format!(
+                        "policy {}: {s:?} matches {n} snapshots ({}); give more of the id",
+                        self.policy,
+                        matches
+                            .iter()
+                            .take(5)
+                            .map(|e| e.manifest.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))),
                 }
             }
         }

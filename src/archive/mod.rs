@@ -4,11 +4,14 @@
 //! - [`writer`]: entries -> tar -> zstd -> BLAKE3, streamed to a staging file.
 //! - [`reader`]: hash-checked, path-safe unpacking.
 //! - [`manifest`]: the snapshot manifest types.
+//! - [`include`]: which paths a restore selects (`--include`).
 
+pub mod include;
 pub mod manifest;
 pub mod reader;
 pub mod writer;
 
+pub use include::Include;
 pub use manifest::{FileRecord, Manifest, SourceRecord};
 pub use reader::{extract, ExtractError, ExtractOptions, ExtractReport};
 pub use writer::{ArchiveSummary, ArchiveWriter, EntryMeta, Progress};

@@ -45,7 +45,7 @@ fn local(path: &Path, source: io::Error) -> ExtractError {
 #[derive(Debug, Clone, Default)]
 pub struct ExtractOptions {
     /// Only entries whose path (relative to the archive root) matches are written.
-    pub include: Option<globset::GlobSet>,
+    pub include: Option<super::Include>,
     /// Restore numeric ownership (only meaningful as root).
     pub preserve_owner: bool,
     /// Create symlinks whose target lies outside the destination.
@@ -310,8 +310,11 @@ impl<'a> Unpacker<'a> {
         Ok(self.report)
     }
 
-    fn included(&self, rel: &Path) -> bool {
-        self.opts.include.as_ref().is_none_or(|g| g.is_match(rel))
+    fn included(&self, rel: &Path, is_dir: bool) -> bool {
+        self.opts
+            .include
+            .as_ref()
+            .is_none_or(|i| i.matches(rel, is_dir))
     }
 
     /// Make sure `rel`'s directory exists inside dest without passing through a symlink.
@@ -397,7 +400,7 @@ impl<'a> Unpacker<'a> {
                 }
             }
         }
-        let included = self.included(&rel);
+        let included = self.included(&rel, kind == tar::EntryType::Directory);
         let parent = rel.parent().unwrap_or(Path::new(""));
         match kind {
             tar::EntryType::Directory => {
@@ -557,12 +560,12 @@ fn parse_pax_time(s: &str) -> Option<filetime::FileTime> {
 pub fn compare_files(
     expected: &[super::manifest::FileRecord],
     got: &HashMap<String, (u64, String)>,
-    include: Option<&globset::GlobSet>,
+    include: Option<&super::Include>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let mut seen = 0usize;
     for f in expected {
-        if include.is_some_and(|g| !g.is_match(&f.path)) {
+        if include.is_some_and(|i| !i.matches(Path::new(&f.path), false)) {
             continue;
         }
         seen += 1;

@@ -50,30 +50,6 @@ pub struct RestoreResult {
     pub sources: Vec<RestoredSource>,
 }
 
-pub fn build_globs(patterns: &[String]) -> anyhow::Result<Option<globset::GlobSet>> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut b = globset::GlobSetBuilder::new();
-    for p in patterns {
-        let g = globset::GlobBuilder::new(p)
-            .literal_separator(true)
-            .build()
-            .map_err(|e| CodedError::usage(format!("--include {p:?}: {e}")))?;
-        b.add(g);
-        // "dir" also selects everything under it
-        if !p.ends_with("/**") {
-            if let Ok(g) = globset::GlobBuilder::new(&format!("{}/**", p.trim_end_matches('/')))
-                .literal_separator(true)
-                .build()
-            {
-                b.add(g);
-            }
-        }
-    }
-    Ok(Some(b.build()?))
-}
-
 /// Why a copy was not used.
 pub enum FetchError {
     /// Try the next target.
@@ -130,7 +106,7 @@ pub async fn fetch_with_failover(
     rec: &SourceRecord,
     parent: &Path,
     opts: &ExtractOptions,
-    include: Option<&globset::GlobSet>,
+    include: Option<&crate::archive::Include>,
 ) -> anyhow::Result<(
     String,
     PathBuf,
@@ -236,11 +212,9 @@ pub async fn restore(
         ))
         .into());
     }
-    let include = build_globs(&o.include)?;
+    let include = crate::archive::Include::new(&o.include).map_err(CodedError::usage)?;
     let (targets, catalog) = load_catalog(cfg, policy, o.target.as_deref()).await?;
-    let entry = catalog
-        .resolve(o.snapshot.as_deref())
-        .map_err(CodedError::failure)?;
+    let entry = catalog.resolve(o.snapshot.as_deref())?;
     let m = &entry.manifest;
     let chosen: Vec<&SourceRecord> = match &o.source {
         Some(name) => vec![m.source(name).ok_or_else(|| {
@@ -256,6 +230,9 @@ pub async fn restore(
         })?],
         None => m.sources.iter().collect(),
     };
+    if let Some(inc) = &include {
+        check_include(inc, m, &chosen)?;
+    }
     tracing::info!(
         "restore policy={} snapshot={} time={} to={}",
         policy.name,
@@ -263,8 +240,64 @@ pub async fn restore(
         m.time.to_rfc3339(),
         o.to.display()
     );
+    // A restore that fails removes the destination it created (and only that).
+    let created = !o.to.exists();
     std::fs::create_dir_all(&o.to)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", o.to.display()))?;
+    let res = restore_into(&targets, &catalog, policy, m, &chosen, o, include).await;
+    if res.is_err() && created {
+        let _ = std::fs::remove_dir_all(&o.to);
+    }
+    res
+}
+
+/// Before downloading anything: does `--include` select any file of the
+/// chosen sources? Patterns that select nothing are named; when none selects
+/// anything the restore stops (exit 1).
+fn check_include(
+    inc: &crate::archive::Include,
+    m: &archive::Manifest,
+    chosen: &[&SourceRecord],
+) -> anyhow::Result<()> {
+    let probe = inc.fresh();
+    let mut any = false;
+    for rec in chosen {
+        for f in &rec.files {
+            any |= probe.matches(Path::new(&f.path), false);
+        }
+    }
+    let unmatched = probe.unmatched();
+    if !any {
+        return Err(CodedError::failure(format!(
+            "--include {}: matches no file of snapshot {} (patterns are gitignore-style and \
+             relative to the source root, e.g. `uploads/` or `*.php`); nothing restored",
+            o_list(&unmatched),
+            m.id
+        ))
+        .into());
+    }
+    for p in unmatched {
+        tracing::warn!("--include {p:?} matches no file of snapshot {}", m.id);
+    }
+    Ok(())
+}
+
+fn o_list(v: &[String]) -> String {
+    v.iter()
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn restore_into(
+    targets: &[DynTarget],
+    catalog: &Catalog,
+    policy: &Policy,
+    m: &archive::Manifest,
+    chosen: &[&SourceRecord],
+    o: &RestoreOptions,
+    include: Option<crate::archive::Include>,
+) -> anyhow::Result<(RestoreResult, ExitCode)> {
     let to = std::path::absolute(&o.to)?;
     let opts = ExtractOptions {
         include: include.clone(),
@@ -280,11 +313,11 @@ pub async fn restore(
         time: m.time.to_rfc3339(),
         sources: Vec::new(),
     };
-    for rec in chosen {
+    for &rec in chosen {
         let final_dir = to.join(&rec.name);
         let (tname, staging, rep, skipped) = fetch_with_failover(
-            &targets,
-            &catalog,
+            targets,
+            catalog,
             &policy.name,
             m,
             rec,
