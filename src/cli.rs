@@ -59,6 +59,11 @@ pub struct Cli {
     /// More output (repeat for more).
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Also trust snapshots signed by this public key for this run
+    /// (`ed25519:...`, as `backupctl key fingerprint` prints it; repeatable).
+    /// For a disaster restore on a machine whose config does not pin the key yet.
+    #[arg(long, global = true, value_name = "KEY")]
+    pub trust: Vec<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -76,6 +81,15 @@ pub enum Command {
     /// prefix (the bucket must exist). Targets already initialised are left as
     /// they are; a non-empty directory without backupctl data is refused.
     Init(InitArgs),
+    /// The host signing key: every snapshot manifest is signed with it, and
+    /// only snapshots signed by a trusted key are listed, restored, copied or
+    /// pruned.
+    ///
+    /// Without `key_file` in backupctl.toml the first run creates a key under
+    /// the state directory. Machines that restore pin its public half with
+    /// `trusted_keys = ["ed25519:..."]` (what `key fingerprint` prints).
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Back up now: every policy, or the ones named.
     ///
     /// Each source becomes one .tar.zst archive named by its BLAKE3 hash; the
@@ -147,6 +161,25 @@ pub struct DaemonArgs {
     /// Do not prune after each complete run.
     #[arg(long)]
     pub no_prune: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a new signing key (mode 0600); never overwrites an existing one.
+    Init(KeyArgs),
+    /// Print the public key to pin in `trusted_keys` on restoring machines.
+    Fingerprint(KeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// The key file (default: `key_file` of the configuration, else
+    /// <state_dir>/keys/host.key).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -17,4 +17,5 @@ pub mod retention;
 pub mod schedule;
 pub mod source;
 pub mod target;
+pub mod trust;
 pub mod util;

@@ -92,7 +92,16 @@ fn locking(op: &'static str, dry_run: bool, wait: Option<std::time::Duration>) -
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let cfg = load(&cli)?;
+    if let Command::Key(k) = &cli.command {
+        return key_command(&cli, k);
+    }
+    let mut cfg = load(&cli)?;
+    for k in &cli.trust {
+        let key = k
+            .parse()
+            .map_err(|e| backupctl::error::CodedError::usage(format!("--trust: {e}")))?;
+        cfg.pinned_keys.add(key);
+    }
     let cfg = &cfg;
     let quiet = cli.quiet;
     match &cli.command {
@@ -233,6 +242,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             .outcome(&o, ops::schedule::render))
         }
+        Command::Key(_) => unreachable!("handled before loading the configuration"),
         Command::Daemon(a) => {
             let cancel = cancel_on_signal();
             let opts = ops::daemon::DaemonOptions { prune: !a.no_prune };
@@ -272,6 +282,44 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(code)
         }
     }
+}
+
+/// `key init` and `key fingerprint`: with `--key-file` they need no
+/// configuration (a fresh machine, a key made before the config).
+fn key_command(cli: &Cli, k: &backupctl::cli::KeyCommand) -> anyhow::Result<ExitCode> {
+    use backupctl::cli::KeyCommand;
+    use backupctl::trust::{HostKey, KeyError};
+    let (KeyCommand::Init(a) | KeyCommand::Fingerprint(a)) = k;
+    let path = match &a.key_file {
+        Some(p) => p.clone(),
+        None => load(cli)?.key_file,
+    };
+    let key = match k {
+        KeyCommand::Init(_) => match HostKey::create(&path) {
+            Ok(key) => key,
+            Err(e @ KeyError::Exists { .. }) => {
+                return Err(backupctl::error::CodedError::usage(e.to_string()).into())
+            }
+            Err(e) => return Err(e.into()),
+        },
+        KeyCommand::Fingerprint(_) => HostKey::load(&path)?,
+    };
+    let public = key.public().to_string();
+    if a.json {
+        print_json(&serde_json::json!({
+            "key_file": path.display().to_string(),
+            "public_key": public,
+        }));
+    } else if matches!(k, KeyCommand::Init(_)) {
+        say(format!(
+            "created {} (keep a copy with your recovery documents)\npublic key: {public}\n\
+             pin it on every machine that restores or verifies, in backupctl.toml:\n    trusted_keys = [\"{public}\"]",
+            path.display()
+        ));
+    } else {
+        say(&public);
+    }
+    Ok(ExitCode::Success)
 }
 
 /// A token cancelled by the first SIGTERM or SIGINT; a second one exits at once.

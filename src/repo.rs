@@ -5,13 +5,17 @@
 //! <root>/RESTORE-README.txt                   how to restore by hand
 //! <root>/<policy>/archives/<blake3>.tar.zst   one per source version
 //! <root>/<policy>/archives/<blake3>.b3sums    per-file hashes, b3sum --check format
+//! <root>/<policy>/snapshots/<id>.sig          its signature (written just before)
 //! <root>/<policy>/snapshots/<id>.json         the manifest, written last
 //! ```
-//! A snapshot is *complete* on a target when its manifest and every archive it
-//! names (with the recorded size) are there.
+//! A snapshot is *complete* on a target when its authenticated manifest (see
+//! [`crate::trust`]) and every archive it names (with the recorded size) are
+//! there. Each target is judged by its own copies: a manifest one target
+//! serves never vouches for another target's.
 
 use crate::archive::Manifest;
 use crate::target::{DynTarget, TargetError};
+use crate::trust::{AuthError, PublicKey, Trust};
 use futures::stream::{self, StreamExt};
 use std::collections::{BTreeMap, HashMap};
 
@@ -29,14 +33,40 @@ pub fn b3sums_key(policy: &str, hash: &str) -> String {
     format!("{policy}/archives/{hash}.b3sums")
 }
 
+pub fn signature_key(policy: &str, id: &str) -> String {
+    format!("{policy}/snapshots/{id}.sig")
+}
+
+/// Manifests above this size are refused unread (per-file records live in
+/// the manifest: about 150 bytes per file, so this allows ~400,000 files).
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
+/// Is `s` a snapshot id as `run` makes them (`YYYYMMDDTHHMMSSZ-xxxxxxxx`)?
+pub fn is_snapshot_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 25
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+        && b[17..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+}
+
 /// What one target holds for one policy (one listing call).
 #[derive(Debug, Default, Clone)]
 pub struct TargetView {
+    /// Snapshot ids with a manifest (names that are not snapshot ids are
+    /// ignored: they are never used to build a key or printed raw).
     pub snapshots: Vec<String>,
     /// archive hash -> size
     pub archives: HashMap<String, u64>,
-    /// other keys (b3sums, stray files) -> size
+    /// other keys (b3sums, signatures, stray files) -> size
     pub others: HashMap<String, u64>,
+    /// manifest sizes by id
+    pub manifest_sizes: HashMap<String, u64>,
 }
 
 impl TargetView {
@@ -59,8 +89,9 @@ pub async fn view(t: &DynTarget, policy: &str) -> Result<TargetView, TargetError
             .strip_prefix("snapshots/")
             .and_then(|r| r.strip_suffix(".json"))
         {
-            if !id.contains('/') {
+            if is_snapshot_id(id) {
                 v.snapshots.push(id.to_string());
+                v.manifest_sizes.insert(id.to_string(), o.size);
                 continue;
             }
         }
@@ -83,110 +114,230 @@ pub async fn view(t: &DynTarget, policy: &str) -> Result<TargetView, TargetError
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub manifest: Manifest,
+    /// BLAKE3 of the authenticated manifest bytes.
+    pub digest: [u8; 32],
+    /// Who signed it.
+    pub signer: PublicKey,
     /// Targets (policy order) where the snapshot is complete.
     pub complete_on: Vec<String>,
     /// Targets holding the manifest but missing archives, with what is missing.
     pub incomplete_on: Vec<(String, String)>,
 }
 
-/// Per target: its view, or why it could not be listed.
+/// Per target: its view, or why it could not be listed, and which of its
+/// manifests authenticated.
 pub struct TargetState {
     pub target: DynTarget,
     pub view: Result<TargetView, String>,
+    /// Snapshot id -> BLAKE3 of this target's own authenticated manifest.
+    pub authentic: BTreeMap<String, [u8; 32]>,
+}
+
+impl TargetState {
+    /// Does this target hold `e`'s own authenticated manifest?
+    pub fn holds(&self, e: &Entry) -> bool {
+        self.authentic.get(&e.manifest.id) == Some(&e.digest)
+    }
+}
+
+/// A manifest a target serves that is not used: unsigned, signed by an
+/// untrusted key, altered, unreadable or invalid.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Damaged {
+    pub target: String,
+    pub snapshot: String,
+    pub reason: String,
+    /// The key that signed it, when the signature names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signer: Option<PublicKey>,
+}
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "target {}: snapshot {}: {}",
+            self.target, self.snapshot, self.reason
+        )
+    }
 }
 
 /// All snapshots of a policy on the given targets.
 pub struct Catalog {
     pub policy: String,
-    /// Oldest first (by instant, then id).
+    /// Authenticated snapshots, oldest first (by instant, then id).
     pub entries: Vec<Entry>,
     pub targets: Vec<TargetState>,
-    /// Manifests that could not be read or parsed: (target, id, error).
-    pub bad_manifests: Vec<(String, String, String)>,
+    /// Manifests that are not used, per target (never restored, copied or
+    /// counted by prune; they block archive deletion on their target).
+    pub bad_manifests: Vec<Damaged>,
+    /// Whether any trusted key was configured for this load.
+    pub trust_empty: bool,
+}
+
+/// Read one manifest and its signature from `t`, bounded, and authenticate
+/// it; Ok carries the bytes, their digest and the signer.
+pub async fn read_authentic(
+    t: &DynTarget,
+    policy: &str,
+    id: &str,
+    size: u64,
+    trust: &Trust,
+) -> Result<(Vec<u8>, [u8; 32], PublicKey), (String, Option<PublicKey>)> {
+    // `size` is the listed size (0: not listed; the read is bounded anyway).
+    if size > MAX_MANIFEST_BYTES {
+        return Err((
+            format!("manifest is {size} bytes, above the limit of {MAX_MANIFEST_BYTES}; not read"),
+            None,
+        ));
+    }
+    let sig = match crate::target::get_limited(
+        t,
+        &signature_key(policy, id),
+        crate::trust::MAX_SIGNATURE_BYTES as u64,
+    )
+    .await
+    {
+        Ok(b) => Some(b),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err((format!("reading the signature: {e}"), None)),
+    };
+    if sig.is_none() {
+        return Err((AuthError::Unsigned.to_string(), None));
+    }
+    let bytes = crate::target::get_limited(t, &manifest_key(policy, id), MAX_MANIFEST_BYTES)
+        .await
+        .map_err(|e| (e.to_string(), None))?;
+    let signer = trust
+        .verify(policy, id, &bytes, sig.as_deref())
+        .map_err(|e| (e.to_string(), e.signer()))?;
+    let digest = *blake3::hash(&bytes).as_bytes();
+    Ok((bytes, digest, signer))
 }
 
 impl Catalog {
-    pub async fn load(policy: &str, targets: &[DynTarget]) -> Catalog {
+    /// List every target, read and authenticate every manifest on each (each
+    /// target is judged by its own copies), and merge what authenticated.
+    pub async fn load(policy: &str, targets: &[DynTarget], trust: &Trust) -> Catalog {
         let views = futures::future::join_all(targets.iter().map(|t| view(t, policy))).await;
         let mut states = Vec::new();
-        // id -> targets holding a manifest, in order
-        let mut holders: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (i, (t, v)) in targets.iter().zip(views).enumerate() {
-            match v {
-                Ok(v) => {
-                    for id in &v.snapshots {
-                        holders.entry(id.clone()).or_default().push(i);
+        for (t, v) in targets.iter().zip(views) {
+            if let Err(e) = &v {
+                tracing::warn!("{e}");
+            }
+            states.push(TargetState {
+                target: t.clone(),
+                view: v.map_err(|e| e.to_string()),
+                authentic: BTreeMap::new(),
+            });
+        }
+        let jobs: Vec<(usize, String, u64)> = states
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.view.as_ref().ok().map(|v| (i, v)))
+            .flat_map(|(i, v)| {
+                v.snapshots.iter().map(move |id| {
+                    (
+                        i,
+                        id.clone(),
+                        v.manifest_sizes.get(id).copied().unwrap_or(0),
+                    )
+                })
+            })
+            .collect();
+        let handles: Vec<DynTarget> = states.iter().map(|s| s.target.clone()).collect();
+        let mut reads = stream::iter(jobs.into_iter().map(|(i, id, size)| {
+            let t = handles[i].clone();
+            async move {
+                let r = read_authentic(&t, policy, &id, size, trust).await;
+                (i, id, r)
+            }
+        }))
+        .buffer_unordered(16);
+        // Per id: the copy of the first target (policy order) that
+        // authenticated; per target: which digest it holds.
+        let mut first: BTreeMap<String, (usize, Vec<u8>, [u8; 32], PublicKey)> = BTreeMap::new();
+        let mut bad = Vec::new();
+        while let Some((i, id, r)) = reads.next().await {
+            let tname = states[i].target.name().to_string();
+            match r {
+                Ok((bytes, digest, signer)) => {
+                    states[i].authentic.insert(id.clone(), digest);
+                    let better = first.get(&id).is_none_or(|(j, ..)| i < *j);
+                    if better {
+                        first.insert(id, (i, bytes, digest, signer));
                     }
-                    states.push(TargetState {
-                        target: t.clone(),
-                        view: Ok(v),
-                    });
                 }
-                Err(e) => {
-                    tracing::warn!("{e}");
-                    states.push(TargetState {
-                        target: t.clone(),
-                        view: Err(e.to_string()),
+                Err((reason, signer)) => {
+                    tracing::warn!("target {tname}: snapshot {id}: {reason}; not used");
+                    bad.push(Damaged {
+                        target: tname,
+                        snapshot: id,
+                        reason,
+                        signer,
                     });
                 }
             }
         }
-        // Read each manifest from the first target that serves a valid one.
-        let reads = stream::iter(holders.into_iter().map(|(id, idx)| {
-            let states = &states;
-            async move {
-                let mut errors = Vec::new();
-                let mut manifest = None;
-                for &i in &idx {
-                    let t = &states[i].target;
-                    match t
-                        .get_bytes(&manifest_key(policy, &id))
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|b| Manifest::parse(&b))
-                    {
-                        Ok(m) if m.id == id && m.policy == policy => {
-                            manifest = Some(m);
-                            break;
-                        }
-                        Ok(_) => errors.push((
-                            t.name().to_string(),
-                            id.clone(),
-                            "manifest names another snapshot".to_string(),
-                        )),
-                        Err(e) => errors.push((t.name().to_string(), id.clone(), e)),
-                    }
-                }
-                (id, idx, manifest, errors)
-            }
-        }))
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
+        drop(reads);
 
         let mut entries = Vec::new();
-        let mut bad = Vec::new();
-        for (_id, idx, manifest, errors) in reads {
-            bad.extend(errors.iter().cloned());
-            let Some(m) = manifest else { continue };
-            let mut complete_on = Vec::new();
-            let mut incomplete_on = Vec::new();
-            for &i in &idx {
-                let name = states[i].target.name().to_string();
-                if errors.iter().any(|(t, _, _)| *t == name) {
-                    incomplete_on.push((name, "manifest unreadable".to_string()));
+        for (id, (_, bytes, digest, signer)) in first {
+            let m = match Manifest::parse(&bytes) {
+                Ok(m) if m.id == id && m.policy == policy => m,
+                Ok(_) => {
+                    Self::reject(
+                        &mut states,
+                        &mut bad,
+                        &id,
+                        &digest,
+                        "signed manifest names another snapshot or policy",
+                    );
                     continue;
                 }
-                let Ok(v) = &states[i].view else { continue };
-                let missing = v.missing_archives(&m);
-                if missing.is_empty() {
-                    complete_on.push(name);
-                } else {
-                    incomplete_on.push((name, format!("missing archives: {}", missing.join(", "))));
+                Err(e) => {
+                    Self::reject(
+                        &mut states,
+                        &mut bad,
+                        &id,
+                        &digest,
+                        &format!("signed but invalid: {e}"),
+                    );
+                    continue;
+                }
+            };
+            let mut complete_on = Vec::new();
+            let mut incomplete_on = Vec::new();
+            for st in &states {
+                let Ok(v) = &st.view else { continue };
+                if !v.snapshots.contains(&id) {
+                    continue;
+                }
+                let name = st.target.name().to_string();
+                match st.authentic.get(&id) {
+                    None => incomplete_on.push((
+                        name,
+                        "manifest not authentic (see the warnings)".to_string(),
+                    )),
+                    Some(d) if *d != digest => incomplete_on.push((
+                        name,
+                        "holds a different signed manifest for this id".to_string(),
+                    )),
+                    Some(_) => {
+                        let missing = v.missing_archives(&m);
+                        if missing.is_empty() {
+                            complete_on.push(name);
+                        } else {
+                            incomplete_on
+                                .push((name, format!("missing archives: {}", missing.join(", "))));
+                        }
+                    }
                 }
             }
             entries.push(Entry {
                 manifest: m,
+                digest,
+                signer,
                 complete_on,
                 incomplete_on,
             });
@@ -197,12 +348,81 @@ impl Catalog {
                 .cmp(&b.manifest.time)
                 .then_with(|| a.manifest.id.cmp(&b.manifest.id))
         });
+        bad.sort_by(|a, b| (&a.target, &a.snapshot).cmp(&(&b.target, &b.snapshot)));
         Catalog {
             policy: policy.to_string(),
             entries,
             targets: states,
             bad_manifests: bad,
+            trust_empty: trust.is_empty(),
         }
+    }
+
+    /// A signed manifest that is nevertheless unusable: no target holds it.
+    fn reject(
+        states: &mut [TargetState],
+        bad: &mut Vec<Damaged>,
+        id: &str,
+        digest: &[u8; 32],
+        reason: &str,
+    ) {
+        for st in states.iter_mut() {
+            if st.authentic.get(id) == Some(digest) {
+                st.authentic.remove(id);
+                bad.push(Damaged {
+                    target: st.target.name().to_string(),
+                    snapshot: id.to_string(),
+                    reason: reason.to_string(),
+                    signer: None,
+                });
+            }
+        }
+    }
+
+    /// A machine that trusts no key cannot tell genuine snapshots from
+    /// planted ones. When signed snapshots were found, say which keys signed
+    /// them on which target and the line that pins them (exit 2).
+    pub fn require_trust(&self) -> Result<(), crate::error::CodedError> {
+        if !self.trust_empty {
+            return Ok(());
+        }
+        let mut by_target: BTreeMap<&str, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for d in &self.bad_manifests {
+            if let Some(k) = d.signer {
+                by_target
+                    .entry(&d.target)
+                    .or_default()
+                    .insert(k.to_string());
+            }
+        }
+        if by_target.is_empty() {
+            return Ok(());
+        }
+        let keys: std::collections::BTreeSet<&String> = by_target.values().flatten().collect();
+        let found = by_target
+            .iter()
+            .map(|(t, ks)| {
+                format!(
+                    "target {t}: signed by {}",
+                    ks.iter().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let line = format!(
+            "trusted_keys = [{}]",
+            keys.iter()
+                .map(|k| format!("\"{k}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Err(crate::error::CodedError::usage(format!(
+            "policy {}: this machine trusts no signing key, so no snapshot can be authenticated ({found}). \
+             If these are your backup host's keys (compare with `backupctl key fingerprint` there), \
+             add to backupctl.toml: {line}  — or pass --trust {} for this run",
+            self.policy,
+            keys.iter().next().expect("a key")
+        )))
     }
 
     /// "latest"/None, an exact id, or a unique id prefix. Not found is a
@@ -262,6 +482,25 @@ impl Catalog {
             })
             .collect()
     }
+}
+
+/// Make snapshot `id` visible on `t`, once every archive it names is there:
+/// the restore instructions, then the signature, then the manifest last (a
+/// crash before the manifest leaves no snapshot). `run` and `sync` both
+/// commit through here.
+pub async fn commit_snapshot(
+    t: &DynTarget,
+    policy: &str,
+    id: &str,
+    manifest: &[u8],
+    signature: &[u8],
+) -> Result<(), TargetError> {
+    t.put_bytes(RESTORE_FILE, restore_instructions().into_bytes())
+        .await?;
+    t.put_bytes(&signature_key(policy, id), signature.to_vec())
+        .await?;
+    t.put_bytes(&manifest_key(policy, id), manifest.to_vec())
+        .await
 }
 
 /// The plain-text restore instructions stored at each target's root.

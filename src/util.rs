@@ -81,3 +81,18 @@ pub fn short_time(rfc3339: &str) -> String {
         .map(|t| t.format("%Y-%m-%d %H:%M:%S%:z").to_string())
         .unwrap_or_else(|_| rfc3339.to_string())
 }
+
+/// `s` with control characters (and bidirectional overrides) escaped, for
+/// printing names that come from a target or a source tree: a hostile name
+/// cannot rewrite the terminal or forge log lines.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

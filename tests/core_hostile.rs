@@ -49,9 +49,18 @@ fn plant(s: &Setup, target: &str, py_entries: &str) {
             "archive_size": size, "tar_size": 0, "content_size": 5, "entries": 1, "files": []
         }]
     });
+    // Signed with the host's own key: these archives test extraction
+    // safety behind authentication (defence in depth).
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    let key = host_key(s);
+    std::fs::write(
+        root.join("evil/snapshots/20260101T000000Z-deadbeef.sig"),
+        key.sign_manifest("evil", "20260101T000000Z-deadbeef", &bytes),
+    )
+    .unwrap();
     std::fs::write(
         root.join("evil/snapshots/20260101T000000Z-deadbeef.json"),
-        serde_json::to_vec(&manifest).unwrap(),
+        bytes,
     )
     .unwrap();
 }

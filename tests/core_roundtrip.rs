@@ -218,6 +218,14 @@ fn restore_fails_over_when_an_archive_is_missing() {
 fn restore_works_without_local_state() {
     let (s, src) = setup_two_targets();
     expect_code(&s.run(&["run"]), 0);
+    // The config pins the host key (what a restoring machine carries).
+    let fp = s.run(&["key", "fingerprint"]);
+    expect_code(&fp, 0);
+    let cfg = std::fs::read_to_string(s.config_path()).unwrap();
+    s.write(
+        "backupctl.toml",
+        &format!("trusted_keys = [{:?}]\n{cfg}", stdout(&fp).trim()),
+    );
     std::fs::remove_dir_all(s.path("state")).unwrap();
     let out = s.path("out");
     expect_code(

@@ -83,7 +83,11 @@ fn two_file_trees_in_one_policy_on_two_fs_targets() {
     mounted_config(&s, &["nas", "offsite"]);
     let site = s.path("www");
     make_tree(&site);
-    let uploads = tree(&s, "uploads", &[("2026/a.txt", "upload a"), ("b.bin", "bb")]);
+    let uploads = tree(
+        &s,
+        "uploads",
+        &[("2026/a.txt", "upload a"), ("b.bin", "bb")],
+    );
     policy(
         &s,
         "shop",
@@ -322,7 +326,21 @@ fn quiet_is_silent_on_success_and_short_on_trouble() {
         assert_eq!(stdout(&o), "", "{args:?}: stdout must be empty");
         assert_eq!(stderr(&o), "", "{args:?}: stderr must be empty");
     };
-    silent(&["run"], "2026-03-01T03:00:00Z");
+    // The very first run creates the host signing key and says, once, how
+    // to pin it (even under -q: the operator must act on it).
+    let o = s
+        .cmd()
+        .env("BACKUPCTL_NOW", "2026-03-01T03:00:00Z")
+        .args(["-q", "run"])
+        .output()
+        .unwrap();
+    expect_code(&o, 0);
+    assert!(
+        stderr(&o).contains("trusted_keys = [\"ed25519:"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stdout(&o), "");
     silent(&["run", "--due", "--prune"], "2026-03-02T03:00:00Z");
     silent(&["run", "--due", "--prune"], "2026-03-02T03:05:00Z");
     silent(&["prune"], "2026-03-02T03:06:00Z");
@@ -535,7 +553,10 @@ fn list_prefixes_times_and_failed_restores() {
         stdout(&o)
     );
     assert!(!stdout(&o).contains(".123456"), "{}", stdout(&o));
-    expect_code(&s.run(&["run", "alpha", "--time", "2026-03-01T03:00:00Z"]), 0);
+    expect_code(
+        &s.run(&["run", "alpha", "--time", "2026-03-01T03:00:00Z"]),
+        0,
+    );
     expect_code(&s.run(&["run", "beta"]), 0);
 
     let o = s.run(&["list", "alpha", "beta", "--json"]);

@@ -103,7 +103,19 @@ fn run_due_catches_up_once_with_injected_clock() {
     assert_eq!(v.len(), 3, "{v:?}");
     assert!(v[2].starts_with("20260309T120000Z-"), "{v:?}");
     assert_eq!(due("2026-03-09T12:05:00Z").len(), 3);
-    // Local state lost: the newest snapshot on the targets stands in.
+    // Local state lost: the newest snapshot on the targets stands in (its
+    // signing key is pinned in the config, as the README asks).
+    let fp = s.run(&["key", "fingerprint"]);
+    expect_code(&fp, 0, "key fingerprint");
+    let cfg = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!(
+            "trusted_keys = [{:?}]\n{cfg}",
+            String::from_utf8_lossy(&fp.stdout).trim()
+        ),
+    )
+    .unwrap();
     std::fs::remove_dir_all(&s.state).unwrap();
     assert_eq!(due("2026-03-09T13:00:00Z").len(), 3);
     assert_eq!(due("2026-03-10T02:31:00Z").len(), 4);

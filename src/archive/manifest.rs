@@ -59,7 +59,7 @@ pub struct FileRecord {
 
 impl Manifest {
     pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
-        let m: Manifest =
+        let mut m: Manifest =
             serde_json::from_slice(bytes).map_err(|e| format!("invalid manifest JSON: {e}"))?;
         if m.format != FORMAT_NAME {
             return Err(format!("not a backupctl manifest (format {:?})", m.format));
@@ -70,15 +70,56 @@ impl Manifest {
                 m.schema_version
             ));
         }
-        for s in &m.sources {
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Everything later used to build a path or key, or printed, is checked
+    /// here, before anything acts on it: names follow the config's rules,
+    /// ids and hashes their formats, free text has no control characters.
+    fn validate(&mut self) -> Result<(), String> {
+        let p = crate::util::printable;
+        if !crate::config::is_valid_name(&self.policy) {
+            return Err(format!("invalid policy name {:?}", p(&self.policy)));
+        }
+        if !crate::repo::is_snapshot_id(&self.id) {
+            return Err(format!("invalid snapshot id {:?}", p(&self.id)));
+        }
+        for (what, v, max) in [
+            ("host", &self.host, 255),
+            ("tool_version", &self.tool_version, 64),
+        ] {
+            if v.len() > max || v.chars().any(char::is_control) {
+                return Err(format!("invalid {what} {:?}", p(v)));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for s in &mut self.sources {
+            if !crate::config::is_valid_name(&s.name) || !names.insert(s.name.clone()) {
+                return Err(format!("invalid or duplicate source name {:?}", p(&s.name)));
+            }
+            if !matches!(s.kind.as_str(), "files" | "postgres" | "mysql" | "sqlite") {
+                return Err(format!("source {}: unknown type {:?}", s.name, p(&s.kind)));
+            }
             if !is_hash(&s.archive_hash) {
                 return Err(format!(
                     "source {:?}: archive hash {:?} is not a BLAKE3 hex digest",
-                    s.name, s.archive_hash
+                    s.name,
+                    p(&s.archive_hash)
                 ));
             }
+            if s.origin.len() > 4096 || s.origin.chars().any(char::is_control) {
+                return Err(format!(
+                    "source {}: invalid origin {:?}",
+                    s.name,
+                    p(&s.origin)
+                ));
+            }
+            for w in &mut s.warnings {
+                *w = p(w);
+            }
         }
-        Ok(m)
+        Ok(())
     }
 
     pub fn to_json(&self) -> Vec<u8> {

@@ -29,6 +29,13 @@ pub struct Config {
     pub dir: PathBuf,
     pub state_dir: PathBuf,
     pub policies_dir: PathBuf,
+    /// The host signing key: `key_file`, else `<state_dir>/keys/host.key`.
+    pub key_file: PathBuf,
+    /// Whether `key_file` was set (then it must exist to sign).
+    pub key_file_configured: bool,
+    /// Keys pinned by `trusted_keys` and by `--trust` for this run; see
+    /// [`Config::trust`] for the full set.
+    pub pinned_keys: crate::trust::Trust,
     pub targets: BTreeMap<String, TargetSpec>,
     pub policies: BTreeMap<String, Policy>,
     /// Policy files that could not be loaded, by policy name (file stem).
@@ -146,6 +153,20 @@ impl Config {
             .map(|p| resolve(&dir, p))
             .unwrap_or_else(|| dir.join("policies"));
 
+        let key_file_configured = raw.key_file.is_some();
+        let key_file = raw
+            .key_file
+            .as_deref()
+            .map(|p| resolve(&dir, p))
+            .unwrap_or_else(|| state_dir.join("keys").join("host.key"));
+        let mut trust = crate::trust::Trust::default();
+        for (i, k) in raw.trusted_keys.iter().enumerate() {
+            let key = k
+                .parse::<crate::trust::PublicKey>()
+                .map_err(|e| ConfigError::new(path.display(), format!("trusted_keys[{i}]"), e))?;
+            trust.add(key);
+        }
+
         let mut targets = BTreeMap::new();
         for (name, value) in raw.targets {
             let key = format!("targets.{name}");
@@ -196,10 +217,65 @@ impl Config {
             dir,
             state_dir,
             policies_dir,
+            key_file,
+            key_file_configured,
+            pinned_keys: trust,
             targets,
             policies,
             broken,
         })
+    }
+
+    /// Keys whose snapshots are trusted: the pinned ones and this host's own
+    /// key when its key file is readable (read now: a run may just have
+    /// created it).
+    pub fn trust(&self) -> crate::trust::Trust {
+        let mut t = self.pinned_keys.clone();
+        if let Ok(own) = crate::trust::HostKey::load(&self.key_file) {
+            t.add(own.public());
+        }
+        t
+    }
+
+    /// The key that signs this host's snapshots. With `key_file` set, that
+    /// file must exist (`backupctl key init`); without it, a key is created
+    /// under the state directory on first use, and how to pin it is printed
+    /// once.
+    pub fn signing_key(&self) -> anyhow::Result<crate::trust::HostKey> {
+        use crate::trust::HostKey;
+        match HostKey::load(&self.key_file) {
+            Ok(k) => Ok(k),
+            Err(crate::trust::KeyError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && !self.key_file_configured =>
+            {
+                let k = HostKey::create(&self.key_file)?;
+                eprintln!(
+                    "backupctl: created this host's signing key {}.\n\
+                     Snapshots are signed with it; a machine that restores them must trust it. \
+                     Add this line to backupctl.toml on every machine that restores or verifies \
+                     (and keep a copy of the key file itself with your recovery documents):\n\
+                     \n    trusted_keys = [\"{}\"]\n",
+                    k.path.display(),
+                    k.public()
+                );
+                Ok(k)
+            }
+            Err(crate::trust::KeyError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Err(ConfigError::new(
+                    self.path.display(),
+                    "key_file",
+                    format!(
+                        "{} does not exist: create it with `backupctl key init --key-file {}`",
+                        self.key_file.display(),
+                        self.key_file.display()
+                    ),
+                )
+                .into())
+            }
+            Err(e) => Err(ConfigError::new(self.path.display(), "key_file", e.to_string()).into()),
+        }
     }
 
     /// The policies named on the command line (all when `names` is empty),
@@ -268,13 +344,19 @@ pub struct Selection<'a> {
     pub broken: Vec<(String, &'a ConfigError)>,
 }
 
-fn validate_name(file: &Path, key: &str, name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
+/// The names of policies, targets and sources: letters, digits, `-`, `_`
+/// and `.`, not starting with `.` (so never `..`, `/` or empty), at most 128.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !name.starts_with('.');
-    if ok {
+        && !name.starts_with('.')
+}
+
+fn validate_name(file: &Path, key: &str, name: &str) -> Result<(), ConfigError> {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(ConfigError::new(

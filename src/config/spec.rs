@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 pub(super) struct RawConfig {
     pub state_dir: Option<PathBuf>,
     pub policies_dir: Option<PathBuf>,
+    /// The host signing key (default `<state_dir>/keys/host.key`).
+    pub key_file: Option<PathBuf>,
+    /// Public keys whose snapshots are trusted (`ed25519:<base64>`).
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
     #[serde(default)]
     pub targets: BTreeMap<String, toml::Value>,
 }

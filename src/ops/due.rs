@@ -142,7 +142,7 @@ pub async fn newest_on_targets(
     policy: &Policy,
 ) -> anyhow::Result<Option<DateTime<FixedOffset>>> {
     let targets = open_targets(cfg, policy, None).await?;
-    let catalog = Catalog::load(&policy.name, &targets).await;
+    let catalog = Catalog::load(&policy.name, &targets, &cfg.trust()).await;
     Ok(catalog.entries.iter().map(|e| e.manifest.time).max())
 }
 

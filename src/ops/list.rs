@@ -2,7 +2,6 @@
 //! targets on which each is complete.
 
 use crate::config::{Config, Policy};
-use crate::ops::open_targets;
 use crate::repo::Catalog;
 use serde::Serialize;
 
@@ -46,11 +45,13 @@ pub struct PolicyListing {
     pub policy: String,
     pub targets: Vec<TargetStatus>,
     pub snapshots: Vec<ListedSnapshot>,
+    /// Manifests a target serves that are not used (unsigned, untrusted,
+    /// altered, unreadable): never listed as snapshots.
+    pub damaged: Vec<crate::repo::Damaged>,
 }
 
 pub async fn list_policy(cfg: &Config, policy: &Policy) -> anyhow::Result<PolicyListing> {
-    let targets = open_targets(cfg, policy, None).await?;
-    let catalog = Catalog::load(&policy.name, &targets).await;
+    let (_targets, catalog) = crate::ops::load_catalog(cfg, policy, None).await?;
     Ok(listing(&catalog))
 }
 
@@ -98,6 +99,7 @@ pub fn listing(catalog: &Catalog) -> PolicyListing {
             })
             .collect(),
         snapshots,
+        damaged: catalog.bad_manifests.clone(),
     }
 }
 
@@ -109,6 +111,9 @@ pub fn render(l: &PolicyListing) -> String {
         if let Some(e) = &t.error {
             out.push_str(&format!("  ! target {} unreachable: {e}\n", t.name));
         }
+    }
+    for d in &l.damaged {
+        out.push_str(&format!("  ! {d}; not used\n"));
     }
     if l.snapshots.is_empty() {
         out.push_str("  (no snapshots)\n");
@@ -141,9 +146,12 @@ pub fn render(l: &PolicyListing) -> String {
 }
 
 impl crate::ops::each::Coded for PolicyListing {
-    /// Partial (3) when a target could not be listed.
+    /// Failure (1) when a target serves damaged manifests, partial (3) when
+    /// a target could not be listed.
     fn exit_code(&self) -> crate::error::ExitCode {
-        if self.targets.iter().any(|t| !t.reachable) {
+        if !self.damaged.is_empty() {
+            crate::error::ExitCode::Failure
+        } else if self.targets.iter().any(|t| !t.reachable) {
             crate::error::ExitCode::Partial
         } else {
             crate::error::ExitCode::Success

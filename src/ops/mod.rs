@@ -52,6 +52,24 @@ pub async fn open_targets(
     Ok(out)
 }
 
+/// Open the policy's targets (or only `only`), then read, authenticate and
+/// merge what they hold, warning about the targets that cannot be reached.
+/// A machine that trusts no key while the targets hold signed snapshots
+/// gets the usage error that says which key to pin.
+pub async fn load_catalog(
+    cfg: &Config,
+    policy: &Policy,
+    only: Option<&str>,
+) -> anyhow::Result<(Vec<DynTarget>, crate::repo::Catalog)> {
+    let targets = open_targets(cfg, policy, only).await?;
+    let catalog = crate::repo::Catalog::load(&policy.name, &targets, &cfg.trust()).await;
+    for (t, e) in catalog.unreachable() {
+        tracing::warn!("target {t} unreachable, skipping it: {e}");
+    }
+    catalog.require_trust()?;
+    Ok((targets, catalog))
+}
+
 /// The 3-2-1 rule: copies in at least two distinct locations.
 pub fn warn_locations(cfg: &Config, policy: &Policy) -> Option<String> {
     let locs = policy.locations(cfg);

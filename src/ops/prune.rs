@@ -2,29 +2,35 @@
 //! its targets, then delete what is no longer needed, on each target on its
 //! own.
 //!
-//! 1. The keep/remove decision is [`crate::retention::apply`] over every
-//!    snapshot with a readable manifest on any reachable target (each with its
-//!    recorded time and UTC offset), so every target converges on one set.
-//! 2. On each target that could be listed completely: delete the manifests of
+//! 1. Each target is decided on its own: [`crate::retention::apply`] over the
+//!    snapshots whose manifests *that target* serves authenticated (see
+//!    [`crate::trust`]), each with its recorded time and UTC offset. What
+//!    another target serves never decides what is deleted here. The report's
+//!    `keep`/`remove` is the same rule over every authenticated snapshot.
+//! 2. Snapshots dated more than [`FUTURE_SKEW`] ahead of now (a host clock
+//!    set wrong) never count toward retention: they are kept, reported, and
+//!    prune exits 1 so someone looks.
+//! 3. On each target that could be listed completely: delete the manifests of
 //!    the forgotten snapshots first (a snapshot disappears atomically), then
-//!    the archives (and their `.b3sums`) that no remaining snapshot on that
-//!    target references. Orphans left by an interrupted run go the same way.
+//!    their signatures, then the archives (and their `.b3sums`) that no
+//!    remaining snapshot on that target references. Orphans left by an
+//!    interrupted run go the same way.
 //!
 //! Safety: a target that cannot be listed is left untouched (reported, exit 3);
-//! the newest snapshot is never removed; a snapshot whose manifest is readable
-//! nowhere may reference any archive, so no archive is deleted on a target
-//! that holds one. The caller holds the policy lock, so no `run` of the same
+//! the newest snapshot is never removed; a manifest that does not
+//! authenticate (unsigned, untrusted, altered, unreadable) may reference any
+//! archive, so it is never counted and no archive is deleted on the target
+//! that holds it. The caller holds the policy lock, so no `run` of the same
 //! policy can be uploading archives that no manifest names yet.
 
 use crate::config::{Config, Policy};
 use crate::error::{CodedError, ExitCode};
-use crate::ops::open_targets;
 use crate::repo::{self, Catalog, TargetState};
 use crate::retention;
 use crate::util::human_bytes;
 use chrono::Utc;
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Clone, Default)]
 pub struct PruneOptions {
@@ -77,12 +83,23 @@ pub struct PruneResult {
     pub remove: Vec<RemoveItem>,
     pub targets: Vec<TargetPrune>,
     pub warnings: Vec<String>,
+    /// Snapshots dated in the future beyond the allowed skew: kept, not
+    /// counted (exit 1 so someone looks).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub future: Vec<RemoveItem>,
     /// "ok", "partial" or "failed".
     pub result: String,
 }
 
+/// How far ahead of now a snapshot may be dated (clocks of several hosts
+/// drift) and still count toward retention.
+pub const FUTURE_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
+
 impl PruneResult {
     pub fn exit_code(&self) -> ExitCode {
+        if !self.future.is_empty() {
+            return ExitCode::Failure;
+        }
         match self.result.as_str() {
             "ok" => ExitCode::Success,
             "partial" => ExitCode::Partial,
@@ -105,32 +122,21 @@ pub async fn prune_policy(
         ))
         .into());
     }
-    let targets = open_targets(cfg, policy, None).await?;
-    let catalog = Catalog::load(&policy.name, &targets).await;
+    let (_targets, catalog) = crate::ops::load_catalog(cfg, policy, None).await?;
     let now = crate::clock::now();
-
-    let times: Vec<_> = catalog.entries.iter().map(|e| e.manifest.time).collect();
-    let decision = retention::apply(&times, &policy.retention, now.with_timezone(&Utc));
-
-    // The newest snapshot (first in retention's stable newest-first order).
-    if let Some(newest) = (0..times.len())
-        .rev()
-        .max_by(|&a, &b| times[a].cmp(&times[b]))
-    {
-        if decision.remove.contains(&newest) {
-            return Err(CodedError::failure(format!(
-                "policy {}: retention would remove the newest snapshot {}; refusing to prune",
-                policy.name, catalog.entries[newest].manifest.id
-            ))
-            .into());
-        }
-    }
+    let limit = now + FUTURE_SKEW;
+    let all: Vec<usize> = (0..catalog.entries.len()).collect();
+    let (counted, future): (Vec<usize>, Vec<usize>) = all
+        .into_iter()
+        .partition(|&i| catalog.entries[i].manifest.time <= limit);
+    let decision = decide(&catalog, &counted, &policy.retention, now)
+        .map_err(|id| newest_refused(&policy.name, &id))?;
 
     let keep: Vec<KeepItem> = decision
         .keep
         .iter()
         .map(|k| {
-            let e = &catalog.entries[k.index];
+            let e = &catalog.entries[counted[k.index]];
             KeepItem {
                 id: e.manifest.id.clone(),
                 time: e.manifest.time.to_rfc3339(),
@@ -139,44 +145,33 @@ pub async fn prune_policy(
             }
         })
         .collect();
-    let remove: Vec<RemoveItem> = decision
-        .remove
-        .iter()
-        .map(|&i| {
-            let m = &catalog.entries[i].manifest;
-            RemoveItem {
-                id: m.id.clone(),
-                time: m.time.to_rfc3339(),
-            }
-        })
-        .collect();
+    let item = |i: usize| {
+        let m = &catalog.entries[i].manifest;
+        RemoveItem {
+            id: m.id.clone(),
+            time: m.time.to_rfc3339(),
+        }
+    };
+    let remove: Vec<RemoveItem> = decision.remove.iter().map(|&k| item(counted[k])).collect();
+    let future: Vec<RemoveItem> = future.into_iter().map(item).collect();
 
     let mut warnings: Vec<String> = catalog
         .bad_manifests
         .iter()
-        .map(|(t, id, e)| format!("target {t}: snapshot {id}: manifest unreadable: {e}"))
+        .map(|d| format!("{d}; not counted, and no archive is deleted on that target"))
         .collect();
-    // Snapshots whose manifest no reachable target serves: unknown references.
-    let known: HashMap<&str, &crate::archive::Manifest> = catalog
-        .entries
-        .iter()
-        .map(|e| (e.manifest.id.as_str(), &e.manifest))
-        .collect();
-    let unknown: BTreeSet<String> = catalog
-        .targets
-        .iter()
-        .filter_map(|s| s.view.as_ref().ok())
-        .flat_map(|v| v.snapshots.iter())
-        .filter(|id| !known.contains_key(id.as_str()))
-        .cloned()
-        .collect();
-    for id in &unknown {
-        warnings.push(format!(
-            "snapshot {id}: no readable manifest on any reachable target; it is neither kept \
-             nor removed, and archives on the targets holding it are left alone"
-        ));
+    for f in &future {
+        let w = format!(
+            "snapshot {} is dated {}, in the future (a host clock set wrong?): kept and not \
+             counted by retention; if it is wrong, delete {} and {} on every target",
+            f.id,
+            f.time,
+            repo::manifest_key(&policy.name, &f.id),
+            repo::signature_key(&policy.name, &f.id),
+        );
+        tracing::error!("prune policy={}: {w}", policy.name);
+        warnings.push(w);
     }
-    let remove_ids: HashSet<&str> = remove.iter().map(|r| r.id.as_str()).collect();
 
     tracing::info!(
         "prune policy={} snapshots={} keep={} remove={}{}",
@@ -189,9 +184,10 @@ pub async fn prune_policy(
 
     let plan = Plan {
         policy: &policy.name,
-        known: &known,
-        unknown: &unknown,
-        remove: &remove_ids,
+        catalog: &catalog,
+        retention: &policy.retention,
+        now,
+        limit,
         dry_run: opts.dry_run,
     };
     let tresults =
@@ -215,16 +211,49 @@ pub async fn prune_policy(
         remove,
         targets: tresults,
         warnings,
+        future,
         result: result.into(),
     })
 }
 
-/// What to delete, shared by all targets.
+fn newest_refused(policy: &str, id: &str) -> anyhow::Error {
+    CodedError::failure(format!(
+        "policy {policy}: retention would remove the newest snapshot {id}; refusing to prune"
+    ))
+    .into()
+}
+
+/// Retention over the entries `idx` (indices into `catalog.entries`); Err
+/// names the newest snapshot when the rules would remove it (never done).
+fn decide(
+    catalog: &Catalog,
+    idx: &[usize],
+    rules: &crate::retention::RetentionPolicy,
+    now: chrono::DateTime<chrono::FixedOffset>,
+) -> Result<retention::Decision, String> {
+    let times: Vec<_> = idx
+        .iter()
+        .map(|&i| catalog.entries[i].manifest.time)
+        .collect();
+    let d = retention::apply(&times, rules, now.with_timezone(&Utc));
+    if let Some(newest) = (0..times.len())
+        .rev()
+        .max_by(|&a, &b| times[a].cmp(&times[b]))
+    {
+        if d.remove.contains(&newest) {
+            return Err(catalog.entries[idx[newest]].manifest.id.clone());
+        }
+    }
+    Ok(d)
+}
+
+/// What to delete: decided on each target from its own manifests.
 struct Plan<'a> {
     policy: &'a str,
-    known: &'a HashMap<&'a str, &'a crate::archive::Manifest>,
-    unknown: &'a BTreeSet<String>,
-    remove: &'a HashSet<&'a str>,
+    catalog: &'a Catalog,
+    retention: &'a crate::retention::RetentionPolicy,
+    now: chrono::DateTime<chrono::FixedOffset>,
+    limit: chrono::DateTime<chrono::FixedOffset>,
     dry_run: bool,
 }
 
@@ -256,12 +285,41 @@ impl Plan<'_> {
                 return r;
             }
         };
+        // This target's own authenticated snapshots, and what it decides.
+        let entries = &self.catalog.entries;
+        let own: Vec<usize> = (0..entries.len())
+            .filter(|&i| st.holds(&entries[i]))
+            .collect();
+        let counted: Vec<usize> = own
+            .iter()
+            .copied()
+            .filter(|&i| entries[i].manifest.time <= self.limit)
+            .collect();
+        let remove: HashSet<&str> = match decide(self.catalog, &counted, self.retention, self.now) {
+            Ok(d) => d
+                .remove
+                .iter()
+                .map(|&k| entries[counted[k]].manifest.id.as_str())
+                .collect(),
+            Err(id) => {
+                r.status = "failed".into();
+                r.error = Some(format!(
+                    "retention would remove the newest snapshot {id} here; nothing deleted"
+                ));
+                return r;
+            }
+        };
+        let known: HashMap<&str, &crate::archive::Manifest> = own
+            .iter()
+            .map(|&i| (entries[i].manifest.id.as_str(), &entries[i].manifest))
+            .collect();
         let mut errors = Vec::new();
 
-        // 1. Manifests of forgotten snapshots: each snapshot vanishes at once.
+        // 1. Manifests of forgotten snapshots (each snapshot vanishes at
+        //    once), then their signatures.
         let mut remaining: Vec<&str> = Vec::new();
         for id in &view.snapshots {
-            if !self.remove.contains(id.as_str()) {
+            if !remove.contains(id.as_str()) {
                 remaining.push(id);
                 continue;
             }
@@ -271,6 +329,7 @@ impl Plan<'_> {
                     remaining.push(id);
                     continue;
                 }
+                let _ = t.delete(&repo::signature_key(self.policy, id)).await;
                 tracing::info!(
                     "prune policy={} target={}: forgot snapshot {id}",
                     self.policy,
@@ -284,12 +343,12 @@ impl Plan<'_> {
         let blind: Vec<&str> = remaining
             .iter()
             .copied()
-            .filter(|id| self.unknown.contains(*id))
+            .filter(|id| !known.contains_key(*id))
             .collect();
         if !blind.is_empty() {
             let w = format!(
-                "snapshot(s) {} have no readable manifest: no archive is deleted on this target \
-                 until they are repaired or removed",
+                "snapshot(s) {} have no authentic manifest here: no archive is deleted on this \
+                 target until they are repaired or removed",
                 blind.join(", ")
             );
             tracing::warn!("prune policy={} target={}: {w}", self.policy, t.name());
@@ -300,7 +359,7 @@ impl Plan<'_> {
         } else {
             let referenced: HashSet<&str> = remaining
                 .iter()
-                .filter_map(|id| self.known.get(id))
+                .filter_map(|id| known.get(id))
                 .flat_map(|m| m.sources.iter().map(|s| s.archive_hash.as_str()))
                 .collect();
             let mut orphans: Vec<(&String, u64)> = view
@@ -341,6 +400,21 @@ impl Plan<'_> {
                 })
                 .map(|(k, &s)| (k, s))
                 .collect();
+            let sig_prefix = format!("{}/snapshots/", self.policy);
+            stray.extend(
+                view.others
+                    .iter()
+                    .filter(|(k, _)| {
+                        k.strip_prefix(&sig_prefix)
+                            .and_then(|r| r.strip_suffix(".sig"))
+                            .is_some_and(|id| {
+                                repo::is_snapshot_id(id)
+                                    && !remaining.contains(&id)
+                                    && !r.manifests_deleted.iter().any(|d| d == id)
+                            })
+                    })
+                    .map(|(k, &s)| (k, s)),
+            );
             stray.sort();
             for (key, size) in stray {
                 if !self.dry_run {

@@ -10,7 +10,7 @@
 use crate::archive::{self, ExtractError, ExtractOptions, Progress, SourceRecord};
 use crate::config::{Config, Policy};
 use crate::error::{CodedError, ExitCode};
-use crate::ops::open_targets;
+use crate::ops::load_catalog;
 use crate::repo::{self, Catalog};
 use crate::report::Bar;
 use crate::target::DynTarget;
@@ -115,25 +115,24 @@ pub async fn fetch_with_failover(
 )> {
     let mut skipped = Vec::new();
     for t in targets {
-        let holds = catalog
-            .targets
-            .iter()
-            .find(|s| s.target.name() == t.name())
-            .and_then(|s| s.view.as_ref().ok())
-            .map(|v| v.snapshots.contains(&m.id));
-        match holds {
-            None => {
+        let entry = catalog.entries.iter().find(|e| e.manifest.id == m.id);
+        let state = catalog.targets.iter().find(|s| s.target.name() == t.name());
+        match (state, entry) {
+            (Some(st), _) if st.view.is_err() => {
                 skipped.push((t.name().to_string(), "unreachable".to_string()));
                 continue;
             }
-            Some(false) => {
-                skipped.push((
-                    t.name().to_string(),
-                    "does not hold this snapshot".to_string(),
-                ));
+            (Some(st), Some(e)) if st.holds(e) => {}
+            _ => {
+                let why = catalog
+                    .bad_manifests
+                    .iter()
+                    .find(|d| d.target == t.name() && d.snapshot == m.id)
+                    .map(|d| format!("its copy is not used: {}", d.reason))
+                    .unwrap_or_else(|| "does not hold this snapshot".to_string());
+                skipped.push((t.name().to_string(), why));
                 continue;
             }
-            Some(true) => {}
         }
         let staging = parent.join(format!(".backupctl-restore-{}", crate::util::random_hex(8)));
         let r = fetch_and_extract(t, policy, rec, &staging, opts, &rec.name).await;
@@ -176,21 +175,6 @@ fn dir_is_empty(p: &Path) -> bool {
     std::fs::read_dir(p)
         .map(|mut d| d.next().is_none())
         .unwrap_or(true)
-}
-
-/// Open the policy's targets (or only `only`) and merge what they hold,
-/// warning about the ones that cannot be reached.
-pub async fn load_catalog(
-    cfg: &Config,
-    policy: &Policy,
-    only: Option<&str>,
-) -> anyhow::Result<(Vec<DynTarget>, Catalog)> {
-    let targets = open_targets(cfg, policy, only).await?;
-    let catalog = Catalog::load(&policy.name, &targets).await;
-    for (t, e) in catalog.unreachable() {
-        tracing::warn!("target {t} unreachable, skipping it: {e}");
-    }
-    Ok((targets, catalog))
 }
 
 pub async fn restore(

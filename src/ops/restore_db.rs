@@ -65,11 +65,8 @@ pub async fn restore_into_database(
     if o.into.is_empty() {
         return Err(CodedError::usage("--into-database: expected a database name").into());
     }
-    let (targets, catalog) =
-        crate::ops::restore::load_catalog(cfg, policy, o.target.as_deref()).await?;
-    let entry = catalog
-        .resolve(o.snapshot.as_deref())
-        ?;
+    let (targets, catalog) = crate::ops::load_catalog(cfg, policy, o.target.as_deref()).await?;
+    let entry = catalog.resolve(o.snapshot.as_deref())?;
     let m = entry.manifest.clone();
     let rec = m.source(&o.source).ok_or_else(|| {
         CodedError::usage(format!("snapshot {} has no source {:?}", m.id, o.source))

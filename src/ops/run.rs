@@ -142,7 +142,7 @@ enum Job {
     },
     /// Every archive was sent: write the restore instructions, then the
     /// manifest (snapshot id, JSON) last.
-    Commit(String, Arc<Vec<u8>>),
+    Commit(String, Arc<Vec<u8>>, Arc<Vec<u8>>),
 }
 
 #[derive(Default)]
@@ -225,17 +225,8 @@ async fn target_worker(
                     o.error = Some(msg);
                 }
             },
-            Job::Commit(id, json) => {
-                let r = async {
-                    t.put_bytes(
-                        repo::RESTORE_FILE,
-                        repo::restore_instructions().into_bytes(),
-                    )
-                    .await?;
-                    t.put_bytes(&repo::manifest_key(&policy, &id), json.to_vec())
-                        .await
-                }
-                .await;
+            Job::Commit(id, json, sig) => {
+                let r = repo::commit_snapshot(&t, &policy, &id, &json, &sig).await;
                 match r {
                     Ok(()) => o.committed = true,
                     Err(e) => {
@@ -406,9 +397,14 @@ pub async fn run_policy(
         for s in &policy.sources {
             source::preflight(s)?;
         }
-        open_targets(cfg, policy, None).await
+        let key = if opts.dry_run {
+            None
+        } else {
+            Some(cfg.signing_key()?)
+        };
+        Ok::<_, anyhow::Error>((open_targets(cfg, policy, None).await?, key))
     };
-    let targets = match ready.await {
+    let (targets, key) = match ready.await {
         Ok(t) => t,
         Err(e) => {
             if !opts.dry_run {
@@ -423,9 +419,9 @@ pub async fn run_policy(
         }
     };
 
-    if opts.dry_run {
+    let Some(key) = key else {
         return Ok(dry_run(policy, &targets, time, warnings, started));
-    }
+    };
 
     let id = new_snapshot_id(&time);
     tracing::info!(
@@ -576,8 +572,9 @@ pub async fn run_policy(
             sources: std::mem::take(&mut records),
         };
         let json = Arc::new(manifest.to_json());
+        let sig = Arc::new(key.sign_manifest(&policy.name, &id, &json));
         for q in &queues {
-            let _ = q.send(Job::Commit(id.clone(), json.clone()));
+            let _ = q.send(Job::Commit(id.clone(), json.clone(), sig.clone()));
         }
     }
     drop(queues);

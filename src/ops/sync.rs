@@ -8,11 +8,9 @@
 //! Before copying, incomplete multipart uploads older than
 //! `abort_uploads_older_than` (left behind by a crash or an outage) are aborted.
 
-use crate::archive::Manifest;
 use crate::config::{Config, Policy};
 use crate::error::ExitCode;
-use crate::ops::open_targets;
-use crate::repo::{self, Catalog};
+use crate::repo;
 use crate::target::DynTarget;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -135,17 +133,37 @@ async fn fetch_verified(
     .expect("download task panicked")
 }
 
-/// The exact manifest bytes from the first source that serves a copy equal
-/// to `m`; else `m` serialised.
-async fn manifest_bytes(sources: &[&DynTarget], policy: &str, m: &Manifest) -> Vec<u8> {
+/// The exact signed manifest and signature of `entry`, from the first
+/// source that still serves them authentic and unchanged (never
+/// re-serialised: the signature covers the bytes).
+async fn authentic_copy(
+    cfg: &Config,
+    sources: &[&DynTarget],
+    policy: &str,
+    entry: &repo::Entry,
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let mut why = Vec::new();
     for s in sources {
-        if let Ok(b) = s.get_bytes(&repo::manifest_key(policy, &m.id)).await {
-            if Manifest::parse(&b).is_ok_and(|x| x == *m) {
-                return b;
+        match repo::read_authentic(s, policy, &entry.manifest.id, 0, &cfg.trust()).await {
+            Ok((bytes, digest, _)) if digest == entry.digest => {
+                let key = repo::signature_key(policy, &entry.manifest.id);
+                let limit = crate::trust::MAX_SIGNATURE_BYTES as u64;
+                match crate::target::get_limited(s, &key, limit).await {
+                    Ok(sig) => return Ok((bytes, sig)),
+                    Err(e) => why.push(format!("{}: {e}", s.name())),
+                }
             }
+            Ok(_) => why.push(format!(
+                "{}: manifest changed since it was listed",
+                s.name()
+            )),
+            Err((e, _)) => why.push(format!("{}: {e}", s.name())),
         }
     }
-    m.to_json()
+    Err(format!(
+        "no authentic copy of the manifest ({})",
+        why.join("; ")
+    ))
 }
 
 pub async fn sync_policy(
@@ -153,8 +171,7 @@ pub async fn sync_policy(
     policy: &Policy,
     o: &SyncOptions,
 ) -> anyhow::Result<SyncResult> {
-    let targets = open_targets(cfg, policy, None).await?;
-    let catalog = Catalog::load(&policy.name, &targets).await;
+    let (_targets, catalog) = crate::ops::load_catalog(cfg, policy, None).await?;
     let mut res = SyncResult {
         policy: policy.name.clone(),
         result: "ok".into(),
@@ -166,7 +183,7 @@ pub async fn sync_policy(
         problems: catalog
             .bad_manifests
             .iter()
-            .map(|(t, id, e)| format!("target {t}: snapshot {id}: {e}"))
+            .map(|d| d.to_string())
             .collect(),
     };
     for (t, e) in &res.unreachable {
@@ -202,10 +219,21 @@ pub async fn sync_policy(
             );
         }
     }
-    let staging = cfg
-        .state_dir
-        .join("staging")
-        .join(format!("sync-{}", crate::util::random_hex(8)));
+    // Under the policy lock anything in this policy's staging area was left
+    // by a killed run or sync.
+    let policy_staging = cfg.state_dir.join("staging").join(&policy.name);
+    if !o.dry_run {
+        if let Ok(entries) = std::fs::read_dir(&policy_staging) {
+            for e in entries.flatten() {
+                tracing::warn!(
+                    "removing {}, left by an interrupted run or sync",
+                    e.path().display()
+                );
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let staging = policy_staging.join(format!("sync-{}", crate::util::random_hex(8)));
     let _cleanup = RemoveOnDrop(staging.clone());
     let mut copied_any = false;
     let mut failed_any = false;
@@ -288,7 +316,7 @@ pub async fn sync_policy(
                 }
                 continue;
             }
-            std::fs::create_dir_all(&staging)?;
+            crate::util::create_private_dir_all(&staging)?;
             let file = staging.join(format!("{}.tar.zst", rec.archive_hash));
             let mut from = None;
             let mut why = Vec::new();
@@ -350,11 +378,19 @@ pub async fn sync_policy(
             }
         }
         if !o.dry_run {
-            let json = manifest_bytes(&sources, &policy.name, m).await;
+            let copy = authentic_copy(cfg, &sources, &policy.name, entry).await;
             for (i, t) in needers.iter().enumerate() {
                 if copies[i].error.is_some() {
                     continue;
                 }
+                let (json, sig) = match &copy {
+                    Ok(c) => c,
+                    Err(e) => {
+                        copies[i].status = "failed".into();
+                        copies[i].error = Some(e.clone());
+                        continue;
+                    }
+                };
                 let r = async {
                     for rec in &m.sources {
                         let k = repo::b3sums_key(&policy.name, &rec.archive_hash);
@@ -363,13 +399,7 @@ pub async fn sync_policy(
                             t.put_bytes(&k, sums.into_bytes()).await?;
                         }
                     }
-                    t.put_bytes(
-                        repo::RESTORE_FILE,
-                        repo::restore_instructions().into_bytes(),
-                    )
-                    .await?;
-                    t.put_bytes(&repo::manifest_key(&policy.name, &m.id), json.clone())
-                        .await
+                    repo::commit_snapshot(t, &policy.name, &m.id, json, sig).await
                 }
                 .await;
                 if let Err(e) = r {

@@ -8,11 +8,11 @@
 //! `[verify] sample`): the newest snapshot first, then those verified least
 //! recently (never-verified first), so repeated runs cover the whole history.
 
-use crate::archive::{ExtractOptions, Manifest};
+use crate::archive::ExtractOptions;
 use crate::config::{Config, Policy};
 use crate::error::ExitCode;
 use crate::ops::restore::{fetch_and_extract, FetchError};
-use crate::ops::{combine, open_targets, state};
+use crate::ops::{combine, load_catalog, state};
 use crate::repo::{self, Catalog};
 use serde::Serialize;
 
@@ -92,9 +92,10 @@ async fn check_on_target(
     cfg: &Config,
     policy: &Policy,
     catalog: &Catalog,
-    m: &Manifest,
+    entry: &crate::repo::Entry,
     ti: usize,
 ) -> TargetCheck {
+    let m = &entry.manifest;
     let st = &catalog.targets[ti];
     let t = &st.target;
     let mut tc = TargetCheck {
@@ -116,24 +117,20 @@ async fn check_on_target(
         tc.error = Some("snapshot not on this target (backupctl sync copies it)".into());
         return tc;
     }
-    // Use this target's own manifest: it must parse and agree with the catalog.
-    let own = match t.get_bytes(&repo::manifest_key(&policy.name, &m.id)).await {
-        Ok(b) => Manifest::parse(&b),
-        Err(e) => Err(e.to_string()),
-    };
-    let own = match own {
-        Ok(o) if o == *m => o,
-        Ok(_) => {
-            tc.result = "failed".into();
-            tc.error = Some("manifest differs from the copy on other targets".into());
-            return tc;
-        }
-        Err(e) => {
-            tc.result = "failed".into();
-            tc.error = Some(format!("manifest: {e}"));
-            return tc;
-        }
-    };
+    // This target's own manifest must have authenticated and be this one.
+    if !st.holds(entry) {
+        tc.result = "failed".into();
+        tc.error = Some(
+            catalog
+                .bad_manifests
+                .iter()
+                .find(|d| d.target == tc.target && d.snapshot == m.id)
+                .map(|d| format!("manifest: {}", d.reason))
+                .unwrap_or_else(|| "manifest differs from the authentic copy".into()),
+        );
+        return tc;
+    }
+    let own = m;
     let scratch_root = policy
         .verify
         .scratch_dir
@@ -199,12 +196,11 @@ pub async fn verify_policy(
     policy: &Policy,
     o: &VerifyOptions,
 ) -> anyhow::Result<VerifyResult> {
-    let targets = open_targets(cfg, policy, o.target.as_deref()).await?;
-    let catalog = Catalog::load(&policy.name, &targets).await;
+    let (_targets, catalog) = load_catalog(cfg, policy, o.target.as_deref()).await?;
     let mut problems: Vec<String> = catalog
         .bad_manifests
         .iter()
-        .map(|(t, id, e)| format!("target {t}: snapshot {id}: {e}"))
+        .map(|d| d.to_string())
         .collect();
     let ids: Vec<String> = catalog
         .entries
@@ -242,7 +238,7 @@ pub async fn verify_policy(
             targets: Vec::new(),
         };
         for ti in 0..catalog.targets.len() {
-            let tc = check_on_target(cfg, policy, &catalog, m, ti).await;
+            let tc = check_on_target(cfg, policy, &catalog, &catalog.entries[i], ti).await;
             codes.push(match tc.result.as_str() {
                 "ok" => ExitCode::Success,
                 "failed" => ExitCode::Failure,

@@ -169,6 +169,13 @@ impl FsTarget {
         let dir = dest.parent().expect("key has a parent").to_path_buf();
         crate::util::create_private_dir_all(&dir)
             .map_err(|e| self.io(format!("creating {}", dir.display()), e))?;
+        if key.contains('/') {
+            // Inside a policy's directories writes happen only under the
+            // policy lock (run, sync, prune): temporaries found there were
+            // left by a killed process. (The root is also written without
+            // the lock, by `check` and `init`, so it is left alone.)
+            self.clean_leftovers_once(&dir);
+        }
         let tmp = dir.join(format!(
             "{}{TMP_MARK}{}",
             dest.file_name().unwrap_or_default().to_string_lossy(),

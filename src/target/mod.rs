@@ -208,6 +208,40 @@ impl LocalWrite {
 
 pub type DynTarget = Arc<dyn Target>;
 
+/// Read `key` completely, but never more than `max` bytes: a larger object
+/// is an error without reading it all (what a hostile target serves is
+/// bounded before it is held in memory).
+pub async fn get_limited(t: &DynTarget, key: &str, max: u64) -> TargetResult<Vec<u8>> {
+    let too_large = || TargetError::Permanent {
+        target: t.name().to_string(),
+        message: format!("{key} is larger than {max} bytes; not read"),
+    };
+    let io = |source: std::io::Error| TargetError::Io {
+        target: t.name().to_string(),
+        context: format!("reading {key}"),
+        source,
+    };
+    let data = match t.get(key).await? {
+        ByteStream::File(f) => tokio::task::spawn_blocking(move || {
+            let mut v = Vec::new();
+            f.take(max + 1).read_to_end(&mut v).map(|_| v)
+        })
+        .await
+        .expect("read task panicked")
+        .map_err(io)?,
+        ByteStream::Async(r) => {
+            use tokio::io::AsyncReadExt;
+            let mut v = Vec::new();
+            r.take(max + 1).read_to_end(&mut v).await.map_err(io)?;
+            v
+        }
+    };
+    if data.len() as u64 > max {
+        return Err(too_large());
+    }
+    Ok(data)
+}
+
 /// Build the target named `name` from the configuration.
 pub async fn open(cfg: &Config, name: &str) -> anyhow::Result<DynTarget> {
     let spec = cfg

@@ -297,3 +297,11 @@ pub fn flip_byte(path: &Path) {
     b[i] ^= 0xff;
     std::fs::write(path, b).unwrap();
 }
+
+/// The setup's host signing key (`<state>/keys/host.key`, created if
+/// missing), as `run` uses it: to sign manifests a test plants.
+pub fn host_key(s: &Setup) -> backupctl::trust::HostKey {
+    let p = s.path("state/keys/host.key");
+    backupctl::trust::HostKey::load(&p)
+        .unwrap_or_else(|_| backupctl::trust::HostKey::create(&p).unwrap())
+}
