@@ -369,6 +369,10 @@ impl Catalog {
         for st in states.iter_mut() {
             if st.authentic.get(id) == Some(digest) {
                 st.authentic.remove(id);
+                tracing::warn!(
+                    "target {}: snapshot {id}: {reason}; not used",
+                    st.target.name()
+                );
                 bad.push(Damaged {
                     target: st.target.name().to_string(),
                     snapshot: id.to_string(),

@@ -28,19 +28,24 @@ const MESSAGE_TAG: &[u8] = b"backupctl snapshot manifest v1\0";
 /// Signature files are tiny; anything bigger is not one.
 pub const MAX_SIGNATURE_BYTES: usize = 4096;
 
-/// A public key, printed and pinned as `ed25519:<base64>`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct PublicKey(VerifyingKey);
+/// A public key, printed and pinned as `ed25519:<base64>` (kept as its 32
+/// bytes, checked to be a valid point when parsed).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PublicKey([u8; 32]);
 
 impl PublicKey {
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.0.to_bytes()
+        self.0
+    }
+
+    fn verifying(&self) -> VerifyingKey {
+        VerifyingKey::from_bytes(&self.0).expect("checked when parsed")
     }
 }
 
 impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ed25519:{}", B64.encode(self.0.to_bytes()))
+        write!(f, "ed25519:{}", B64.encode(self.0))
     }
 }
 
@@ -64,7 +69,7 @@ impl std::str::FromStr for PublicKey {
             .try_into()
             .map_err(|_| format!("{s:?}: an Ed25519 public key is 32 bytes"))?;
         VerifyingKey::from_bytes(&arr)
-            .map(PublicKey)
+            .map(|k| PublicKey(k.to_bytes()))
             .map_err(|e| format!("{s:?}: not a valid Ed25519 public key: {e}"))
     }
 }
@@ -176,7 +181,7 @@ impl HostKey {
     }
 
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.key.verifying_key())
+        PublicKey(self.key.verifying_key().to_bytes())
     }
 
     /// A secret for `purpose`, derived from the seed (never the seed itself).
@@ -312,7 +317,7 @@ impl Trust {
             return Err(AuthError::UnknownKey(key));
         }
         let sig = ed25519_dalek::Signature::from_bytes(&bytes);
-        key.0
+        key.verifying()
             .verify(&message(policy, id, manifest), &sig)
             .map_err(|_| AuthError::Altered(key))?;
         Ok(key)

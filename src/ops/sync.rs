@@ -180,11 +180,7 @@ pub async fn sync_policy(
         not_retained: Vec::new(),
         unreachable: catalog.unreachable(),
         aborted_uploads: Vec::new(),
-        problems: catalog
-            .bad_manifests
-            .iter()
-            .map(|d| d.to_string())
-            .collect(),
+        problems: Vec::new(),
     };
     for (t, e) in &res.unreachable {
         tracing::warn!("target {t} unreachable, not synced: {e}");
@@ -451,6 +447,21 @@ pub async fn sync_policy(
             crate::ops::state::update(&cfg.state_dir, &policy.name, |st| {
                 st.run.missed_targets.retain(|t| !done.contains(t));
             });
+        }
+    }
+    // Manifests that are not authentic stay a problem unless this sync just
+    // replaced them with the authentic copy; sync never deletes them (what
+    // cannot be authenticated is left for a person to look at).
+    for d in &catalog.bad_manifests {
+        let repaired = res
+            .copies
+            .iter()
+            .any(|c| c.target == d.target && c.snapshot == d.snapshot && c.error.is_none());
+        if !repaired {
+            failed_any = true;
+            res.problems.push(format!(
+                "{d}: not copied anywhere; delete it from that target if it is not yours"
+            ));
         }
     }
     res.result = if o.dry_run {
