@@ -521,6 +521,11 @@ Layout
   <policy>/snapshots/<snapshot-id>.json    one manifest per snapshot (JSON):
                                            time, host, and per source its archive
                                            hash and the BLAKE3 of every file
+  <policy>/snapshots/<snapshot-id>.sig     its Ed25519 signature by the backup
+                                           host's key (backupctl refuses manifests
+                                           that are unsigned or signed by a key it
+                                           does not trust; a manual restore can
+                                           skip it)
   <policy>/archives/<hash>.tar.zst         one plain tar archive, zstd-compressed,
                                            per source and version; <hash> is the
                                            BLAKE3 of the .tar.zst file itself
@@ -554,7 +559,8 @@ open directly. A large dump may be split into parts NAME.part-000001,
 NAME.part-000002, ...: concatenate them in order (cat NAME.part-* > NAME).
 
 Snapshot manifests are written last: a snapshot whose manifest exists here is
-complete on this target.
+complete on this target. backupctl-target.json at the root only marks this as a
+backupctl target.
 "#,
         version = env!("CARGO_PKG_VERSION")
     )
