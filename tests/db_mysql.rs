@@ -278,3 +278,209 @@ fn mysql_unchanged_database_gives_identical_archives() {
     assert_eq!(dump_hashes.len(), 2, "{dump_hashes:?}");
     drop_db(&my, &db);
 }
+
+// ---------------------------------------------------------------------------
+// Hostile snapshots (issue 9): a dump planted on a target never commands
+// the host, in verify or in restore --into-database.
+// ---------------------------------------------------------------------------
+
+fn planted_sql(attack: &str) -> Vec<u8> {
+    format!("CREATE TABLE t (x INT);\n{attack}\nINSERT INTO t VALUES (1);\n").into_bytes()
+}
+
+/// Plant one snapshot of source `wp` on both targets, one database per dump.
+fn plant_my(s: &DbSetup, engine: &str, format: &str, dumps: &[(&str, Vec<u8>)]) -> String {
+    let entries: Vec<String> = dumps.iter().map(|(d, _)| format!("{d}.sql")).collect();
+    let facts_in: Vec<(&str, &str, &[u8])> = dumps
+        .iter()
+        .zip(&entries)
+        .map(|((d, data), e)| (*d, e.as_str(), data.as_slice()))
+        .collect();
+    let facts = planted_facts(engine, format, &facts_in, serde_json::json!({"t": 1}));
+    let files: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .zip(dumps)
+        .map(|(e, (_, data))| (e.as_str(), data.clone()))
+        .collect();
+    s.plant(&["a", "b"], "wp", "mysql", facts, &files)
+}
+
+#[test]
+fn mysql_planted_dump_cannot_run_commands_in_verify_or_restore() {
+    let Some(my) = DbServer::mariadb() else {
+        return;
+    };
+    let m = Markers::create();
+    let attacks: Vec<(&str, String)> = vec![
+        ("system", format!("system touch {}", m.path("m1"))),
+        ("bang", format!("\\! touch {}", m.path("m2"))),
+        ("tee", format!("tee {}", m.path("m3"))),
+        ("source", format!("source {}", m.path("m4"))),
+        // --sandbox lets `edit` run $EDITOR; backupctl gives it `false`.
+        ("edit", "edit".to_string()),
+        ("edit_short", "SELECT 1 \\e".to_string()),
+    ];
+    let dumps: Vec<(&str, Vec<u8>)> = attacks.iter().map(|(d, a)| (*d, planted_sql(a))).collect();
+    let s = DbSetup::new(&source(&my, "wp_planted"), "");
+    plant_my(&s, "mysql", "sql", &dumps);
+    let editor = format!("touch {}", m.path("m5"));
+    let env = [
+        ("TEST_MY_PW", my.password.as_str()),
+        ("EDITOR", editor.as_str()),
+        ("VISUAL", editor.as_str()),
+    ];
+
+    let o = {
+        let _g = VERIFY.lock().unwrap_or_else(|e| e.into_inner());
+        s.run(&["verify", "--json"], &env)
+    };
+    let t = text(&o);
+    m.assert_none(&t);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for i in 0..2 {
+        let tc = &v[0]["snapshots"][0]["targets"][i];
+        assert_eq!(tc["result"], "failed", "{v}");
+        assert_eq!(tc["archives"][0]["source"], "wp", "{v}");
+        let problems = tc["archives"][0]["problems"].to_string();
+        for (d, _) in &attacks {
+            assert!(
+                problems.contains(&format!("source wp: database {d}: the dump does not load")),
+                "{d}: {problems}"
+            );
+        }
+    }
+    assert!(t.contains("Not allowed in the sandbox mode"), "{t}");
+    assert!(t.contains("target=a") && t.contains("source=wp"), "{t}");
+    let scratch = my.mysql(
+        None,
+        "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'backupctl\\_verify\\_%'",
+    );
+    assert_eq!(scratch, "0", "scratch database left behind");
+
+    for (d, _) in &attacks {
+        let into = format!("planted_{}", db_hex(8));
+        let o = s.run(
+            &[
+                "restore",
+                "db",
+                "--source",
+                "wp",
+                "--database",
+                d,
+                "--into-database",
+                &into,
+            ],
+            &env,
+        );
+        let t = text(&o);
+        m.assert_none(&t);
+        assert_eq!(o.status.code(), Some(1), "{d}: {t}");
+        assert!(
+            t.contains("source wp") && t.contains("from target a"),
+            "{t}"
+        );
+        assert!(t.contains("does not load"), "{t}");
+        drop_db(&my, &into);
+    }
+    m.assert_none("at the end");
+}
+
+#[test]
+fn mysql_manifest_or_client_that_cannot_load_safely_is_refused() {
+    let Some(my) = DbServer::mariadb() else {
+        return;
+    };
+    let m = Markers::create();
+    let dump = planted_sql(&format!("system touch {}", m.path("m1")));
+    // Facts claiming another engine for a mysql source.
+    let s = DbSetup::new(&source(&my, "wp_planted"), "");
+    plant_my(&s, "postgres", "plain", &[("wp_planted", dump.clone())]);
+    let o = verify(&s, &my, &["verify"]);
+    let t = text(&o);
+    m.assert_none(&t);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("source wp: not loaded"), "{t}");
+    let o = s.run(
+        &[
+            "restore",
+            "db",
+            "--source",
+            "wp",
+            "--into-database",
+            "planted_x",
+        ],
+        &[("TEST_MY_PW", my.password.as_str())],
+    );
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("not loaded"), "{t}");
+
+    // A client without --sandbox (what `mysql` from Oracle, or an older
+    // MariaDB, is) loads nothing.
+    let s = DbSetup::new(&source(&my, "wp_planted"), "");
+    plant_my(&s, "mysql", "sql", &[("wp_planted", dump)]);
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v mariadb"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let bin = s.path().join("oldbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let wrapper = bin.join("mariadb");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in --help) {0} --help | grep -v sandbox; exit 0;; esac\nexec {0} \"$@\"\n",
+            real.trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let o = s.run(
+        &["verify"],
+        &[
+            ("TEST_MY_PW", my.password.as_str()),
+            ("PATH", path.as_str()),
+        ],
+    );
+    let t = text(&o);
+    m.assert_none(&t);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("has no --sandbox"), "{t}");
+    assert!(t.contains("10.11.8"), "{t}");
+    let o = s.run(
+        &[
+            "restore",
+            "db",
+            "--source",
+            "wp",
+            "--into-database",
+            "planted_no_sandbox",
+        ],
+        &[
+            ("TEST_MY_PW", my.password.as_str()),
+            ("PATH", path.as_str()),
+        ],
+    );
+    let t = text(&o);
+    m.assert_none(&t);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("not loaded") && t.contains("from target a"),
+        "{t}"
+    );
+    let n = my.mysql(
+        None,
+        "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'planted_no_sandbox'",
+    );
+    assert_eq!(n, "0", "the database was created before the refusal");
+}

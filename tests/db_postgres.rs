@@ -215,6 +215,19 @@ fn pg_plain_format_two_databases_and_split_parts() {
     assert!(parts.len() >= 2, "expected a split dump: {parts:?}");
     assert_eq!(parts[0], format!("{b}.sql.part-000001"));
 
+    // pg_dump wrote its own \restrict guard (with backupctl's derived key)
+    // into the plain dumps; they load under backupctl's outer \restrict.
+    let out = s.path().join("out");
+    let o = s.run(&["restore", "db", "--to", out.to_str().unwrap()], &pw);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let plain = std::fs::read_to_string(out.join("pgdb").join(format!("{a}.sql"))).unwrap();
+    assert!(
+        plain.lines().any(|l| l.starts_with("\\restrict "))
+            && plain.lines().any(|l| l.starts_with("\\unrestrict ")),
+        "{}",
+        &plain[..plain.len().min(2000)]
+    );
+
     let o = verify(&s, &pg);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 
@@ -568,4 +581,360 @@ fn pg_normalised_custom_dump_restores_with_pg_restore_and_into_database() {
     drop_db(&pg, &by_pg_restore);
     drop_db(&pg, &by_backupctl);
     drop_db(&pg, &db);
+}
+
+// ---------------------------------------------------------------------------
+// Hostile snapshots (issue 9): a dump planted on a target never commands
+// the host, in verify or in restore --into-database.
+// ---------------------------------------------------------------------------
+
+/// A plain dump: a table, then `attack`, then a row.
+fn planted_plain(attack: &str) -> Vec<u8> {
+    format!(
+        "SET client_min_messages = warning;\nCREATE TABLE public.t (x int);\n{attack}\nINSERT INTO public.t VALUES (1);\n"
+    )
+    .into_bytes()
+}
+
+/// Plant one snapshot of source `pgdb` (type postgres, recorded `format`)
+/// on both targets: one database per dump.
+fn plant_pg(s: &DbSetup, format: &str, dumps: &[(&str, Vec<u8>)]) -> String {
+    let ext = if format == "plain" { "sql" } else { "pgdump" };
+    let entries: Vec<String> = dumps.iter().map(|(d, _)| format!("{d}.{ext}")).collect();
+    let facts_in: Vec<(&str, &str, &[u8])> = dumps
+        .iter()
+        .zip(&entries)
+        .map(|((d, data), e)| (*d, e.as_str(), data.as_slice()))
+        .collect();
+    let facts = planted_facts(
+        "postgres",
+        format,
+        &facts_in,
+        serde_json::json!({"public.t": 1}),
+    );
+    let files: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .zip(dumps)
+        .map(|(e, (_, data))| (e.as_str(), data.clone()))
+        .collect();
+    s.plant(&["a", "b"], "pgdb", "postgres", facts, &files)
+}
+
+fn restore_into(s: &DbSetup, pg: &DbServer, db: &str, into: &str) -> std::process::Output {
+    s.run(
+        &[
+            "restore",
+            "db",
+            "--source",
+            "pgdb",
+            "--database",
+            db,
+            "--into-database",
+            into,
+        ],
+        &[("TEST_PG_PW", pg.password.as_str())],
+    )
+}
+
+fn db_exists(pg: &DbServer, db: &str) -> bool {
+    pg.psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
+    ) != "0"
+}
+
+#[test]
+fn pg_planted_plain_dump_cannot_run_commands_in_verify_or_restore() {
+    let Some(pg) = DbServer::postgres() else {
+        return;
+    };
+    let m = Markers::create();
+    let guess = db_hex(64);
+    let evil_key = db_hex(64);
+    let attacks: Vec<(&str, String)> = vec![
+        ("shell", format!("\\! touch {}", m.path("m1"))),
+        (
+            "unrestrict_guess",
+            format!("\\unrestrict {guess}\n\\! touch {}", m.path("m2")),
+        ),
+        (
+            // The dump's own guard pair (blanked on load), then an escape:
+            // still under backupctl's key.
+            "own_guard_pair",
+            format!(
+                "\\restrict {evil_key}\nSELECT 1;\n\\unrestrict {evil_key}\n\\! touch {}",
+                m.path("m2b")
+            ),
+        ),
+        (
+            "output_pipe",
+            format!("\\o |touch {}\nSELECT 1;", m.path("m3")),
+        ),
+        (
+            "copy_program",
+            format!("\\copy (select 1) to program 'touch {}'", m.path("m4")),
+        ),
+        (
+            "gexec_pipe",
+            format!("SELECT 1 \\g |touch {}", m.path("m5")),
+        ),
+        (
+            "set_then_shell",
+            format!("\\set ON_ERROR_STOP 0\n\\! touch {}", m.path("m6")),
+        ),
+    ];
+    let dumps: Vec<(&str, Vec<u8>)> = attacks
+        .iter()
+        .map(|(d, a)| (*d, planted_plain(a)))
+        .collect();
+    let s = DbSetup::new(&source(&pg, "shop", "format = \"plain\""), "");
+    let id = plant_pg(&s, "plain", &dumps);
+
+    let o = verify_args(&s, &pg, &["verify", "--json"]);
+    let t = text(&o);
+    m.assert_none(&t);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let snap = &v[0]["snapshots"][0];
+    assert_eq!(snap["id"], id.as_str(), "{v}");
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        let tc = &snap["targets"][i];
+        assert_eq!(tc["target"], *name, "{v}");
+        assert_eq!(tc["result"], "failed", "{v}");
+        let ac = &tc["archives"][0];
+        assert_eq!(ac["source"], "pgdb", "{v}");
+        let problems: Vec<&str> = ac["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        for (d, _) in &attacks {
+            assert!(
+                problems.iter().any(|p| p.contains(&format!(
+                    "source pgdb: database {d}: the dump does not load"
+                ))),
+                "{d}: {problems:?}"
+            );
+        }
+    }
+    assert!(t.contains("backslash commands are restricted"), "{t}");
+    assert!(t.contains("target=a") && t.contains("source=pgdb"), "{t}");
+
+    for (d, _) in &attacks {
+        let into = format!("planted_{}", db_hex(8));
+        let o = restore_into(&s, &pg, d, &into);
+        let t = text(&o);
+        m.assert_none(&t);
+        assert_eq!(o.status.code(), Some(1), "{d}: {t}");
+        assert!(t.contains("source pgdb"), "{t}");
+        assert!(t.contains("from target a"), "{t}");
+        assert!(t.contains("does not load"), "{t}");
+        assert!(!db_exists(&pg, &into), "{d}: {into} was created");
+    }
+    m.assert_none("at the end");
+}
+
+#[test]
+fn pg_manifest_that_disagrees_with_the_configuration_is_not_followed() {
+    let Some(pg) = DbServer::postgres() else {
+        return;
+    };
+    let m = Markers::create();
+    let dump = planted_plain(&format!("\\! touch {}", m.path("m1")));
+    // Configured as custom (the default); the manifest claims plain.
+    let s = DbSetup::new(&source(&pg, "shop", ""), "");
+    plant_pg(&s, "plain", &[("shop", dump.clone())]);
+    let o = verify(&s, &pg);
+    let t = text(&o);
+    m.assert_none(&t);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("source pgdb: not loaded"), "{t}");
+    assert!(t.contains("\"plain\" format"), "{t}");
+    assert!(t.contains("target=a"), "{t}");
+    let o = restore_into(&s, &pg, "shop", "planted_mismatch");
+    let t = text(&o);
+    m.assert_none(&t);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("source pgdb") && t.contains("not loaded"), "{t}");
+    assert!(
+        t.contains("on target a, b") || t.contains("on target b, a"),
+        "{t}"
+    );
+    assert!(!db_exists(&pg, "planted_mismatch"));
+
+    // Another engine in the facts of a postgres record.
+    let s = DbSetup::new(&source(&pg, "shop", "format = \"plain\""), "");
+    let facts = planted_facts(
+        "mysql",
+        "sql",
+        &[("shop", "shop.sql", &dump)],
+        serde_json::json!({"public.t": 1}),
+    );
+    s.plant(
+        &["a", "b"],
+        "pgdb",
+        "postgres",
+        facts,
+        &[("shop.sql", dump.clone())],
+    );
+    let o = verify(&s, &pg);
+    let t = text(&o);
+    m.assert_none(&t);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("records a mysql dump"), "{t}");
+
+    // A source that is no longer configured: hashes checked, nothing loaded.
+    let s = DbSetup::new(
+        &source(&pg, "shop", "format = \"plain\"").replace("pgdb", "other"),
+        "",
+    );
+    plant_pg(&s, "plain", &[("shop", dump.clone())]);
+    let o = verify(&s, &pg);
+    let t = text(&o);
+    m.assert_none(&t);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("source pgdb: postgres dump not loaded: source not in the configuration"),
+        "{t}"
+    );
+    m.assert_none("at the end");
+}
+
+#[test]
+fn pg_plain_dumps_are_not_loaded_by_a_psql_without_restrict() {
+    let Some(pg) = DbServer::postgres() else {
+        return;
+    };
+    let m = Markers::create();
+    let s = DbSetup::new(&source(&pg, "shop", "format = \"plain\""), "");
+    plant_pg(
+        &s,
+        "plain",
+        &[(
+            "shop",
+            planted_plain(&format!("\\! touch {}", m.path("m1"))),
+        )],
+    );
+    // A psql that answers like one from before the August 2025 releases.
+    let bin = s.path().join("oldbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let wrapper = bin.join("psql");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in --help=commands) {0} --help=commands | grep -v restrict; exit 0;; --version) echo 'psql (PostgreSQL) 15.13'; exit 0;; esac\nexec {0} \"$@\"\n",
+            which("psql")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let o = s.run(
+        &["verify"],
+        &[
+            ("TEST_PG_PW", pg.password.as_str()),
+            ("PATH", path.as_str()),
+        ],
+    );
+    let t = text(&o);
+    m.assert_none(&t);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("source pgdb: not loaded: psql (PostgreSQL) 15.13 has no \\restrict"),
+        "{t}"
+    );
+    assert!(t.contains("15.14"), "{t}");
+    let mut c = s.cmd();
+    c.args([
+        "restore",
+        "db",
+        "--source",
+        "pgdb",
+        "--into-database",
+        "planted_old_psql",
+    ])
+    .env("TEST_PG_PW", &pg.password)
+    .env("PATH", &path);
+    let o = c.output().unwrap();
+    let t = text(&o);
+    m.assert_none(&t);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("not loaded") && t.contains("from target a"),
+        "{t}"
+    );
+    assert!(!db_exists(&pg, "planted_old_psql"));
+}
+
+#[test]
+fn pg_verify_as_a_role_without_superuser_rights() {
+    let Some(pg) = DbServer::postgres() else {
+        return;
+    };
+    let role = format!("verify_{}", db_hex(8));
+    let role_pw = db_hex(24);
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE {role} LOGIN CREATEDB PASSWORD '{role_pw}'"),
+    );
+    let verify_toml = format!(
+        "[verify]\npostgres = {{ host = \"{}\", port = {}, user = \"{role}\", password_env = \"TEST_PG_VERIFY_PW\" }}\n",
+        pg.host, pg.port
+    );
+    let env = [
+        ("TEST_PG_PW", pg.password.as_str()),
+        ("TEST_PG_VERIFY_PW", role_pw.as_str()),
+    ];
+
+    // A genuine custom-format dump verifies as that role (loaded with
+    // --no-owner --no-privileges into a scratch database it owns), with no
+    // warning about superusers.
+    let db = make_db(&pg, 50);
+    let s = DbSetup::new(&source(&pg, &db, ""), &verify_toml);
+    let o = s.run(&["run"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = s.run(&["verify"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!text(&o).contains("superuser"), "{}", text(&o));
+    // As the superuser, verify warns.
+    let s2 = DbSetup::new(&source(&pg, &db, ""), "");
+    let o = s2.run(&["run"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = s2.run(&["verify"], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("as a superuser"), "{}", text(&o));
+
+    // Server-side COPY ... TO PROGRAM in a planted dump: refused to a role
+    // that is not a superuser (the marker would be made by the server's OS
+    // user, in a world-writable directory).
+    let m = Markers::create();
+    let s = DbSetup::new(&source(&pg, "shop", "format = \"plain\""), &verify_toml);
+    plant_pg(
+        &s,
+        "plain",
+        &[(
+            "shop",
+            planted_plain(&format!(
+                "COPY (SELECT 1) TO PROGRAM 'touch {}';",
+                m.path("m1")
+            )),
+        )],
+    );
+    let o = s.run(&["verify"], &env);
+    let t = text(&o);
+    m.assert_none(&t);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("pg_execute_server_program"), "{t}");
+    let left = pg.psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE r.rolname = '{role}'"),
+    );
+    assert_eq!(left, "0", "scratch database left behind");
+    drop_db(&pg, &db);
+    pg.psql("postgres", &format!("DROP ROLE {role}"));
 }

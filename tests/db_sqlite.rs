@@ -208,3 +208,94 @@ fn sqlite_restored_copy_keeps_the_source_file_mode() {
         assert_eq!(sqlite3(&copy, "SELECT count(*) FROM t"), "2");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Hostile snapshots (issue 9).
+// ---------------------------------------------------------------------------
+
+fn sqlite_facts(entry: &str, data: &[u8], tables: serde_json::Value) -> serde_json::Value {
+    planted_facts("sqlite", "sqlite", &[("main", entry, data)], tables)
+}
+
+#[test]
+fn sqlite_planted_files_are_opened_only_inside_the_scratch_area_and_as_data() {
+    let s0 = tempfile::tempdir().unwrap();
+    let db = s0.path().join("app.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE t (x); INSERT INTO t VALUES (1);
+             CREATE VIEW forever AS WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c) SELECT n FROM c;",
+        )
+        .unwrap();
+    let data = std::fs::read(&db).unwrap();
+
+    // The manifest points the check at a file outside the archive: a real
+    // database of this host.
+    let outside = s0.path().join("outside.db");
+    std::fs::copy(&db, &outside).unwrap();
+    let s = DbSetup::new(&sqlite_source(&db), "");
+    let facts = sqlite_facts(
+        outside.to_str().unwrap(),
+        &data,
+        serde_json::json!({"t": 1}),
+    );
+    s.plant(
+        &["a", "b"],
+        "app",
+        "sqlite",
+        facts,
+        &[("app.db", data.clone())],
+    );
+    let o = s.run(&["verify"], &[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("not opened: the manifest names a file outside the archive"),
+        "{t}"
+    );
+    assert!(t.contains("target=a") && t.contains("source=app"), "{t}");
+    assert_eq!(std::fs::read(&outside).unwrap(), data);
+
+    // A view that never ends, named in the manifest as a table: not run
+    // (only real tables are counted), so verify ends, reporting it missing.
+    let s = DbSetup::new(&sqlite_source(&db), "");
+    let facts = sqlite_facts("app.db", &data, serde_json::json!({"t": 1, "forever": 1}));
+    s.plant(
+        &["a", "b"],
+        "app",
+        "sqlite",
+        facts,
+        &[("app.db", data.clone())],
+    );
+    let o = s.run(&["verify"], &[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("table forever is missing"), "{t}");
+
+    // Facts of another engine for a sqlite source; a source not configured.
+    let s = DbSetup::new(&sqlite_source(&db), "");
+    let mut facts = sqlite_facts("app.db", &data, serde_json::json!({"t": 1}));
+    facts["format"] = "plain".into();
+    s.plant(
+        &["a", "b"],
+        "app",
+        "sqlite",
+        facts,
+        &[("app.db", data.clone())],
+    );
+    let o = s.run(&["verify"], &[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("source app: not loaded"), "{t}");
+    let s = DbSetup::new(&sqlite_source(&db).replace("\"app\"", "\"other\""), "");
+    let facts = sqlite_facts("app.db", &data, serde_json::json!({"t": 1}));
+    s.plant(&["a", "b"], "app", "sqlite", facts, &[("app.db", data)]);
+    let o = s.run(&["verify"], &[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("source app: sqlite dump not loaded: source not in the configuration"),
+        "{t}"
+    );
+}

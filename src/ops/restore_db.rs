@@ -3,6 +3,12 @@
 //! `restore --to`), unpack it into the scratch area, and load the dump into
 //! the source's configured server. A non-empty database is refused unless
 //! `--force`.
+//!
+//! How the dump is loaded (engine, format, server) follows the source as the
+//! policy configures it; a snapshot whose manifest disagrees (another source
+//! type, another dump format) is refused before anything is fetched, and the
+//! loaders themselves never let a dump run commands on this host (see
+//! [`crate::source`]).
 
 use crate::archive::ExtractOptions;
 use crate::config::{Config, Policy, SourceSpec};
@@ -71,15 +77,31 @@ pub async fn restore_into_database(
     let rec = m.source(&o.source).ok_or_else(|| {
         CodedError::usage(format!("snapshot {} has no source {:?}", m.id, o.source))
     })?;
-    anyhow::ensure!(
-        rec.kind == spec.kind(),
-        "source {} was a {} source in snapshot {} but is {} now",
-        rec.name,
-        rec.kind,
-        m.id,
-        spec.kind()
-    );
+    // Which targets this manifest came from, for messages.
+    let held_by = if entry.complete_on.is_empty() {
+        String::new()
+    } else {
+        format!(" on target {}", entry.complete_on.join(", "))
+    };
+    if rec.kind != spec.kind() {
+        return Err(CodedError::failure(format!(
+            "source {}: snapshot {}{held_by}: not loaded: the manifest records a {} source, \
+             the configuration a {} source",
+            rec.name,
+            m.id,
+            rec.kind,
+            spec.kind()
+        ))
+        .into());
+    }
     let facts = DatabaseFacts::from_record(rec)?;
+    let (engine, format) = crate::source::configured_dump(&spec).expect("a database source");
+    facts.check_configured(engine, format).map_err(|p| {
+        CodedError::failure(format!(
+            "source {}: snapshot {}{held_by}: {p}",
+            rec.name, m.id
+        ))
+    })?;
     let dumped = match &o.database {
         Some(d) => facts.databases.iter().find(|x| &x.name == d),
         None if facts.databases.len() == 1 => facts.databases.first(),
@@ -134,7 +156,7 @@ pub async fn restore_into_database(
     let (into, force, dir2) = (o.into.clone(), o.force, dir.clone());
     let d = dumped.clone();
     let loaded = tokio::task::spawn_blocking(move || match &spec {
-        SourceSpec::Postgres(s) => postgres::restore_into(s, &facts, &d, &dir2, &into, force),
+        SourceSpec::Postgres(s) => postgres::restore_into(s, &d, &dir2, &into, force),
         SourceSpec::Mysql(s) => mysql::restore_into(s, &d, &dir2, &into, force),
         _ => unreachable!("checked above"),
     })
@@ -142,7 +164,12 @@ pub async fn restore_into_database(
     .expect("restore task panicked");
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir(&scratch_root);
-    let load = loaded?;
+    let load = loaded.map_err(|e| {
+        e.context(format!(
+            "source {} of snapshot {} from target {tname}",
+            rec.name, m.id
+        ))
+    })?;
     Ok(RestoreDbResult {
         policy: policy.name.clone(),
         snapshot: m.id.clone(),

@@ -60,6 +60,23 @@ impl DatabaseFacts {
         serde_json::to_value(self).expect("facts serialise")
     }
 
+    /// Refuse a dump whose recorded engine or format is not the configured
+    /// one. How a dump is loaded (which loader, which format) follows the
+    /// local configuration only; a manifest that disagrees, say one claiming
+    /// a plain SQL dump for a source configured as custom format, is refused
+    /// rather than followed. Err is the problem, for people.
+    pub fn check_configured(&self, engine: &str, format: &str) -> Result<(), String> {
+        if self.engine == engine && self.format == format {
+            return Ok(());
+        }
+        Err(format!(
+            "not loaded: the manifest records a {} dump in {:?} format, but the configuration \
+             has a {engine} source whose dumps are in {format:?} format (dumps are loaded as \
+             the configuration says, never as the manifest says)",
+            self.engine, self.format
+        ))
+    }
+
     pub fn from_record(rec: &crate::archive::SourceRecord) -> anyhow::Result<DatabaseFacts> {
         let v = rec.database.clone().ok_or_else(|| {
             anyhow::anyhow!(
@@ -418,6 +435,18 @@ pub fn open_dump(dir: &Path, dump: &DumpFile) -> anyhow::Result<Box<dyn Read + S
         r = Box::new(r.chain(f));
     }
     Ok(r)
+}
+
+/// Why a dump was not loaded (verify and restore name it in their messages).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Refused before anything ran: there is no safe way to load it here
+    /// (a client without its sandbox, say).
+    #[error("not loaded: {0}")]
+    Refused(String),
+    /// The loader ran and failed (the server's or the tool's error).
+    #[error("the dump does not load: {0}")]
+    Failed(String),
 }
 
 /// Feed `input` into a loader's stdin (psql, pg_restore, mariadb). Err holds

@@ -4,7 +4,17 @@
 //! - [`files`]: a directory tree with gitignore-style excludes.
 //! - database sources ([`postgres`], [`mysql`], [`sqlite`]) write their dumps
 //!   in (see [`db`] for what they share) and record [`db::DatabaseFacts`] in
-//!   the manifest; `verify` loads those dumps again.
+//!   the manifest; `verify` and `restore --into-database` load those dumps
+//!   again.
+//!
+//! Loading treats a snapshot as hostile input (a target may be in an
+//! attacker's hands): the engine, dump format and server come from the
+//! local configuration, never from the manifest ([`verify_unpacked`],
+//! [`db::DatabaseFacts::check_configured`]), and every loader runs in a mode
+//! in which nothing in a dump can run commands on this host: `pg_restore`
+//! for custom dumps, `psql` under a `\restrict` key of its own for plain
+//! ones, `mariadb --sandbox`, and SQLite opened defensively (see each
+//! module).
 
 pub mod db;
 pub mod files;
@@ -78,33 +88,65 @@ pub fn preflight(spec: &SourceSpec) -> anyhow::Result<()> {
     db_tools.map_err(|e| e.context(format!("source {}", spec.name())))
 }
 
+/// The engine and dump format a configured database source's dumps are
+/// loaded as (None for file trees).
+pub fn configured_dump(spec: &SourceSpec) -> Option<(&'static str, &str)> {
+    match spec {
+        SourceSpec::Files(_) => None,
+        SourceSpec::Postgres(s) => Some(("postgres", s.format.as_str())),
+        SourceSpec::Mysql(_) => Some(("mysql", "sql")),
+        SourceSpec::Sqlite(_) => Some(("sqlite", "sqlite")),
+    }
+}
+
 /// Verification beyond file hashes for a source unpacked at `dir` (databases:
 /// load the dump into a scratch database and compare row counts). Returns the
 /// problems found; empty means verified.
+///
+/// `spec` is the source as the policy configures it now. Everything about
+/// loading (engine, dump format, server) comes from it; the manifest only
+/// says which dumps there are and what row counts to expect. A record whose
+/// type or database facts disagree with the configuration is a problem and
+/// nothing is loaded; so is a database source that is no longer configured
+/// (its files were still checked against their hashes by the caller).
 pub fn verify_unpacked(
     policy: &Policy,
     spec: Option<&SourceSpec>,
     record: &SourceRecord,
     dir: &Path,
 ) -> anyhow::Result<Vec<String>> {
-    let facts = || db::DatabaseFacts::from_record(record);
     let name = record.name.as_str();
-    match record.kind.as_str() {
-        "postgres" => {
-            let spec = match spec {
-                Some(SourceSpec::Postgres(s)) => Some(s),
-                _ => None,
-            };
-            postgres::verify(policy.verify.postgres.as_ref(), spec, name, &facts()?, dir)
+    let Some(spec) = spec else {
+        if record.kind == "files" && record.database.is_none() {
+            return Ok(Vec::new());
         }
-        "mysql" => {
-            let spec = match spec {
-                Some(SourceSpec::Mysql(s)) => Some(s),
-                _ => None,
-            };
-            mysql::verify(policy.verify.mysql.as_ref(), spec, name, &facts()?, dir)
+        return Ok(vec![format!(
+            "source {name}: {} dump not loaded: source not in the configuration \
+             (its files were checked against their hashes only)",
+            record.kind
+        )]);
+    };
+    if spec.kind() != record.kind {
+        return Ok(vec![format!(
+            "source {name}: not loaded: the manifest records a {} source, the configuration \
+             a {} source",
+            record.kind,
+            spec.kind()
+        )]);
+    }
+    let Some((engine, format)) = configured_dump(spec) else {
+        return Ok(Vec::new());
+    };
+    let facts = db::DatabaseFacts::from_record(record)?;
+    if let Err(p) = facts.check_configured(engine, format) {
+        return Ok(vec![format!("source {name}: {p}")]);
+    }
+    match spec {
+        SourceSpec::Postgres(s) => {
+            postgres::verify(policy.verify.postgres.as_ref(), s, &facts, dir)
         }
-        "sqlite" => sqlite::verify(name, &facts()?, dir),
-        _ => Ok(Vec::new()),
+        SourceSpec::Mysql(s) => mysql::verify(policy.verify.mysql.as_ref(), s, &facts, dir),
+        SourceSpec::Sqlite(s) => sqlite::verify(&s.name, &facts, dir),
+        SourceSpec::Files(_) => Ok(Vec::new()),
     }
 }

@@ -14,8 +14,20 @@
 //! removed afterwards) passed with `--defaults-extra-file`; never on a
 //! command line. `all = true` dumps every database except the system
 //! schemas (accounts and grants are not included).
+//!
+//! Loading (`verify`, `restore --into-database`) treats the dump as hostile:
+//! the client runs with `--sandbox` (MariaDB client 10.5.25, 10.6.18,
+//! 10.11.8, 11.0.6 and later), which refuses the client commands that reach
+//! the file system or a shell (`system`, `\!`, `source`, `tee`, ...), with
+//! `--local-infile=0` (no `LOAD DATA LOCAL`: the dump cannot make the client
+//! read a local file) and with `EDITOR`/`VISUAL` set to `false` (the
+//! client's `edit`/`\e`, which `--sandbox` lets through, would otherwise run
+//! the user's editor on input from the dump). A client without `--sandbox`
+//! (Oracle's `mysql`, older MariaDB releases) does not load dumps at all.
+//! SQL itself runs with the privileges of the loading user on the server
+//! (`SELECT ... INTO OUTFILE`, other databases): see the README.
 
-use super::db::{self, DatabaseFacts, DumpFile, DumpJob, DumpedDatabase};
+use super::db::{self, DatabaseFacts, DumpFile, DumpJob, DumpedDatabase, LoadError};
 use super::SourceOutput;
 use crate::archive::ArchiveWriter;
 use crate::config::{DbServerSpec, MysqlSourceSpec};
@@ -28,6 +40,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub const PACKAGE: &str = "mariadb-client";
+/// The first MariaDB client releases of each series with `--sandbox`.
+pub const MIN_MARIADB_SANDBOX: &str = "10.5.25, 10.6.18, 10.11.8 or 11.0.6";
 const SYSTEM_SCHEMAS: &[&str] = &["information_schema", "performance_schema", "sys", "mysql"];
 
 /// A temporary option file holding the password, removed on drop.
@@ -117,9 +131,21 @@ impl MyConn {
         c
     }
 
+    /// The client, with `--sandbox` where it has it (queries in verify and
+    /// restore carry table names from the loaded dump), `--local-infile=0`,
+    /// and a harmless editor for `edit`/`\e`, which the sandbox lets run.
     fn client(&self, tools: &Tools) -> Command {
         let mut c = self.command(&tools.client);
-        c.args(["--connect-timeout=10", "--default-character-set=utf8mb4"]);
+        if tools.sandbox {
+            c.arg("--sandbox");
+        }
+        c.args([
+            "--local-infile=0",
+            "--connect-timeout=10",
+            "--default-character-set=utf8mb4",
+        ])
+        .env("EDITOR", "false")
+        .env("VISUAL", "false");
         c
     }
 
@@ -142,14 +168,47 @@ impl MyConn {
 pub struct Tools {
     dump: PathBuf,
     client: PathBuf,
+    /// The client knows `--sandbox` (its `--help` lists it).
+    sandbox: bool,
 }
 
 impl Tools {
     pub fn find() -> anyhow::Result<Tools> {
+        let client = db::find_tool(&["mariadb", "mysql"], PACKAGE)?;
+        let sandbox = db::run_output(
+            Command::new(&client).arg("--help"),
+            None,
+            "mysql client --help",
+        )
+        .is_ok_and(|help| {
+            help.lines()
+                .any(|l| l.trim_start().starts_with("--sandbox"))
+        });
         Ok(Tools {
             dump: db::find_tool(&["mariadb-dump", "mysqldump"], PACKAGE)?,
-            client: db::find_tool(&["mariadb", "mysql"], PACKAGE)?,
+            client,
+            sandbox,
         })
+    }
+
+    /// Loading a dump needs `--sandbox`; Err says why not (for people).
+    fn check_sandbox(&self) -> Result<(), String> {
+        if self.sandbox {
+            return Ok(());
+        }
+        let version = db::run_output(
+            Command::new(&self.client).arg("--version"),
+            None,
+            "mysql client --version",
+        )
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|_| self.client.display().to_string());
+        Err(format!(
+            "the client {} ({version}) has no --sandbox, without which a dump \
+             could run shell commands (system, \\!); loading needs the MariaDB client \
+             {MIN_MARIADB_SANDBOX} or later (Debian package {PACKAGE})",
+            self.client.display()
+        ))
     }
 
     fn client_name(&self) -> String {
@@ -429,14 +488,17 @@ pub fn archive(spec: &MysqlSourceSpec, w: &mut ArchiveWriter) -> anyhow::Result<
     })
 }
 
+/// Load a dump into `dbname` with the client in `--sandbox` mode (refused
+/// without it; see the module documentation).
 fn load(
     conn: &MyConn,
     tools: &Tools,
     dir: &Path,
     dump: &DumpFile,
     dbname: &str,
-) -> Result<(), String> {
-    let input = db::open_dump(dir, dump).map_err(|e| format!("{e:#}"))?;
+) -> Result<(), LoadError> {
+    tools.check_sandbox().map_err(LoadError::Refused)?;
+    let input = db::open_dump(dir, dump).map_err(|e| LoadError::Failed(format!("{e:#}")))?;
     let mut c = conn.client(tools);
     c.arg("--batch").arg(format!("--database={dbname}"));
     db::feed(
@@ -444,6 +506,7 @@ fn load(
         input,
         &format!("{} loading the dump", tools.client_name()),
     )
+    .map_err(LoadError::Failed)
 }
 
 fn counts(conn: &MyConn, tools: &Tools, dbname: &str) -> anyhow::Result<BTreeMap<String, u64>> {
@@ -508,19 +571,27 @@ fn create_db(conn: &MyConn, tools: &Tools, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Load every dump into a scratch database on the verification server
+/// (`[verify] mysql`, else the source's own) and compare row counts.
 pub fn verify(
     verify_server: Option<&DbServerSpec>,
-    spec: Option<&MysqlSourceSpec>,
-    source: &str,
+    spec: &MysqlSourceSpec,
     facts: &DatabaseFacts,
     dir: &Path,
 ) -> anyhow::Result<Vec<String>> {
+    let source = spec.name.as_str();
     let tools = Tools::find()?;
-    let conn = match (verify_server, spec) {
-        (Some(v), _) => MyConn::for_server(v, "[verify] mysql")?,
-        (None, Some(s)) => MyConn::for_source(s)?,
-        (None, None) => MyConn::for_server(&DbServerSpec::default(), source)?,
+    let conn = match verify_server {
+        Some(v) => MyConn::for_server(v, "[verify] mysql")?,
+        None => MyConn::for_source(spec)?,
     };
+    if let Err(why) = tools.check_sandbox() {
+        // Before any scratch database is made.
+        return Ok(vec![format!(
+            "source {source}: {}",
+            LoadError::Refused(why)
+        )]);
+    }
     let mut problems = Vec::new();
     for d in &facts.databases {
         let label = format!("source {source}: database {}", d.name);
@@ -537,7 +608,7 @@ pub fn verify(
             name,
         };
         if let Err(e) = load(&conn, &tools, dir, &d.dump, &scratch.name) {
-            problems.push(format!("{label}: the dump does not load: {e}"));
+            problems.push(format!("{label}: {e}"));
             continue;
         }
         let loaded = counts(&conn, &tools, &scratch.name)?;
@@ -558,6 +629,10 @@ pub fn restore_into(
     force: bool,
 ) -> anyhow::Result<super::postgres::LoadReport> {
     let tools = Tools::find()?;
+    // Before anything on the server changes.
+    tools.check_sandbox().map_err(|why| {
+        CodedError::failure(format!("database {}: {}", d.name, LoadError::Refused(why)))
+    })?;
     let conn = MyConn::for_source(spec)?;
     let exists = conn.query(
         &tools,
@@ -596,11 +671,9 @@ pub fn restore_into(
         create_db(&conn, &tools, into)?;
     }
     if let Err(e) = load(&conn, &tools, dir, &d.dump, into) {
-        return Err(CodedError::failure(format!(
-            "database {}: the dump does not load into {into}: {e}",
-            d.name
-        ))
-        .into());
+        return Err(
+            CodedError::failure(format!("database {}, loading into {into}: {e}", d.name)).into(),
+        );
     }
     let loaded = counts(&conn, &tools, into)?;
     let problems = db::compare_counts(&format!("database {into}"), &d.tables, &loaded);

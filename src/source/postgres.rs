@@ -20,15 +20,40 @@
 //! would carry a new random key each time; they get `--restrict-key` with a
 //! key derived from a secret kept in the state directory
 //! ([`restrict_key`]), stable across runs but unknown to the server.
+//!
+//! Loading (`verify`, `restore --into-database`) treats the dump as hostile:
+//! nothing in it may run commands on this host ([`load`]).
+//!
+//! - Custom format: `pg_restore --format=custom`, reading the dump from its
+//!   stdin. pg_restore has no meta-commands; it only sends the archive's SQL
+//!   to the server. Nothing else comes from the archive: no `--use-list`,
+//!   no environment, and the database is ours.
+//! - Plain SQL: `psql -X` (no psqlrc) with `ON_ERROR_STOP`, and before the
+//!   first byte of the dump the line `\restrict KEY` with a fresh random key
+//!   made for this load (never written anywhere, never from the dump): psql
+//!   then refuses every backslash meta-command (`\!`, `\o |cmd`, `\copy ...
+//!   program`, `\i`, `\set`, `\gexec`, `\connect`, ...) except
+//!   `\unrestrict` with that key, which no dump can know. The dump's own
+//!   guard lines (`\restrict K` ... `\unrestrict K`, written by pg_dump) would
+//!   fail inside ours, so exactly those lines are blanked as the dump streams
+//!   by ([`OwnGuardFilter`]); that gives a dump nothing, since it stays under
+//!   our key either way. A psql without `\restrict` (releases before 13.22,
+//!   14.19, 15.14, 16.10, 17.6) does not load plain dumps at all.
+//!
+//! What the restriction cannot stop is SQL the server itself runs: as a
+//! superuser a dump can use `COPY ... TO/FROM PROGRAM` (commands as the
+//! server's OS user, on the server's host), untrusted languages or role
+//! changes. Verify logs a warning when it loads as a superuser; the README
+//! recommends a `[verify] postgres` role without superuser rights.
 
-use super::db::{self, DatabaseFacts, DumpFile, DumpJob, DumpedDatabase, HeadRewrite};
+use super::db::{self, DatabaseFacts, DumpFile, DumpJob, DumpedDatabase, HeadRewrite, LoadError};
 use super::SourceOutput;
 use crate::archive::ArchiveWriter;
 use crate::config::{DbServerSpec, PostgresSourceSpec};
 use crate::error::CodedError;
 use anyhow::Context;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -332,6 +357,214 @@ impl Tools {
             pg_restore: db::find_tool(&["pg_restore"], PACKAGE)?,
         })
     }
+
+    /// Can this psql load a plain dump safely, i.e. does it know
+    /// `\restrict`? Err says why not (for people).
+    fn check_psql_restrict(&self) -> Result<(), String> {
+        let help = db::run_output(
+            Command::new(&self.psql).arg("--help=commands"),
+            None,
+            "psql --help=commands",
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        if help.contains("\\restrict") {
+            return Ok(());
+        }
+        let version = db::run_output(
+            Command::new(&self.psql).arg("--version"),
+            None,
+            "psql --version",
+        )
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|_| self.psql.display().to_string());
+        Err(format!(
+            "{version} has no \\restrict, without which a plain dump could run \
+             shell commands through psql meta-commands (\\! and others); plain dumps need \
+             psql from PostgreSQL {MIN_PSQL_RESTRICT} or later (install a newer {PACKAGE})"
+        ))
+    }
+}
+
+/// The first psql releases of each branch with `\restrict` (August 2025).
+pub const MIN_PSQL_RESTRICT: &str = "13.22, 14.19, 15.14, 16.10 or 17.6";
+
+/// Blanks a plain dump's own psql guard lines as it streams by: the line
+/// `\restrict K` (the first such line sets K) and every line `\unrestrict K`
+/// with that same K, each exactly so on a line of its own; each becomes an
+/// empty line. Every other byte passes unchanged. pg_dump (13.22, 14.19,
+/// 15.14, 16.10, 17.6 and later) writes one such pair around a plain dump;
+/// loaded under [`load`]'s own `\restrict`, a nested `\restrict` is an
+/// error, and so is an `\unrestrict` with a key other than ours.
+///
+/// Blanking these lines whatever K is (ours from [`restrict_key`], or
+/// pg_dump's random one, or a planted dump's) gives a dump nothing: psql
+/// stays restricted under a key the dump cannot know, so every other
+/// meta-command still fails. A line with another key passes through and
+/// fails the load.
+pub struct OwnGuardFilter<R> {
+    inner: R,
+    out: Vec<u8>,
+    pos: usize,
+    /// The start of the current line while it may still be a guard line.
+    line: Vec<u8>,
+    state: LineState,
+    key: Option<Vec<u8>>,
+    done: bool,
+    buf: Vec<u8>,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum LineState {
+    /// At the start of a line.
+    Start,
+    /// Collecting a line that starts with a backslash.
+    Candidate,
+    /// Inside a line that is not a guard line: pass to its end.
+    Pass,
+}
+
+/// The longest guard line looked at (pg_dump's keys are 64 characters).
+const GUARD_LINE_MAX: usize = 12 + 256;
+
+const RESTRICT: &[u8] = b"\\restrict ";
+const UNRESTRICT: &[u8] = b"\\unrestrict ";
+
+/// `\restrict KEY` or `\unrestrict KEY` (KEY alphanumeric, as pg_dump
+/// requires): (is it `\restrict`, KEY).
+fn guard_line(line: &[u8]) -> Option<(bool, &[u8])> {
+    let (restrict, key) = if let Some(k) = line.strip_prefix(RESTRICT) {
+        (true, k)
+    } else {
+        (false, line.strip_prefix(UNRESTRICT)?)
+    };
+    (!key.is_empty() && key.iter().all(u8::is_ascii_alphanumeric)).then_some((restrict, key))
+}
+
+/// Could `prefix` still grow into a guard line?
+fn may_be_guard(prefix: &[u8]) -> bool {
+    [RESTRICT, UNRESTRICT].iter().any(|p| {
+        if prefix.len() <= p.len() {
+            p.starts_with(prefix)
+        } else {
+            prefix.starts_with(p) && prefix[p.len()..].iter().all(u8::is_ascii_alphanumeric)
+        }
+    })
+}
+
+impl<R: Read> OwnGuardFilter<R> {
+    pub fn new(inner: R) -> OwnGuardFilter<R> {
+        OwnGuardFilter {
+            inner,
+            out: Vec::new(),
+            pos: 0,
+            line: Vec::new(),
+            state: LineState::Start,
+            key: None,
+            done: false,
+            buf: vec![0; 64 << 10],
+        }
+    }
+
+    /// A complete candidate line (without its newline): is it one of the
+    /// dump's own guard lines?
+    fn is_own_guard(&mut self) -> bool {
+        match guard_line(&self.line) {
+            Some((true, k)) if self.key.is_none() => {
+                self.key = Some(k.to_vec());
+                true
+            }
+            Some((_, k)) => self.key.as_deref() == Some(k),
+            None => false,
+        }
+    }
+
+    fn process(&mut self, buf: &[u8]) {
+        let mut i = 0;
+        while i < buf.len() {
+            match self.state {
+                LineState::Start => {
+                    self.state = if buf[i] == b'\\' {
+                        self.line.clear();
+                        LineState::Candidate
+                    } else {
+                        LineState::Pass
+                    };
+                }
+                LineState::Pass => match buf[i..].iter().position(|&b| b == b'\n') {
+                    Some(n) => {
+                        self.out.extend_from_slice(&buf[i..=i + n]);
+                        i += n + 1;
+                        self.state = LineState::Start;
+                    }
+                    None => {
+                        self.out.extend_from_slice(&buf[i..]);
+                        i = buf.len();
+                    }
+                },
+                LineState::Candidate => {
+                    let b = buf[i];
+                    i += 1;
+                    if b == b'\n' {
+                        if !self.is_own_guard() {
+                            self.out.extend_from_slice(&self.line);
+                        }
+                        self.out.push(b'\n');
+                        self.line.clear();
+                        self.state = LineState::Start;
+                    } else {
+                        self.line.push(b);
+                        if self.line.len() > GUARD_LINE_MAX || !may_be_guard(&self.line) {
+                            self.out.append(&mut self.line);
+                            self.state = LineState::Pass;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The end of the dump: a last line without a newline.
+    fn finish(&mut self) {
+        if self.state == LineState::Candidate && !self.is_own_guard() {
+            self.out.append(&mut self.line);
+        }
+        self.line.clear();
+        self.done = true;
+    }
+}
+
+impl<R: Read> Read for OwnGuardFilter<R> {
+    fn read(&mut self, dst: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.out.len() {
+            if self.done || dst.is_empty() {
+                return Ok(0);
+            }
+            self.out.clear();
+            self.pos = 0;
+            let mut buf = std::mem::take(&mut self.buf);
+            let got = self.inner.read(&mut buf);
+            let n = match got {
+                Ok(n) => n,
+                Err(e) => {
+                    self.buf = buf;
+                    if e.kind() == std::io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            if n == 0 {
+                self.finish();
+            } else {
+                self.process(&buf[..n]);
+            }
+            self.buf = buf;
+        }
+        let n = dst.len().min(self.out.len() - self.pos);
+        dst[..n].copy_from_slice(&self.out[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// SQL string literal (standard_conforming_strings is on since 9.1).
@@ -590,8 +823,15 @@ impl Drop for TempDb<'_> {
     }
 }
 
-/// Load a dump into `dbname` in one transaction. `keep_owners`: restore
-/// ownership and privileges (restore) or not (verify, where roles may differ).
+/// Load a dump into `dbname` in one transaction. `format` is the configured
+/// source's (never the manifest's). `keep_owners`: restore ownership and
+/// privileges (restore) or not (verify, where roles may differ).
+///
+/// No path through here lets the dump run a command on this host: custom
+/// dumps go to `pg_restore --format=custom` (no meta-commands); plain dumps
+/// go to `psql -X -v ON_ERROR_STOP=1` after a `\restrict` line with a key of
+/// this load's own, with the dump's own guard lines blanked
+/// ([`OwnGuardFilter`]); a psql without `\restrict` is refused.
 fn load(
     conn: &PgConn,
     tools: &Tools,
@@ -600,16 +840,24 @@ fn load(
     dump: &DumpFile,
     dbname: &str,
     keep_owners: bool,
-) -> Result<(), String> {
-    let input = db::open_dump(dir, dump).map_err(|e| format!("{e:#}"))?;
+) -> Result<(), LoadError> {
+    let failed = |e: anyhow::Error| LoadError::Failed(format!("{e:#}"));
     if format == "plain" {
+        tools.check_psql_restrict().map_err(LoadError::Refused)?;
+        let input = db::open_dump(dir, dump).map_err(failed)?;
+        // Alphanumeric, like pg_dump's keys; 256 random bits.
+        let key = crate::util::random_hex(64);
+        let guarded = std::io::Cursor::new(format!("\\restrict {key}\n").into_bytes())
+            .chain(OwnGuardFilter::new(input));
         let mut c = conn.psql(tools, dbname);
         c.arg("--single-transaction");
-        db::feed(&mut c, input, "psql loading the dump")
+        db::feed(&mut c, Box::new(guarded), "psql loading the dump").map_err(LoadError::Failed)
     } else {
+        let input = db::open_dump(dir, dump).map_err(failed)?;
         let mut c = conn.command(&tools.pg_restore);
         c.args([
             "-w",
+            "--format=custom",
             "--exit-on-error",
             "--single-transaction",
             "-d",
@@ -618,8 +866,18 @@ fn load(
         if !keep_owners {
             c.args(["--no-owner", "--no-privileges"]);
         }
-        db::feed(&mut c, input, "pg_restore")
+        db::feed(&mut c, input, "pg_restore").map_err(LoadError::Failed)
     }
+}
+
+/// Is the role `conn` logs in as a superuser? (Then SQL in a dump, such as
+/// `COPY ... TO PROGRAM`, can run commands on the database server.)
+fn is_superuser(conn: &PgConn, tools: &Tools) -> anyhow::Result<bool> {
+    Ok(conn.query(
+        tools,
+        "postgres",
+        "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+    )? == "t")
 }
 
 fn counts(conn: &PgConn, tools: &Tools, dbname: &str) -> anyhow::Result<BTreeMap<String, u64>> {
@@ -628,33 +886,44 @@ fn counts(conn: &PgConn, tools: &Tools, dbname: &str) -> anyhow::Result<BTreeMap
 }
 
 /// The verification server: `[verify] postgres`, else the source's own.
-fn verify_conn(
-    verify: Option<&DbServerSpec>,
-    spec: Option<&PostgresSourceSpec>,
-    source: &str,
-) -> anyhow::Result<PgConn> {
-    match (verify, spec) {
-        (Some(v), _) => PgConn::for_server(v, "[verify] postgres"),
-        (None, Some(s)) => PgConn::for_source(s),
-        (None, None) => PgConn::for_server(
-            &DbServerSpec::default(),
-            &format!("source {source} (no longer in the policy)"),
-        ),
+fn verify_conn(verify: Option<&DbServerSpec>, spec: &PostgresSourceSpec) -> anyhow::Result<PgConn> {
+    match verify {
+        Some(v) => PgConn::for_server(v, "[verify] postgres"),
+        None => PgConn::for_source(spec),
     }
 }
 
 /// Load every database dump of an unpacked archive into a scratch database
 /// on the verification server and compare row counts. Returns problems.
+/// The dump format is the configured source's (the caller has refused facts
+/// that disagree with it); `facts` gives the dumps and the expected counts.
 pub fn verify(
     verify_server: Option<&DbServerSpec>,
-    spec: Option<&PostgresSourceSpec>,
-    source: &str,
+    spec: &PostgresSourceSpec,
     facts: &DatabaseFacts,
     dir: &Path,
 ) -> anyhow::Result<Vec<String>> {
+    let source = spec.name.as_str();
     let tools = Tools::find()?;
-    let conn = verify_conn(verify_server, spec, source)?;
+    let conn = verify_conn(verify_server, spec)?;
+    if spec.format == "plain" && !facts.databases.is_empty() {
+        if let Err(why) = tools.check_psql_restrict() {
+            // Before any scratch database is made.
+            return Ok(vec![format!(
+                "source {source}: {}",
+                LoadError::Refused(why)
+            )]);
+        }
+    }
     let mut problems = Vec::new();
+    if !facts.databases.is_empty() && is_superuser(&conn, &tools).unwrap_or(false) {
+        tracing::warn!(
+            "source {source}: verify loads dumps as a superuser ({}): SQL in a dump, such as \
+             COPY ... TO PROGRAM, can run commands on the database server; configure \
+             [verify] postgres with a role that is not a superuser (see the README)",
+            conn.describe()
+        );
+    }
     if let Some(g) = &facts.globals {
         // Roles are cluster-wide: never loaded into a verification server.
         let mut text = String::new();
@@ -679,13 +948,13 @@ pub fn verify(
         if let Err(e) = load(
             &conn,
             &tools,
-            &facts.format,
+            &spec.format,
             dir,
             &d.dump,
             &scratch.name,
             false,
         ) {
-            problems.push(format!("{label}: the dump does not load: {e}"));
+            problems.push(format!("{label}: {e}"));
             continue;
         }
         let loaded = counts(&conn, &tools, &scratch.name)?;
@@ -716,15 +985,22 @@ pub struct LoadReport {
 /// dump is loaded into a fresh temporary database first; only when that
 /// succeeds is an existing `into` (with `force`) dropped and the new one
 /// renamed into place, so a dump that fails to load leaves `into` untouched.
+/// The dump is loaded in the configured source's format (the caller has
+/// refused a manifest that disagrees).
 pub fn restore_into(
     spec: &PostgresSourceSpec,
-    facts: &DatabaseFacts,
     d: &DumpedDatabase,
     dir: &Path,
     into: &str,
     force: bool,
 ) -> anyhow::Result<LoadReport> {
     let tools = Tools::find()?;
+    if spec.format == "plain" {
+        // Before anything on the server changes.
+        tools.check_psql_restrict().map_err(|why| {
+            CodedError::failure(format!("database {}: {}", d.name, LoadError::Refused(why)))
+        })?;
+    }
     let conn = PgConn::for_source(spec)?;
     let exists = conn.query(
         &tools,
@@ -752,9 +1028,9 @@ pub fn restore_into(
         &tools,
         format!("backupctl_restore_{}", crate::util::random_hex(12)),
     )?;
-    load(&conn, &tools, &facts.format, dir, &d.dump, &temp.name, true).map_err(|e| {
+    load(&conn, &tools, &spec.format, dir, &d.dump, &temp.name, true).map_err(|e| {
         CodedError::failure(format!(
-            "database {}: the dump does not load: {e}; {into} was left unchanged",
+            "database {}: {e}; {into} was left unchanged",
             d.name
         ))
     })?;
@@ -927,6 +1203,75 @@ mod tests {
             assert_eq!(out, input, "{what}: streamed bytes changed");
             let why = outcome.unwrap().unwrap_err();
             assert!(why.contains("not recognised"), "{what}: {why}");
+        }
+    }
+
+    /// Through [`OwnGuardFilter`], in reads of `chunk` bytes from the input.
+    fn guard_filtered(input: &[u8], chunk: usize) -> String {
+        struct Chunks<'a>(&'a [u8], usize);
+        impl Read for Chunks<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.len().min(self.1).min(buf.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut out = Vec::new();
+        OwnGuardFilter::new(Chunks(input, chunk))
+            .read_to_end(&mut out)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn own_guard_lines_of_a_plain_dump_are_blanked_and_nothing_else() {
+        let key = "a".repeat(40) + "B9";
+        let dump = format!(
+            "--\n-- PostgreSQL database dump\n--\n\n\\restrict {key}\n\nSET x = 1;\n\
+             COPY t (a) FROM stdin;\n\\restrict {key}x\n\\.\n\\unrestrict other\n\
+             \\unrestrict {key} \n  \\unrestrict {key}\n\\unrestrict {key}\n\\! id\n\
+             {long}\n\\unrestrict {key}",
+            long = "\\".repeat(100_000)
+        );
+        let want = dump
+            .replace(&format!("\\restrict {key}\n"), "\n")
+            .replace(&format!("\n\\unrestrict {key}\n"), "\n\n");
+        let want = want.strip_suffix(&format!("\\unrestrict {key}")).unwrap();
+        // Blanked: the first \restrict, and the two \unrestrict lines with
+        // its key exactly; kept: the other key, trailing blank, indented.
+        assert_eq!(want.matches(&key).count(), 3, "{}", &want[..300]);
+        for chunk in [1, 2, 3, 7, 64, 1 << 20] {
+            assert_eq!(
+                guard_filtered(dump.as_bytes(), chunk),
+                want,
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn guard_filter_passes_dumps_without_guard_lines_unchanged() {
+        for input in [
+            "",
+            "\\",
+            "\\restrict",
+            "\\restrict \n",
+            "\\unrestrict k\n\\restrict k\n",
+            "SELECT 1;\n\\restrict k!\n",
+            "\\restrictk\n\\unrestrictk",
+            "no newline at the end",
+        ] {
+            let want = if input == "\\unrestrict k\n\\restrict k\n" {
+                // An \unrestrict before any \restrict is kept (and fails);
+                // the \restrict after it sets the key and is blanked.
+                "\\unrestrict k\n\n"
+            } else {
+                input
+            };
+            for chunk in [1, 5, 4096] {
+                assert_eq!(guard_filtered(input.as_bytes(), chunk), want, "{input:?}");
+            }
         }
     }
 

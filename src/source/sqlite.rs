@@ -11,22 +11,79 @@
 //! The entry has the fixed metadata of generated content (mtime the Unix
 //! epoch, see [`EntryMeta::generated`]) but the source file's permission
 //! bits, so a restored copy has the source's mode.
+//!
+//! `verify` opens the restored file, which may come from a hostile target,
+//! only as data ([`open_guarded`]): the path must name a regular file inside
+//! the scratch directory (no `..`, no symbolic link); extension loading is
+//! off, `ATTACH` is impossible, the schema is untrusted (`trusted_schema`
+//! off: functions and virtual tables not marked innocuous cannot be used
+//! from views, triggers, defaults or indexes), `SQLITE_DBCONFIG_DEFENSIVE`
+//! is on, and views and triggers are disabled. Rows are counted only in
+//! real tables as SQLite itself classifies them (`PRAGMA table_list`), never
+//! in a view dressed up as a table.
 
 use super::db::{DatabaseFacts, DumpFile, DumpedDatabase};
 use super::SourceOutput;
 use crate::archive::{ArchiveWriter, EntryMeta};
 use crate::config::SqliteSourceSpec;
 use anyhow::Context;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::config::DbConfig;
+use rusqlite::{ffi, Connection, OpenFlags};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-/// Integrity check and row counts of a database file.
+/// Open a database file as data only: nothing in it can run code, load an
+/// extension or reach another file (see the module documentation). A
+/// symbolic link is refused (`SQLITE_OPEN_NOFOLLOW`).
+pub fn open_guarded(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening {}", path.display()))?;
+    for (setting, on) in [
+        (DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true),
+        (DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false),
+        (DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW, false),
+        (DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false),
+        (DbConfig::SQLITE_DBCONFIG_ENABLE_FTS3_TOKENIZER, false),
+    ] {
+        let now = conn.set_db_config(setting, on)?;
+        anyhow::ensure!(now == on, "SQLite refused the setting {setting:?} = {on}");
+    }
+    // Neither in rusqlite's safe API (without its load_extension and limits
+    // features): extension loading off (it is by default; made sure of),
+    // and no attached databases at all.
+    // SAFETY: the handle is valid for the life of `conn`; the variadic
+    // arguments are what SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION takes (an int,
+    // and an int* for the resulting state).
+    let (rc, load_ext) = unsafe {
+        let db = conn.handle();
+        let mut state: std::ffi::c_int = 1;
+        let rc = ffi::sqlite3_db_config(
+            db,
+            ffi::SQLITE_DBCONFIG_ENABLE_LOAD_EXTENSION,
+            0 as std::ffi::c_int,
+            &mut state as *mut std::ffi::c_int,
+        );
+        ffi::sqlite3_limit(db, ffi::SQLITE_LIMIT_ATTACHED, 0);
+        (rc, state)
+    };
+    anyhow::ensure!(
+        rc == ffi::SQLITE_OK && load_ext == 0,
+        "SQLite refused to disable extension loading"
+    );
+    Ok(conn)
+}
+
+/// Integrity check and row counts of a database file, opened with
+/// [`open_guarded`].
 pub fn inspect(path: &Path) -> anyhow::Result<(Vec<String>, BTreeMap<String, u64>)> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let conn = open_guarded(path)?;
     let mut problems = Vec::new();
     let mut stmt = conn.prepare("PRAGMA integrity_check")?;
     let rows: Vec<String> = stmt
@@ -35,8 +92,10 @@ pub fn inspect(path: &Path) -> anyhow::Result<(Vec<String>, BTreeMap<String, u64
     if rows != ["ok"] {
         problems.extend(rows.into_iter().take(20));
     }
+    // Ordinary tables and the shadow tables of virtual ones, as SQLite
+    // classifies them from the parsed schema; not views, not virtual tables.
     let mut stmt = conn.prepare(
-        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND sql NOT LIKE 'CREATE VIRTUAL%' ORDER BY name",
+        "SELECT name FROM pragma_table_list WHERE schema = 'main' AND type IN ('table', 'shadow') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
     )?;
     let names: Vec<String> = stmt
         .query_map([], |r| r.get(0))?
@@ -147,7 +206,8 @@ pub fn archive(
     })
 }
 
-/// The restored file passes integrity_check and its row counts match.
+/// The restored file passes integrity_check and its row counts match. The
+/// file must be a regular file inside `dir` (the manifest names it).
 pub fn verify(source: &str, facts: &DatabaseFacts, dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     for d in &facts.databases {
@@ -155,7 +215,22 @@ pub fn verify(source: &str, facts: &DatabaseFacts, dir: &Path) -> anyhow::Result
             continue;
         };
         let label = format!("source {source}: {entry}");
-        match inspect(&dir.join(entry)) {
+        let path = match crate::archive::reader::safe_relative(Path::new(entry)) {
+            Ok(rel) if !rel.as_os_str().is_empty() => dir.join(rel),
+            _ => {
+                out.push(format!(
+                    "{label}: not opened: the manifest names a file outside the archive"
+                ));
+                continue;
+            }
+        };
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+            out.push(format!(
+                "{label}: not opened: not a regular file in the archive"
+            ));
+            continue;
+        }
+        match inspect(&path) {
             Ok((problems, counts)) => {
                 out.extend(
                     problems
@@ -180,5 +255,78 @@ impl Drop for RemoveFile {
             p.push(ext);
             let _ = std::fs::remove_file(p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guarded_connections_cannot_load_extensions_attach_or_run_views() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE t (x); INSERT INTO t VALUES (1), (2);
+                 CREATE VIEW forever AS WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c) SELECT n FROM c;
+                 CREATE TRIGGER tr AFTER INSERT ON t BEGIN INSERT INTO t VALUES (NEW.x + 1); END;",
+            )
+            .unwrap();
+        }
+        let c = open_guarded(&path).unwrap();
+        let err = |sql: &str| {
+            let mut stmt = match c.prepare(sql) {
+                Ok(s) => s,
+                Err(e) => return e.to_string(),
+            };
+            let mut rows = stmt.raw_query();
+            match rows.next() {
+                Ok(_) => panic!("{sql}: no error"),
+                Err(e) => e.to_string(),
+            }
+        };
+        let e = err("SELECT load_extension('/nonexistent.so')");
+        assert!(e.contains("not authorized"), "{e}");
+        let other = dir.path().join("other.db");
+        let e = err(&format!("ATTACH '{}' AS o", other.display()));
+        assert!(e.contains("too many attached databases"), "{e}");
+        assert!(!other.exists());
+        // Views are disabled: an error at once, not an endless query.
+        let e = err("SELECT count(*) FROM forever");
+        assert!(!e.is_empty());
+        c.execute_batch("PRAGMA writable_schema = ON").unwrap();
+        let e = err("UPDATE sqlite_schema SET sql = '' WHERE name = 't'");
+        assert!(e.contains("may not be modified"), "{e}");
+        let trusted: i64 = c
+            .query_row("PRAGMA trusted_schema", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(trusted, 0);
+        // Triggers do not fire.
+        c.execute("INSERT INTO t VALUES (10)", ()).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 3);
+        drop(c);
+        // Only real tables are counted, never a view.
+        let (problems, counts) = inspect(&path).unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(counts, BTreeMap::from([("t".to_string(), 3)]));
+    }
+
+    #[test]
+    fn symbolic_links_are_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.db");
+        Connection::open(&real)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(open_guarded(&link).is_err());
+        assert!(open_guarded(&real).is_ok());
     }
 }

@@ -310,3 +310,151 @@ impl DbSetup {
         h
     }
 }
+
+// ---------------------------------------------------------------------------
+// Planted snapshots: a hostile target (issue 9).
+// ---------------------------------------------------------------------------
+
+impl DbSetup {
+    /// Plant a snapshot of policy `db` on fs targets `targets`, the way an
+    /// attacker who can write there would: a real tar.zst made with Python's
+    /// tarfile and the zstd CLI holding `files` (name, bytes) at its root,
+    /// and a manifest whose source `source` of type `kind` has `database`
+    /// facts and correct file hashes (so loading is reached). The snapshot
+    /// is newer than any genuine one (2030). Returns the snapshot id.
+    pub fn plant(
+        &self,
+        targets: &[&str],
+        source: &str,
+        kind: &str,
+        database: serde_json::Value,
+        files: &[(&str, Vec<u8>)],
+    ) -> String {
+        let work = self.path().join(format!("plant-{}", db_hex(8)));
+        std::fs::create_dir_all(&work).unwrap();
+        let mut adds = String::new();
+        for (i, (name, data)) in files.iter().enumerate() {
+            let p = work.join(format!("f{i}"));
+            std::fs::write(&p, data).unwrap();
+            adds.push_str(&format!(
+                "i = tarfile.TarInfo({name:?}); i.size = {}; i.mode = 0o600; t.addfile(i, open({:?}, 'rb'))\n",
+                data.len(),
+                p.to_str().unwrap()
+            ));
+        }
+        let tar = work.join("a.tar");
+        let script = format!(
+            "import tarfile\nt = tarfile.open({:?}, 'w', format=tarfile.GNU_FORMAT)\n{adds}t.close()\n",
+            tar.to_str().unwrap()
+        );
+        let st = Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let zst = work.join("a.tar.zst");
+        let st = Command::new("zstd")
+            .args(["-q", "-f"])
+            .arg(&tar)
+            .arg("-o")
+            .arg(&zst)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let bytes = std::fs::read(&zst).unwrap();
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        let id = format!("20300101T000000Z-{}", db_hex(8));
+        let manifest = serde_json::json!({
+            "format": "backupctl-snapshot", "schema_version": 1, "policy": "db",
+            "id": id, "time": "2030-01-01T00:00:00Z", "host": "attacker",
+            "tool_version": "0", "sources": [{
+                "name": source, "type": kind, "origin": "planted",
+                "archive_hash": hash, "archive_size": bytes.len(),
+                "tar_size": std::fs::metadata(&tar).unwrap().len(),
+                "content_size": files.iter().map(|f| f.1.len()).sum::<usize>(),
+                "entries": files.len(),
+                "files": files.iter().map(|(name, data)| serde_json::json!({
+                    "path": name, "size": data.len(),
+                    "blake3": blake3::hash(data).to_hex().to_string(),
+                })).collect::<Vec<_>>(),
+                "database": database,
+            }]
+        });
+        for t in targets {
+            let root = self.path().join(format!("target-{t}"));
+            std::fs::create_dir_all(root.join("db/archives")).unwrap();
+            std::fs::create_dir_all(root.join("db/snapshots")).unwrap();
+            // An initialised target (what `backupctl init` writes).
+            let marker = root.join("backupctl-target.json");
+            if !marker.exists() {
+                std::fs::write(&marker, "{}\n").unwrap();
+            }
+            std::fs::write(root.join(format!("db/archives/{hash}.tar.zst")), &bytes).unwrap();
+            std::fs::write(
+                root.join(format!("db/snapshots/{id}.json")),
+                serde_json::to_vec_pretty(&manifest).unwrap(),
+            )
+            .unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&work);
+        id
+    }
+}
+
+/// Database facts for a planted manifest: `dumps` are (database name, dump
+/// entry, dump bytes), each with the row counts `tables`.
+pub fn planted_facts(
+    engine: &str,
+    format: &str,
+    dumps: &[(&str, &str, &[u8])],
+    tables: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "engine": engine, "dump_tool": "planted", "server_version": "planted",
+        "format": format, "row_counts": "planted",
+        "databases": dumps.iter().map(|(db, entry, data)| serde_json::json!({
+            "name": db, "entries": [entry], "size": data.len(),
+            "blake3": blake3::hash(data).to_hex().to_string(),
+            "tables": tables,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Marker files that a planted dump tries to create (absolute paths under a
+/// fresh directory), and a check that none of them exists.
+pub struct Markers {
+    pub dir: tempfile::TempDir,
+}
+
+impl Markers {
+    pub fn create() -> Markers {
+        // Under /tmp and world-writable, so that a command run by the
+        // database server's OS user would be able to create them too.
+        let dir = tempfile::Builder::new()
+            .prefix("backupctl-markers-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        Markers { dir }
+    }
+
+    /// The absolute path of marker `name`.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+
+    /// Panics naming any marker file that exists.
+    pub fn assert_none(&self, context: &str) {
+        let found: Vec<String> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            found.is_empty(),
+            "a planted dump ran commands on this host: {found:?} exist\n{context}"
+        );
+    }
+}
