@@ -391,11 +391,18 @@ impl DbSetup {
                 std::fs::write(&marker, "{}\n").unwrap();
             }
             std::fs::write(root.join(format!("db/archives/{hash}.tar.zst")), &bytes).unwrap();
+            // Signed with the host's own key: loading safety is tested
+            // behind authentication (defence in depth).
+            let json = serde_json::to_vec_pretty(&manifest).unwrap();
+            let kp = self.path().join("state/keys/host.key");
+            let key = backupctl::trust::HostKey::load(&kp)
+                .unwrap_or_else(|_| backupctl::trust::HostKey::create(&kp).unwrap());
             std::fs::write(
-                root.join(format!("db/snapshots/{id}.json")),
-                serde_json::to_vec_pretty(&manifest).unwrap(),
+                root.join(format!("db/snapshots/{id}.sig")),
+                key.sign_manifest("db", &id, &json),
             )
             .unwrap();
+            std::fs::write(root.join(format!("db/snapshots/{id}.json")), json).unwrap();
         }
         let _ = std::fs::remove_dir_all(&work);
         id
