@@ -83,7 +83,11 @@ fn two_file_trees_in_one_policy_on_two_fs_targets() {
     mounted_config(&s, &["nas", "offsite"]);
     let site = s.path("www");
     make_tree(&site);
-    let uploads = tree(&s, "uploads", &[("2026/a.txt", "upload a"), ("b.bin", "bb")]);
+    let uploads = tree(
+        &s,
+        "uploads",
+        &[("2026/a.txt", "upload a"), ("b.bin", "bb")],
+    );
     policy(
         &s,
         "shop",
@@ -535,7 +539,10 @@ fn list_prefixes_times_and_failed_restores() {
         stdout(&o)
     );
     assert!(!stdout(&o).contains(".123456"), "{}", stdout(&o));
-    expect_code(&s.run(&["run", "alpha", "--time", "2026-03-01T03:00:00Z"]), 0);
+    expect_code(
+        &s.run(&["run", "alpha", "--time", "2026-03-01T03:00:00Z"]),
+        0,
+    );
     expect_code(&s.run(&["run", "beta"]), 0);
 
     let o = s.run(&["list", "alpha", "beta", "--json"]);

@@ -67,9 +67,7 @@ pub async fn restore_into_database(
     }
     let (targets, catalog) =
         crate::ops::restore::load_catalog(cfg, policy, o.target.as_deref()).await?;
-    let entry = catalog
-        .resolve(o.snapshot.as_deref())
-        ?;
+    let entry = catalog.resolve(o.snapshot.as_deref())?;
     let m = entry.manifest.clone();
     let rec = m.source(&o.source).ok_or_else(|| {
         CodedError::usage(format!("snapshot {} has no source {:?}", m.id, o.source))
