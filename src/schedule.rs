@@ -11,13 +11,22 @@
 //! `DateTime<chrono::Local>`, tests pass a fixed offset. The `cron` crate does
 //! the calendar search; this module translates the expression for it (that
 //! crate numbers weekdays 1-7 from Sunday and always ANDs the two day fields).
+//!
+//! Daylight-saving changes are handled as Vixie cron does. A job at a fixed
+//! time (neither the minute nor the hour field starts with `*`, e.g.
+//! `30 2 * * *`) whose time is skipped when the clocks go forward runs at the
+//! moment of the change (03:00 on a night that jumps from 02:00 to 03:00),
+//! and runs once, not twice, when the clocks go back and its time comes
+//! twice. Jobs with `*` in the minute or hour field (`15 * * * *`,
+//! `*/5 * * * *`, `@hourly`) follow the clock: nothing for the skipped hour,
+//! each occurrence of a repeated one.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone};
+use chrono::{DateTime, MappedLocalTime, NaiveDateTime, TimeDelta, TimeZone, Timelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 const EXPECTED: &str =
@@ -30,6 +39,10 @@ pub struct Schedule {
     /// An instant matches the schedule if it matches any of these (two of them
     /// only for Vixie's "day-of-month OR day-of-week" case).
     parts: Vec<cron::Schedule>,
+    /// Neither the minute nor the hour field starts with `*`: Vixie cron's
+    /// "job at a particular time", whose skipped or repeated occurrences at a
+    /// daylight-saving change run once.
+    fixed_time: bool,
 }
 
 /// Error from parsing a [`Schedule`]; the message says what is expected and
@@ -89,6 +102,7 @@ impl FromStr for Schedule {
         Ok(Schedule {
             source: trimmed.to_string(),
             parts,
+            fixed_time: !is_star(fields[1]) && !is_star(fields[2]),
         })
     }
 }
@@ -204,8 +218,68 @@ impl Schedule {
 
     /// The first occurrence strictly after `t`, in `t`'s time zone (whose wall
     /// clock the expression is evaluated against). `None` if there is none.
+    ///
+    /// The expression is matched against wall-clock times, which are then
+    /// mapped to instants (see the module documentation for daylight-saving
+    /// changes): a wall-clock time that does not exist is, for a fixed-time
+    /// job, the instant the clocks jump past it (otherwise skipped); one that
+    /// exists twice is its first instant for a fixed-time job, both otherwise.
     pub fn next_after<Tz: TimeZone>(&self, t: &DateTime<Tz>) -> Option<DateTime<Tz>> {
-        self.parts.iter().filter_map(|s| s.after(t).next()).min()
+        // Occurrences more than this far apart in wall-clock time cannot swap
+        // order when mapped to instants (clock changes are shorter).
+        const MARGIN: TimeDelta = TimeDelta::hours(3);
+        let tz = t.timezone();
+        let local = t.naive_local();
+        // In the first pass of a repeated hour, wall-clock times earlier than
+        // `t`'s come again later (their second instants).
+        let mut from = match tz.from_local_datetime(&local) {
+            MappedLocalTime::Ambiguous(first, _) if first == *t && !self.fixed_time => {
+                local - MARGIN
+            }
+            _ => local,
+        };
+        // The best instant so far, its wall-clock time, and whether it is
+        // the second instant of a repeated time (later wall-clock times may
+        // then still map to earlier instants).
+        let mut best: Option<(DateTime<Tz>, NaiveDateTime, bool)> = None;
+        while let Some(n) = self.next_wall_clock_after(&from) {
+            if let Some((_, at, second)) = &best {
+                if n > *at + if *second { MARGIN } else { TimeDelta::zero() } {
+                    break;
+                }
+            }
+            let mut candidates: Vec<(DateTime<Tz>, bool)> = Vec::new();
+            match tz.from_local_datetime(&n) {
+                MappedLocalTime::Single(x) => candidates.push((x, false)),
+                MappedLocalTime::Ambiguous(first, second) => {
+                    candidates.push((first, false));
+                    if !self.fixed_time {
+                        candidates.push((second, true));
+                    }
+                }
+                MappedLocalTime::None if self.fixed_time => {
+                    candidates.extend(gap_end(&tz, &n).map(|x| (x, false)));
+                }
+                MappedLocalTime::None => {}
+            }
+            for (c, second) in candidates {
+                if c > *t && best.as_ref().is_none_or(|(b, _, _)| c < *b) {
+                    best = Some((c, n, second));
+                }
+            }
+            from = n;
+        }
+        best.map(|(b, _, _)| b)
+    }
+
+    /// The first wall-clock time strictly after `n` that the expression matches.
+    fn next_wall_clock_after(&self, n: &NaiveDateTime) -> Option<NaiveDateTime> {
+        let at = Utc.from_utc_datetime(n);
+        self.parts
+            .iter()
+            .filter_map(|s| s.after(&at).next())
+            .min()
+            .map(|d| d.naive_utc())
     }
 
     /// The next `n` occurrences strictly after `t`, in increasing order.
@@ -240,6 +314,18 @@ impl Schedule {
                 .is_some_and(|next| next <= *now),
         }
     }
+}
+
+/// The instant the clocks jump past `n`, a wall-clock time that does not
+/// exist in `tz` (skipped when they went forward): one minute after the last
+/// existing minute before it. None if there is none within three hours.
+fn gap_end<Tz: TimeZone>(tz: &Tz, n: &NaiveDateTime) -> Option<DateTime<Tz>> {
+    let minute = n.with_second(0)?.with_nanosecond(0)?;
+    (1..=180).find_map(|k| {
+        tz.from_local_datetime(&(minute - TimeDelta::minutes(k)))
+            .latest()
+            .map(|before| before + TimeDelta::minutes(1))
+    })
 }
 
 impl fmt::Display for Schedule {
@@ -597,5 +683,126 @@ mod tests {
             let e = parse_jitter(bad).unwrap_err();
             assert!(e.contains("expected a duration like"), "{bad:?}: {e}");
         }
+    }
+
+    /// Central European time in 2026 (+01:00; +02:00 from 29 March 01:00 UTC
+    /// to 25 October 01:00 UTC), for daylight-saving tests without tzdata.
+    #[derive(Debug, Clone, Copy)]
+    struct Cet2026;
+
+    impl TimeZone for Cet2026 {
+        type Offset = FixedOffset;
+        fn from_offset(_: &FixedOffset) -> Self {
+            Cet2026
+        }
+        fn offset_from_local_date(
+            &self,
+            local: &chrono::NaiveDate,
+        ) -> MappedLocalTime<FixedOffset> {
+            self.offset_from_local_datetime(&local.and_hms_opt(0, 0, 0).unwrap())
+        }
+        fn offset_from_local_datetime(
+            &self,
+            local: &NaiveDateTime,
+        ) -> MappedLocalTime<FixedOffset> {
+            let (winter, summer) = (
+                FixedOffset::east_opt(3600).unwrap(),
+                FixedOffset::east_opt(7200).unwrap(),
+            );
+            let fits = |o: FixedOffset| {
+                self.offset_from_utc_datetime(
+                    &(*local - TimeDelta::seconds(o.local_minus_utc() as i64)),
+                ) == o
+            };
+            match (fits(summer), fits(winter)) {
+                (true, true) => MappedLocalTime::Ambiguous(summer, winter),
+                (true, false) => MappedLocalTime::Single(summer),
+                (false, true) => MappedLocalTime::Single(winter),
+                (false, false) => MappedLocalTime::None,
+            }
+        }
+        fn offset_from_utc_date(&self, utc: &chrono::NaiveDate) -> FixedOffset {
+            self.offset_from_utc_datetime(&utc.and_hms_opt(0, 0, 0).unwrap())
+        }
+        fn offset_from_utc_datetime(&self, utc: &NaiveDateTime) -> FixedOffset {
+            let at = |m, d| {
+                chrono::NaiveDate::from_ymd_opt(2026, m, d)
+                    .unwrap()
+                    .and_hms_opt(1, 0, 0)
+                    .unwrap()
+            };
+            let secs = if *utc >= at(3, 29) && *utc < at(10, 25) {
+                7200
+            } else {
+                3600
+            };
+            FixedOffset::east_opt(secs).unwrap()
+        }
+    }
+
+    fn cet_upcoming(expr: &str, after: &str, n: usize) -> Vec<String> {
+        let after = Cet2026.from_utc_datetime(&t(after).naive_utc());
+        sched(expr)
+            .upcoming(&after, n)
+            .iter()
+            .map(|d| d.fixed_offset().to_rfc3339())
+            .collect()
+    }
+
+    #[test]
+    fn a_fixed_time_skipped_by_the_clocks_going_forward_runs_at_the_change() {
+        // 29 March 2026: 02:00 CET becomes 03:00 CEST; 02:30 does not exist.
+        assert_eq!(
+            cet_upcoming("30 2 * * *", "2026-03-28T04:20:00+01:00", 3),
+            [
+                "2026-03-29T03:00:00+02:00".to_string(),
+                "2026-03-30T02:30:00+02:00".to_string(),
+                "2026-03-31T02:30:00+02:00".to_string(),
+            ]
+        );
+        // So a nightly backup is due on that night, not skipped.
+        let s = sched("30 2 * * *");
+        let last = Cet2026.from_utc_datetime(&t("2026-03-28T04:20:00+01:00").naive_utc());
+        let now = Cet2026.from_utc_datetime(&t("2026-03-29T04:20:00+02:00").naive_utc());
+        assert!(s.is_due(Some(&last), &now));
+        // Several fixed times in the gap run once, at the change.
+        assert_eq!(
+            cet_upcoming("10,40 2 * * *", "2026-03-29T00:00:00+01:00", 2),
+            ["2026-03-29T03:00:00+02:00", "2026-03-30T02:10:00+02:00"]
+        );
+    }
+
+    #[test]
+    fn a_fixed_time_repeated_by_the_clocks_going_back_runs_once() {
+        // 25 October 2026: 03:00 CEST becomes 02:00 CET; 02:30 comes twice.
+        assert_eq!(
+            cet_upcoming("30 2 * * *", "2026-10-24T05:00:00+02:00", 2),
+            ["2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]
+        );
+    }
+
+    #[test]
+    fn wildcard_hours_follow_the_clock_across_changes() {
+        assert_eq!(
+            cet_upcoming("15 * * * *", "2026-03-29T01:20:00+01:00", 2),
+            ["2026-03-29T03:15:00+02:00", "2026-03-29T04:15:00+02:00"]
+        );
+        assert_eq!(
+            cet_upcoming("15 * * * *", "2026-10-25T01:20:00+02:00", 3),
+            [
+                "2026-10-25T02:15:00+02:00",
+                "2026-10-25T02:15:00+01:00",
+                "2026-10-25T03:15:00+01:00"
+            ]
+        );
+        assert_eq!(
+            cet_upcoming("*/30 * * * *", "2026-10-25T02:20:00+02:00", 4),
+            [
+                "2026-10-25T02:30:00+02:00",
+                "2026-10-25T02:00:00+01:00",
+                "2026-10-25T02:30:00+01:00",
+                "2026-10-25T03:00:00+01:00"
+            ]
+        );
     }
 }

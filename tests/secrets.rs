@@ -31,8 +31,11 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 
 #[test]
 fn no_secret_is_ever_printed_or_written() {
-    let (Some(s3), Some(pg), Some(my)) = (s3_common::s3_env(), DbServer::postgres(), DbServer::mariadb())
-    else {
+    let (Some(s3), Some(pg), Some(my)) = (
+        s3_common::s3_env(),
+        DbServer::postgres(),
+        DbServer::mariadb(),
+    ) else {
         return; // skipped (or failed by the harness when services are required)
     };
     let dir = tempfile::tempdir().unwrap();
@@ -41,9 +44,15 @@ fn no_secret_is_ever_printed_or_written() {
     let pgdb = format!("secrets_{}", db_common::db_hex(6));
     let mydb = format!("secrets_{}", db_common::db_hex(6));
     pg.psql("postgres", &format!("CREATE DATABASE {pgdb}"));
-    pg.psql(&pgdb, "CREATE TABLE t (id int primary key, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b');");
+    pg.psql(
+        &pgdb,
+        "CREATE TABLE t (id int primary key, v text); INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+    );
     my.mysql(None, &format!("CREATE DATABASE {mydb}"));
-    my.mysql(Some(&mydb), "CREATE TABLE t (id int primary key, v text); INSERT INTO t VALUES (1, 'a');");
+    my.mysql(
+        Some(&mydb),
+        "CREATE TABLE t (id int primary key, v text); INSERT INTO t VALUES (1, 'a');",
+    );
     std::fs::create_dir_all(d.join("site")).unwrap();
     std::fs::write(d.join("site/index.html"), "hello").unwrap();
 
@@ -85,7 +94,12 @@ fn no_secret_is_ever_printed_or_written() {
     let mut run = |args: &[&str], want: Option<i32>| {
         let o = s3_common::run_cli(&cfg, args, &envs);
         if let Some(w) = want {
-            assert_eq!(o.status.code(), Some(w), "{args:?}: {}", s3_common::text(&o));
+            assert_eq!(
+                o.status.code(),
+                Some(w),
+                "{args:?}: {}",
+                s3_common::text(&o)
+            );
         }
         outputs.push((args.join(" "), o));
     };
@@ -99,11 +113,34 @@ fn no_secret_is_ever_printed_or_written() {
     run(&["list", "--json"], Some(0));
     run(&["-vv", "verify", "--all"], Some(0));
     run(&["verify", "--json"], Some(0));
-    run(&["restore", "shop", "--to", out1.to_str().unwrap()], Some(0));
+    run(
+        &["restore", "shop", "--to", out1.to_str().unwrap()],
+        Some(0),
+    );
     let into_pg = format!("{pgdb}_r");
     let into_my = format!("{mydb}_r");
-    run(&["restore", "shop", "--source", "pg", "--into-database", &into_pg], Some(0));
-    run(&["restore", "shop", "--source", "my", "--into-database", &into_my], Some(0));
+    run(
+        &[
+            "restore",
+            "shop",
+            "--source",
+            "pg",
+            "--into-database",
+            &into_pg,
+        ],
+        Some(0),
+    );
+    run(
+        &[
+            "restore",
+            "shop",
+            "--source",
+            "my",
+            "--into-database",
+            &into_my,
+        ],
+        Some(0),
+    );
     run(&["sync", "--json"], Some(0));
     run(&["-vv", "prune", "--dry-run"], Some(0));
     run(&["prune", "--json"], Some(0));
@@ -151,5 +188,8 @@ fn no_secret_is_ever_printed_or_written() {
     assert_eq!(pg.psql(&into_pg, "SELECT count(*) FROM t").trim(), "2");
     pg.psql("postgres", &format!("DROP DATABASE {pgdb}"));
     pg.psql("postgres", &format!("DROP DATABASE {into_pg}"));
-    my.mysql(None, &format!("DROP DATABASE {mydb}; DROP DATABASE {into_my}"));
+    my.mysql(
+        None,
+        &format!("DROP DATABASE {mydb}; DROP DATABASE {into_my}"),
+    );
 }

@@ -132,9 +132,40 @@ impl FsTarget {
         match self.presence() {
             Presence::Ready => return Ok(false),
             Presence::NoRoot => {
-                crate::util::create_private_dir_all(&self.root).map_err(|e| {
+                // The root appears with its marker already inside (built under
+                // a temporary name, then renamed), so a concurrent reader never
+                // takes a half-created target for an unmounted one.
+                let cannot = |e: io::Error| {
                     unavailable(format!("cannot create {}: {e}", self.root.display()))
-                })?;
+                };
+                let parent = match self.root.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                crate::util::create_private_dir_all(&parent).map_err(cannot)?;
+                let tmp = parent.join(format!(
+                    "{}{TMP_MARK}{}",
+                    self.root.file_name().unwrap_or_default().to_string_lossy(),
+                    crate::util::random_hex(8)
+                ));
+                let built = crate::util::create_private_dir_all(&tmp).and_then(|_| {
+                    let marker = tmp.join(super::MARKER_KEY);
+                    let part = tmp.join(format!("{}{TMP_MARK}0", super::MARKER_KEY));
+                    let mut f = crate::util::create_private_file(&part)?;
+                    f.write_all(&super::marker_bytes(&self.name))?;
+                    super::persist(f, &part, &marker)?;
+                    std::fs::rename(&tmp, &self.root)?;
+                    std::fs::File::open(&parent)?.sync_all()
+                });
+                if let Err(e) = built {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    // Another process may have created it meanwhile.
+                    return match self.presence() {
+                        Presence::Ready => Ok(false),
+                        _ => Err(cannot(e)),
+                    };
+                }
+                return Ok(true);
             }
             Presence::NoMarker => {
                 let empty = std::fs::read_dir(&self.root)

@@ -305,3 +305,169 @@ pub fn host_key(s: &Setup) -> backupctl::trust::HostKey {
     backupctl::trust::HostKey::load(&p)
         .unwrap_or_else(|_| backupctl::trust::HostKey::create(&p).unwrap())
 }
+
+/// One entry of a tree's hash list, computed by the test itself (BLAKE3 of
+/// the content with the `blake3` crate, never through backupctl).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashEntry {
+    pub kind: &'static str,
+    /// BLAKE3 of a file's content; a link's target; empty for a directory.
+    pub hash: String,
+    pub mode: u32,
+    /// (seconds, nanoseconds); not compared for symbolic links.
+    pub mtime: (i64, i64),
+}
+
+/// A tree's hash list: relative path -> entry (the root itself excluded).
+pub type HashList = BTreeMap<String, HashEntry>;
+
+/// The hash list of `root`, leaving out the paths `skip` says were excluded
+/// from the backup (and everything under a skipped directory).
+pub fn hash_list(root: &Path, skip: impl Fn(&str) -> bool) -> HashList {
+    let mut out = BTreeMap::new();
+    let mut walk = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter();
+    while let Some(e) = walk.next() {
+        let e = e.unwrap();
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if skip(&rel) {
+            if e.file_type().is_dir() {
+                walk.skip_current_dir();
+            }
+            continue;
+        }
+        let m = std::fs::symlink_metadata(e.path()).unwrap();
+        let (kind, hash, mode, mtime) = if m.file_type().is_symlink() {
+            let t = std::fs::read_link(e.path()).unwrap();
+            ("link", t.to_string_lossy().into_owned(), 0, (0, 0))
+        } else if m.is_dir() {
+            (
+                "dir",
+                String::new(),
+                m.permissions().mode() & 0o7777,
+                (m.mtime(), m.mtime_nsec()),
+            )
+        } else {
+            let data = std::fs::read(e.path()).unwrap();
+            (
+                "file",
+                blake3::hash(&data).to_hex().to_string(),
+                m.permissions().mode() & 0o7777,
+                (m.mtime(), m.mtime_nsec()),
+            )
+        };
+        out.insert(
+            rel,
+            HashEntry {
+                kind,
+                hash,
+                mode,
+                mtime,
+            },
+        );
+    }
+    out
+}
+
+/// Assert that the tree at `root` is exactly `want` (paths, kinds, contents,
+/// permission bits, mtimes), naming the first differences.
+#[track_caller]
+pub fn assert_hash_list(want: &HashList, root: &Path, what: &str) {
+    let got = hash_list(root, |_| false);
+    if &got == want {
+        return;
+    }
+    let mut diffs = Vec::new();
+    for (k, w) in want {
+        match got.get(k) {
+            None => diffs.push(format!("missing {k}")),
+            Some(g) if g != w => diffs.push(format!("{k}: want {w:?}, got {g:?}")),
+            _ => {}
+        }
+    }
+    for k in got.keys().filter(|k| !want.contains_key(*k)) {
+        diffs.push(format!("unexpected {k}"));
+    }
+    diffs.truncate(10);
+    panic!(
+        "{what}: {} differs from the recorded tree:\n  {}",
+        root.display(),
+        diffs.join("\n  ")
+    );
+}
+
+/// An fs target on a "mounted" disk: the target's root is
+/// `<mount>/backups`; unplugging renames the mount away and leaves an empty
+/// mount point, as on a real machine.
+pub struct Mount {
+    pub mount: PathBuf,
+}
+
+impl Mount {
+    pub fn new(mount: PathBuf) -> Mount {
+        std::fs::create_dir_all(&mount).unwrap();
+        Mount { mount }
+    }
+
+    /// The target's root on the disk.
+    pub fn root(&self) -> PathBuf {
+        self.mount.join("backups")
+    }
+
+    fn away(&self) -> PathBuf {
+        self.mount.with_extension("away")
+    }
+
+    pub fn unplug(&self) {
+        std::fs::rename(&self.mount, self.away()).unwrap();
+        std::fs::create_dir_all(&self.mount).unwrap();
+    }
+
+    pub fn plug(&self) {
+        std::fs::remove_dir(&self.mount).unwrap();
+        std::fs::rename(self.away(), &self.mount).unwrap();
+    }
+}
+
+/// `b3sum` (the system tool) of several files at once: path -> hash.
+pub fn b3sums(paths: &[PathBuf]) -> BTreeMap<PathBuf, String> {
+    if paths.is_empty() {
+        return BTreeMap::new();
+    }
+    let o = Command::new("b3sum")
+        .args(paths)
+        .output()
+        .expect("b3sum installed (apt-get install b3sum)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (h, p) = l.split_once("  ").expect("b3sum line");
+            (PathBuf::from(p), h.to_string())
+        })
+        .collect()
+}
+
+/// Every file under `root`, relative (empty when `root` is missing).
+pub fn files_under(root: &Path) -> std::collections::BTreeSet<String> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_type().is_dir())
+        .map(|e| {
+            e.path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}

@@ -465,3 +465,49 @@ impl Markers {
         );
     }
 }
+
+// Table contents read with each database's own client (issue 8, deployments).
+// ---------------------------------------------------------------------------
+
+/// Run SQL (or a dot-command) with the system `sqlite3` CLI; panics on error.
+pub fn sqlite3(file: &Path, sql: &str) -> String {
+    let o = Command::new("sqlite3")
+        .arg(file)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 CLI (Debian package sqlite3)");
+    assert!(
+        o.status.success(),
+        "sqlite3 {} {sql}: {}",
+        file.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+impl DbServer {
+    /// Every row of each table, ordered by its first column, as psql's
+    /// `COPY ... TO STDOUT` writes them.
+    pub fn pg_rows(&self, db: &str, tables: &[&str]) -> String {
+        let mut out = String::new();
+        for t in tables {
+            out.push_str(&format!("-- {t}\n"));
+            out.push_str(&self.psql(
+                db,
+                &format!("COPY (SELECT * FROM {t} ORDER BY 1) TO STDOUT"),
+            ));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Every row of each table, ordered by its first column, as the mariadb
+    /// client prints them (tab-separated, raw).
+    pub fn my_rows(&self, db: &str, tables: &[&str]) -> String {
+        let sql: String = tables
+            .iter()
+            .map(|t| format!("SELECT '-- {t}'; SELECT * FROM {t} ORDER BY 1;"))
+            .collect();
+        self.mysql(Some(db), &sql)
+    }
+}
