@@ -29,6 +29,30 @@ pub fn b3sums_key(policy: &str, hash: &str) -> String {
     format!("{policy}/archives/{hash}.b3sums")
 }
 
+/// Read the manifest at `key`, refusing (without reading further) one larger
+/// than [`crate::archive::manifest::MAX_MANIFEST_BYTES`].
+pub async fn read_manifest(t: &DynTarget, key: &str) -> Result<Vec<u8>, String> {
+    use crate::archive::manifest::{check_size, MAX_MANIFEST_BYTES};
+    use crate::target::ByteStream;
+    let limit = MAX_MANIFEST_BYTES as u64 + 1;
+    let stream = t.get(key).await.map_err(|e| e.to_string())?;
+    let mut data = Vec::new();
+    let read = match stream {
+        ByteStream::File(f) => tokio::task::spawn_blocking(move || {
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, limit), &mut data).map(|_| data)
+        })
+        .await
+        .expect("manifest read task panicked"),
+        ByteStream::Async(r) => {
+            use tokio::io::AsyncReadExt;
+            r.take(limit).read_to_end(&mut data).await.map(|_| data)
+        }
+    };
+    let data = read.map_err(|e| format!("target {}: reading {key}: {e}", t.name()))?;
+    check_size(data.len())?;
+    Ok(data)
+}
+
 /// What one target holds for one policy (one listing call).
 #[derive(Debug, Default, Clone)]
 pub struct TargetView {
@@ -139,10 +163,8 @@ impl Catalog {
                 let mut manifest = None;
                 for &i in &idx {
                     let t = &states[i].target;
-                    match t
-                        .get_bytes(&manifest_key(policy, &id))
+                    match read_manifest(t, &manifest_key(policy, &id))
                         .await
-                        .map_err(|e| e.to_string())
                         .and_then(|b| Manifest::parse(&b))
                     {
                         Ok(m) if m.id == id && m.policy == policy => {
@@ -304,6 +326,8 @@ Steps (tools: zstd, tar, b3sum; Debian/Ubuntu: apt-get install zstd tar b3sum)
 
 4. Check every file against its recorded BLAKE3:
      cd /restore/<source> && b3sum --check /path/to/<policy>/archives/<hash>.b3sums
+   (b3sum cannot check names that are not valid UTF-8: they are left out of
+   .b3sums; the manifest lists them with "path_b64", their exact bytes in base64.)
 
 Database sources hold dump files: PostgreSQL custom-format dumps (*.pgdump) load
 with pg_restore, plain dumps (*.sql) with psql or mysql, SQLite files (*.db)

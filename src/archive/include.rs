@@ -92,7 +92,10 @@ mod tests {
         assert!(!i.matches(Path::new("sub/index.html"), false));
         assert!(i.matches(Path::new("uploads/2026/x.jpg"), false));
         assert!(i.matches(Path::new("docs/readme.txt"), false));
-        assert!(!i.matches(Path::new("docs"), false), "docs/ names a directory");
+        assert!(
+            !i.matches(Path::new("docs"), false),
+            "docs/ names a directory"
+        );
         assert!(!i.matches(Path::new("other.txt"), false));
         assert!(i.unmatched().is_empty());
         let j = inc(&["*.php", "nothing-here"]);

@@ -264,10 +264,13 @@ impl ArchiveWriter {
         meta: &EntryMeta,
         size: u64,
     ) -> io::Result<tar::Header> {
-        if meta.mtime_nsec != 0 {
-            let v = format!("{}.{:09}", meta.mtime, meta.mtime_nsec);
-            self.builder
-                .append_pax_extensions([("mtime", v.as_bytes())])?;
+        if meta.mtime_nsec != 0 || meta.mtime < 0 {
+            // The header field holds whole seconds from the epoch on; pax
+            // "mtime" carries the rest (a decimal number of seconds).
+            self.builder.append_pax_extensions([(
+                "mtime",
+                pax_time(meta.mtime, meta.mtime_nsec).as_bytes(),
+            )])?;
         }
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
@@ -279,7 +282,22 @@ impl ArchiveWriter {
         Ok(h)
     }
 
+    /// The source root itself, as the entry "./" (its mode, owner and mtime
+    /// are restored onto the restored directory).
+    pub fn add_root(&mut self, meta: &EntryMeta) -> io::Result<()> {
+        self.add_dir(Path::new("."), meta)
+    }
+
+    /// Warn about a name the reader would refuse (it could not be restored
+    /// as is); the entry is still written.
+    fn check_name(&mut self, rel: &Path) {
+        if let Some(p) = super::reader::name_problem(rel) {
+            self.warn(format!("{p}; it cannot be restored as is"));
+        }
+    }
+
     pub fn add_dir(&mut self, rel: &Path, meta: &EntryMeta) -> io::Result<()> {
+        self.check_name(rel);
         let mut h = self.header(tar::EntryType::Directory, meta, 0)?;
         let mut name = rel.as_os_str().to_owned();
         name.push("/");
@@ -290,6 +308,7 @@ impl ArchiveWriter {
     }
 
     pub fn add_symlink(&mut self, rel: &Path, target: &Path, meta: &EntryMeta) -> io::Result<()> {
+        self.check_name(rel);
         let mut h = self.header(tar::EntryType::Symlink, meta, 0)?;
         self.builder.append_link(&mut h, rel, target)?;
         self.entries += 1;
@@ -359,13 +378,10 @@ impl ArchiveWriter {
     }
 
     fn record_file(&mut self, rel: &Path, size: u64, hash: String) {
+        self.check_name(rel);
         self.entries += 1;
         self.content_size += size;
-        self.files.push(FileRecord {
-            path: rel.to_string_lossy().into_owned(),
-            size,
-            blake3: hash,
-        });
+        self.files.push(FileRecord::new(rel, size, hash));
         if let Some(p) = &self.progress {
             p.files.fetch_add(1, Ordering::Relaxed);
         }
@@ -472,6 +488,17 @@ impl ArchiveWriter {
             warnings: self.warnings,
             outputs,
         })
+    }
+}
+
+/// A pax "mtime" value: the decimal number of seconds `secs + nsec / 1e9`
+/// ("-1.250000000" for 1.25 s before the epoch, which stat gives as
+/// secs = -2, nsec = 750000000).
+fn pax_time(secs: i64, nsec: u32) -> String {
+    if secs < 0 && nsec > 0 {
+        format!("-{}.{:09}", -(secs + 1), 1_000_000_000 - nsec)
+    } else {
+        format!("{secs}.{nsec:09}")
     }
 }
 

@@ -67,9 +67,7 @@ pub async fn restore_into_database(
     }
     let (targets, catalog) =
         crate::ops::restore::load_catalog(cfg, policy, o.target.as_deref()).await?;
-    let entry = catalog
-        .resolve(o.snapshot.as_deref())
-        ?;
+    let entry = catalog.resolve(o.snapshot.as_deref())?;
     let m = entry.manifest.clone();
     let rec = m.source(&o.source).ok_or_else(|| {
         CodedError::usage(format!("snapshot {} has no source {:?}", m.id, o.source))
@@ -103,13 +101,8 @@ pub async fn restore_into_database(
     })?
     .clone();
 
-    let scratch_root = policy
-        .verify
-        .scratch_dir
-        .clone()
-        .unwrap_or_else(|| cfg.state_dir.join("scratch"));
-    std::fs::create_dir_all(&scratch_root)
-        .map_err(|e| anyhow::anyhow!("creating {}: {e}", scratch_root.display()))?;
+    // The same checked scratch root as verify; never ownership or setuid there.
+    let scratch_root = crate::ops::verify::scratch_root(cfg, policy)?;
     let opts = ExtractOptions {
         preserve_owner: false,
         ..Default::default()
@@ -144,7 +137,6 @@ pub async fn restore_into_database(
     .await
     .expect("restore task panicked");
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir(&scratch_root);
     let load = loaded?;
     Ok(RestoreDbResult {
         policy: policy.name.clone(),

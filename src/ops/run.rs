@@ -576,8 +576,20 @@ pub async fn run_policy(
             sources: std::mem::take(&mut records),
         };
         let json = Arc::new(manifest.to_json());
-        for q in &queues {
-            let _ = q.send(Job::Commit(id.clone(), json.clone()));
+        // A manifest every reader would refuse would record a snapshot that
+        // cannot be restored: fail the run instead.
+        if let Err(e) = crate::archive::manifest::check_size(json.len()) {
+            let msg = format!(
+                "the snapshot's manifest is {} bytes: {e} (too many files for one snapshot; \
+                 split the source or exclude paths)",
+                json.len()
+            );
+            tracing::error!("{msg}");
+            failed_source = Some(msg);
+        } else {
+            for q in &queues {
+                let _ = q.send(Job::Commit(id.clone(), json.clone()));
+            }
         }
     }
     drop(queues);
