@@ -827,6 +827,10 @@ impl<'a> Unpacker<'a> {
             }
             tar::EntryType::Link => {
                 let target = link_target()?;
+                if !included {
+                    self.report.skipped += 1;
+                    return Ok(());
+                }
                 let target_rel = safe_relative(Path::new(OsStr::from_bytes(&target)))
                     .map_err(|e| {
                         ExtractError::Unsafe(format!("{}: hard link target {e}", rel.display()))
@@ -839,10 +843,6 @@ impl<'a> Unpacker<'a> {
                         target_rel.display()
                     )));
                 };
-                if !included {
-                    self.report.skipped += 1;
-                    return Ok(());
-                }
                 let dest = self.dest;
                 let (src_dir, src_leaf) = self.parent_of(&target_rel)?;
                 let src_dir = src_dir

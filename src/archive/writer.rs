@@ -573,3 +573,52 @@ impl<R: Read + ?Sized> Read for ExactReader<'_, R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_times_are_decimal_seconds_before_and_after_the_epoch() {
+        assert_eq!(pax_time(1_600_000_000, 123), "1600000000.000000123");
+        // stat's (-2 s, 0.75 s) is 1.25 s before the epoch.
+        assert_eq!(pax_time(-2, 750_000_000), "-1.250000000");
+        assert_eq!(pax_time(-5, 0), "-5.000000000");
+    }
+
+    #[test]
+    fn the_root_is_recorded_as_dot_slash_and_refused_names_warned() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = File::create(dir.path().join("a.tar.zst")).unwrap();
+        let mut w = ArchiveWriter::create(vec![(out, false)], 3, 0, None).unwrap();
+        let meta = EntryMeta {
+            mode: 0o750,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            mtime_nsec: 0,
+        };
+        w.add_root(&meta).unwrap();
+        w.add_symlink(
+            Path::new("x").join("y".repeat(300)).as_path(),
+            Path::new("t"),
+            &meta,
+        )
+        .unwrap();
+        let s = w.finish().unwrap();
+        assert_eq!(s.entries, 2);
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.contains("cannot be restored as is")),
+            "{:?}",
+            s.warnings
+        );
+        let bytes = std::fs::read(dir.path().join("a.tar.zst")).unwrap();
+        let tar = zstd::decode_all(&bytes[..]).unwrap();
+        let mut a = tar::Archive::new(&tar[..]);
+        let first = a.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(&*first.path_bytes(), b"./");
+        assert_eq!(first.header().mode().unwrap(), 0o750);
+    }
+}
