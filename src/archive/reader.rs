@@ -145,6 +145,22 @@ pub struct Expected {
 }
 
 impl Expected {
+    /// The recorded size of the file `key` (raw bytes). A manifest written
+    /// before `path_b64` existed holds a lossy rendering of a name that is
+    /// not UTF-8; such a name is found by that rendering.
+    pub fn size_of(&self, key: &[u8]) -> Option<u64> {
+        self.files.get(key).copied().or_else(|| {
+            std::str::from_utf8(key)
+                .is_err()
+                .then(|| {
+                    self.files
+                        .get(String::from_utf8_lossy(key).as_bytes())
+                        .copied()
+                })
+                .flatten()
+        })
+    }
+
     pub fn from_record(rec: &SourceRecord) -> Result<Expected, String> {
         let mut files = HashMap::with_capacity(rec.files.len());
         for f in &rec.files {
@@ -726,14 +742,14 @@ impl<'a> Unpacker<'a> {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let key = rel.as_os_str().as_bytes().to_vec();
                 if let Some(e) = &self.opts.expect {
-                    match e.files.get(&key) {
+                    match e.size_of(&key) {
                         None => {
                             return Err(ExtractError::Integrity(format!(
                                 "{}: a file the manifest does not list",
                                 rel.display()
                             )))
                         }
-                        Some(&want) if want != size => {
+                        Some(want) if want != size => {
                             return Err(ExtractError::Integrity(format!(
                                 "{}: the archive announces {size} bytes, the manifest records {want}",
                                 rel.display()
@@ -955,14 +971,26 @@ pub fn compare_files(
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let mut names: HashSet<Vec<u8>> = HashSet::with_capacity(expected.len());
+    // Names that are not UTF-8, by their lossy rendering: what a manifest
+    // written before `path_b64` recorded for them (usually empty).
+    let legacy: HashMap<String, &Vec<u8>> = got
+        .keys()
+        .filter(|k| std::str::from_utf8(k).is_err())
+        .map(|k| (String::from_utf8_lossy(k).into_owned(), k))
+        .collect();
     for f in expected {
-        let path = match f.path_bytes() {
+        let mut path = match f.path_bytes() {
             Ok(p) => p.into_owned(),
             Err(e) => {
                 problems.push(e);
                 continue;
             }
         };
+        if f.path_b64.is_none() && !got.contains_key(&path) {
+            if let Some(k) = legacy.get(&f.path) {
+                path = (*k).clone();
+            }
+        }
         if include.is_some_and(|i| !i.matches(Path::new(OsStr::from_bytes(&path)), false)) {
             continue;
         }
@@ -1009,6 +1037,29 @@ mod tests {
         assert_eq!((t.unix_seconds(), t.nanoseconds()), (5, 1));
         let t = parse_pax_time("-7").unwrap();
         assert_eq!((t.unix_seconds(), t.nanoseconds()), (-7, 0));
+    }
+
+    #[test]
+    fn legacy_lossy_records_still_match_names_that_are_not_utf8() {
+        let raw = b"caf\xe9".to_vec();
+        let legacy = FileRecord {
+            path: String::from_utf8_lossy(&raw).into_owned(),
+            path_b64: None,
+            size: 3,
+            blake3: "h".into(),
+        };
+        let exp = Expected {
+            files: [(legacy.path.as_bytes().to_vec(), 3)].into(),
+            ..Default::default()
+        };
+        assert_eq!(exp.size_of(&raw), Some(3));
+        let got: HashMap<Vec<u8>, (u64, String)> = [(raw.clone(), (3, "h".to_string()))].into();
+        assert!(compare_files(std::slice::from_ref(&legacy), &got, None).is_empty());
+        // A new record (exact bytes) matches exactly, and two such names are distinct.
+        let a = FileRecord::new(Path::new(OsStr::from_bytes(&raw)), 3, "h".into());
+        let b = FileRecord::new(Path::new(OsStr::from_bytes(b"caf\xe8")), 3, "h".into());
+        let problems = compare_files(&[a, b], &got, None);
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 
     #[test]
