@@ -262,7 +262,13 @@ pub struct RestoreArgs {
     /// with --into-database: replace a non-empty database.
     #[arg(long)]
     pub force: bool,
-    /// Also create symbolic links that point outside the destination (they are never followed).
+    /// Do not restore ownership (even as root): files belong to the user
+    /// running the restore, and setuid/setgid bits are dropped (always the
+    /// case when not running as root).
+    #[arg(long)]
+    pub no_same_owner: bool,
+    /// Deprecated, no effect: symbolic links are always restored as they
+    /// were, wherever they point, and never followed while restoring.
     #[arg(long)]
     pub allow_external_links: bool,
     /// Machine-readable output.

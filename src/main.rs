@@ -275,8 +275,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 target: a.target.clone(),
                 include: a.include.clone(),
                 force: a.force,
-                allow_external_links: a.allow_external_links,
+                no_same_owner: a.no_same_owner,
             };
+            if a.allow_external_links {
+                tracing::warn!(
+                    "--allow-external-links is deprecated and has no effect: symbolic links are \
+                     always restored as they were and never followed while restoring"
+                );
+            }
             let (r, code) = ops::restore::restore(cfg, policy, &opts).await?;
             show.one(&r, code, render_restore);
             Ok(code)

@@ -37,9 +37,9 @@ pub fn signature_key(policy: &str, id: &str) -> String {
     format!("{policy}/snapshots/{id}.sig")
 }
 
-/// Manifests above this size are refused unread (per-file records live in
-/// the manifest: about 150 bytes per file, so this allows ~400,000 files).
-pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+/// Manifests above this size are refused unread (see
+/// [`crate::archive::manifest::MAX_MANIFEST_BYTES`]).
+pub const MAX_MANIFEST_BYTES: u64 = crate::archive::manifest::MAX_MANIFEST_BYTES as u64;
 
 /// Is `s` a snapshot id as `run` makes them (`YYYYMMDDTHHMMSSZ-xxxxxxxx`)?
 pub fn is_snapshot_id(s: &str) -> bool {
@@ -186,10 +186,8 @@ pub async fn read_authentic(
 ) -> Result<(Vec<u8>, [u8; 32], PublicKey), (String, Option<PublicKey>)> {
     // `size` is the listed size (0: not listed; the read is bounded anyway).
     if size > MAX_MANIFEST_BYTES {
-        return Err((
-            format!("manifest is {size} bytes, above the limit of {MAX_MANIFEST_BYTES}; not read"),
-            None,
-        ));
+        let e = crate::archive::manifest::check_size(size as usize).unwrap_err();
+        return Err((e, None));
     }
     let sig = match crate::target::get_limited(
         t,
@@ -552,6 +550,8 @@ Steps (tools: zstd, tar, b3sum; Debian/Ubuntu: apt-get install zstd tar b3sum)
 
 4. Check every file against its recorded BLAKE3:
      cd /restore/<source> && b3sum --check /path/to/<policy>/archives/<hash>.b3sums
+   (b3sum cannot check names that are not valid UTF-8: they are left out of
+   .b3sums; the manifest lists them with "path_b64", their exact bytes in base64.)
 
 Database sources hold dump files: PostgreSQL custom-format dumps (*.pgdump) load
 with pg_restore, plain dumps (*.sql) with psql or mysql, SQLite files (*.db)

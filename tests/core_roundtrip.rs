@@ -547,3 +547,302 @@ fn snapshot_ids_are_unique_for_equal_times() {
         .collect();
     assert_eq!(times, vec![t, t]);
 }
+
+// ---------------------------------------------------------------------------
+// Issue 9: what restores as is, and what never creates a privilege.
+
+fn one_target(src: &Path) -> Setup {
+    let s = Setup::new();
+    s.fs_config(&["t"]);
+    s.files_policy("shop", src, &["t"], "");
+    s
+}
+
+fn meta(p: &Path) -> std::fs::Metadata {
+    std::fs::symlink_metadata(p).unwrap()
+}
+
+#[test]
+fn setuid_files_keep_their_bits_only_with_their_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("web");
+    std::fs::create_dir_all(src.join("shared")).unwrap();
+    std::fs::write(src.join("suid-tool"), "#!/bin/sh\nid\n").unwrap();
+    let set = |p: &str, m: u32| {
+        std::fs::set_permissions(src.join(p), std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    if running_as_root() {
+        // Owned by an unprivileged user (nobody), as in a web root.
+        std::os::unix::fs::chown(src.join("suid-tool"), Some(65534), Some(65534)).unwrap();
+        std::os::unix::fs::chown(src.join("shared"), Some(65534), Some(65534)).unwrap();
+    }
+    set("suid-tool", 0o4755);
+    set("shared", 0o2775);
+    let s = one_target(&src);
+    expect_code(&s.run(&["run"]), 0);
+    let me = meta(Path::new("/proc/self")).uid();
+
+    // As root: owner, group and bits come back together (like tar and restic).
+    let out = s.path("out");
+    expect_code(
+        &s.run(&["restore", "shop", "--to", out.to_str().unwrap()]),
+        0,
+    );
+    let f = meta(&out.join("site/suid-tool"));
+    let d = meta(&out.join("site/shared"));
+    if running_as_root() {
+        assert_eq!((f.uid(), f.gid()), (65534, 65534));
+        assert_eq!(f.permissions().mode() & 0o7777, 0o4755);
+        assert_eq!((d.uid(), d.gid()), (65534, 65534));
+        assert_eq!(d.permissions().mode() & 0o7777, 0o2775);
+    } else {
+        assert_eq!(
+            f.permissions().mode() & 0o7777,
+            0o755,
+            "not root: bits dropped"
+        );
+        assert_eq!(d.permissions().mode() & 0o7777, 0o775);
+    }
+
+    // --no-same-owner: the restoring user's files, never setuid/setgid.
+    let out2 = s.path("out2");
+    expect_code(
+        &s.run(&[
+            "restore",
+            "shop",
+            "--to",
+            out2.to_str().unwrap(),
+            "--no-same-owner",
+        ]),
+        0,
+    );
+    let f = meta(&out2.join("site/suid-tool"));
+    let d = meta(&out2.join("site/shared"));
+    assert_eq!(f.uid(), me);
+    assert_eq!(f.permissions().mode() & 0o7777, 0o755);
+    assert_eq!(d.uid(), me);
+    assert_eq!(d.permissions().mode() & 0o7777, 0o775);
+    // (verify's scratch tree is checked while verify runs in
+    // core_hostile::verify_unpacks_into_a_fresh_private_directory_never_setuid_and_never_through_a_swap.)
+    expect_code(&s.run(&["verify"]), 0);
+}
+
+#[test]
+fn restored_root_directory_keeps_its_mode_and_mtime() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("web");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("index.html"), "hi").unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o750)).unwrap();
+    filetime::set_file_mtime(&src, filetime::FileTime::from_unix_time(1_500_000_000, 42)).unwrap();
+    let s = one_target(&src);
+    expect_code(&s.run(&["run"]), 0);
+    let out = s.path("out");
+    expect_code(
+        &s.run(&["restore", "shop", "--to", out.to_str().unwrap()]),
+        0,
+    );
+    let m = meta(&out.join("site"));
+    assert_eq!(m.permissions().mode() & 0o7777, 0o750);
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_500_000_000, 42));
+    // The manual path (tar -x into a directory) gives the same.
+    let arch = archives(&s.target_dir("t"), "shop").remove(0);
+    let list = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -d -c '{}' | tar -tvf - | head -1",
+            arch.display()
+        ))
+        .output()
+        .unwrap();
+    let first = stdout(&list);
+    assert!(
+        first.starts_with("drwxr-x---") && first.trim_end().ends_with(" ./"),
+        "{first}"
+    );
+    // Unchanged tree: same archive.
+    expect_code(&s.run(&["run"]), 0);
+    assert_eq!(archives(&s.target_dir("t"), "shop").len(), 1);
+}
+
+#[test]
+fn symbolic_links_round_trip_wherever_they_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("web");
+    std::fs::create_dir_all(src.join("conf")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", src.join("conf/abs-link")).unwrap();
+    std::os::unix::fs::symlink("../../outside/file", src.join("conf/up-link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/dangling", src.join("dangling")).unwrap();
+    let s = one_target(&src);
+    let o = s.run(&["run", "--json"]);
+    expect_code(&o, 0);
+    let warnings = json(&o)[0]["warnings"].to_string();
+    assert!(
+        !warnings.contains("link"),
+        "nothing to warn about: {warnings}"
+    );
+    let out = s.path("out");
+    expect_code(
+        &s.run(&["restore", "shop", "--to", out.to_str().unwrap()]),
+        0,
+    );
+    assert_same_tree(&src, &out.join("site"));
+    assert_eq!(
+        std::fs::read_link(out.join("site/conf/abs-link")).unwrap(),
+        Path::new("/etc/hostname")
+    );
+    // --allow-external-links is still accepted (deprecated, no effect).
+    let out2 = s.path("out2");
+    let o = s.run(&[
+        "restore",
+        "shop",
+        "--to",
+        out2.to_str().unwrap(),
+        "--allow-external-links",
+    ]);
+    expect_code(&o, 0);
+    assert!(stderr(&o).contains("deprecated"), "{}", stderr(&o));
+    assert_same_tree(&src, &out2.join("site"));
+    expect_code(&s.run(&["verify"]), 0);
+}
+
+#[test]
+fn names_that_are_not_utf8_round_trip_byte_exact_without_colliding() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("web");
+    let name = |b: &[u8]| src.join(OsStr::from_bytes(b));
+    std::fs::create_dir_all(name(b"d\xff")).unwrap();
+    // Two names that differ only in their invalid bytes (both "caf\u{FFFD}.txt" when lossy).
+    std::fs::write(name(b"caf\xe9.txt"), "latin-1 e-acute").unwrap();
+    std::fs::write(name(b"caf\xe8.txt"), "latin-1 e-grave").unwrap();
+    std::fs::write(name(b"d\xff/inner"), "inside").unwrap();
+    std::fs::write(src.join("plain.txt"), "plain").unwrap();
+    let s = one_target(&src);
+    expect_code(&s.run(&["run"]), 0);
+    // The manifest keeps the exact bytes of each (path_b64).
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifests(&s.target_dir("t"), "shop")[0]).unwrap())
+            .unwrap();
+    let files = m["sources"][0]["files"].as_array().unwrap();
+    let b64: Vec<&str> = files
+        .iter()
+        .filter_map(|f| f["path_b64"].as_str())
+        .collect();
+    assert_eq!(b64.len(), 3, "{files:?}");
+    let out = s.path("out");
+    expect_code(
+        &s.run(&["restore", "shop", "--to", out.to_str().unwrap()]),
+        0,
+    );
+    let site = out.join("site");
+    let got = |b: &[u8]| std::fs::read_to_string(site.join(OsStr::from_bytes(b))).unwrap();
+    assert_eq!(got(b"caf\xe9.txt"), "latin-1 e-acute");
+    assert_eq!(got(b"caf\xe8.txt"), "latin-1 e-grave");
+    assert_eq!(got(b"d\xff/inner"), "inside");
+    let mut names: Vec<Vec<u8>> = std::fs::read_dir(&site)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            b"caf\xe8.txt".to_vec(),
+            b"caf\xe9.txt".to_vec(),
+            b"d\xff".to_vec(),
+            b"plain.txt".to_vec()
+        ]
+    );
+    expect_code(&s.run(&["verify"]), 0);
+    // The manual path: b3sum --check passes on what b3sum can check.
+    let arch = archives(&s.target_dir("t"), "shop").remove(0);
+    let sums = arch.with_file_name(
+        arch.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".tar.zst", ".b3sums"),
+    );
+    let o = Command::new("b3sum")
+        .arg("--check")
+        .arg(&sums)
+        .current_dir(&site)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "b3sum --check: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    assert!(stdout(&o).contains("plain.txt: OK"), "{}", stdout(&o));
+}
+
+/// Read `rel` beneath `root` one component at a time (the path is longer
+/// than PATH_MAX, so no absolute path to it can be opened).
+fn read_deep(root: &Path, rel: &str) -> Vec<u8> {
+    use std::ffi::CString;
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let mut fd = unsafe {
+        libc::open(
+            CString::new(root.to_str().unwrap()).unwrap().as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        )
+    };
+    assert!(fd >= 0);
+    let comps: Vec<&str> = rel.split('/').collect();
+    for (i, c) in comps.iter().enumerate() {
+        let flags = if i + 1 == comps.len() {
+            libc::O_RDONLY
+        } else {
+            libc::O_RDONLY | libc::O_DIRECTORY
+        };
+        let next = unsafe {
+            libc::openat(
+                fd,
+                CString::new(*c).unwrap().as_ptr(),
+                flags | libc::O_NOFOLLOW,
+            )
+        };
+        assert!(next >= 0, "{c}: {}", std::io::Error::last_os_error());
+        unsafe { libc::close(fd) };
+        fd = next;
+    }
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).unwrap();
+    v
+}
+
+#[test]
+fn a_4000_character_path_backs_up_and_restores() {
+    let s = Setup::new();
+    let src = s.path("src");
+    // 19 directories of 200 characters and a 181-character file name.
+    let dirs: Vec<String> = (0..19)
+        .map(|i| format!("{i:02}{}", "d".repeat(198)))
+        .collect();
+    let rel = format!("{}/{}", dirs.join("/"), "f".repeat(181));
+    assert_eq!(rel.len(), 4000);
+    std::fs::create_dir_all(src.join(dirs.join("/"))).unwrap();
+    std::fs::write(src.join(&rel), "deep").unwrap();
+    s.fs_config(&["t"]);
+    s.files_policy("shop", &src, &["t"], "");
+    let o = s.run(&["run", "--json"]);
+    expect_code(&o, 0);
+    assert_eq!(json(&o)[0]["status"], "complete");
+    let out = s.path(&format!("restore-{}", "x".repeat(100)));
+    let o = s.run(&["restore", "shop", "--to", out.to_str().unwrap()]);
+    expect_code(&o, 0);
+    let site = out.join("site");
+    assert!(
+        site.join(&rel).as_os_str().len() > libc::PATH_MAX as usize,
+        "the restored path is longer than PATH_MAX"
+    );
+    assert_eq!(read_deep(&site, &rel), b"deep");
+    expect_code(&s.run(&["verify"]), 0);
+}

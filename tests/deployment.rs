@@ -917,6 +917,18 @@ fn a_month_of_operation() {
         ),
     );
     expect(&d.run(&["init"]), 0, "init");
+    // As the Quick start says: make the host key and pin it in the config,
+    // so the recovery machine (which has only the config) trusts the
+    // snapshots.
+    let k = d.run(&["key", "init", "--json"]);
+    expect(&k, 0, "key init");
+    let public: serde_json::Value = serde_json::from_slice(&k.stdout).unwrap();
+    let cfg = std::fs::read_to_string(d.config()).unwrap();
+    std::fs::write(
+        d.config(),
+        format!("trusted_keys = [{}]\n{cfg}", public["public_key"]),
+    )
+    .unwrap();
 
     let shop_site = d.path("srv/www/shop");
     create_site(&shop_site, "shop");
@@ -1318,6 +1330,7 @@ fn a_month_of_operation() {
     for p in &m.pols {
         for id in &p.kept {
             expected_keys.insert(format!("{}/snapshots/{id}.json", p.name));
+            expected_keys.insert(format!("{}/snapshots/{id}.sig", p.name));
             for h in p.get(id).archives.values() {
                 expected_keys.insert(format!("{}/archives/{h}.tar.zst", p.name));
                 expected_keys.insert(format!("{}/archives/{h}.b3sums", p.name));

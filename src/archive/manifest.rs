@@ -1,8 +1,17 @@
 //! The snapshot manifest: a JSON document written last on each target, so a
 //! snapshot is visible only once all its archives are stored.
+//!
+//! File paths are recorded byte-exact: `path` is the name as UTF-8, and a
+//! name that is not valid UTF-8 also gets `path_b64` (standard base64 of its
+//! raw bytes; `path` is then only a lossy rendering for people). A manifest
+//! is at most [`MAX_MANIFEST_BYTES`]; a larger one is refused by every reader.
 
+use base64::Engine;
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 /// Bumped on incompatible changes; readers refuse newer versions.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -50,15 +59,56 @@ pub struct SourceRecord {
     pub database: Option<serde_json::Value>,
 }
 
+/// Largest manifest accepted (and written). Per-file records live in the
+/// manifest, at roughly 150 bytes each: this allows about 400,000 files per
+/// snapshot.
+pub const MAX_MANIFEST_BYTES: usize = 64 << 20;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileRecord {
+    /// Relative to the source root; lossy (U+FFFD) when `path_b64` is set.
     pub path: String,
+    /// The exact bytes of a name that is not valid UTF-8 (standard base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_b64: Option<String>,
     pub size: u64,
     pub blake3: String,
 }
 
+impl FileRecord {
+    /// A record for the file at `rel` (relative to the source root).
+    pub fn new(rel: &Path, size: u64, blake3: String) -> FileRecord {
+        let bytes = rel.as_os_str().as_bytes();
+        let (path, path_b64) = match std::str::from_utf8(bytes) {
+            Ok(s) => (s.to_string(), None),
+            Err(_) => (
+                String::from_utf8_lossy(bytes).into_owned(),
+                Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+            ),
+        };
+        FileRecord {
+            path,
+            path_b64,
+            size,
+            blake3,
+        }
+    }
+
+    /// The path's exact bytes.
+    pub fn path_bytes(&self) -> Result<Cow<'_, [u8]>, String> {
+        match &self.path_b64 {
+            None => Ok(Cow::Borrowed(self.path.as_bytes())),
+            Some(b) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map(Cow::Owned)
+                .map_err(|e| format!("{}: path_b64 is not valid base64: {e}", self.path)),
+        }
+    }
+}
+
 impl Manifest {
     pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
+        check_size(bytes.len())?;
         let mut m: Manifest =
             serde_json::from_slice(bytes).map_err(|e| format!("invalid manifest JSON: {e}"))?;
         if m.format != FORMAT_NAME {
@@ -118,6 +168,10 @@ impl Manifest {
             for w in &mut s.warnings {
                 *w = p(w);
             }
+            for f in &s.files {
+                f.path_bytes()
+                    .map_err(|e| format!("source {:?}: {e}", s.name))?;
+            }
         }
         Ok(())
     }
@@ -148,10 +202,28 @@ pub fn is_hash(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Render per-file hashes in `b3sum` check format (`b3sum --check` reads it).
+/// Refuse a manifest of `len` bytes above [`MAX_MANIFEST_BYTES`].
+pub fn check_size(len: usize) -> Result<(), String> {
+    if len > MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "manifest is larger than the {} MiB limit ({len} bytes or more); refused",
+            MAX_MANIFEST_BYTES >> 20
+        ));
+    }
+    Ok(())
+}
+
+/// Render per-file hashes in `b3sum` check format (`b3sum --check` reads it),
+/// with b3sum's escaping: a path containing `\` or a newline has them
+/// escaped and its line starts with a backslash. Names b3sum cannot check
+/// (not valid UTF-8, or containing U+FFFD, which `b3sum --check` always
+/// fails) are left out: the manifest lists them (`path_b64`).
 pub fn b3sums(files: &[FileRecord]) -> String {
     let mut out = String::new();
     for f in files {
+        if f.path_b64.is_some() || f.path.contains('\u{FFFD}') {
+            continue;
+        }
         if f.path.contains('\\') || f.path.contains('\n') {
             // b3sum's escaping: a leading backslash marks an escaped line.
             let esc = f.path.replace('\\', "\\\\").replace('\n', "\\n");
@@ -161,4 +233,37 @@ pub fn b3sums(files: &[FileRecord]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn non_utf8_paths_round_trip_and_stay_distinct() {
+        let a = FileRecord::new(Path::new(OsStr::from_bytes(b"d/caf\xe9")), 1, "h".into());
+        let b = FileRecord::new(Path::new(OsStr::from_bytes(b"d/caf\xe8")), 1, "h".into());
+        assert_eq!(a.path, b.path, "the lossy renderings collide");
+        assert_ne!(a.path_b64, b.path_b64);
+        assert_eq!(&*a.path_bytes().unwrap(), b"d/caf\xe9");
+        assert_eq!(&*b.path_bytes().unwrap(), b"d/caf\xe8");
+        let json = serde_json::to_string(&a).unwrap();
+        let back: FileRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, a);
+        // UTF-8 names serialise as before (no path_b64).
+        let u = FileRecord::new(Path::new("grüße/x"), 1, "h".into());
+        assert!(!serde_json::to_string(&u).unwrap().contains("path_b64"));
+        assert_eq!(&*u.path_bytes().unwrap(), "grüße/x".as_bytes());
+        // b3sum cannot check the non-UTF-8 ones: left out of .b3sums.
+        let sums = b3sums(&[a, u.clone()]);
+        assert_eq!(sums, format!("h  {}\n", u.path));
+    }
+
+    #[test]
+    fn oversized_manifests_are_refused_before_parsing() {
+        let big = vec![b' '; MAX_MANIFEST_BYTES + 1];
+        let e = Manifest::parse(&big).unwrap_err();
+        assert!(e.contains("64 MiB limit"), "{e}");
+    }
 }

@@ -2,10 +2,13 @@
 //! the BLAKE3 of its own bytes, plus a JSON manifest per snapshot.
 //!
 //! - [`writer`]: entries -> tar -> zstd -> BLAKE3, streamed to a staging file.
-//! - [`reader`]: hash-checked, path-safe unpacking.
+//! - [`reader`]: hash-checked, manifest-bounded, path-safe unpacking.
+//! - [`beneath`]: creating paths beneath a directory descriptor, never
+//!   through a symbolic link.
 //! - [`manifest`]: the snapshot manifest types.
 //! - [`include`]: which paths a restore selects (`--include`).
 
+pub mod beneath;
 pub mod include;
 pub mod manifest;
 pub mod reader;
@@ -13,5 +16,5 @@ pub mod writer;
 
 pub use include::Include;
 pub use manifest::{FileRecord, Manifest, SourceRecord};
-pub use reader::{extract, ExtractError, ExtractOptions, ExtractReport};
+pub use reader::{extract, Expected, ExtractError, ExtractOptions, ExtractReport};
 pub use writer::{ArchiveSummary, ArchiveWriter, EntryMeta, Progress};

@@ -1,44 +1,176 @@
-//! Archive reader: checks an archive against its BLAKE3 name while unpacking
-//! it, path-safely, into a destination directory.
+//! Archive reader: unpacks a `.tar.zst` into a directory it is given as an
+//! open descriptor, checking the bytes against their BLAKE3 name and the
+//! manifest's records on the way. Owns what an archive may do to the
+//! destination.
 //!
-//! Safety rules: entries with absolute paths or `..` components, hard links to
-//! anything but an earlier entry, device nodes and FIFOs, and paths that would
-//! pass through a symbolic link are refused; symbolic links that point outside
-//! the destination are refused unless explicitly allowed (and are then created
-//! but never followed). Nothing is written outside the destination.
+//! - **Nothing outside the destination, nothing through a link.** Entries
+//!   with absolute paths or `..` are refused. Every path is created beneath
+//!   the destination descriptor, one `openat(O_NOFOLLOW)` per component (see
+//!   [`super::beneath`]), so a symbolic link in the tree, wherever it points
+//!   and however it is chained, stops any later entry that would pass through
+//!   it; leaves are created with `O_EXCL` (an entry never replaces another).
+//!   Symbolic links are therefore created as they were, absolute or pointing
+//!   outside included, as GNU tar and restic do (links are checked by
+//!   resolution, not by text, and need no delayed creation). Hard links only
+//!   to a regular file written earlier by this archive; device nodes, FIFOs
+//!   and sparse entries are refused.
+//! - **No privilege is created.** Ownership is restored only when asked
+//!   (root, without `--no-same-owner`); setuid and setgid bits are applied
+//!   only together with the owner and group they came with, and dropped
+//!   whenever ownership is not restored (verify never restores it). The
+//!   sticky bit is kept: it grants nothing. Directory modes, owners and times,
+//!   the root's ("./") included, are applied only once the archive's hash has
+//!   been checked, so until then the tree stays in 0700 directories.
+//! - **Bounded by the manifest.** With [`Expected`], the compressed stream
+//!   may not exceed the recorded archive size, the tar stream the recorded
+//!   tar size, and every regular file must be listed with the size its header
+//!   announces; metadata entries (long names, pax headers) are limited to
+//!   [`MAX_META_ENTRY`]. Any violation stops at once as an integrity failure
+//!   of that copy, never after writing what was announced.
+//! - **Errors say whose fault they are** ([`ExtractError`]): only a local
+//!   problem writing the destination (disk full, permissions, read-only file
+//!   system) is [`ExtractError::Io`]; anything the archive causes is
+//!   integrity or unsafe, and callers try another copy.
 //!
 //! Decompression runs on its own thread and feeds the unpacker through a
 //! bounded channel, so reading, decompressing and writing overlap.
 
+use super::beneath::{self, Cursor, WalkError};
+use super::manifest::{FileRecord, SourceRecord};
 use super::writer::Progress;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+/// Largest GNU long-name / long-link or pax header entry accepted (they are
+/// held in memory whole).
+pub const MAX_META_ENTRY: u64 = 1 << 20;
+
+/// The setuid and setgid bits: applied only with the owner they came with.
+const SETID: u32 = 0o6000;
+
 /// Why an extraction failed; decides whether another copy is worth trying.
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
-    /// The bytes are damaged, unreadable or don't match their hash: try another copy.
+    /// The bytes are damaged, unreadable, oversized or don't match their
+    /// hash or the manifest: try another copy.
     #[error("integrity: {0}")]
     Integrity(String),
-    /// A hostile or unsupported entry was refused.
+    /// A hostile, unsupported or unrestorable entry was refused: try another copy.
     #[error("refused: {0}")]
     Unsafe(String),
-    /// A local problem writing the destination.
+    /// A local problem writing the destination (disk full, permissions...): stop.
     #[error("writing {path}: {source}")]
     Io { path: String, source: io::Error },
 }
 
-fn local(path: &Path, source: io::Error) -> ExtractError {
-    ExtractError::Io {
-        path: path.display().to_string(),
-        source,
+/// Is this error the destination's fault (rather than the archive's)?
+fn is_local(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ENOSPC
+                | libc::EDQUOT
+                | libc::EROFS
+                | libc::EIO
+                | libc::EACCES
+                | libc::EPERM
+                | libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOMEM
+                | libc::EFBIG
+        )
+    )
+}
+
+/// Classify an error creating or writing `rel`.
+fn write_error(dest: &Path, rel: &Path, e: io::Error) -> ExtractError {
+    if is_local(&e) {
+        ExtractError::Io {
+            path: dest.join(rel).display().to_string(),
+            source: e,
+        }
+    } else if e.kind() == io::ErrorKind::AlreadyExists {
+        ExtractError::Unsafe(format!(
+            "{}: appears twice in the archive (or a directory is in its way)",
+            rel.display()
+        ))
+    } else {
+        ExtractError::Unsafe(format!("{}: cannot be restored: {e}", rel.display()))
+    }
+}
+
+fn walk_error(dest: &Path, rel: &Path, comps: &[&OsStr], e: WalkError) -> ExtractError {
+    let at = |d: usize| {
+        comps[..=d.min(comps.len().saturating_sub(1))]
+            .iter()
+            .collect::<PathBuf>()
+    };
+    match e {
+        WalkError::Symlink(d) => ExtractError::Unsafe(format!(
+            "{}: {} is a symbolic link; refusing to write through it",
+            rel.display(),
+            at(d).display()
+        )),
+        WalkError::NotDir(d) => ExtractError::Unsafe(format!(
+            "{}: {} is not a directory (a file is in the way)",
+            rel.display(),
+            at(d).display()
+        )),
+        WalkError::Missing(d) => ExtractError::Unsafe(format!(
+            "{}: {} does not exist",
+            rel.display(),
+            at(d).display()
+        )),
+        WalkError::Io(_, e) => write_error(dest, rel, e),
+    }
+}
+
+/// What the manifest says an archive holds; extraction stops as soon as the
+/// archive disagrees.
+#[derive(Debug, Clone, Default)]
+pub struct Expected {
+    /// Bytes of the `.tar.zst` (the download may not exceed it).
+    pub archive_size: u64,
+    /// Bytes of the decompressed tar stream.
+    pub tar_size: u64,
+    /// Every regular file (raw path bytes) with its size.
+    pub files: HashMap<Vec<u8>, u64>,
+}
+
+impl Expected {
+    /// The recorded size of the file `key` (raw bytes). A manifest written
+    /// before `path_b64` existed holds a lossy rendering of a name that is
+    /// not UTF-8; such a name is found by that rendering.
+    pub fn size_of(&self, key: &[u8]) -> Option<u64> {
+        self.files.get(key).copied().or_else(|| {
+            std::str::from_utf8(key)
+                .is_err()
+                .then(|| {
+                    self.files
+                        .get(String::from_utf8_lossy(key).as_bytes())
+                        .copied()
+                })
+                .flatten()
+        })
+    }
+
+    pub fn from_record(rec: &SourceRecord) -> Result<Expected, String> {
+        let mut files = HashMap::with_capacity(rec.files.len());
+        for f in &rec.files {
+            files.insert(f.path_bytes()?.into_owned(), f.size);
+        }
+        Ok(Expected {
+            archive_size: rec.archive_size,
+            tar_size: rec.tar_size,
+            files,
+        })
     }
 }
 
@@ -46,45 +178,67 @@ fn local(path: &Path, source: io::Error) -> ExtractError {
 pub struct ExtractOptions {
     /// Only entries whose path (relative to the archive root) matches are written.
     pub include: Option<super::Include>,
-    /// Restore numeric ownership (only meaningful as root).
+    /// Restore numeric ownership, and with it setuid/setgid bits (root only).
     pub preserve_owner: bool,
-    /// Create symlinks whose target lies outside the destination.
-    pub allow_external_links: bool,
+    /// Give the destination directory itself the archive root's ("./")
+    /// mode, owner and mtime (restore). Verify leaves its 0700 scratch
+    /// directory alone.
+    pub apply_root: bool,
     pub progress: Option<Arc<Progress>>,
     /// Hash every file's content (verify). Restore leaves it off: the archive
     /// hash already covers every byte, and nothing is moved into place until
     /// it has been checked.
     pub hash_files: bool,
+    /// Bounds from the manifest (see [`Expected`]).
+    pub expect: Option<Arc<Expected>>,
 }
 
 /// What was unpacked.
 #[derive(Debug, Default)]
 pub struct ExtractReport {
-    /// path -> (size, BLAKE3) of every regular file written (the hash is
+    /// raw path -> (size, BLAKE3) of every regular file written (the hash is
     /// empty unless `hash_files`).
-    pub files: HashMap<String, (u64, String)>,
+    pub files: HashMap<Vec<u8>, (u64, String)>,
     pub entries: u64,
     pub archive_hash: String,
     pub archive_size: u64,
     /// Entries not written (filtered out by include).
     pub skipped: u64,
+    /// Entries whose ownership could not be restored (their setuid/setgid
+    /// bits were dropped).
+    pub owner_failures: u64,
 }
 
-/// Reader that hashes and counts what passes, and remembers whether an error
-/// came from the underlying source (as opposed to the decoder).
+/// Reader that hashes and counts what passes, refuses to pass more than
+/// `limit` bytes, and remembers whether an error came from the underlying
+/// source (as opposed to the decoder).
 struct SourceReader<R> {
     inner: R,
     hasher: blake3::Hasher,
     count: u64,
+    limit: Option<u64>,
     failed: Arc<AtomicBool>,
 }
 
 impl<R: Read> Read for SourceReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.inner.read(buf) {
+        let want = match self.limit {
+            // One byte past the limit is enough to know it was exceeded.
+            Some(l) => buf
+                .len()
+                .min((l - self.count.min(l)).saturating_add(1) as usize),
+            None => buf.len(),
+        };
+        match self.inner.read(&mut buf[..want]) {
             Ok(n) => {
                 self.hasher.update(&buf[..n]);
                 self.count += n as u64;
+                if let Some(l) = self.limit.filter(|l| self.count > *l) {
+                    self.failed.store(true, Ordering::SeqCst);
+                    return Err(io::Error::other(format!(
+                        "the target serves more than the recorded {l} bytes"
+                    )));
+                }
                 Ok(n)
             }
             Err(e) => {
@@ -102,6 +256,8 @@ struct ChannelReader {
     recycle: mpsc::Sender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
+    /// A decoder error was handed to the unpacker (it explains what failed).
+    forwarded_error: bool,
 }
 
 impl Read for ChannelReader {
@@ -115,7 +271,10 @@ impl Read for ChannelReader {
                     }
                     self.pos = 0;
                 }
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => {
+                    self.forwarded_error = true;
+                    return Err(e);
+                }
                 Err(_) => return Ok(0),
             }
         }
@@ -126,26 +285,37 @@ impl Read for ChannelReader {
     }
 }
 
-/// Unpack the `.tar.zst` read from `src` into `dest`, checking the archive's
+/// The decoder thread's result: (hash, compressed bytes, tar bytes), or
+/// None when it was told to stop (the unpacker failed first).
+type Decoded = Result<Option<(String, u64, u64)>, ExtractError>;
+
+/// Unpack the `.tar.zst` read from `src` into the directory `dest` (an open
+/// descriptor; `dest_path` names it in messages), checking the archive's
 /// BLAKE3 against `expected_hash` (when given) once the stream is consumed.
+/// Directory metadata is applied only after that check.
 pub fn extract<R: Read + Send>(
     src: R,
     expected_hash: Option<&str>,
-    dest: &Path,
+    dest: BorrowedFd<'_>,
+    dest_path: &Path,
     opts: &ExtractOptions,
 ) -> Result<ExtractReport, ExtractError> {
-    fs::create_dir_all(dest).map_err(|e| local(dest, e))?;
     let source_failed = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     const CHUNK: usize = 1 << 20;
     let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
     let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
+    let archive_limit = opts.expect.as_ref().map(|e| e.archive_size);
+    let tar_limit = opts.expect.as_ref().map(|e| e.tar_size);
     std::thread::scope(|scope| {
         let failed = source_failed.clone();
-        let decoder = scope.spawn(move || -> Result<(String, u64), ExtractError> {
+        let stop2 = stop.clone();
+        let decoder = scope.spawn(move || -> Decoded {
             let mut sr = SourceReader {
                 inner: src,
                 hasher: blake3::Hasher::new(),
                 count: 0,
+                limit: archive_limit,
                 failed: failed.clone(),
             };
             let classify = |e: io::Error, failed: &AtomicBool| {
@@ -155,10 +325,20 @@ pub fn extract<R: Read + Send>(
                     ExtractError::Integrity(format!("archive is not valid zstd data: {e}"))
                 }
             };
+            let too_big = |l: u64| {
+                ExtractError::Integrity(format!(
+                    "the archive decompresses to more than its recorded tar size ({l} bytes)"
+                ))
+            };
+            let mut total = 0u64;
             {
                 let mut dec =
                     zstd::stream::read::Decoder::new(&mut sr).map_err(|e| classify(e, &failed))?;
+                let mut unpacker_done = false;
                 loop {
+                    if stop2.load(Ordering::SeqCst) {
+                        return Ok(None);
+                    }
                     let mut chunk = recycle_rx.try_recv().unwrap_or_default();
                     chunk.resize(CHUNK, 0);
                     let mut filled = 0;
@@ -169,7 +349,9 @@ pub fn extract<R: Read + Send>(
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(e) => {
                                 let err = classify(e, &failed);
-                                let _ = tx.send(Err(io::Error::other(err.to_string())));
+                                if !unpacker_done {
+                                    let _ = tx.send(Err(io::Error::other(err.to_string())));
+                                }
                                 return Err(err);
                             }
                         }
@@ -177,30 +359,61 @@ pub fn extract<R: Read + Send>(
                     if filled == 0 {
                         break;
                     }
+                    total += filled as u64;
+                    if let Some(l) = tar_limit.filter(|l| total > *l) {
+                        // Hand over what is within the bound first: an entry
+                        // in it that is refused is the better explanation.
+                        let within = filled - (total - l) as usize;
+                        let err = too_big(l);
+                        if !unpacker_done {
+                            chunk.truncate(within);
+                            let _ = tx.send(Ok(chunk));
+                            let _ = tx.send(Err(io::Error::other(err.to_string())));
+                        }
+                        return Err(err);
+                    }
                     chunk.truncate(filled);
-                    if tx.send(Ok(chunk)).is_err() {
-                        break; // the unpacker stopped; keep reading to finish the hash
+                    // Once the unpacker has reached the end of the tar stream,
+                    // keep reading (bounded above) so the hash covers every byte.
+                    if !unpacker_done && tx.send(Ok(chunk)).is_err() {
+                        unpacker_done = true;
                     }
                 }
-                drop(tx);
-                // Consume anything left (trailing frames after the tar end, or
-                // what the unpacker did not need) so the hash covers every byte.
-                io::copy(&mut dec, &mut io::sink()).map_err(|e| classify(e, &failed))?;
             }
+            drop(tx);
+            // Trailing bytes after the last zstd frame still count for the hash.
             io::copy(&mut sr, &mut io::sink()).map_err(|e| classify(e, &failed))?;
-            Ok((sr.hasher.finalize().to_hex().to_string(), sr.count))
+            Ok(Some((
+                sr.hasher.finalize().to_hex().to_string(),
+                sr.count,
+                total,
+            )))
         });
 
-        let reader = ChannelReader {
+        let mut reader = ChannelReader {
             rx,
             recycle: recycle_tx,
             cur: Vec::new(),
             pos: 0,
+            forwarded_error: false,
         };
-        let unpacked = Unpacker::new(dest, opts).run(reader);
+        let mut unpacker = Unpacker::new(dest, dest_path, opts);
+        let unpacked = unpacker.run(&mut reader);
+        if unpacked.is_err() {
+            stop.store(true, Ordering::SeqCst);
+        }
+        let forwarded = reader.forwarded_error;
+        drop(reader);
         let decoded = decoder.join().expect("decoder thread panicked");
-        // A decode failure explains an unpack failure; report the cause.
-        let (hash, size) = decoded?;
+        // Report the first cause: a decode failure the unpacker ran into, or
+        // the unpacker's own refusal.
+        let (hash, size, tar_bytes) = match (decoded, unpacked) {
+            (Err(d), Err(_)) if forwarded => return Err(d),
+            (_, Err(u)) => return Err(u),
+            (Err(d), Ok(())) => return Err(d),
+            (Ok(None), Ok(())) => unreachable!("the decoder stops only after an unpack error"),
+            (Ok(Some(x)), Ok(())) => x,
+        };
         if let Some(expected) = expected_hash {
             if hash != expected {
                 return Err(ExtractError::Integrity(format!(
@@ -208,7 +421,16 @@ pub fn extract<R: Read + Send>(
                 )));
             }
         }
-        let mut report = unpacked?;
+        if let Some(e) = &opts.expect {
+            if tar_bytes != e.tar_size || size != e.archive_size {
+                return Err(ExtractError::Integrity(format!(
+                    "the archive is {size} bytes decompressing to {tar_bytes}; the manifest records {} and {}",
+                    e.archive_size, e.tar_size
+                )));
+            }
+        }
+        // The bytes are the ones named: now directories get their real modes.
+        let mut report = unpacker.finish()?;
         report.archive_hash = hash;
         report.archive_size = size;
         Ok(report)
@@ -231,83 +453,142 @@ pub fn safe_relative(raw: &Path) -> Result<PathBuf, String> {
     Ok(out)
 }
 
-/// Does a symlink at `link` (relative to the root) with target `target` stay inside the root?
-fn link_stays_inside(link: &Path, target: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
+/// Why the reader would refuse an entry named `rel` (relative to the source
+/// root), if it would; the writer warns about such names at `run` time.
+pub fn name_problem(rel: &Path) -> Option<String> {
+    let bytes = rel.as_os_str().as_bytes();
+    if bytes.contains(&0) {
+        return Some(format!("{}: name contains a NUL byte", rel.display()));
     }
-    let mut depth: Vec<&OsStr> = link
-        .parent()
-        .map(|p| p.iter().collect())
-        .unwrap_or_default();
-    for c in target.components() {
-        match c {
-            Component::Normal(p) => depth.push(p),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if depth.pop().is_none() {
-                    return false;
-                }
-            }
-            _ => return false,
-        }
+    if let Err(e) = safe_relative(rel) {
+        return Some(e);
     }
-    true
+    rel.iter().find(|c| c.len() > 255).map(|c| {
+        format!(
+            "{}: a name component is {} bytes long (file systems allow 255)",
+            rel.display(),
+            c.len()
+        )
+    })
 }
 
+#[derive(Debug, Clone, Copy)]
 struct DirMeta {
-    path: PathBuf,
     mode: u32,
-    mtime: filetime::FileTime,
+    mtime: Option<filetime::FileTime>,
     owner: Option<(u32, u32)>,
 }
 
+/// The name-related extension entries met before an entry.
+#[derive(Default)]
+struct Pending {
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+    pax: Option<Vec<u8>>,
+}
+
 struct Unpacker<'a> {
+    root: BorrowedFd<'a>,
     dest: &'a Path,
+    cursor: Cursor<'a>,
     opts: &'a ExtractOptions,
-    known_dirs: HashSet<PathBuf>,
-    dirs: Vec<DirMeta>,
+    /// Explicit directory entries, then directories created on the way.
+    dirs: HashMap<PathBuf, DirMeta>,
+    implicit: HashSet<PathBuf>,
+    root_meta: Option<DirMeta>,
     report: ExtractReport,
     buf: Vec<u8>,
+    umask: u32,
+}
+
+fn trim_nul(mut v: Vec<u8>) -> Vec<u8> {
+    if v.last() == Some(&0) {
+        v.pop();
+    }
+    v
+}
+
+fn pax_value<'p>(pax: &'p Option<Vec<u8>>, key: &str) -> Option<&'p [u8]> {
+    let pax = pax.as_ref()?;
+    tar::PaxExtensions::new(pax)
+        .filter_map(|e| e.ok())
+        .filter(|e| e.key_bytes() == key.as_bytes())
+        .last()
+        .map(|e| e.value_bytes())
+}
+
+/// The process umask (read without changing it).
+fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 impl<'a> Unpacker<'a> {
-    fn new(dest: &'a Path, opts: &'a ExtractOptions) -> Self {
+    fn new(root: BorrowedFd<'a>, dest: &'a Path, opts: &'a ExtractOptions) -> Self {
         Unpacker {
+            root,
             dest,
+            cursor: Cursor::new(root),
             opts,
-            known_dirs: HashSet::new(),
-            dirs: Vec::new(),
+            dirs: HashMap::new(),
+            implicit: HashSet::new(),
+            root_meta: None,
             report: ExtractReport::default(),
             buf: vec![0; 256 << 10],
+            umask: current_umask(),
         }
     }
 
-    fn run<R: Read>(mut self, reader: R) -> Result<ExtractReport, ExtractError> {
+    fn run<R: Read>(&mut self, reader: R) -> Result<(), ExtractError> {
         let bad = |e: io::Error| {
             ExtractError::Integrity(format!("archive is not a valid tar stream: {e}"))
         };
         let mut archive = tar::Archive::new(reader);
-        for entry in archive.entries().map_err(bad)? {
+        // Raw entries: long names and pax headers are bounded and applied here.
+        let mut pending = Pending::default();
+        for entry in archive.entries().map_err(bad)?.raw(true) {
             let mut entry = entry.map_err(bad)?;
-            self.entry(&mut entry)?;
-        }
-        // Directories last, deepest first, so their mtimes and modes stick.
-        self.dirs.sort_by(|a, b| {
-            b.path
-                .components()
-                .count()
-                .cmp(&a.path.components().count())
-        });
-        for d in std::mem::take(&mut self.dirs) {
-            if let Some((uid, gid)) = d.owner {
-                let _ = std::os::unix::fs::lchown(&d.path, Some(uid), Some(gid));
+            let kind = entry.header().entry_type();
+            let slot = match kind {
+                tar::EntryType::GNULongName => Some(&mut pending.long_name),
+                tar::EntryType::GNULongLink => Some(&mut pending.long_link),
+                tar::EntryType::XHeader => Some(&mut pending.pax),
+                tar::EntryType::XGlobalHeader => None,
+                _ => {
+                    let p = std::mem::take(&mut pending);
+                    self.entry(&mut entry, p)?;
+                    continue;
+                }
+            };
+            let size = entry.size();
+            if size > MAX_META_ENTRY {
+                return Err(ExtractError::Integrity(format!(
+                    "a {kind:?} header of {size} bytes (the limit is {MAX_META_ENTRY})"
+                )));
             }
-            fs::set_permissions(&d.path, fs::Permissions::from_mode(d.mode))
-                .map_err(|e| local(&d.path, e))?;
-            filetime::set_file_mtime(&d.path, d.mtime).map_err(|e| local(&d.path, e))?;
+            let mut data = Vec::with_capacity(size as usize);
+            entry.read_to_end(&mut data).map_err(bad)?;
+            if let Some(slot) = slot {
+                if slot.is_some() {
+                    return Err(ExtractError::Integrity(format!(
+                        "two {kind:?} headers describe the same entry"
+                    )));
+                }
+                *slot = Some(data);
+            }
         }
-        Ok(self.report)
+        if pending.long_name.is_some() || pending.long_link.is_some() || pending.pax.is_some() {
+            return Err(ExtractError::Integrity(
+                "the archive ends with a header describing no entry".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn included(&self, rel: &Path, is_dir: bool) -> bool {
@@ -317,127 +598,174 @@ impl<'a> Unpacker<'a> {
             .is_none_or(|i| i.matches(rel, is_dir))
     }
 
-    /// Make sure `rel`'s directory exists inside dest without passing through a symlink.
-    fn ensure_dir(&mut self, rel: &Path) -> Result<PathBuf, ExtractError> {
-        let mut cur = self.dest.to_path_buf();
-        let mut relp = PathBuf::new();
-        for c in rel.components() {
-            cur.push(c);
-            relp.push(c);
-            if self.known_dirs.contains(&relp) {
-                continue;
-            }
-            match fs::symlink_metadata(&cur) {
-                Ok(m) if m.is_dir() => {}
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(ExtractError::Unsafe(format!(
-                        "{}: path passes through a symbolic link; refusing to write through it",
-                        relp.display()
-                    )))
-                }
-                Ok(_) => {
-                    return Err(ExtractError::Unsafe(format!(
-                        "{}: expected a directory but a file is in the way",
-                        relp.display()
-                    )))
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&cur).map_err(|e| local(&cur, e))?;
-                }
-                Err(e) => return Err(local(&cur, e)),
-            }
-            self.known_dirs.insert(relp.clone());
-        }
-        Ok(cur)
-    }
-
-    /// Remove a non-directory at `path` (never following links).
-    fn clear(&self, path: &Path) -> Result<(), ExtractError> {
-        match fs::symlink_metadata(path) {
-            Ok(m) if m.is_dir() => Err(ExtractError::Unsafe(format!(
-                "{}: a directory is in the way of a file entry",
-                path.display()
-            ))),
-            Ok(_) => fs::remove_file(path).map_err(|e| local(path, e)),
-            Err(_) => Ok(()),
+    fn final_mode(&self, mode: u32, owner_restored: bool) -> u32 {
+        if owner_restored {
+            mode
+        } else {
+            mode & !SETID
         }
     }
 
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<R>) -> Result<(), ExtractError> {
-        let raw = entry
-            .path()
-            .map_err(|e| ExtractError::Integrity(format!("bad entry path: {e}")))?
-            .into_owned();
-        let rel = safe_relative(&raw).map_err(ExtractError::Unsafe)?;
-        let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
-        ) {
-            return Ok(());
+    /// The descriptor of `rel`'s parent directory (created as needed) and
+    /// `rel`'s last component.
+    fn parent_of<'r>(
+        &mut self,
+        rel: &'r Path,
+    ) -> Result<(BorrowedFd<'_>, &'r OsStr), ExtractError> {
+        let comps: Vec<&OsStr> = rel.iter().collect();
+        let (leaf, dirs) = comps.split_last().expect("non-empty path");
+        let implicit = &mut self.implicit;
+        let fd = self
+            .cursor
+            .dir(dirs, true, &mut |d| {
+                implicit.insert(dirs[..=d].iter().collect());
+            })
+            .map_err(|e| walk_error(self.dest, rel, dirs, e))?;
+        Ok((fd, leaf))
+    }
+
+    fn entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<R>,
+        p: Pending,
+    ) -> Result<(), ExtractError> {
+        let header = entry.header();
+        let kind = header.entry_type();
+        let raw = match p.long_name {
+            Some(n) => trim_nul(n),
+            None => match pax_value(&p.pax, "path") {
+                Some(v) => v.to_vec(),
+                None => header.path_bytes().into_owned(),
+            },
+        };
+        let raw_path = Path::new(OsStr::from_bytes(&raw));
+        let rel = safe_relative(raw_path).map_err(ExtractError::Unsafe)?;
+        if raw.contains(&0) {
+            return Err(ExtractError::Unsafe(format!(
+                "{}: name contains a NUL byte",
+                rel.display()
+            )));
         }
         self.report.entries += 1;
-        if rel.as_os_str().is_empty() {
-            return Ok(()); // the root itself ("./")
+        let size = entry.size();
+        if let Some(v) = pax_value(&p.pax, "size") {
+            if std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                != Some(size)
+            {
+                return Err(ExtractError::Integrity(format!(
+                    "{}: a pax size disagrees with the header",
+                    rel.display()
+                )));
+            }
         }
-        let header = entry.header();
         let mode = header.mode().unwrap_or(0o644) & 0o7777;
         let mut mtime = filetime::FileTime::from_unix_time(header.mtime().unwrap_or(0) as i64, 0);
+        if let Some(t) = pax_value(&p.pax, "mtime")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(parse_pax_time)
+        {
+            mtime = t;
+        }
+        let num = |key: &str, dflt: u64| {
+            pax_value(&p.pax, key)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(dflt)
+        };
         let owner = if self.opts.preserve_owner {
             Some((
-                header.uid().unwrap_or(0) as u32,
-                header.gid().unwrap_or(0) as u32,
+                num("uid", header.uid().unwrap_or(0)) as u32,
+                num("gid", header.gid().unwrap_or(0)) as u32,
             ))
         } else {
             None
         };
-        if let Ok(Some(pax)) = entry.pax_extensions() {
-            for ext in pax.flatten() {
-                if ext.key() == Ok("mtime") {
-                    if let Some(t) = ext.value().ok().and_then(parse_pax_time) {
-                        mtime = t;
-                    }
-                }
+        let link_target = || -> Result<Vec<u8>, ExtractError> {
+            let t = match &p.long_link {
+                Some(n) => trim_nul(n.clone()),
+                None => match pax_value(&p.pax, "linkpath") {
+                    Some(v) => v.to_vec(),
+                    None => header
+                        .link_name_bytes()
+                        .map(|c| c.into_owned())
+                        .unwrap_or_default(),
+                },
+            };
+            if t.is_empty() || t.contains(&0) {
+                return Err(ExtractError::Unsafe(format!(
+                    "{}: link without a valid target",
+                    rel.display()
+                )));
             }
+            Ok(t)
+        };
+
+        if rel.as_os_str().is_empty() {
+            // The root itself ("./").
+            if kind != tar::EntryType::Directory {
+                return Err(ExtractError::Unsafe(format!(
+                    "an entry of type {kind:?} for the archive root"
+                )));
+            }
+            self.root_meta = Some(DirMeta {
+                mode,
+                mtime: Some(mtime),
+                owner,
+            });
+            return Ok(());
         }
         let included = self.included(&rel, kind == tar::EntryType::Directory);
-        let parent = rel.parent().unwrap_or(Path::new(""));
         match kind {
             tar::EntryType::Directory => {
                 if !included {
                     self.report.skipped += 1;
                     return Ok(());
                 }
-                let path = self.ensure_dir(&rel)?;
-                // Keep the directory writable until all its entries are in.
-                let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o700));
-                self.dirs.push(DirMeta { path, mode, mtime, owner });
+                let comps: Vec<&OsStr> = rel.iter().collect();
+                let implicit = &mut self.implicit;
+                self.cursor
+                    .dir(&comps, true, &mut |d| {
+                        implicit.insert(comps[..=d].iter().collect());
+                    })
+                    .map_err(|e| walk_error(self.dest, &rel, &comps, e))?;
+                self.dirs.insert(
+                    rel,
+                    DirMeta {
+                        mode,
+                        mtime: Some(mtime),
+                        owner,
+                    },
+                );
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let size = entry.size();
+                let key = rel.as_os_str().as_bytes().to_vec();
+                if let Some(e) = &self.opts.expect {
+                    match e.size_of(&key) {
+                        None => {
+                            return Err(ExtractError::Integrity(format!(
+                                "{}: a file the manifest does not list",
+                                rel.display()
+                            )))
+                        }
+                        Some(want) if want != size => {
+                            return Err(ExtractError::Integrity(format!(
+                                "{}: the archive announces {size} bytes, the manifest records {want}",
+                                rel.display()
+                            )))
+                        }
+                        Some(_) => {}
+                    }
+                }
                 if !included {
                     self.report.skipped += 1;
-                    io::copy(entry, &mut io::sink()).map_err(|e| ExtractError::Integrity(format!("reading {}: {e}", rel.display())))?;
-                    return Ok(());
+                    return Ok(()); // the tar reader skips the data
                 }
-                let dir = self.ensure_dir(parent)?;
-                let path = dir.join(rel.file_name().unwrap_or_default());
-                let create = || {
-                    OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(&path)
-                };
-                let mut file = match create() {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        self.clear(&path)?;
-                        create().map_err(|e| local(&path, e))?
-                    }
-                    Err(e) => return Err(local(&path, e)),
-                };
+                let dest = self.dest;
+                let (dir, leaf) = self.parent_of(&rel)?;
+                let mut file = beneath::create_file_at(dir, leaf, 0o600)
+                    .map_err(|e| write_error(dest, &rel, e))?;
                 let mut hasher = blake3::Hasher::new();
                 let mut written = 0u64;
                 loop {
@@ -445,25 +773,43 @@ impl<'a> Unpacker<'a> {
                         Ok(0) => break,
                         Ok(n) => n,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(ExtractError::Integrity(format!("reading {}: {e}", rel.display()))),
+                        Err(e) => {
+                            return Err(ExtractError::Integrity(format!(
+                                "reading {}: {e}",
+                                rel.display()
+                            )))
+                        }
                     };
                     if self.opts.hash_files {
                         hasher.update(&self.buf[..n]);
                     }
-                    file.write_all(&self.buf[..n]).map_err(|e| local(&path, e))?;
+                    file.write_all(&self.buf[..n])
+                        .map_err(|e| write_error(dest, &rel, e))?;
                     written += n as u64;
                     if let Some(p) = &self.opts.progress {
                         p.bytes.fetch_add(n as u64, Ordering::Relaxed);
                     }
                 }
                 if written != size {
-                    return Err(ExtractError::Integrity(format!("{}: truncated entry", rel.display())));
+                    return Err(ExtractError::Integrity(format!(
+                        "{}: truncated entry",
+                        rel.display()
+                    )));
                 }
-                if let Some((uid, gid)) = owner {
-                    let _ = std::os::unix::fs::fchown(&file, Some(uid), Some(gid));
-                }
-                file.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| local(&path, e))?;
-                filetime::set_file_handle_times(&file, None, Some(mtime)).map_err(|e| local(&path, e))?;
+                let restored = match owner {
+                    Some((uid, gid)) => {
+                        let ok = beneath::fchown(file.as_fd(), uid, gid).is_ok();
+                        if !ok {
+                            self.report.owner_failures += 1;
+                        }
+                        ok
+                    }
+                    None => false,
+                };
+                beneath::fchmod(file.as_fd(), self.final_mode(mode, restored))
+                    .map_err(|e| write_error(dest, &rel, e))?;
+                beneath::set_fd_mtime(file.as_fd(), mtime)
+                    .map_err(|e| write_error(dest, &rel, e))?;
                 drop(file);
                 if let Some(p) = &self.opts.progress {
                     p.files.fetch_add(1, Ordering::Relaxed);
@@ -474,70 +820,124 @@ impl<'a> Unpacker<'a> {
                 } else {
                     String::new()
                 };
-                self.report.files.insert(rel.to_string_lossy().into_owned(), (written, hash));
+                self.report.files.insert(key, (written, hash));
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| ExtractError::Integrity(format!("bad link target: {e}")))?
-                    .ok_or_else(|| ExtractError::Integrity(format!("{}: symlink without target", rel.display())))?
-                    .into_owned();
-                if !link_stays_inside(&rel, &target) && !self.opts.allow_external_links {
-                    return Err(ExtractError::Unsafe(format!(
-                        "{}: symbolic link to {} points outside the destination",
-                        rel.display(),
-                        target.display()
-                    )));
-                }
+                let target = link_target()?;
                 if !included {
                     self.report.skipped += 1;
                     return Ok(());
                 }
-                let dir = self.ensure_dir(parent)?;
-                let path = dir.join(rel.file_name().unwrap_or_default());
-                self.clear(&path)?;
-                std::os::unix::fs::symlink(&target, &path).map_err(|e| local(&path, e))?;
+                let dest = self.dest;
+                let (dir, leaf) = self.parent_of(&rel)?;
+                let target = OsStr::from_bytes(&target);
+                beneath::symlink_at(target, dir, leaf).map_err(|e| write_error(dest, &rel, e))?;
                 if let Some((uid, gid)) = owner {
-                    let _ = std::os::unix::fs::lchown(&path, Some(uid), Some(gid));
+                    if beneath::lchown_at(dir, leaf, uid, gid).is_err() {
+                        self.report.owner_failures += 1;
+                    }
                 }
-                filetime::set_symlink_file_times(&path, mtime, mtime).map_err(|e| local(&path, e))?;
+                let (dir, leaf) = self.parent_of(&rel)?;
+                beneath::set_link_mtime_at(dir, leaf, mtime)
+                    .map_err(|e| write_error(dest, &rel, e))?;
             }
             tar::EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| ExtractError::Integrity(format!("bad link target: {e}")))?
-                    .ok_or_else(|| ExtractError::Integrity(format!("{}: hard link without target", rel.display())))?
-                    .into_owned();
-                let target_rel = safe_relative(&target)
-                    .map_err(|e| ExtractError::Unsafe(format!("{}: hard link target {e}", rel.display())))?;
-                let key = target_rel.to_string_lossy().into_owned();
-                let Some(info) = self.report.files.get(&key).cloned() else {
-                    return Err(ExtractError::Unsafe(format!(
-                        "{}: hard link to {} which is not a file earlier in this archive",
-                        rel.display(),
-                        target.display()
-                    )));
-                };
+                let target = link_target()?;
                 if !included {
                     self.report.skipped += 1;
                     return Ok(());
                 }
-                let dir = self.ensure_dir(parent)?;
-                let path = dir.join(rel.file_name().unwrap_or_default());
-                self.clear(&path)?;
-                let src = self.ensure_dir(target_rel.parent().unwrap_or(Path::new("")))?.join(target_rel.file_name().unwrap_or_default());
-                fs::hard_link(&src, &path).map_err(|e| local(&path, e))?;
-                self.report.files.insert(rel.to_string_lossy().into_owned(), info);
+                let target_rel = safe_relative(Path::new(OsStr::from_bytes(&target)))
+                    .map_err(|e| {
+                        ExtractError::Unsafe(format!("{}: hard link target {e}", rel.display()))
+                    })?;
+                let tkey = target_rel.as_os_str().as_bytes();
+                let Some(info) = self.report.files.get(tkey).cloned() else {
+                    return Err(ExtractError::Unsafe(format!(
+                        "{}: hard link to {} which is not a file written earlier from this archive",
+                        rel.display(),
+                        target_rel.display()
+                    )));
+                };
+                let dest = self.dest;
+                let (src_dir, src_leaf) = self.parent_of(&target_rel)?;
+                let src_dir = src_dir
+                    .try_clone_to_owned()
+                    .map_err(|e| write_error(dest, &rel, e))?;
+                let (dir, leaf) = self.parent_of(&rel)?;
+                beneath::link_at(src_dir.as_fd(), src_leaf, dir, leaf)
+                    .map_err(|e| write_error(dest, &rel, e))?;
+                self.report
+                    .files
+                    .insert(rel.as_os_str().as_bytes().to_vec(), info);
             }
             other => {
                 return Err(ExtractError::Unsafe(format!(
-                    "{}: refusing entry of type {:?} (device nodes, FIFOs and other special files are not restored)",
+                    "{}: refusing entry of type {:?} (device nodes, FIFOs, sparse and other special files are not restored)",
                     rel.display(),
                     other
                 )))
             }
         }
         Ok(())
+    }
+
+    /// Apply directory metadata (children before parents, the root last)
+    /// and return the report. Called once the archive hash has been checked.
+    fn finish(mut self) -> Result<ExtractReport, ExtractError> {
+        let default = DirMeta {
+            mode: 0o777 & !self.umask,
+            mtime: None,
+            owner: None,
+        };
+        for p in std::mem::take(&mut self.implicit) {
+            self.dirs.entry(p).or_insert(default);
+        }
+        let mut dirs: Vec<(PathBuf, DirMeta)> = self.dirs.drain().collect();
+        // Descending component order: every directory before its parent, and
+        // each subtree together (the cursor reuses open ancestors).
+        dirs.sort_by(|a, b| b.0.iter().cmp(a.0.iter()));
+        let preserve = self.opts.preserve_owner;
+        let mut failures = 0;
+        let mut apply = |fd: BorrowedFd<'_>, rel: &Path, d: &DirMeta| -> Result<(), ExtractError> {
+            let restored = match d.owner {
+                Some((uid, gid)) if preserve => {
+                    let ok = beneath::fchown(fd, uid, gid).is_ok();
+                    if !ok {
+                        failures += 1;
+                    }
+                    ok
+                }
+                _ => false,
+            };
+            let mode = if restored { d.mode } else { d.mode & !SETID };
+            beneath::fchmod(fd, mode).map_err(|e| write_error(self.dest, rel, e))?;
+            if let Some(t) = d.mtime {
+                beneath::set_fd_mtime(fd, t).map_err(|e| write_error(self.dest, rel, e))?;
+            }
+            Ok(())
+        };
+        for (rel, d) in &dirs {
+            let comps: Vec<&OsStr> = rel.iter().collect();
+            let fd = self
+                .cursor
+                .dir(&comps, false, &mut |_| {})
+                .map_err(|e| walk_error(self.dest, rel, &comps, e))?;
+            apply(fd, rel, d)?;
+        }
+        if self.opts.apply_root {
+            let d = self.root_meta.unwrap_or(default);
+            apply(self.root, Path::new(""), &d)?;
+        }
+        self.report.owner_failures += failures;
+        if self.report.owner_failures > 0 {
+            tracing::warn!(
+                "{}: the ownership of {} entries could not be restored; their setuid/setgid bits were dropped",
+                self.dest.display(),
+                self.report.owner_failures
+            );
+        }
+        Ok(self.report)
     }
 }
 
@@ -552,24 +952,49 @@ fn parse_pax_time(s: &str) -> Option<filetime::FileTime> {
         let digits: String = frac.chars().take(9).collect();
         nanos = format!("{digits:0<9}").parse().ok()?;
     }
+    if s.starts_with('-') && nanos > 0 {
+        // "-1.25" is 1.25 s before the epoch: -2 s + 0.75 s.
+        return Some(filetime::FileTime::from_unix_time(
+            secs - 1,
+            1_000_000_000 - nanos,
+        ));
+    }
     Some(filetime::FileTime::from_unix_time(secs, nanos))
 }
 
 /// Compare unpacked files with the manifest's records; returns the problems.
 /// With `include`, only matching manifest files are expected.
 pub fn compare_files(
-    expected: &[super::manifest::FileRecord],
-    got: &HashMap<String, (u64, String)>,
+    expected: &[FileRecord],
+    got: &HashMap<Vec<u8>, (u64, String)>,
     include: Option<&super::Include>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut seen = 0usize;
+    let mut names: HashSet<Vec<u8>> = HashSet::with_capacity(expected.len());
+    // Names that are not UTF-8, by their lossy rendering: what a manifest
+    // written before `path_b64` recorded for them (usually empty).
+    let legacy: HashMap<String, &Vec<u8>> = got
+        .keys()
+        .filter(|k| std::str::from_utf8(k).is_err())
+        .map(|k| (String::from_utf8_lossy(k).into_owned(), k))
+        .collect();
     for f in expected {
-        if include.is_some_and(|i| !i.matches(Path::new(&f.path), false)) {
+        let mut path = match f.path_bytes() {
+            Ok(p) => p.into_owned(),
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
+        };
+        if f.path_b64.is_none() && !got.contains_key(&path) {
+            if let Some(k) = legacy.get(&f.path) {
+                path = (*k).clone();
+            }
+        }
+        if include.is_some_and(|i| !i.matches(Path::new(OsStr::from_bytes(&path)), false)) {
             continue;
         }
-        seen += 1;
-        match got.get(&f.path) {
+        match got.get(&path) {
             None => problems.push(format!("{}: missing from the archive", f.path)),
             Some((size, hash)) if *size != f.size || (!hash.is_empty() && *hash != f.blake3) => {
                 problems.push(format!(
@@ -579,18 +1004,71 @@ pub fn compare_files(
             }
             Some(_) => {}
         }
+        names.insert(path);
     }
-    if include.is_none() && got.len() > seen {
-        let names: HashSet<&str> = expected.iter().map(|f| f.path.as_str()).collect();
-        for p in got.keys().filter(|p| !names.contains(p.as_str())).take(10) {
-            problems.push(format!("{p}: in the archive but not in the manifest"));
+    if include.is_none() && got.len() > names.len() {
+        for p in got.keys().filter(|p| !names.contains(*p)).take(10) {
+            problems.push(format!(
+                "{}: in the archive but not in the manifest",
+                String::from_utf8_lossy(p)
+            ));
         }
     }
     problems
 }
 
-/// Open a file inside `root`; used by checks that read restored content.
-pub fn open_inside(root: &Path, rel: &str) -> io::Result<File> {
+/// Open a regular file inside `root` (never through a symbolic link); used
+/// by checks that read restored content.
+pub fn open_inside(root: &Path, rel: &str) -> io::Result<std::fs::File> {
     let rel = safe_relative(Path::new(rel)).map_err(io::Error::other)?;
-    File::open(root.join(rel))
+    let dir = beneath::Dir::open(root)?;
+    beneath::open_beneath(dir.fd.as_fd(), &rel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_times_before_the_epoch() {
+        let t = parse_pax_time("-1.25").unwrap();
+        assert_eq!((t.unix_seconds(), t.nanoseconds()), (-2, 750_000_000));
+        let t = parse_pax_time("5.000000001").unwrap();
+        assert_eq!((t.unix_seconds(), t.nanoseconds()), (5, 1));
+        let t = parse_pax_time("-7").unwrap();
+        assert_eq!((t.unix_seconds(), t.nanoseconds()), (-7, 0));
+    }
+
+    #[test]
+    fn legacy_lossy_records_still_match_names_that_are_not_utf8() {
+        let raw = b"caf\xe9".to_vec();
+        let legacy = FileRecord {
+            path: String::from_utf8_lossy(&raw).into_owned(),
+            path_b64: None,
+            size: 3,
+            blake3: "h".into(),
+        };
+        let exp = Expected {
+            files: [(legacy.path.as_bytes().to_vec(), 3)].into(),
+            ..Default::default()
+        };
+        assert_eq!(exp.size_of(&raw), Some(3));
+        let got: HashMap<Vec<u8>, (u64, String)> = [(raw.clone(), (3, "h".to_string()))].into();
+        assert!(compare_files(std::slice::from_ref(&legacy), &got, None).is_empty());
+        // A new record (exact bytes) matches exactly, and two such names are distinct.
+        let a = FileRecord::new(Path::new(OsStr::from_bytes(&raw)), 3, "h".into());
+        let b = FileRecord::new(Path::new(OsStr::from_bytes(b"caf\xe8")), 3, "h".into());
+        let problems = compare_files(&[a, b], &got, None);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+    }
+
+    #[test]
+    fn names_the_reader_refuses() {
+        assert!(name_problem(Path::new("a/b")).is_none());
+        assert!(name_problem(Path::new("a/../b")).is_some());
+        assert!(name_problem(Path::new("/etc/passwd")).is_some());
+        let long = "x".repeat(256);
+        assert!(name_problem(Path::new(&long)).is_some());
+        assert!(name_problem(Path::new(OsStr::from_bytes(b"caf\xe9"))).is_none());
+    }
 }

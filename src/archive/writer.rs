@@ -264,10 +264,13 @@ impl ArchiveWriter {
         meta: &EntryMeta,
         size: u64,
     ) -> io::Result<tar::Header> {
-        if meta.mtime_nsec != 0 {
-            let v = format!("{}.{:09}", meta.mtime, meta.mtime_nsec);
-            self.builder
-                .append_pax_extensions([("mtime", v.as_bytes())])?;
+        if meta.mtime_nsec != 0 || meta.mtime < 0 {
+            // The header field holds whole seconds from the epoch on; pax
+            // "mtime" carries the rest (a decimal number of seconds).
+            self.builder.append_pax_extensions([(
+                "mtime",
+                pax_time(meta.mtime, meta.mtime_nsec).as_bytes(),
+            )])?;
         }
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
@@ -279,7 +282,22 @@ impl ArchiveWriter {
         Ok(h)
     }
 
+    /// The source root itself, as the entry "./" (its mode, owner and mtime
+    /// are restored onto the restored directory).
+    pub fn add_root(&mut self, meta: &EntryMeta) -> io::Result<()> {
+        self.add_dir(Path::new("."), meta)
+    }
+
+    /// Warn about a name the reader would refuse (it could not be restored
+    /// as is); the entry is still written.
+    fn check_name(&mut self, rel: &Path) {
+        if let Some(p) = super::reader::name_problem(rel) {
+            self.warn(format!("{p}; it cannot be restored as is"));
+        }
+    }
+
     pub fn add_dir(&mut self, rel: &Path, meta: &EntryMeta) -> io::Result<()> {
+        self.check_name(rel);
         let mut h = self.header(tar::EntryType::Directory, meta, 0)?;
         let mut name = rel.as_os_str().to_owned();
         name.push("/");
@@ -290,6 +308,7 @@ impl ArchiveWriter {
     }
 
     pub fn add_symlink(&mut self, rel: &Path, target: &Path, meta: &EntryMeta) -> io::Result<()> {
+        self.check_name(rel);
         let mut h = self.header(tar::EntryType::Symlink, meta, 0)?;
         self.builder.append_link(&mut h, rel, target)?;
         self.entries += 1;
@@ -359,13 +378,10 @@ impl ArchiveWriter {
     }
 
     fn record_file(&mut self, rel: &Path, size: u64, hash: String) {
+        self.check_name(rel);
         self.entries += 1;
         self.content_size += size;
-        self.files.push(FileRecord {
-            path: rel.to_string_lossy().into_owned(),
-            size,
-            blake3: hash,
-        });
+        self.files.push(FileRecord::new(rel, size, hash));
         if let Some(p) = &self.progress {
             p.files.fetch_add(1, Ordering::Relaxed);
         }
@@ -475,6 +491,17 @@ impl ArchiveWriter {
     }
 }
 
+/// A pax "mtime" value: the decimal number of seconds `secs + nsec / 1e9`
+/// ("-1.250000000" for 1.25 s before the epoch, which stat gives as
+/// secs = -2, nsec = 750000000).
+fn pax_time(secs: i64, nsec: u32) -> String {
+    if secs < 0 && nsec > 0 {
+        format!("-{}.{:09}", -(secs + 1), 1_000_000_000 - nsec)
+    } else {
+        format!("{secs}.{nsec:09}")
+    }
+}
+
 /// Yields exactly `remaining` bytes: the source's bytes, then zeros if it ends
 /// early. Reads the source in large blocks (tar copies in 8 KiB steps) and
 /// hashes each block once.
@@ -544,5 +571,54 @@ impl<R: Read + ?Sized> Read for ExactReader<'_, R> {
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_times_are_decimal_seconds_before_and_after_the_epoch() {
+        assert_eq!(pax_time(1_600_000_000, 123), "1600000000.000000123");
+        // stat's (-2 s, 0.75 s) is 1.25 s before the epoch.
+        assert_eq!(pax_time(-2, 750_000_000), "-1.250000000");
+        assert_eq!(pax_time(-5, 0), "-5.000000000");
+    }
+
+    #[test]
+    fn the_root_is_recorded_as_dot_slash_and_refused_names_warned() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = File::create(dir.path().join("a.tar.zst")).unwrap();
+        let mut w = ArchiveWriter::create(vec![(out, false)], 3, 0, None).unwrap();
+        let meta = EntryMeta {
+            mode: 0o750,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            mtime_nsec: 0,
+        };
+        w.add_root(&meta).unwrap();
+        w.add_symlink(
+            Path::new("x").join("y".repeat(300)).as_path(),
+            Path::new("t"),
+            &meta,
+        )
+        .unwrap();
+        let s = w.finish().unwrap();
+        assert_eq!(s.entries, 2);
+        assert!(
+            s.warnings
+                .iter()
+                .any(|w| w.contains("cannot be restored as is")),
+            "{:?}",
+            s.warnings
+        );
+        let bytes = std::fs::read(dir.path().join("a.tar.zst")).unwrap();
+        let tar = zstd::decode_all(&bytes[..]).unwrap();
+        let mut a = tar::Archive::new(&tar[..]);
+        let first = a.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(&*first.path_bytes(), b"./");
+        assert_eq!(first.header().mode().unwrap(), 0o750);
     }
 }

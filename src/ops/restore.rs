@@ -1,13 +1,18 @@
 //! `backupctl restore`: unpack a snapshot's sources into a directory, from
 //! the first target (in the policy's order) that serves intact bytes.
 //!
-//! Each source is unpacked into a hidden staging directory inside `--to` and
-//! renamed into place only after its archive hash and every file hash check
-//! out; a damaged or unreachable copy is skipped with a warning and the next
-//! target is tried. With `--force`, an existing `<to>/<source>` is moved aside
-//! (never deleted) before the restored tree takes its place.
+//! Each source is unpacked into a fresh hidden staging directory (mode 0700)
+//! inside `--to`, through its descriptor, and renamed into place only after
+//! its archive hash and every file record check out. Any problem with a copy
+//! (unreachable, damaged, oversized, refused or unrestorable entries) skips
+//! that target with a warning naming it, and the next one is tried; only a
+//! local problem writing the destination stops the restore. With `--force`,
+//! an existing `<to>/<source>` is moved aside (never deleted) before the
+//! restored tree takes its place. As root, ownership (and with it
+//! setuid/setgid bits) is restored unless `--no-same-owner`.
 
-use crate::archive::{self, ExtractError, ExtractOptions, Progress, SourceRecord};
+use crate::archive::beneath::Dir;
+use crate::archive::{self, Expected, ExtractError, ExtractOptions, Progress, SourceRecord};
 use crate::config::{Config, Policy};
 use crate::error::{CodedError, ExitCode};
 use crate::ops::load_catalog;
@@ -26,7 +31,9 @@ pub struct RestoreOptions {
     pub target: Option<String>,
     pub include: Vec<String>,
     pub force: bool,
-    pub allow_external_links: bool,
+    /// Do not restore ownership even as root (setuid/setgid bits are then
+    /// dropped, as they are for any restore that does not restore owners).
+    pub no_same_owner: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,31 +65,43 @@ pub enum FetchError {
     Fatal(anyhow::Error),
 }
 
-/// Fetch one archive from `t` and unpack it into `dest`, checking the archive
-/// hash and (when `record` has file hashes) every file against the manifest.
+/// Fetch one archive from `t` and unpack it into the directory `dest`,
+/// checking the archive hash and, as it streams, the sizes the manifest
+/// records (see [`archive::Expected`]). The caller compares the files.
 pub async fn fetch_and_extract(
     t: &DynTarget,
     policy: &str,
     record: &SourceRecord,
-    dest: &Path,
+    dest: &Dir,
     opts: &ExtractOptions,
     label: &str,
 ) -> Result<archive::ExtractReport, FetchError> {
+    let mut opts = opts.clone();
+    if opts.expect.is_none() {
+        opts.expect = Some(Arc::new(
+            Expected::from_record(record).map_err(FetchError::Skip)?,
+        ));
+    }
     let key = repo::archive_key(policy, &record.archive_hash);
     let stream = match t.get(&key).await {
         Ok(s) => s,
         Err(e) => return Err(FetchError::Skip(e.to_string())),
     };
     let progress = Arc::new(Progress::default());
-    let mut opts = opts.clone();
     opts.progress = Some(progress.clone());
     let bar = Bar::new(label, Some(record.content_size), progress);
     let reader = stream.into_blocking_read();
-    let (hash, dest2) = (record.archive_hash.clone(), dest.to_path_buf());
-    let res =
-        tokio::task::spawn_blocking(move || archive::extract(reader, Some(&hash), &dest2, &opts))
-            .await
-            .expect("extract task panicked");
+    let fd = dest
+        .fd
+        .try_clone()
+        .map_err(|e| FetchError::Fatal(anyhow::anyhow!("{}: {e}", dest.path.display())))?;
+    let (hash, path) = (record.archive_hash.clone(), dest.path.clone());
+    let res = tokio::task::spawn_blocking(move || {
+        use std::os::fd::AsFd;
+        archive::extract(reader, Some(&hash), fd.as_fd(), &path, &opts)
+    })
+    .await
+    .expect("extract task panicked");
     drop(bar);
     match res {
         Ok(report) => Ok(report),
@@ -95,8 +114,8 @@ pub async fn fetch_and_extract(
 
 /// Fetch and unpack one source's archive from the first target (in order)
 /// that holds the snapshot and serves intact bytes, into a fresh hidden
-/// directory under `parent`. Returns the target used, the directory, the
-/// extraction report and the targets skipped (with why).
+/// directory (mode 0700) in `parent`. Returns the target used, the
+/// directory's path, the extraction report and the targets skipped (with why).
 #[allow(clippy::too_many_arguments)]
 pub async fn fetch_with_failover(
     targets: &[DynTarget],
@@ -104,7 +123,7 @@ pub async fn fetch_with_failover(
     policy: &str,
     m: &archive::Manifest,
     rec: &SourceRecord,
-    parent: &Path,
+    parent: &Dir,
     opts: &ExtractOptions,
     include: Option<&crate::archive::Include>,
 ) -> anyhow::Result<(
@@ -114,6 +133,11 @@ pub async fn fetch_with_failover(
     Vec<(String, String)>,
 )> {
     let mut skipped = Vec::new();
+    let mut opts = opts.clone();
+    opts.expect =
+        Some(Arc::new(Expected::from_record(rec).map_err(|e| {
+            CodedError::failure(format!("source {}: {e}", rec.name))
+        })?));
     for t in targets {
         let entry = catalog.entries.iter().find(|e| e.manifest.id == m.id);
         let state = catalog.targets.iter().find(|s| s.target.name() == t.name());
@@ -134,8 +158,15 @@ pub async fn fetch_with_failover(
                 continue;
             }
         }
-        let staging = parent.join(format!(".backupctl-restore-{}", crate::util::random_hex(8)));
-        let r = fetch_and_extract(t, policy, rec, &staging, opts, &rec.name).await;
+        let staging_dir = parent.create_fresh(".backupctl-restore-").map_err(|e| {
+            anyhow::anyhow!(
+                "creating a staging directory in {}: {e}",
+                parent.path.display()
+            )
+        })?;
+        let staging = staging_dir.path.clone();
+        let r = fetch_and_extract(t, policy, rec, &staging_dir, &opts, &rec.name).await;
+        drop(staging_dir);
         let problems = match &r {
             Ok(rep) => archive::reader::compare_files(&rec.files, &rep.files, include),
             Err(_) => Vec::new(),
@@ -247,7 +278,10 @@ fn check_include(
     let mut any = false;
     for rec in chosen {
         for f in &rec.files {
-            any |= probe.matches(Path::new(&f.path), false);
+            if let Ok(p) = f.path_bytes() {
+                use std::os::unix::ffi::OsStrExt;
+                any |= probe.matches(Path::new(std::ffi::OsStr::from_bytes(&p)), false);
+            }
         }
     }
     let unmatched = probe.unmatched();
@@ -283,12 +317,14 @@ async fn restore_into(
     include: Option<crate::archive::Include>,
 ) -> anyhow::Result<(RestoreResult, ExitCode)> {
     let to = std::path::absolute(&o.to)?;
+    let to_dir = Dir::open(&to).map_err(|e| anyhow::anyhow!("opening {}: {e}", to.display()))?;
     let opts = ExtractOptions {
         include: include.clone(),
-        preserve_owner: crate::util::is_root(),
-        allow_external_links: o.allow_external_links,
+        preserve_owner: crate::util::is_root() && !o.no_same_owner,
+        apply_root: true,
         progress: None,
         hash_files: false,
+        expect: None,
     };
 
     let mut result = RestoreResult {
@@ -305,7 +341,7 @@ async fn restore_into(
             &policy.name,
             m,
             rec,
-            &to,
+            &to_dir,
             &opts,
             include.as_ref(),
         )

@@ -122,13 +122,8 @@ pub async fn restore_into_database(
     })?
     .clone();
 
-    let scratch_root = policy
-        .verify
-        .scratch_dir
-        .clone()
-        .unwrap_or_else(|| cfg.state_dir.join("scratch"));
-    std::fs::create_dir_all(&scratch_root)
-        .map_err(|e| anyhow::anyhow!("creating {}: {e}", scratch_root.display()))?;
+    // The same checked scratch root as verify; never ownership or setuid there.
+    let scratch_root = crate::ops::verify::scratch_root(cfg, policy)?;
     let opts = ExtractOptions {
         preserve_owner: false,
         ..Default::default()
@@ -163,7 +158,6 @@ pub async fn restore_into_database(
     .await
     .expect("restore task panicked");
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir(&scratch_root);
     let load = loaded.map_err(|e| {
         e.context(format!(
             "source {} of snapshot {} from target {tname}",

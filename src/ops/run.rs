@@ -572,9 +572,21 @@ pub async fn run_policy(
             sources: std::mem::take(&mut records),
         };
         let json = Arc::new(manifest.to_json());
-        let sig = Arc::new(key.sign_manifest(&policy.name, &id, &json));
-        for q in &queues {
-            let _ = q.send(Job::Commit(id.clone(), json.clone(), sig.clone()));
+        // A manifest every reader would refuse would record a snapshot that
+        // cannot be restored: fail the run instead.
+        if let Err(e) = crate::archive::manifest::check_size(json.len()) {
+            let msg = format!(
+                "the snapshot's manifest is {} bytes: {e} (too many files for one snapshot; \
+                 split the source or exclude paths)",
+                json.len()
+            );
+            tracing::error!("{msg}");
+            failed_source = Some(msg);
+        } else {
+            let sig = Arc::new(key.sign_manifest(&policy.name, &id, &json));
+            for q in &queues {
+                let _ = q.send(Job::Commit(id.clone(), json.clone(), sig.clone()));
+            }
         }
     }
     drop(queues);

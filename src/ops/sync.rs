@@ -89,7 +89,8 @@ impl Drop for RemoveOnDrop {
 }
 
 /// Download `policy`'s archive `hash` from `t` into `dest`, checking its size
-/// and BLAKE3 on the way.
+/// and BLAKE3 on the way; a download that exceeds the recorded size stops at
+/// once.
 async fn fetch_verified(
     t: &DynTarget,
     policy: &str,
@@ -101,7 +102,8 @@ async fn fetch_verified(
         .get(&repo::archive_key(policy, hash))
         .await
         .map_err(|e| e.to_string())?;
-    let mut reader = stream.into_blocking_read();
+    // One byte past the recorded size is enough to know it is exceeded.
+    let mut reader = stream.into_blocking_read().take(size.saturating_add(1));
     let (dest, hash) = (dest.to_path_buf(), hash.to_string());
     tokio::task::spawn_blocking(move || -> Result<(), String> {
         let mut f = std::fs::File::create(&dest)
@@ -117,9 +119,14 @@ async fn fetch_verified(
                 Err(e) => return Err(format!("reading the archive failed: {e}")),
             };
             h.update(&buf[..k]);
+            n += k as u64;
+            if n > size {
+                return Err(format!(
+                    "damaged copy: the target serves more than the recorded {size} bytes"
+                ));
+            }
             f.write_all(&buf[..k])
                 .map_err(|e| format!("writing {}: {e}", dest.display()))?;
-            n += k as u64;
         }
         let got = h.finalize().to_hex().to_string();
         if n != size || got != hash {
@@ -545,4 +552,36 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
         }
     };
     Ok(Duration::from_secs(n * mult))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_download_larger_than_recorded_stops_at_the_recorded_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("t");
+        std::fs::create_dir_all(root.join("p/archives")).unwrap();
+        std::fs::write(root.join(crate::target::MARKER_KEY), "{}\n").unwrap();
+        let hash = "a".repeat(64);
+        // 16 MiB served where 1000 bytes are recorded.
+        std::fs::write(
+            root.join(format!("p/archives/{hash}.tar.zst")),
+            vec![7u8; 16 << 20],
+        )
+        .unwrap();
+        let spec = crate::config::FsTargetSpec {
+            path: root,
+            location: "here".into(),
+            create: false,
+        };
+        let t: DynTarget = std::sync::Arc::new(crate::target::fs::FsTarget::new("t", &spec));
+        let dest = dir.path().join("download");
+        let e = fetch_verified(&t, "p", &hash, 1000, &dest)
+            .await
+            .unwrap_err();
+        assert!(e.contains("more than the recorded 1000 bytes"), "{e}");
+        assert!(std::fs::metadata(&dest).unwrap().len() <= 1000);
+    }
 }

@@ -1,16 +1,25 @@
 //! `backupctl verify`: for each chosen snapshot and each target, re-hash the
 //! archive bytes against their name, unpack into the scratch area, check every
 //! file against its BLAKE3 in the manifest, and run source-specific checks
-//! (databases: load the dump into a scratch database). The scratch area is
-//! removed afterwards.
+//! (databases: load the dump into a scratch database).
+//!
+//! Verify often runs as root on archives from targets it does not trust, so
+//! its scratch area is its own: the scratch root (`[verify] scratch_dir`,
+//! default `<state_dir>/scratch`, created with mode 0700) must be a real
+//! directory owned by the running user and writable by nobody else, or the
+//! policy is refused (exit 2); each archive is unpacked through the
+//! descriptor of a fresh 0700 directory with a random name made inside it
+//! (never an existing path), which is removed afterwards. Ownership and
+//! setuid/setgid bits are never applied there.
 //!
 //! Snapshot choice: `--all`, or a sample of N (default: the policy's
 //! `[verify] sample`): the newest snapshot first, then those verified least
 //! recently (never-verified first), so repeated runs cover the whole history.
 
+use crate::archive::beneath::Dir;
 use crate::archive::ExtractOptions;
 use crate::config::{Config, Policy};
-use crate::error::ExitCode;
+use crate::error::{ConfigError, ExitCode};
 use crate::ops::restore::{fetch_and_extract, FetchError};
 use crate::ops::{combine, load_catalog, state};
 use crate::repo::{self, Catalog};
@@ -88,12 +97,70 @@ pub fn choose(
     out
 }
 
+/// Open the policy's scratch root, creating the default one (mode 0700):
+/// refused (a configuration error, exit 2) unless it is a directory owned by
+/// the running user that nobody else can write.
+pub fn scratch_root(cfg: &Config, policy: &Policy) -> anyhow::Result<Dir> {
+    let default = cfg.state_dir.join("scratch");
+    let path = policy.verify.scratch_dir.clone().unwrap_or(default.clone());
+    let what = if path == default {
+        format!("{} (the default, <state_dir>/scratch)", path.display())
+    } else {
+        path.display().to_string()
+    };
+    let refuse = |msg: String| -> anyhow::Error {
+        ConfigError::new(
+            policy.file.display(),
+            "[verify] scratch_dir",
+            format!(
+                "{what}: {msg}; verify unpacks untrusted archives there and refuses a directory \
+                 another user could change: use a directory owned by this user with mode 0700 \
+                 (or leave the setting out: <state_dir>/scratch is created so)"
+            ),
+        )
+        .into()
+    };
+    let is_link = |p: &std::path::Path| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+    };
+    if std::fs::symlink_metadata(&path).is_err() {
+        crate::util::create_private_dir_all(&path)
+            .map_err(|e| anyhow::anyhow!("creating the scratch directory {what}: {e}"))?;
+    }
+    let dir = match Dir::open_nofollow(&path) {
+        Ok(d) => d,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+            return Err(refuse(if is_link(&path) {
+                "is a symbolic link".into()
+            } else {
+                "is not a directory".into()
+            }))
+        }
+        Err(e) => return Err(anyhow::anyhow!("opening the scratch directory {what}: {e}")),
+    };
+    let (uid, mode) = dir
+        .owner_and_mode()
+        .map_err(|e| anyhow::anyhow!("scratch directory {what}: {e}"))?;
+    let euid = unsafe { libc::geteuid() };
+    if uid != euid {
+        return Err(refuse(format!(
+            "is owned by uid {uid}, not by the user running backupctl (uid {euid})"
+        )));
+    }
+    if mode & 0o022 != 0 {
+        return Err(refuse(format!(
+            "is group- or world-writable (mode {mode:04o})"
+        )));
+    }
+    Ok(dir)
+}
+
 async fn check_on_target(
-    cfg: &Config,
     policy: &Policy,
     catalog: &Catalog,
     entry: &crate::repo::Entry,
     ti: usize,
+    scratch_root: &Dir,
 ) -> TargetCheck {
     let m = &entry.manifest;
     let st = &catalog.targets[ti];
@@ -131,16 +198,12 @@ async fn check_on_target(
         return tc;
     }
     let own = m;
-    let scratch_root = policy
-        .verify
-        .scratch_dir
-        .clone()
-        .unwrap_or_else(|| cfg.state_dir.join("scratch"));
     for rec in &own.sources {
-        let scratch = scratch_root.join(format!("verify-{}", crate::util::random_hex(8)));
         let label = format!("{}:{}", t.name(), rec.name);
+        // Never ownership, never setuid/setgid, never the archive root's mode.
         let opts = ExtractOptions {
             preserve_owner: false,
+            apply_root: false,
             hash_files: true,
             ..Default::default()
         };
@@ -150,21 +213,34 @@ async fn check_on_target(
             result: "ok".into(),
             problems: Vec::new(),
         };
-        match fetch_and_extract(t, &policy.name, rec, &scratch, &opts, &label).await {
-            Ok(rep) => {
-                ac.problems = crate::archive::reader::compare_files(&rec.files, &rep.files, None);
-                if ac.problems.is_empty() {
-                    let spec = policy.sources.iter().find(|s| s.name() == rec.name);
-                    match crate::source::verify_unpacked(policy, spec, rec, &scratch) {
-                        Ok(p) => ac.problems.extend(p),
-                        Err(e) => ac.problems.push(format!("{e:#}")),
+        let scratch = match scratch_root.create_fresh("verify-") {
+            Ok(d) => Some(d),
+            Err(e) => {
+                ac.problems.push(format!(
+                    "scratch area: creating a directory in {}: {e}",
+                    scratch_root.path.display()
+                ));
+                None
+            }
+        };
+        if let Some(scratch) = &scratch {
+            match fetch_and_extract(t, &policy.name, rec, scratch, &opts, &label).await {
+                Ok(rep) => {
+                    ac.problems =
+                        crate::archive::reader::compare_files(&rec.files, &rep.files, None);
+                    if ac.problems.is_empty() {
+                        let spec = policy.sources.iter().find(|s| s.name() == rec.name);
+                        match crate::source::verify_unpacked(policy, spec, rec, &scratch.path) {
+                            Ok(p) => ac.problems.extend(p),
+                            Err(e) => ac.problems.push(format!("{e:#}")),
+                        }
                     }
                 }
+                Err(FetchError::Skip(e)) => ac.problems.push(e),
+                Err(FetchError::Fatal(e)) => ac.problems.push(format!("scratch area: {e:#}")),
             }
-            Err(FetchError::Skip(e)) => ac.problems.push(e),
-            Err(FetchError::Fatal(e)) => ac.problems.push(format!("scratch area: {e:#}")),
+            let _ = std::fs::remove_dir_all(&scratch.path);
         }
-        let _ = std::fs::remove_dir_all(&scratch);
         if !ac.problems.is_empty() {
             ac.result = "failed".into();
             tc.result = "failed".into();
@@ -187,7 +263,6 @@ async fn check_on_target(
         }
         tc.archives.push(ac);
     }
-    let _ = std::fs::remove_dir(&scratch_root);
     tc
 }
 
@@ -196,6 +271,7 @@ pub async fn verify_policy(
     policy: &Policy,
     o: &VerifyOptions,
 ) -> anyhow::Result<VerifyResult> {
+    let scratch = scratch_root(cfg, policy)?;
     let (_targets, catalog) = load_catalog(cfg, policy, o.target.as_deref()).await?;
     let mut problems: Vec<String> = catalog
         .bad_manifests
@@ -238,7 +314,7 @@ pub async fn verify_policy(
             targets: Vec::new(),
         };
         for ti in 0..catalog.targets.len() {
-            let tc = check_on_target(cfg, policy, &catalog, &catalog.entries[i], ti).await;
+            let tc = check_on_target(policy, &catalog, &catalog.entries[i], ti, &scratch).await;
             codes.push(match tc.result.as_str() {
                 "ok" => ExitCode::Success,
                 "failed" => ExitCode::Failure,

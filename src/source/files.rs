@@ -58,6 +58,11 @@ pub fn archive_tree(spec: &FilesSourceSpec, w: &mut ArchiveWriter) -> anyhow::Re
         spec.name,
         root.display()
     );
+    // The root's own mode, owner and mtime, as the entry "./".
+    let root_meta = std::fs::metadata(root)
+        .with_context(|| format!("source {}: {}", spec.name, root.display()))?;
+    w.add_root(&EntryMeta::from_metadata(&root_meta))
+        .with_context(|| format!("archiving {}", root.display()))?;
     for entry in walk(spec, &gi) {
         let entry = match entry {
             Ok(e) => e,
