@@ -67,9 +67,7 @@ pub async fn restore_into_database(
     }
     let (targets, catalog) =
         crate::ops::restore::load_catalog(cfg, policy, o.target.as_deref()).await?;
-    let entry = catalog
-        .resolve(o.snapshot.as_deref())
-        ?;
+    let entry = catalog.resolve(o.snapshot.as_deref())?;
     let m = entry.manifest.clone();
     let rec = m.source(&o.source).ok_or_else(|| {
         CodedError::usage(format!("snapshot {} has no source {:?}", m.id, o.source))
@@ -108,7 +106,7 @@ pub async fn restore_into_database(
         .scratch_dir
         .clone()
         .unwrap_or_else(|| cfg.state_dir.join("scratch"));
-    std::fs::create_dir_all(&scratch_root)
+    crate::util::private_dir(&scratch_root)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", scratch_root.display()))?;
     let opts = ExtractOptions {
         preserve_owner: false,

@@ -139,6 +139,13 @@ async fn check_on_target(
         .scratch_dir
         .clone()
         .unwrap_or_else(|| cfg.state_dir.join("scratch"));
+    // What is unpacked there keeps the source's modes: only this user may
+    // enter the scratch area.
+    if let Err(e) = crate::util::private_dir(&scratch_root) {
+        tc.result = "failed".into();
+        tc.error = Some(format!("scratch area {}: {e}", scratch_root.display()));
+        return tc;
+    }
     for rec in &own.sources {
         let scratch = scratch_root.join(format!("verify-{}", crate::util::random_hex(8)));
         let label = format!("{}:{}", t.name(), rec.name);
