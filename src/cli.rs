@@ -13,7 +13,8 @@ Exit codes:
   0  success
   1  the operation failed (integrity problems found included)
   2  usage or configuration error
-  3  partial: done on some targets but not all
+  3  partial: done on some targets but not all, or some source files could not
+     be read (run status incomplete)
 With several policies the worst code wins: 2, then 1, then 3.
 
 Examples:

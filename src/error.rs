@@ -2,7 +2,7 @@
 //!
 //! Exit codes (documented in the README): 0 success, 1 the operation failed
 //! (integrity problems included), 2 usage or configuration error, 3 partial:
-//! done on some targets but not all.
+//! done on some targets but not all, or some source files could not be read.
 
 use std::fmt;
 

@@ -8,10 +8,16 @@
 //! without cleaning up ([`Lock::took_over_from`]). Dropping a [`Lock`] empties
 //! the record and releases the lock. The file itself is never deleted:
 //! unlinking a flock'ed file lets two processes lock two different inodes.
+//!
+//! Only the user backupctl runs as can open the lock file (and so `flock` it
+//! to block runs): it is 0600 in a 0700 `locks/` directory of a 0700 state
+//! directory. Looser modes left by older versions are tightened; a state
+//! directory, `locks/` or lock file owned by another user is refused.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -134,17 +140,22 @@ impl Lock {
             path: path.clone(),
             source,
         };
-        fs::create_dir_all(&dir).map_err(|source| LockError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        crate::util::private_dir(state_dir)
+            .and_then(|_| crate::util::private_dir(&dir))
+            .map_err(|source| LockError::Io {
+                path: dir.clone(),
+                source,
+            })?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(io_err)?;
+        make_private(&file).map_err(io_err)?;
 
         let deadline = wait.map(|w| Instant::now() + w);
         loop {
@@ -196,6 +207,27 @@ impl Drop for Lock {
         let _ = self.file.set_len(0);
         let _ = self.file.unlock();
     }
+}
+
+/// The lock file must be this user's; group/other access (left by older
+/// versions) is removed.
+fn make_private(file: &File) -> io::Result<()> {
+    let m = file.metadata()?;
+    let euid = unsafe { libc::geteuid() };
+    if m.uid() != euid {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "owned by uid {}, not by uid {euid} that backupctl runs as: another user could \
+                 hold it to block every run; remove it",
+                m.uid()
+            ),
+        ));
+    }
+    if m.mode() & 0o077 != 0 {
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }
 
 fn validate_name(name: &str) -> Result<(), LockError> {
@@ -447,6 +479,40 @@ mod tests {
         let err = Lock::acquire(&dir.0, "home", "run", None).unwrap_err();
         assert!(matches!(err, LockError::Io { .. }), "{err:?}");
         assert!(err.to_string().contains("locks"), "{err}");
+    }
+
+    #[test]
+    fn lock_files_are_private_and_looser_modes_are_tightened() {
+        let dir = TestDir::new("modes");
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+        // Left by an older version: world-readable state, locks and lock file.
+        fs::create_dir_all(dir.0.join("locks")).unwrap();
+        fs::write(lock_path(&dir, "home"), "").unwrap();
+        for (p, m) in [
+            (dir.0.clone(), 0o755),
+            (dir.0.join("locks"), 0o777),
+            (lock_path(&dir, "home"), 0o666),
+        ] {
+            fs::set_permissions(&p, fs::Permissions::from_mode(m)).unwrap();
+        }
+        let lock = Lock::acquire(&dir.0, "home", "run", None).unwrap();
+        assert_eq!(mode(&dir.0), 0o700);
+        assert_eq!(mode(&dir.0.join("locks")), 0o700);
+        assert_eq!(mode(lock.path()), 0o600);
+        let other = Lock::acquire(&dir.0, "new", "run", None).unwrap();
+        assert_eq!(mode(other.path()), 0o600);
+    }
+
+    #[test]
+    fn a_symlinked_lock_file_is_refused() {
+        let dir = TestDir::new("symlink");
+        fs::create_dir_all(dir.0.join("locks")).unwrap();
+        let elsewhere = dir.0.join("elsewhere");
+        fs::write(&elsewhere, "keep").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, lock_path(&dir, "home")).unwrap();
+        let err = Lock::acquire(&dir.0, "home", "run", None).unwrap_err();
+        assert!(matches!(err, LockError::Io { .. }), "{err:?}");
+        assert_eq!(fs::read_to_string(&elsewhere).unwrap(), "keep");
     }
 
     #[test]

@@ -444,6 +444,17 @@ fn render_run(r: &ops::run::RunResult) -> String {
                 }
             )),
         }
+        if !src.unreadable.is_empty() {
+            const SHOWN: usize = 10;
+            let mut names = src.unreadable[..src.unreadable.len().min(SHOWN)].join(", ");
+            if src.unreadable.len() > SHOWN {
+                names.push_str(&format!(", ... ({} in all)", src.unreadable.len()));
+            }
+            s.push_str(&format!(
+                "  source {}: NOT READ (not in this snapshot): {names}\n",
+                src.name
+            ));
+        }
     }
     for t in &r.targets {
         match &t.error {
@@ -478,6 +489,11 @@ fn render_run(r: &ops::run::RunResult) -> String {
                 r.policy
             ));
         }
+        "incomplete" => s.push_str(&format!(
+            "  to do: make the files above readable by the user backupctl runs as (or exclude \
+             them); the snapshot was recorded without them (`backupctl list {} --json` lists them)\n",
+            r.policy
+        )),
         "failed" => s.push_str(&format!(
             "  to do: fix the cause above, then `backupctl run {}`; nothing was recorded, earlier snapshots are untouched\n",
             r.policy

@@ -1,4 +1,6 @@
-//! Small shared helpers: random ids, host name, human-readable sizes.
+//! Small shared helpers: random ids, host name, human-readable sizes, private
+//! files and directories (everything backupctl creates is 0600/0700), and
+//! the debug-only [`test_hook`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -63,6 +65,47 @@ pub fn create_private_dir_all(dir: &std::path::Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// Make `dir` a directory only this user can enter: created with its missing
+/// parents at 0700 whatever the umask, or, when it exists, tightened to 0700
+/// if group or others have any access (with a warning; a symbolic link is
+/// followed). A directory owned by another user is refused
+/// (`PermissionDenied`, saying what to do): its owner could change what
+/// backupctl writes or locks there. Used for the state directory and
+/// everything backupctl keeps in it (locks, history, staging, scratch).
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    create_private_dir_all(dir)?;
+    let m = std::fs::metadata(dir)?;
+    if !m.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
+    let euid = unsafe { libc::geteuid() };
+    if m.uid() != euid {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is owned by uid {}, not by uid {euid} that backupctl runs as; refusing to \
+                 keep state there (its owner could read or swap it): chown it to uid {euid} \
+                 or choose another state_dir/scratch_dir",
+                dir.display(),
+                m.uid()
+            ),
+        ));
+    }
+    if m.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        tracing::warn!(
+            "{} was accessible to other users (mode {:o}); made it private (0700)",
+            dir.display(),
+            m.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
 /// Create (truncate) a file readable and writable by its owner only (0600).
 pub fn create_private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -72,6 +115,32 @@ pub fn create_private_file(path: &std::path::Path) -> std::io::Result<std::fs::F
         .truncate(true)
         .mode(0o600)
         .open(path)
+}
+
+/// Test hook, in debug builds only (the body is compiled out of release
+/// builds, so nothing can trigger it there): when `BACKUPCTL_TEST_HOOK` is
+/// set, run it with `sh -c`, the hook point as `$1` and `args` as `$2`...,
+/// and wait for it. Points: `before-open` (`$2` the path, `$3` the path
+/// relative to the source root; after the tree walk saw the entry, before it
+/// is opened) and `sqlite-copy` (`$2` the staged copy, once it is complete).
+/// Integration tests use it to change things at exactly that point.
+#[inline]
+pub fn test_hook(point: &str, args: &[&std::ffi::OsStr]) {
+    #[cfg(debug_assertions)]
+    if let Some(cmd) = std::env::var_os("BACKUPCTL_TEST_HOOK") {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .arg("backupctl-test-hook")
+            .arg(point)
+            .args(args)
+            .status();
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            tracing::warn!("test hook at {point}: {status:?}");
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = (point, args);
 }
 
 /// "2026-11-22T02:30:00.123456789+01:00" -> "2026-11-22 02:30:00+01:00":

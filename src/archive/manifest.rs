@@ -54,6 +54,12 @@ pub struct SourceRecord {
     /// Problems met while reading the source (changed or vanished files...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Source entries that could not be read (permission denied, an I/O
+    /// error), relative to the source, directories ending in `/`: the
+    /// snapshot is incomplete without them. (Absent in manifests written
+    /// before this field existed, and when everything was read.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
     /// Database sources: dump tool and server versions, per-table row counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<serde_json::Value>,

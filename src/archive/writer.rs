@@ -159,6 +159,9 @@ pub struct ArchiveSummary {
     pub entries: u64,
     pub files: Vec<FileRecord>,
     pub warnings: Vec<String>,
+    /// Source entries that could not be read (relative paths, directories
+    /// ending in `/`): the snapshot lacks them.
+    pub unreadable: Vec<String>,
     /// Each destination file (in the order given to `create`), or why it failed.
     pub outputs: Vec<Result<File, io::Error>>,
 }
@@ -212,6 +215,7 @@ pub struct ArchiveWriter {
     entries: u64,
     content_size: u64,
     warnings: Vec<String>,
+    unreadable: Vec<String>,
     buf: Vec<u8>,
     progress: Option<Arc<Progress>>,
 }
@@ -247,6 +251,7 @@ impl ArchiveWriter {
             entries: 0,
             content_size: 0,
             warnings: Vec::new(),
+            unreadable: Vec::new(),
             buf: vec![0; 256 << 10],
             progress,
         })
@@ -315,33 +320,28 @@ impl ArchiveWriter {
         Ok(())
     }
 
-    /// Add a regular file from disk, reading exactly the size seen by `stat`.
-    /// A file that shrinks is padded with zeros and one that grows is cut, each
-    /// with a warning, so the archive stays valid (as GNU tar does).
-    pub fn add_file(&mut self, rel: &Path, src: &Path, meta: &Metadata) -> io::Result<()> {
-        let mut file = match File::open(src) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.warn(format!(
-                    "{}: vanished before it could be read; not in this snapshot",
-                    src.display()
-                ));
-                return Ok(());
-            }
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                self.warn(format!(
-                    "{}: permission denied; not in this snapshot",
-                    src.display()
-                ));
-                return Ok(());
-            }
-            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", src.display()))),
-        };
+    /// Add a regular file opened (and checked) by the source's walk, reading
+    /// exactly `meta.len()` bytes (`meta`: `fstat` of `file`). A file that
+    /// shrinks is padded with zeros and one that grows is cut, each with a
+    /// warning, so the archive stays valid (as GNU tar does). A read error
+    /// ends the content there (the rest is zeros) and records the file as
+    /// unreadable. `src` names the file in messages.
+    pub fn add_file(
+        &mut self,
+        rel: &Path,
+        src: &Path,
+        mut file: File,
+        meta: &Metadata,
+    ) -> io::Result<()> {
         let size = meta.len();
         let em = EntryMeta::from_metadata(meta);
         let mut h = self.header(tar::EntryType::Regular, &em, size)?;
+        let mut source = ErrorsEndRead {
+            inner: &mut file,
+            error: None,
+        };
         let mut reader = ExactReader::new(
-            &mut file,
+            &mut source,
             size,
             std::mem::take(&mut self.buf),
             self.progress.clone(),
@@ -350,7 +350,16 @@ impl ArchiveWriter {
         let hash = reader.hasher.finalize().to_hex().to_string();
         let short_by = reader.short_by;
         self.buf = std::mem::take(&mut reader.buf);
-        if short_by > 0 {
+        if let Some(e) = source.error {
+            self.unreadable(
+                rel.to_string_lossy().into_owned(),
+                format!(
+                    "{}: read error after {} bytes ({e}); the rest is zeros in this snapshot",
+                    src.display(),
+                    size - short_by
+                ),
+            );
+        } else if short_by > 0 {
             self.warn(format!(
                 "{}: file shrank by {short_by} bytes while being read; padded with zeros",
                 src.display()
@@ -375,6 +384,14 @@ impl ArchiveWriter {
         }
         self.record_file(rel, size, hash);
         Ok(())
+    }
+
+    /// Record a source entry that could not be read (permission denied, an
+    /// I/O error) under `rel` (a directory ends in `/`): a warning, and the
+    /// snapshot is incomplete (see [`ArchiveSummary::unreadable`]).
+    pub fn unreadable(&mut self, rel: String, msg: String) {
+        self.warn(msg);
+        self.unreadable.push(rel);
     }
 
     fn record_file(&mut self, rel: &Path, size: u64, hash: String) {
@@ -486,6 +503,7 @@ impl ArchiveWriter {
             entries: self.entries,
             files: self.files,
             warnings: self.warnings,
+            unreadable: self.unreadable,
             outputs,
         })
     }
@@ -499,6 +517,28 @@ fn pax_time(secs: i64, nsec: u32) -> String {
         format!("-{}.{:09}", -(secs + 1), 1_000_000_000 - nsec)
     } else {
         format!("{secs}.{nsec:09}")
+    }
+}
+
+/// Reads a source file, turning a read error into the end of the data (kept
+/// in `error`), so the entry can still be completed.
+struct ErrorsEndRead<'a> {
+    inner: &'a mut File,
+    error: Option<io::Error>,
+}
+
+impl Read for ErrorsEndRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.error.is_some() {
+            return Ok(0);
+        }
+        match self.inner.read(buf) {
+            Err(e) if e.kind() != io::ErrorKind::Interrupted => {
+                self.error = Some(e);
+                Ok(0)
+            }
+            r => r,
+        }
     }
 }
 

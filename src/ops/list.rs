@@ -1,5 +1,7 @@
 //! `backupctl list`: snapshots merged across a policy's targets, with the
-//! targets on which each is complete.
+//! targets on which each is complete, and which snapshots lack source files
+//! that could not be read (marked `[incomplete: N unreadable]`; `--json`
+//! names them per source in `unreadable`).
 
 use crate::config::{Config, Policy};
 use crate::repo::Catalog;
@@ -15,6 +17,9 @@ pub struct ListedSource {
     pub content_size: u64,
     pub files: usize,
     pub entries: u64,
+    /// Entries that could not be read when the snapshot was taken (relative
+    /// paths; directories end in `/`): not in the snapshot.
+    pub unreadable: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -77,6 +82,7 @@ pub fn listing(catalog: &Catalog) -> PolicyListing {
                         content_size: s.content_size,
                         files: s.files.len(),
                         entries: s.entries,
+                        unreadable: s.unreadable.clone(),
                     })
                     .collect(),
                 archive_size: m.total_archive_size(),
@@ -123,6 +129,7 @@ pub fn render(l: &PolicyListing) -> String {
         "  {:<26} {:<25} {:<20} {:>10} {:>10}  {}\n",
         "ID", "TIME", "SOURCES", "SIZE", "STORED", "TARGETS"
     ));
+    let mut any_unreadable = false;
     for s in &l.snapshots {
         let names: Vec<&str> = s.sources.iter().map(|x| x.name.as_str()).collect();
         let mut targets = s.targets.join(",");
@@ -131,6 +138,11 @@ pub fn render(l: &PolicyListing) -> String {
         }
         if targets.is_empty() {
             targets = "-".into();
+        }
+        let unreadable: usize = s.sources.iter().map(|x| x.unreadable.len()).sum();
+        if unreadable > 0 {
+            any_unreadable = true;
+            targets.push_str(&format!("  [incomplete: {unreadable} unreadable]"));
         }
         out.push_str(&format!(
             "  {:<26} {:<25} {:<20} {:>10} {:>10}  {}\n",
@@ -141,6 +153,12 @@ pub fn render(l: &PolicyListing) -> String {
             human_bytes(s.archive_size),
             targets
         ));
+    }
+    if any_unreadable {
+        out.push_str(
+            "  [incomplete: N unreadable]: N source files or directories could not be read and \
+             are not in the snapshot (`backupctl list --json` names them)\n",
+        );
     }
     out
 }

@@ -11,7 +11,13 @@
 //!
 //! A target that fails stops receiving this snapshot (exit 3: partial). A source
 //! that fails fails the run for its policy: no manifest is written anywhere, so
-//! nothing half-done counts as a snapshot.
+//! nothing half-done counts as a snapshot. Source files or directories that
+//! cannot be read (permission denied, I/O errors) are listed in the manifest
+//! as `unreadable`, and the run is `incomplete` (exit 3) but done: it counts
+//! as the schedule's run, and is pruned after as a complete one.
+//!
+//! Everything a run writes locally (staging files, the SQLite copy, state) is
+//! private to the user backupctl runs as: 0600 files in 0700 directories.
 
 use crate::archive::{ArchiveSummary, ArchiveWriter, Manifest, Progress, SourceRecord};
 use crate::config::{Config, Policy, SourceSpec};
@@ -54,6 +60,9 @@ pub struct SourceResult {
     pub files: u64,
     pub entries: u64,
     pub warnings: Vec<String>,
+    /// Entries that could not be read (relative paths; directories end in
+    /// `/`): not in the snapshot.
+    pub unreadable: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -74,8 +83,10 @@ pub struct RunResult {
     pub policy: String,
     pub snapshot: Option<String>,
     pub time: DateTime<FixedOffset>,
-    /// "complete", "partial", "failed", "aborted" (interrupted before any
-    /// manifest was written) or "dry-run"
+    /// "complete", "incomplete" (stored on every target, but some source
+    /// files could not be read: see the sources' `unreadable`), "partial"
+    /// (stored on some targets only), "failed", "aborted" (interrupted
+    /// before any manifest was written) or "dry-run"
     pub status: String,
     pub dry_run: bool,
     pub sources: Vec<SourceResult>,
@@ -89,7 +100,7 @@ impl RunResult {
     pub fn exit_code(&self) -> ExitCode {
         match self.status.as_str() {
             "complete" | "dry-run" => ExitCode::Success,
-            "partial" => ExitCode::Partial,
+            "partial" | "incomplete" => ExitCode::Partial,
             _ => ExitCode::Failure,
         }
     }
@@ -280,7 +291,7 @@ async fn build_archive(
     let need_staging = plans.iter().any(|p| matches!(p, Plan::Staged));
     let staged_path = staging.join(format!("{}.tar.zst", spec.name()));
     if need_staging {
-        let f = File::create(&staged_path)
+        let f = crate::util::create_private_file(&staged_path)
             .with_context(|| format!("creating staging file {}", staged_path.display()))?;
         files.push((f, false));
     }
@@ -443,7 +454,10 @@ pub async fn run_policy(
         }
     }
     let staging = policy_staging.join(&id);
-    std::fs::create_dir_all(&staging)
+    crate::util::private_dir(&cfg.state_dir)
+        .and_then(|_| crate::util::private_dir(&cfg.state_dir.join("staging")))
+        .and_then(|_| crate::util::private_dir(&policy_staging))
+        .and_then(|_| crate::util::create_private_dir_all(&staging))
         .with_context(|| format!("creating staging directory {}", staging.display()))?;
     let _cleanup = RemoveOnDrop(staging.clone());
 
@@ -509,6 +523,7 @@ pub async fn run_policy(
                     files: 0,
                     entries: 0,
                     warnings: Vec::new(),
+                    unreadable: Vec::new(),
                     error: Some(msg.clone()),
                 });
                 failed_source = Some(msg);
@@ -544,6 +559,7 @@ pub async fn run_policy(
             files: summary.files.len() as u64,
             entries: summary.entries,
             warnings: summary.warnings.clone(),
+            unreadable: summary.unreadable.clone(),
             error: None,
         });
         records.push(SourceRecord {
@@ -557,6 +573,7 @@ pub async fn run_policy(
             entries: summary.entries,
             files: summary.files,
             warnings: summary.warnings,
+            unreadable: summary.unreadable,
             database: out.database,
         });
     }
@@ -655,7 +672,10 @@ pub async fn run_policy(
         }
     } else {
         let ok = committed;
-        result.status = if ok == result.targets.len() {
+        let unreadable = result.sources.iter().any(|s| !s.unreadable.is_empty());
+        result.status = if ok == result.targets.len() && unreadable {
+            "incomplete"
+        } else if ok == result.targets.len() {
             "complete"
         } else if ok > 0 {
             "partial"
@@ -693,7 +713,9 @@ pub async fn run_policy(
             status.clone()
         });
         st.run.last_message = err;
-        if status == "complete" || status == "partial" {
+        // An incomplete snapshot is done as far as the schedule goes:
+        // retrying does not make unreadable files readable.
+        if matches!(status.as_str(), "complete" | "partial" | "incomplete") {
             st.run.last_success = Some(now_local);
             st.run.last_snapshot = snap;
         }
@@ -734,6 +756,7 @@ fn dry_run(
                 files,
                 entries: 0,
                 warnings: Vec::new(),
+                unreadable: Vec::new(),
                 error,
             }
         })
@@ -847,7 +870,12 @@ pub async fn run_step(
             step.catch_up = Some(crate::ops::sync::sync_policy(cfg, policy, &so).await?);
         }
     }
-    let complete = step.run.as_ref().is_some_and(|r| r.status == "complete");
+    // Stored on every target (an incomplete snapshot lacks unreadable files,
+    // which waiting would not change; never pruning would fill the targets).
+    let complete = step
+        .run
+        .as_ref()
+        .is_some_and(|r| matches!(r.status.as_str(), "complete" | "incomplete"));
     if prune && !opts.dry_run && step.run.is_some() {
         if complete && !cancelled(opts) {
             match crate::ops::prune::prune_policy(cfg, policy, &Default::default()).await {

@@ -19,7 +19,8 @@ pub struct JobStatus {
     /// The next occurrences (local time), soonest first.
     pub next: Vec<String>,
     pub due: bool,
-    /// "success", "partial", "failed" or "aborted"; null when never attempted.
+    /// "success", "incomplete" (some source files could not be read),
+    /// "partial", "failed" or "aborted"; null when never attempted.
     pub last_result: Option<String>,
     pub last_attempt: Option<String>,
     pub last_message: Option<String>,

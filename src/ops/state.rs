@@ -1,6 +1,7 @@
 //! Local state under `state_dir`: run history per policy (a cache: when lost,
 //! the newest snapshot on the targets stands in). Never the only copy of
-//! anything a restore needs.
+//! anything a restore needs. Private to the user backupctl runs as: the
+//! state and history directories are 0700, history files 0600.
 
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,8 @@ use std::path::{Path, PathBuf};
 pub struct OpRecord {
     /// When the last attempt started (wall clock).
     pub last_attempt: Option<DateTime<FixedOffset>>,
-    /// "success", "partial" or "failed".
+    /// "success", "incomplete" (runs: some source files could not be read;
+    /// still a success for the schedule), "partial", "failed" or "aborted".
     pub last_result: Option<String>,
     pub last_message: Option<String>,
     /// When the last successful (or partial) attempt started.
@@ -48,10 +50,17 @@ pub fn load(state_dir: &Path, policy: &str) -> PolicyState {
 
 /// Save atomically (temp + rename).
 pub fn save(state_dir: &Path, policy: &str, st: &PolicyState) -> std::io::Result<()> {
+    use std::io::Write;
     let p = path(state_dir, policy);
-    std::fs::create_dir_all(p.parent().expect("has parent"))?;
+    crate::util::private_dir(state_dir)?;
+    crate::util::private_dir(p.parent().expect("has parent"))?;
     let tmp = p.with_extension(format!("json.tmp-{}", crate::util::random_hex(6)));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(st).expect("serialises"))?;
+    let written = crate::util::create_private_file(&tmp)
+        .and_then(|mut f| f.write_all(&serde_json::to_vec_pretty(st).expect("serialises")));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, &p)
 }
 

@@ -12,6 +12,7 @@ use crate::config::{Config, Policy};
 use crate::error::ExitCode;
 use crate::repo;
 use crate::target::DynTarget;
+use anyhow::Context;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -106,7 +107,7 @@ async fn fetch_verified(
     let mut reader = stream.into_blocking_read().take(size.saturating_add(1));
     let (dest, hash) = (dest.to_path_buf(), hash.to_string());
     tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let mut f = std::fs::File::create(&dest)
+        let mut f = crate::util::create_private_file(&dest)
             .map_err(|e| format!("creating {}: {e}", dest.display()))?;
         let mut h = blake3::Hasher::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -319,7 +320,10 @@ pub async fn sync_policy(
                 }
                 continue;
             }
-            crate::util::create_private_dir_all(&staging)?;
+            crate::util::private_dir(&cfg.state_dir)
+                .and_then(|_| crate::util::private_dir(&cfg.state_dir.join("staging")))
+                .and_then(|_| crate::util::create_private_dir_all(&staging))
+                .with_context(|| format!("creating staging directory {}", staging.display()))?;
             let file = staging.join(format!("{}.tar.zst", rec.archive_hash));
             let mut from = None;
             let mut why = Vec::new();

@@ -1,7 +1,15 @@
 //! `type = "files"`: a directory tree, walked in a stable order (sorted by
 //! name) so unchanged trees give byte-identical archives. Excludes are
 //! gitignore-style patterns relative to the source path.
+//!
+//! The tree is read through [`super::walk`]: a symbolic link, another file or
+//! a FIFO swapped in after the walk saw an entry is never followed or read;
+//! the entry is skipped with a warning naming it. What is there but cannot be
+//! read (permission denied, an I/O error) is recorded as *unreadable*: the
+//! snapshot is incomplete (`run` exits 3). What vanishes or changes while
+//! being read only gets a warning, as with GNU tar.
 
+use super::walk::{self, Entry, Kind, Refusal, Seen, Visitor};
 use super::SourceOutput;
 use crate::archive::{ArchiveWriter, EntryMeta};
 use crate::config::FilesSourceSpec;
@@ -19,34 +27,139 @@ pub fn excludes(spec: &FilesSourceSpec) -> anyhow::Result<Gitignore> {
     Ok(b.build()?)
 }
 
-/// Walk the tree, yielding (relative path, entry) for everything not excluded.
-pub fn walk<'a>(
-    spec: &'a FilesSourceSpec,
-    gi: &'a Gitignore,
-) -> impl Iterator<Item = Result<walkdir::DirEntry, walkdir::Error>> + 'a {
-    walkdir::WalkDir::new(&spec.path)
-        .follow_links(false)
-        .same_file_system(spec.one_file_system)
-        .sort_by_file_name()
-        .min_depth(1)
-        .into_iter()
-        .filter_entry(move |e| {
-            let rel = e.path().strip_prefix(&spec.path).unwrap_or(e.path());
-            !gi.matched(rel, e.file_type().is_dir()).is_ignore()
-        })
+fn options(spec: &FilesSourceSpec) -> walk::Options {
+    walk::Options {
+        one_file_system: spec.one_file_system,
+    }
+}
+
+fn excluded(gi: &Gitignore, rel: &Path, is_dir: bool) -> bool {
+    gi.matched(rel, is_dir).is_ignore()
 }
 
 /// Total bytes and files that would be archived (for progress and --dry-run).
 pub fn scan(spec: &FilesSourceSpec) -> anyhow::Result<(u64, u64)> {
-    let gi = excludes(spec)?;
-    let (mut bytes, mut files) = (0u64, 0u64);
-    for e in walk(spec, &gi).flatten() {
-        if e.file_type().is_file() {
-            files += 1;
-            bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+    struct Count<'a> {
+        gi: &'a Gitignore,
+        bytes: u64,
+        files: u64,
+    }
+    impl Visitor for Count<'_> {
+        fn skip(&mut self, rel: &Path, is_dir: bool) -> bool {
+            excluded(self.gi, rel, is_dir)
+        }
+        fn dir(&mut self, _: &Path, _: &Path, _: &Seen) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn entry(&mut self, e: &Entry<'_>) -> anyhow::Result<()> {
+            if e.seen.kind == Kind::File {
+                self.files += 1;
+                self.bytes += e.seen.size;
+            }
+            Ok(())
+        }
+        fn refused(&mut self, _: &Path, _: &Path, _: bool, _: Refusal) -> anyhow::Result<()> {
+            Ok(())
         }
     }
-    Ok((bytes, files))
+    let gi = excludes(spec)?;
+    let mut c = Count {
+        gi: &gi,
+        bytes: 0,
+        files: 0,
+    };
+    walk::walk(&spec.path, options(spec), &mut c)?;
+    Ok((c.bytes, c.files))
+}
+
+/// Tar metadata of what the walk saw.
+fn entry_meta(s: &Seen) -> EntryMeta {
+    EntryMeta {
+        mode: s.mode & 0o7777,
+        uid: s.uid.into(),
+        gid: s.gid.into(),
+        mtime: s.mtime,
+        mtime_nsec: s.mtime_nsec,
+    }
+}
+
+/// Writes what the walk reports into the archive.
+struct Archiver<'a> {
+    w: &'a mut ArchiveWriter,
+    gi: &'a Gitignore,
+}
+
+impl Visitor for Archiver<'_> {
+    fn skip(&mut self, rel: &Path, is_dir: bool) -> bool {
+        excluded(self.gi, rel, is_dir)
+    }
+
+    fn dir(&mut self, rel: &Path, path: &Path, seen: &Seen) -> anyhow::Result<()> {
+        self.w
+            .add_dir(rel, &entry_meta(seen))
+            .with_context(|| format!("archiving {}", path.display()))
+    }
+
+    fn entry(&mut self, e: &Entry<'_>) -> anyhow::Result<()> {
+        match e.seen.kind {
+            Kind::File => match e.open_file() {
+                Ok((file, meta)) => self
+                    .w
+                    .add_file(e.rel, e.path, file, &meta)
+                    .with_context(|| format!("archiving {}", e.path.display())),
+                Err(why) => self.refused(e.rel, e.path, false, why),
+            },
+            Kind::Symlink => match e.read_link() {
+                Ok(target) => self
+                    .w
+                    .add_symlink(e.rel, &target, &entry_meta(&e.seen))
+                    .with_context(|| format!("archiving {}", e.path.display())),
+                Err(why) => self.refused(e.rel, e.path, false, why),
+            },
+            Kind::Special => {
+                self.w.warn(format!(
+                    "{}: special file (socket, FIFO or device) skipped",
+                    e.path.display()
+                ));
+                Ok(())
+            }
+            Kind::Dir => unreachable!("the walk reports directories with Visitor::dir"),
+        }
+    }
+
+    fn refused(
+        &mut self,
+        rel: &Path,
+        path: &Path,
+        is_dir: bool,
+        why: Refusal,
+    ) -> anyhow::Result<()> {
+        let path = path.display();
+        match why {
+            Refusal::Vanished => self.w.warn(format!(
+                "{path}: vanished while being read; not in this snapshot"
+            )),
+            Refusal::Replaced(what) => self.w.warn(format!(
+                "{path}: {what} after the walk saw it; skipped, not in this snapshot"
+            )),
+            Refusal::Unreadable(e) if is_dir => {
+                let mut name = rel.to_string_lossy().into_owned();
+                if name.is_empty() {
+                    name.push('.');
+                }
+                name.push('/');
+                self.w.unreadable(
+                    name,
+                    format!("{path}: directory cannot be read ({e}); its contents are not in this snapshot"),
+                )
+            }
+            Refusal::Unreadable(e) => self.w.unreadable(
+                rel.to_string_lossy().into_owned(),
+                format!("{path}: cannot be read ({e}); not in this snapshot"),
+            ),
+        }
+        Ok(())
+    }
 }
 
 pub fn archive_tree(spec: &FilesSourceSpec, w: &mut ArchiveWriter) -> anyhow::Result<SourceOutput> {
@@ -63,65 +176,7 @@ pub fn archive_tree(spec: &FilesSourceSpec, w: &mut ArchiveWriter) -> anyhow::Re
         .with_context(|| format!("source {}: {}", spec.name, root.display()))?;
     w.add_root(&EntryMeta::from_metadata(&root_meta))
         .with_context(|| format!("archiving {}", root.display()))?;
-    for entry in walk(spec, &gi) {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                if e.io_error()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
-                {
-                    w.warn(format!(
-                        "{}: vanished while walking; not in this snapshot",
-                        e.path()
-                            .map(Path::display)
-                            .map(|d| d.to_string())
-                            .unwrap_or_default()
-                    ));
-                } else {
-                    w.warn(format!("source {}: {e}; skipped", spec.name));
-                }
-                continue;
-            }
-        };
-        let rel = entry
-            .path()
-            .strip_prefix(root)
-            .expect("walk stays under root");
-        let meta = match entry.metadata() {
-            Ok(m) => m,
-            Err(e) => {
-                w.warn(format!(
-                    "{}: {e}; not in this snapshot",
-                    entry.path().display()
-                ));
-                continue;
-            }
-        };
-        let ft = meta.file_type();
-        let em = EntryMeta::from_metadata(&meta);
-        if ft.is_dir() {
-            w.add_dir(rel, &em)
-                .with_context(|| format!("archiving {}", entry.path().display()))?;
-        } else if ft.is_file() {
-            w.add_file(rel, entry.path(), &meta)
-                .with_context(|| format!("archiving {}", entry.path().display()))?;
-        } else if ft.is_symlink() {
-            match std::fs::read_link(entry.path()) {
-                Ok(target) => w
-                    .add_symlink(rel, &target, &em)
-                    .with_context(|| format!("archiving {}", entry.path().display()))?,
-                Err(e) => w.warn(format!(
-                    "{}: cannot read link: {e}; not in this snapshot",
-                    entry.path().display()
-                )),
-            }
-        } else {
-            w.warn(format!(
-                "{}: special file (socket, FIFO or device) skipped",
-                entry.path().display()
-            ));
-        }
-    }
+    walk::walk(root, options(spec), &mut Archiver { w, gi: &gi })?;
     Ok(SourceOutput {
         origin: root.display().to_string(),
         database: None,

@@ -1,7 +1,8 @@
 //! Sources: what goes into a snapshot. Each source writes its entries into one
 //! [`ArchiveWriter`] (one archive per source per snapshot).
 //!
-//! - [`files`]: a directory tree with gitignore-style excludes.
+//! - [`files`]: a directory tree with gitignore-style excludes, read through
+//!   the race-safe descriptor-based walk of [`walk`].
 //! - database sources ([`postgres`], [`mysql`], [`sqlite`]) write their dumps
 //!   in (see [`db`] for what they share) and record [`db::DatabaseFacts`] in
 //!   the manifest; `verify` and `restore --into-database` load those dumps
@@ -21,6 +22,7 @@ pub mod files;
 pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
+pub mod walk;
 
 use crate::archive::{ArchiveWriter, SourceRecord};
 use crate::config::{Policy, SourceSpec};

@@ -122,6 +122,10 @@ pub fn archive(
         })?;
     let copy = staging.join(format!("sqlite-{}.db", crate::util::random_hex(12)));
     let _cleanup = RemoveFile(copy.clone());
+    // Created 0600 before SQLite opens it (SQLite would create it 0644, and
+    // gives its journals the database file's mode).
+    crate::util::create_private_file(&copy)
+        .with_context(|| format!("creating {}", copy.display()))?;
     {
         let src = Connection::open_with_flags(
             &spec.path,
@@ -153,6 +157,7 @@ pub fn archive(
             }
         }
     }
+    crate::util::test_hook("sqlite-copy", &[copy.as_os_str()]);
     let (problems, tables) = inspect(&copy)?;
     anyhow::ensure!(
         problems.is_empty(),
