@@ -594,3 +594,33 @@ fn list_prefixes_times_and_failed_restores() {
     );
     assert!(out.is_dir());
 }
+
+/// What a `kill -9` during `sync` leaves (its staging directory, a
+/// temporary beside the archives on an fs target) is cleaned by the next
+/// sync or run of that policy, as for a killed run.
+#[test]
+fn leftovers_of_a_killed_sync_are_cleaned() {
+    let s = Setup::new();
+    mounted_config(&s, &["nas", "offsite"]);
+    let shop = tree(&s, "shop", &[("index.html", "v1")]);
+    policy(&s, "shop", &["nas", "offsite"], "", &[("site", &shop)]);
+    expect_code(&s.run(&["run"]), 0);
+    let staging = s.path("state/staging/shop/sync-0123abcd");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join("x.tar.zst"), "partial").unwrap();
+    let tmp = root(&s, "offsite").join("shop/archives/deadbeef.b3sums.tmp-0badf00d");
+    std::fs::write(&tmp, "partial").unwrap();
+    // The copy sync has to make writes into the archives directory.
+    for a in archives(&root(&s, "offsite"), "shop") {
+        std::fs::remove_file(a).unwrap();
+    }
+    let o = s.run(&["sync"]);
+    expect_code(&o, 0);
+    assert!(!staging.exists(), "sync staging left by a killed sync");
+    assert!(!tmp.exists(), "temporary left by a killed sync");
+    assert!(
+        stderr(&o).contains("left by an interrupted"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -129,7 +129,7 @@ fn server_stopped_mid_upload_then_sync_completes() {
     assert!(
         !keys
             .iter()
-            .any(|(k, _)| (k.contains("/snapshots/") && k.ends_with(".json"))),
+            .any(|(k, _)| k.contains("/snapshots/") && k.ends_with(".json")),
         "no snapshot may be visible on s3: {keys:?}"
     );
     assert!(
@@ -156,7 +156,7 @@ fn server_stopped_mid_upload_then_sync_completes() {
     let keys = s.garage.env.list_keys(&s.prefix);
     assert!(
         keys.iter()
-            .any(|(k, _)| (k.contains("/snapshots/") && k.ends_with(".json"))),
+            .any(|(k, _)| k.contains("/snapshots/") && k.ends_with(".json")),
         "{keys:?}"
     );
 
@@ -445,7 +445,7 @@ fn a_slow_target_does_not_hold_back_the_others() {
     assert!(
         env.list_keys(&prefix)
             .iter()
-            .any(|(k, _)| (k.contains("/snapshots/") && k.ends_with(".json"))),
+            .any(|(k, _)| k.contains("/snapshots/") && k.ends_with(".json")),
         "the slow target completes too"
     );
 }
