@@ -314,7 +314,8 @@ pub struct SyncArgs {
     /// Show what would be copied, write nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Abort incomplete multipart uploads started longer ago than this (e.g. 24h, 30m, 0s).
+    /// Clean up incomplete uploads (S3 multipart uploads, temporaries on
+    /// directory targets) started longer ago than this (e.g. 24h, 30m, 7d, 0s).
     #[arg(long, value_name = "AGE", default_value = "24h", value_parser = crate::ops::sync::parse_age)]
     pub abort_uploads_older_than: std::time::Duration,
     #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever",

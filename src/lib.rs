@@ -8,6 +8,7 @@ pub mod archive;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod duration;
 pub mod error;
 pub mod lock;
 pub mod ops;

@@ -127,7 +127,7 @@ impl KeepDuration {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "invalid duration {input:?}: {problem}; expected <number><unit> parts with units \
-     y (years), m (months), d (days), h (hours), e.g. \"1y6m\", \"7d\" or \"12h\""
+     y (years), m or mo (months), d (days), h (hours), e.g. \"1y6m\", \"7d\" or \"12h\""
 )]
 pub struct DurationParseError {
     pub input: String,
@@ -137,43 +137,33 @@ pub struct DurationParseError {
 impl FromStr for KeepDuration {
     type Err = DurationParseError;
 
+    /// The one duration grammar ([`crate::duration`]) read as a calendar
+    /// span: `m` is months, as in restic; weeks, minutes and seconds are
+    /// refused (write `7d`; retention counts hours at the finest). `""` is
+    /// zero (= off).
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let err = |problem: String| DurationParseError {
             input: input.to_string(),
             problem,
         };
-        let mut d = KeepDuration::default();
-        let mut rest = input.trim();
-        while !rest.is_empty() {
-            let (negative, unsigned) = match rest.strip_prefix('-') {
-                Some(r) => (true, r),
-                None => (false, rest),
-            };
-            let digits = unsigned.len()
-                - unsigned
-                    .trim_start_matches(|c: char| c.is_ascii_digit())
-                    .len();
-            if digits == 0 {
-                return Err(err(format!("no number found at {unsigned:?}")));
-            }
-            let magnitude: i64 = unsigned[..digits]
-                .parse()
-                .map_err(|_| err("number too large".to_string()))?;
-            let value = i32::try_from(if negative { -magnitude } else { magnitude })
-                .map_err(|_| err("number too large".to_string()))?;
-            let after = &unsigned[digits..];
-            let mut chars = after.chars();
-            match chars.next() {
-                None => return Err(err(format!("no unit after number {value}"))),
-                Some('y') => d.years = value,
-                Some('m') => d.months = value,
-                Some('d') => d.days = value,
-                Some('h') => d.hours = value,
-                Some(c) => return Err(err(format!("invalid unit {c:?} after number {value}"))),
-            }
-            rest = chars.as_str();
+        if input.trim().is_empty() {
+            return Ok(KeepDuration::default());
         }
-        Ok(d)
+        let s = crate::duration::parse_span(input, crate::duration::Minutes::AreMonths, true)
+            .map_err(|e| err(e.problem))?;
+        if s.minutes != 0 || s.seconds != 0 {
+            return Err(err("retention counts hours at the finest".into()));
+        }
+        if s.weeks != 0 {
+            return Err(err("no week unit in retention windows: write 7d".into()));
+        }
+        let int = |v: i64| i32::try_from(v).map_err(|_| err("number too large".to_string()));
+        Ok(KeepDuration {
+            years: int(s.years)?,
+            months: int(s.months)?,
+            days: int(s.days)?,
+            hours: int(s.hours)?,
+        })
     }
 }
 

@@ -359,43 +359,11 @@ pub fn parse_jitter(text: &str) -> Result<Duration, String> {
     parse_duration(text, "jitter")
 }
 
-/// Parses a duration such as `"30s"`, `"10m"` (minutes), `"1h30m"`; `what`
-/// names the value in the error message.
+/// Parses an elapsed time in the one duration grammar
+/// ([`crate::duration`]: `"30s"`, `"10m"`, `"1h30m"`, `"2d"`); `what` names
+/// the value in the error message.
 pub fn parse_duration(text: &str, what: &str) -> Result<Duration, String> {
-    let bad = |why: &str| {
-        format!(
-            "invalid {what} {text:?}: {why}; expected a duration like \"30s\", \"10m\" or \"1h\" \
-             (units s, m = minutes, h)"
-        )
-    };
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(bad("empty"));
-    }
-    let mut total: u64 = 0;
-    while !rest.is_empty() {
-        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        if digits == 0 {
-            return Err(bad("no number found"));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| bad("number too large"))?;
-        let mut chars = rest[digits..].chars();
-        let unit = match chars.next() {
-            Some('s') => 1,
-            Some('m') => 60,
-            Some('h') => 3600,
-            Some(_) => return Err(bad("unknown unit")),
-            None => return Err(bad("missing unit")),
-        };
-        total = n
-            .checked_mul(unit)
-            .and_then(|s| total.checked_add(s))
-            .ok_or_else(|| bad("number too large"))?;
-        rest = chars.as_str();
-    }
-    Ok(Duration::from_secs(total))
+    crate::duration::parse_elapsed(text).map_err(|e| format!("{what}: {e}"))
 }
 
 #[cfg(test)]
@@ -679,9 +647,11 @@ mod tests {
         assert_eq!(parse_jitter(" 1h "), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_jitter("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_jitter("0s"), Ok(Duration::ZERO));
-        for bad in ["", "10", "5d", "m", "1.5h", "-1m", "99999999999999999999s"] {
+        // One grammar for every duration: days are fine here too.
+        assert_eq!(parse_jitter("5d"), Ok(Duration::from_secs(5 * 86400)));
+        for bad in ["", "10", "m", "1.5h", "-1m", "1mo", "99999999999999999999s"] {
             let e = parse_jitter(bad).unwrap_err();
-            assert!(e.contains("expected a duration like"), "{bad:?}: {e}");
+            assert!(e.contains("expected <number><unit> parts"), "{bad:?}: {e}");
         }
     }
 

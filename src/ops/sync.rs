@@ -534,58 +534,7 @@ pub fn render(r: &SyncResult) -> String {
     s.trim_end().to_string()
 }
 
-/// Parse "90s", "30m", "24h", "7d" (or plain seconds).
+/// `--abort-uploads-older-than`: an elapsed time ([`crate::duration`]).
 pub fn parse_age(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("expected a duration such as 24h, 30m, 90s or 7d, got {s:?}"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => {
-            return Err(format!(
-                "expected a duration such as 24h, 30m, 90s or 7d, got {s:?}"
-            ))
-        }
-    };
-    Ok(Duration::from_secs(n * mult))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_download_larger_than_recorded_stops_at_the_recorded_size() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("t");
-        std::fs::create_dir_all(root.join("p/archives")).unwrap();
-        std::fs::write(root.join(crate::target::MARKER_KEY), "{}\n").unwrap();
-        let hash = "a".repeat(64);
-        // 16 MiB served where 1000 bytes are recorded.
-        std::fs::write(
-            root.join(format!("p/archives/{hash}.tar.zst")),
-            vec![7u8; 16 << 20],
-        )
-        .unwrap();
-        let spec = crate::config::FsTargetSpec {
-            path: root,
-            location: "here".into(),
-            create: false,
-        };
-        let t: DynTarget = std::sync::Arc::new(crate::target::fs::FsTarget::new("t", &spec));
-        let dest = dir.path().join("download");
-        let e = fetch_verified(&t, "p", &hash, 1000, &dest)
-            .await
-            .unwrap_err();
-        assert!(e.contains("more than the recorded 1000 bytes"), "{e}");
-        assert!(std::fs::metadata(&dest).unwrap().len() <= 1000);
-    }
+    crate::duration::parse_elapsed(s).map_err(|e| e.to_string())
 }
