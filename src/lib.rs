@@ -12,6 +12,7 @@ pub mod duration;
 pub mod error;
 pub mod lock;
 pub mod ops;
+pub mod pack;
 pub mod repo;
 pub mod report;
 pub mod retention;

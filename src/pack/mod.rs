@@ -1,0 +1,14 @@
+//! Format v2's building blocks: deduplicated chunks in packs, restorable by
+//! hand with stock tools.
+//!
+//! - [`chunker`]: cuts a source's tar stream where files begin and end
+//!   (headers, whole small files, FastCDC inside large ones).
+//! - [`format`]: packs of zstd frames with an index that names them, and the
+//!   checks every read goes through.
+//! - [`extents`]: the plain-text `PACK OFFSET LENGTH` lists a stream is
+//!   restored from, by backupctl or by one line of shell.
+//! - [`index`]: the compact in-memory chunk index a run deduplicates against.
+pub mod chunker;
+pub mod extents;
+pub mod format;
+pub mod index;
