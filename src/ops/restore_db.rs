@@ -11,11 +11,11 @@
 //! [`crate::source`]).
 
 use crate::archive::ExtractOptions;
-use crate::config::{Config, Policy, SourceSpec};
+use crate::config::{Config, Policy};
 use crate::error::CodedError;
 use crate::ops::restore::fetch_with_failover;
 use crate::source::db::DatabaseFacts;
-use crate::source::{mysql, postgres};
+use crate::source::server_db::LoadReport;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Default)]
@@ -41,7 +41,7 @@ pub struct RestoreDbResult {
     /// The database dumped.
     pub from_database: String,
     #[serde(flatten)]
-    pub load: postgres::LoadReport,
+    pub load: LoadReport,
 }
 
 pub async fn restore_into_database(
@@ -60,11 +60,12 @@ pub async fn restore_into_database(
             ))
         })?
         .clone();
-    if !matches!(spec, SourceSpec::Postgres(_) | SourceSpec::Mysql(_)) {
+    let source = spec.source();
+    if source.database_restore().is_none() {
         return Err(CodedError::usage(format!(
             "source {} is of type {}: --into-database works for postgres and mysql sources; restore it with --to DIR",
             o.source,
-            spec.kind()
+            source.kind()
         ))
         .into());
     }
@@ -83,25 +84,27 @@ pub async fn restore_into_database(
     } else {
         format!(" on target {}", entry.complete_on.join(", "))
     };
-    if rec.kind != spec.kind() {
+    if rec.kind != source.kind() {
         return Err(CodedError::failure(format!(
             "source {}: snapshot {}{held_by}: not loaded: the manifest records a {} source, \
              the configuration a {} source",
             rec.name,
             m.id,
             rec.kind,
-            spec.kind()
+            source.kind()
         ))
         .into());
     }
     let facts = DatabaseFacts::from_record(rec)?;
-    let (engine, format) = crate::source::configured_dump(&spec).expect("a database source");
-    facts.check_configured(engine, format).map_err(|p| {
-        CodedError::failure(format!(
-            "source {}: snapshot {}{held_by}: {p}",
-            rec.name, m.id
-        ))
-    })?;
+    let configured = source.dump_format().expect("a database source");
+    facts
+        .check_configured(configured.engine, configured.format)
+        .map_err(|p| {
+            CodedError::failure(format!(
+                "source {}: snapshot {}{held_by}: {p}",
+                rec.name, m.id
+            ))
+        })?;
     let dumped = match &o.database {
         Some(d) => facts.databases.iter().find(|x| &x.name == d),
         None if facts.databases.len() == 1 => facts.databases.first(),
@@ -150,10 +153,9 @@ pub async fn restore_into_database(
     );
     let (into, force, dir2) = (o.into.clone(), o.force, dir.clone());
     let d = dumped.clone();
-    let loaded = tokio::task::spawn_blocking(move || match &spec {
-        SourceSpec::Postgres(s) => postgres::restore_into(s, &d, &dir2, &into, force),
-        SourceSpec::Mysql(s) => mysql::restore_into(s, &d, &dir2, &into, force),
-        _ => unreachable!("checked above"),
+    let loaded = tokio::task::spawn_blocking(move || {
+        let loader = spec.source().database_restore().expect("checked above");
+        loader.restore_into(&d, &dir2, &into, force)
     })
     .await
     .expect("restore task panicked");
