@@ -523,20 +523,6 @@ impl Policy {
         })
     }
 
-    /// Source paths that do not exist now (an unmounted share, a deleted
-    /// site): reported by `check`; at run time they fail only this policy.
-    /// Restore, list and verify never need them.
-    pub fn missing_paths(&self) -> Vec<ConfigError> {
-        self.sources
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                s.validate_exists(&self.file, &format!("sources[{i}] ({})", s.name()))
-                    .err()
-            })
-            .collect()
-    }
-
     /// The distinct `location` values of this policy's targets.
     pub fn locations<'a>(&self, cfg: &'a Config) -> BTreeSet<&'a str> {
         self.targets

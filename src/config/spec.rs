@@ -221,7 +221,9 @@ impl S3TargetSpec {
     }
 }
 
-/// One `[[sources]]` entry.
+/// One `[[sources]]` entry. What a source does (archive, verify, load) is
+/// [`crate::source::Source`], which `SourceSpec::source` (in `crate::source`)
+/// turns each entry into.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SourceSpec {
@@ -276,42 +278,6 @@ impl SourceSpec {
             SourceSpec::Postgres(s) => &s.name,
             SourceSpec::Mysql(s) => &s.name,
             SourceSpec::Sqlite(s) => &s.name,
-        }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SourceSpec::Files(_) => "files",
-            SourceSpec::Postgres(_) => "postgres",
-            SourceSpec::Mysql(_) => "mysql",
-            SourceSpec::Sqlite(_) => "sqlite",
-        }
-    }
-
-    /// Paths that must exist at config time (file trees, SQLite files).
-    pub fn validate_exists(&self, file: &Path, key: &str) -> Result<(), ConfigError> {
-        let (path, want_dir) = match self {
-            SourceSpec::Files(s) => (&s.path, true),
-            SourceSpec::Sqlite(s) => (&s.path, false),
-            _ => return Ok(()),
-        };
-        let ok = if want_dir {
-            path.is_dir()
-        } else {
-            path.is_file()
-        };
-        if ok {
-            Ok(())
-        } else {
-            Err(ConfigError::new(
-                file.display(),
-                format!("{key}.path"),
-                format!(
-                    "{} does not exist or is not a {}",
-                    path.display(),
-                    if want_dir { "directory" } else { "file" }
-                ),
-            ))
         }
     }
 }
@@ -406,17 +372,34 @@ pub struct MysqlSourceSpec {
     pub password_env: Option<String>,
 }
 
-macro_rules! selection {
+/// What the database-server source types (`postgres`, `mysql`) have in
+/// common: which databases, and where the server is.
+pub trait DbSourceSpec {
+    /// The source's `name`.
+    fn source_name(&self) -> &str;
+    /// The `database` / `databases` / `all` keys as one value.
+    fn selection(&self) -> DatabaseSelection;
+    /// The server to dump from (and restore into): `host`, `port`, `user`,
+    /// `password_env`.
+    fn server(&self) -> DbServerSpec;
+}
+
+macro_rules! db_source_spec {
     ($($t:ty),*) => {$(
-        impl $t {
-            /// The `database` / `databases` / `all` keys as one value.
-            pub fn selection(&self) -> DatabaseSelection {
+        impl DbSourceSpec for $t {
+            fn source_name(&self) -> &str {
+                &self.name
+            }
+            fn selection(&self) -> DatabaseSelection {
                 DatabaseSelection { database: self.database.clone(), databases: self.databases.clone(), all: self.all }
+            }
+            fn server(&self) -> DbServerSpec {
+                DbServerSpec { host: self.host.clone(), port: self.port, user: self.user.clone(), password_env: self.password_env.clone() }
             }
         }
     )*};
 }
-selection!(PostgresSourceSpec, MysqlSourceSpec);
+db_source_spec!(PostgresSourceSpec, MysqlSourceSpec);
 
 /// `type = "sqlite"`.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -6,8 +6,8 @@
 //! not there (an fs root without its marker) fails its probe; `check` never
 //! creates anything.
 
-use crate::config::Config;
-use crate::error::ExitCode;
+use crate::config::{Config, Policy};
+use crate::error::{ConfigError, ExitCode};
 use crate::ops::warn_locations;
 use serde::Serialize;
 
@@ -110,6 +110,30 @@ async fn probe(cfg: &Config, name: &str) -> ProbeResult {
     r
 }
 
+/// Source paths of `policy` that do not exist now (an unmounted share, a
+/// deleted site), as configuration errors naming the key. At run time they
+/// fail only this policy (see [`crate::source::Source::preflight`]);
+/// restore, list and verify never need them.
+fn missing_paths(policy: &Policy) -> Vec<ConfigError> {
+    policy
+        .sources
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let p = s.source().local_path().filter(|p| !p.present())?;
+            Some(ConfigError::new(
+                policy.file.display(),
+                format!("sources[{i}] ({}).path", s.name()),
+                format!(
+                    "{} does not exist or is not a {}",
+                    p.path.display(),
+                    p.what()
+                ),
+            ))
+        })
+        .collect()
+}
+
 pub async fn check(cfg: &Config) -> CheckResult {
     let mut warnings = Vec::new();
     for p in cfg.policies.values() {
@@ -123,7 +147,7 @@ pub async fn check(cfg: &Config) -> CheckResult {
     }
     let mut errors: Vec<String> = cfg.broken.values().map(|e| e.to_string()).collect();
     for p in cfg.policies.values() {
-        errors.extend(p.missing_paths().iter().map(|e| e.to_string()));
+        errors.extend(missing_paths(p).iter().map(|e| e.to_string()));
     }
     let names: Vec<&String> = cfg.targets.keys().collect();
     let targets = futures::future::join_all(names.iter().map(|n| probe(cfg, n))).await;

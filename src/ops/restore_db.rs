@@ -10,12 +10,14 @@
 //! loaders themselves never let a dump run commands on this host (see
 //! [`crate::source`]).
 
-use crate::archive::ExtractOptions;
+use crate::archive::{ExtractOptions, SourceRecord};
 use crate::config::{Config, Policy, SourceSpec};
 use crate::error::CodedError;
 use crate::ops::restore::fetch_with_failover;
-use crate::source::db::DatabaseFacts;
-use crate::source::{mysql, postgres};
+use crate::repo::Entry;
+use crate::source::db::{DatabaseFacts, DumpedDatabase};
+use crate::source::server_db::LoadReport;
+use crate::source::Source;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Default)]
@@ -41,7 +43,7 @@ pub struct RestoreDbResult {
     /// The database dumped.
     pub from_database: String,
     #[serde(flatten)]
-    pub load: postgres::LoadReport,
+    pub load: LoadReport,
 }
 
 pub async fn restore_into_database(
@@ -49,78 +51,14 @@ pub async fn restore_into_database(
     policy: &Policy,
     o: &RestoreDbOptions,
 ) -> anyhow::Result<RestoreDbResult> {
-    let spec = policy
-        .sources
-        .iter()
-        .find(|s| s.name() == o.source)
-        .ok_or_else(|| {
-            CodedError::usage(format!(
-                "policy {} has no source {:?}; --into-database loads into that source's configured server",
-                policy.name, o.source
-            ))
-        })?
-        .clone();
-    if !matches!(spec, SourceSpec::Postgres(_) | SourceSpec::Mysql(_)) {
-        return Err(CodedError::usage(format!(
-            "source {} is of type {}: --into-database works for postgres and mysql sources; restore it with --to DIR",
-            o.source,
-            spec.kind()
-        ))
-        .into());
-    }
-    if o.into.is_empty() {
-        return Err(CodedError::usage("--into-database: expected a database name").into());
-    }
+    let spec = database_source(policy, o)?.clone();
     let (targets, catalog) = crate::ops::load_catalog(cfg, policy, o.target.as_deref()).await?;
     let entry = catalog.resolve(o.snapshot.as_deref())?;
     let m = entry.manifest.clone();
     let rec = m.source(&o.source).ok_or_else(|| {
         CodedError::usage(format!("snapshot {} has no source {:?}", m.id, o.source))
     })?;
-    // Which targets this manifest came from, for messages.
-    let held_by = if entry.complete_on.is_empty() {
-        String::new()
-    } else {
-        format!(" on target {}", entry.complete_on.join(", "))
-    };
-    if rec.kind != spec.kind() {
-        return Err(CodedError::failure(format!(
-            "source {}: snapshot {}{held_by}: not loaded: the manifest records a {} source, \
-             the configuration a {} source",
-            rec.name,
-            m.id,
-            rec.kind,
-            spec.kind()
-        ))
-        .into());
-    }
-    let facts = DatabaseFacts::from_record(rec)?;
-    let (engine, format) = crate::source::configured_dump(&spec).expect("a database source");
-    facts.check_configured(engine, format).map_err(|p| {
-        CodedError::failure(format!(
-            "source {}: snapshot {}{held_by}: {p}",
-            rec.name, m.id
-        ))
-    })?;
-    let dumped = match &o.database {
-        Some(d) => facts.databases.iter().find(|x| &x.name == d),
-        None if facts.databases.len() == 1 => facts.databases.first(),
-        None => facts.databases.iter().find(|x| x.name == o.into),
-    }
-    .ok_or_else(|| {
-        CodedError::usage(format!(
-            "source {} of snapshot {} holds the databases {}: choose one with --database NAME",
-            rec.name,
-            m.id,
-            facts
-                .databases
-                .iter()
-                .map(|d| d.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    })?
-    .clone();
+    let dumped = chosen_dump(spec.source(), entry, rec, o)?;
 
     // The same checked scratch root as verify; never ownership or setuid there.
     let scratch_root = crate::ops::verify::scratch_root(cfg, policy)?;
@@ -150,10 +88,9 @@ pub async fn restore_into_database(
     );
     let (into, force, dir2) = (o.into.clone(), o.force, dir.clone());
     let d = dumped.clone();
-    let loaded = tokio::task::spawn_blocking(move || match &spec {
-        SourceSpec::Postgres(s) => postgres::restore_into(s, &d, &dir2, &into, force),
-        SourceSpec::Mysql(s) => mysql::restore_into(s, &d, &dir2, &into, force),
-        _ => unreachable!("checked above"),
+    let loaded = tokio::task::spawn_blocking(move || {
+        let loader = spec.source().database_restore().expect("checked above");
+        loader.restore_into(&d, &dir2, &into, force)
     })
     .await
     .expect("restore task panicked");
@@ -173,5 +110,82 @@ pub async fn restore_into_database(
         skipped_targets: skipped,
         from_database: dumped.name,
         load,
+    })
+}
+
+/// The configured source `--source` names, if it can load into a database
+/// (usage errors otherwise, before anything is fetched).
+fn database_source<'a>(policy: &'a Policy, o: &RestoreDbOptions) -> anyhow::Result<&'a SourceSpec> {
+    let spec = policy
+        .sources
+        .iter()
+        .find(|s| s.name() == o.source)
+        .ok_or_else(|| {
+            CodedError::usage(format!(
+                "policy {} has no source {:?}; --into-database loads into that source's configured server",
+                policy.name, o.source
+            ))
+        })?;
+    let source = spec.source();
+    if source.database_restore().is_none() {
+        return Err(CodedError::usage(format!(
+            "source {} is of type {}: --into-database works for postgres and mysql sources; restore it with --to DIR",
+            o.source,
+            source.kind()
+        ))
+        .into());
+    }
+    if o.into.is_empty() {
+        return Err(CodedError::usage("--into-database: expected a database name").into());
+    }
+    Ok(spec)
+}
+
+/// The dump to load: the record must be of the configured source's type
+/// and dump format (else nothing is loaded, exit 1); `--database` chooses
+/// among several.
+fn chosen_dump(
+    source: &dyn Source,
+    entry: &Entry,
+    rec: &SourceRecord,
+    o: &RestoreDbOptions,
+) -> anyhow::Result<DumpedDatabase> {
+    let id = &entry.manifest.id;
+    // Which targets this manifest came from, for messages.
+    let held_by = if entry.complete_on.is_empty() {
+        String::new()
+    } else {
+        format!(" on target {}", entry.complete_on.join(", "))
+    };
+    if rec.kind != source.kind() {
+        return Err(CodedError::failure(format!(
+            "source {}: snapshot {id}{held_by}: not loaded: the manifest records a {} source, \
+             the configuration a {} source",
+            rec.name,
+            rec.kind,
+            source.kind()
+        ))
+        .into());
+    }
+    let facts = DatabaseFacts::from_record(rec)?;
+    let configured = source.dump_format().expect("a database source");
+    facts
+        .check_configured(configured.engine, configured.format)
+        .map_err(|p| {
+            CodedError::failure(format!("source {}: snapshot {id}{held_by}: {p}", rec.name))
+        })?;
+    let dumped = match &o.database {
+        Some(d) => facts.databases.iter().find(|x| &x.name == d),
+        None if facts.databases.len() == 1 => facts.databases.first(),
+        None => facts.databases.iter().find(|x| x.name == o.into),
+    };
+    dumped.cloned().ok_or_else(|| {
+        let names: Vec<&str> = facts.databases.iter().map(|d| d.name.as_str()).collect();
+        CodedError::usage(format!(
+            "source {} of snapshot {id} holds the databases {}: choose one with --database NAME",
+            rec.name,
+            names.join(", ")
+        ))
+        .into()
     })
 }

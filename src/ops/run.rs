@@ -320,18 +320,21 @@ async fn build_archive(
     let state_dir = state_dir.to_path_buf();
     let level = policy.compression_level;
     let progress = Arc::new(Progress::default());
-    let total = match &spec {
-        SourceSpec::Files(f) if crate::report::is_tty() => {
-            source::files::scan(f).ok().map(|(b, _)| b)
-        }
-        _ => None,
+    let total = if crate::report::is_tty() {
+        spec.source().estimate().ok().flatten().map(|s| s.bytes)
+    } else {
+        None
     };
     let bar = Bar::new(spec.name(), total, progress.clone());
     let flag = progress.clone();
     let task = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut w = ArchiveWriter::create(files, level, zstd_workers(), Some(progress))
             .context("starting the archive")?;
-        let out = source::archive_source(&spec, &mut w, &staging_dir, &state_dir)?;
+        let ctx = source::ArchiveContext {
+            staging: &staging_dir,
+            state_dir: &state_dir,
+        };
+        let out = spec.source().archive(&mut w, &ctx)?;
         let summary = w
             .finish()
             .with_context(|| format!("finishing archive for source {}", spec.name()))?;
@@ -406,7 +409,7 @@ pub async fn run_policy(
     }
     let ready = async {
         for s in &policy.sources {
-            source::preflight(s)?;
+            s.source().preflight()?;
         }
         let key = if opts.dry_run {
             None
@@ -516,7 +519,7 @@ pub async fn run_policy(
                 tracing::error!("{msg}");
                 sources.push(SourceResult {
                     name: spec.name().into(),
-                    kind: spec.kind().into(),
+                    kind: spec.source().kind().into(),
                     archive_hash: None,
                     archive_size: 0,
                     content_size: 0,
@@ -552,7 +555,7 @@ pub async fn run_policy(
         }
         sources.push(SourceResult {
             name: spec.name().into(),
-            kind: spec.kind().into(),
+            kind: spec.source().kind().into(),
             archive_hash: Some(summary.hash.clone()),
             archive_size: summary.archive_size,
             content_size: summary.content_size,
@@ -564,7 +567,7 @@ pub async fn run_policy(
         });
         records.push(SourceRecord {
             name: spec.name().into(),
-            kind: spec.kind().into(),
+            kind: spec.source().kind().into(),
             origin: out.origin,
             archive_hash: summary.hash,
             archive_size: summary.archive_size,
@@ -740,20 +743,17 @@ fn dry_run(
         .sources
         .iter()
         .map(|s| {
-            let (bytes, files, error) = match s {
-                SourceSpec::Files(f) => match source::files::scan(f) {
-                    Ok((b, n)) => (b, n, None),
-                    Err(e) => (0, 0, Some(format!("{e:#}"))),
-                },
-                _ => (0, 0, None),
+            let (size, error) = match s.source().estimate() {
+                Ok(size) => (size.unwrap_or_default(), None),
+                Err(e) => (source::Size::default(), Some(format!("{e:#}"))),
             };
             SourceResult {
                 name: s.name().into(),
-                kind: s.kind().into(),
+                kind: s.source().kind().into(),
                 archive_hash: None,
                 archive_size: 0,
-                content_size: bytes,
-                files,
+                content_size: size.bytes,
+                files: size.files,
                 entries: 0,
                 warnings: Vec::new(),
                 unreadable: Vec::new(),

@@ -18,7 +18,7 @@
 
 use crate::archive::beneath::Dir;
 use crate::archive::ExtractOptions;
-use crate::config::{Config, Policy};
+use crate::config::{Config, Policy, SourceSpec};
 use crate::error::{ConfigError, ExitCode};
 use crate::ops::restore::{fetch_and_extract, FetchError};
 use crate::ops::{combine, load_catalog, state};
@@ -229,8 +229,18 @@ async fn check_on_target(
                     ac.problems =
                         crate::archive::reader::compare_files(&rec.files, &rep.files, None);
                     if ac.problems.is_empty() {
-                        let spec = policy.sources.iter().find(|s| s.name() == rec.name);
-                        match crate::source::verify_unpacked(policy, spec, rec, &scratch.path) {
+                        let source = policy
+                            .sources
+                            .iter()
+                            .find(|s| s.name() == rec.name)
+                            .map(SourceSpec::source);
+                        let checked = crate::source::verify_unpacked(
+                            &policy.verify,
+                            source,
+                            rec,
+                            &scratch.path,
+                        );
+                        match checked {
                             Ok(p) => ac.problems.extend(p),
                             Err(e) => ac.problems.push(format!("{e:#}")),
                         }

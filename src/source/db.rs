@@ -113,7 +113,7 @@ fn is_executable(p: &Path) -> bool {
 
 /// The password from the environment variable named by `password_env`.
 /// A named but unset variable is a usage error (exit 2). `what` prefixes the
-/// message ("[verify] postgres"; empty for a source, whose name the caller adds).
+/// message (`"[verify] postgres"`; empty for a source, whose name the caller adds).
 pub fn password_from_env(source: &str, var: Option<&str>) -> anyhow::Result<Option<String>> {
     let Some(var) = var else { return Ok(None) };
     match std::env::var(var) {
@@ -233,6 +233,23 @@ pub fn run_output(cmd: &mut Command, input: Option<&[u8]>, what: &str) -> anyhow
         anyhow::bail!(describe_failure(what, Some(status), &stderr));
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// What `tool ARG` prints (`--help`, `--version`), checked like
+/// [`run_output`].
+pub fn ask_tool(tool: &Path, arg: &str) -> anyhow::Result<String> {
+    let what = format!("{} {arg}", tool.display());
+    run_output(Command::new(tool).arg(arg), None, &what)
+}
+
+/// `tool --version`, trimmed (the manifest's `dump_tool`).
+pub fn tool_version(tool: &Path) -> anyhow::Result<String> {
+    Ok(ask_tool(tool, "--version")?.trim().to_string())
+}
+
+/// The tool's version for a message, or its path when it does not say.
+pub fn tool_version_or_path(tool: &Path) -> String {
+    tool_version(tool).unwrap_or_else(|_| tool.display().to_string())
 }
 
 /// Sees every block of a dump as it streams by.
@@ -549,6 +566,51 @@ mod tests {
         assert_eq!(
             run(b"abcdefgh", Some(gives_up)),
             ("abcdefgh".into(), Some(Err("no".into())))
+        );
+    }
+
+    #[test]
+    fn row_counts_parse_from_a_json_object_or_nothing() {
+        assert!(parse_counts("", "db").unwrap().is_empty());
+        assert!(parse_counts(" NULL\n", "db").unwrap().is_empty());
+        assert_eq!(
+            parse_counts("{\"public.t\": 3, \"u\": 0}\n", "db").unwrap(),
+            BTreeMap::from([("public.t".to_string(), 3), ("u".to_string(), 0)])
+        );
+        let e = parse_counts("ERROR", "db x").unwrap_err();
+        assert!(format!("{e:#}").starts_with("db x: unexpected row count output"));
+        assert!(parse_counts("{\"t\": -1}", "db").is_err());
+    }
+
+    #[test]
+    fn facts_must_match_the_configured_engine_and_format() {
+        let facts = DatabaseFacts {
+            engine: "postgres".into(),
+            dump_tool: "pg_dump".into(),
+            server_version: "17".into(),
+            format: "plain".into(),
+            row_counts: String::new(),
+            globals: None,
+            databases: Vec::new(),
+        };
+        assert_eq!(facts.check_configured("postgres", "plain"), Ok(()));
+        let p = facts.check_configured("postgres", "custom").unwrap_err();
+        assert!(
+            p.starts_with("not loaded: the manifest records a postgres dump in \"plain\" format")
+        );
+        assert!(
+            p.contains("a postgres source whose dumps are in \"custom\" format"),
+            "{p}"
+        );
+        assert!(facts.check_configured("mysql", "plain").is_err());
+    }
+
+    #[test]
+    fn tool_output_is_kept_to_one_line_and_its_error_lines() {
+        assert_eq!(one_line("  a\n\n b \n"), "a | b");
+        assert_eq!(
+            error_lines("NOTICE: x\nERROR: y\npg_dump: FATAL z\nwarning"),
+            ["ERROR: y", "pg_dump: FATAL z"]
         );
     }
 

@@ -10,12 +10,41 @@
 //! being read only gets a warning, as with GNU tar.
 
 use super::walk::{self, Entry, Kind, Refusal, Seen, Visitor};
-use super::SourceOutput;
+use super::{ArchiveContext, LocalPath, Size, Source, SourceOutput};
 use crate::archive::{ArchiveWriter, EntryMeta};
 use crate::config::FilesSourceSpec;
 use anyhow::Context;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use std::path::Path;
+
+impl Source for FilesSourceSpec {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "files"
+    }
+
+    fn local_path(&self) -> Option<LocalPath<'_>> {
+        Some(LocalPath {
+            path: &self.path,
+            dir: true,
+        })
+    }
+
+    fn archive(
+        &self,
+        w: &mut ArchiveWriter,
+        _ctx: &ArchiveContext<'_>,
+    ) -> anyhow::Result<SourceOutput> {
+        archive_tree(self, w)
+    }
+
+    fn estimate(&self) -> anyhow::Result<Option<Size>> {
+        scan(self).map(Some)
+    }
+}
 
 /// Build the exclude matcher for a source.
 pub fn excludes(spec: &FilesSourceSpec) -> anyhow::Result<Gitignore> {
@@ -38,7 +67,7 @@ fn excluded(gi: &Gitignore, rel: &Path, is_dir: bool) -> bool {
 }
 
 /// Total bytes and files that would be archived (for progress and --dry-run).
-pub fn scan(spec: &FilesSourceSpec) -> anyhow::Result<(u64, u64)> {
+pub fn scan(spec: &FilesSourceSpec) -> anyhow::Result<Size> {
     struct Count<'a> {
         gi: &'a Gitignore,
         bytes: u64,
@@ -69,7 +98,10 @@ pub fn scan(spec: &FilesSourceSpec) -> anyhow::Result<(u64, u64)> {
         files: 0,
     };
     walk::walk(&spec.path, options(spec), &mut c)?;
-    Ok((c.bytes, c.files))
+    Ok(Size {
+        bytes: c.bytes,
+        files: c.files,
+    })
 }
 
 /// Tar metadata of what the walk saw.

@@ -1,12 +1,16 @@
-//! Sources: what goes into a snapshot. Each source writes its entries into one
-//! [`ArchiveWriter`] (one archive per source per snapshot).
+//! Sources: what goes into a snapshot. [`Source`] is what every source can
+//! do (preflight, archive into one [`ArchiveWriter`] per snapshot, estimate a
+//! dry run, verify an unpacked snapshot); [`SourceSpec::source`] turns a
+//! configured `[[sources]]` entry into one. Callers (run, verify, restore,
+//! check) go through the trait and never match on the source type.
 //!
 //! - [`files`]: a directory tree with gitignore-style excludes, read through
 //!   the race-safe descriptor-based walk of [`walk`].
-//! - database sources ([`postgres`], [`mysql`], [`sqlite`]) write their dumps
-//!   in (see [`db`] for what they share) and record [`db::DatabaseFacts`] in
-//!   the manifest; `verify` and `restore --into-database` load those dumps
-//!   again.
+//! - database sources write dumps and record [`db::DatabaseFacts`] in the
+//!   manifest ([`db`]: what all of them share). The two servers
+//!   ([`postgres`], [`mysql`]) are [`server_db::Engine`]s: dumping,
+//!   verify-by-loading and `restore --into-database` are written once in
+//!   [`server_db`]. [`sqlite`] copies a database file.
 //!
 //! Loading treats a snapshot as hostile input (a target may be in an
 //! attacker's hands): the engine, dump format and server come from the
@@ -16,16 +20,22 @@
 //! for custom dumps, `psql` under a `\restrict` key of its own for plain
 //! ones, `mariadb --sandbox`, and SQLite opened defensively (see each
 //! module).
+//!
+//! Not here: where archives go (`ops::run`), fetching and unpacking them
+//! (`ops::restore`, `ops::verify`).
 
 pub mod db;
 pub mod files;
 pub mod mysql;
 pub mod postgres;
+pub mod server_db;
 pub mod sqlite;
 pub mod walk;
 
 use crate::archive::{ArchiveWriter, SourceRecord};
-use crate::config::{Policy, SourceSpec};
+use crate::config::{SourceSpec, VerifySpec};
+use crate::error::CodedError;
+use db::{DatabaseFacts, DumpedDatabase};
 use std::path::Path;
 
 /// What a source reports besides the archive itself.
@@ -37,88 +47,182 @@ pub struct SourceOutput {
     pub database: Option<serde_json::Value>,
 }
 
-/// Write `spec`'s content into `w`. Runs on a blocking thread. `staging` is
-/// the run's staging directory (SQLite's backup copy goes there);
-/// `state_dir` is backupctl's state directory (PostgreSQL keeps the secret
-/// of its plain dumps' restrict keys there). The snapshot time is not an
-/// input: an unchanged source gives the same archive whenever it is taken.
-pub fn archive_source(
-    spec: &SourceSpec,
-    w: &mut ArchiveWriter,
-    staging: &Path,
-    state_dir: &Path,
-) -> anyhow::Result<SourceOutput> {
-    // The caller (ops::run) names the source in its error message.
-    match spec {
-        SourceSpec::Files(s) => files::archive_tree(s, w),
-        SourceSpec::Postgres(s) => postgres::archive(s, w, state_dir),
-        SourceSpec::Mysql(s) => mysql::archive(s, w),
-        SourceSpec::Sqlite(s) => sqlite::archive(s, w, staging),
+/// What archiving may use besides the source itself. The snapshot time is
+/// not an input: an unchanged source gives the same archive whenever it is
+/// taken.
+#[derive(Debug, Clone, Copy)]
+pub struct ArchiveContext<'a> {
+    /// The run's staging directory (SQLite's backup copy goes there).
+    pub staging: &'a Path,
+    /// backupctl's state directory (PostgreSQL keeps the secret of its
+    /// plain dumps' restrict keys there).
+    pub state_dir: &'a Path,
+}
+
+/// A path on this host that a source reads.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalPath<'a> {
+    pub path: &'a Path,
+    /// A directory (file trees), else a regular file (SQLite).
+    pub dir: bool,
+}
+
+impl LocalPath<'_> {
+    /// Is it there, and of the right kind?
+    pub fn present(&self) -> bool {
+        if self.dir {
+            self.path.is_dir()
+        } else {
+            self.path.is_file()
+        }
+    }
+
+    /// "directory" or "file", for messages.
+    pub fn what(&self) -> &'static str {
+        if self.dir {
+            "directory"
+        } else {
+            "file"
+        }
     }
 }
 
-/// Before writing anything: can this source be read at all? (Files: the path
-/// exists; databases: the client tool is installed.)
-pub fn preflight(spec: &SourceSpec) -> anyhow::Result<()> {
-    let db_tools = match spec {
-        SourceSpec::Files(s) => {
-            if !s.path.is_dir() {
-                return Err(crate::error::CodedError::failure(format!(
-                    "source {}: {} does not exist or is not a directory (a share not mounted? \
-                     a site moved?); this policy was not backed up",
-                    s.name,
-                    s.path.display()
-                ))
-                .into());
-            }
+/// How much a dry run would read.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Size {
+    pub bytes: u64,
+    pub files: u64,
+}
+
+/// How a database source's dumps are loaded: the manifest must record the
+/// same (see [`DatabaseFacts::check_configured`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DumpFormat<'a> {
+    /// "postgres", "mysql" or "sqlite".
+    pub engine: &'static str,
+    /// "custom" or "plain" (PostgreSQL), "sql" (MySQL), "sqlite".
+    pub format: &'a str,
+}
+
+/// What every source can do. Archiving and verifying run on a blocking
+/// thread.
+pub trait Source {
+    /// The configured name.
+    fn name(&self) -> &str;
+
+    /// The configured `type` ("files", "postgres", "mysql", "sqlite"), as
+    /// recorded in the manifest.
+    fn kind(&self) -> &'static str;
+
+    /// The path on this host the source reads, if any (`check` reports a
+    /// missing one as a configuration error).
+    fn local_path(&self) -> Option<LocalPath<'_>> {
+        None
+    }
+
+    /// Before writing anything: can this source be read at all? (By
+    /// default: its local path is there; databases: the client tools are
+    /// installed and the password variable is set.)
+    fn preflight(&self) -> anyhow::Result<()> {
+        let Some(p) = self.local_path().filter(|p| !p.present()) else {
             return Ok(());
-        }
-        SourceSpec::Sqlite(s) if !s.path.is_file() => {
-            return Err(crate::error::CodedError::failure(format!(
-                "source {}: {} does not exist or is not a file; this policy was not backed up",
-                s.name,
-                s.path.display()
-            ))
-            .into());
-        }
-        SourceSpec::Postgres(s) => postgres::Tools::find()
-            .and_then(|_| db::password_from_env("", s.password_env.as_deref()).map(|_| ())),
-        SourceSpec::Mysql(s) => mysql::Tools::find()
-            .and_then(|_| db::password_from_env("", s.password_env.as_deref()).map(|_| ())),
-        SourceSpec::Sqlite(_) => Ok(()),
-    };
-    db_tools.map_err(|e| e.context(format!("source {}", spec.name())))
-}
+        };
+        Err(CodedError::failure(format!(
+            "source {}: {} does not exist or is not a {}{}; this policy was not backed up",
+            self.name(),
+            p.path.display(),
+            p.what(),
+            if p.dir {
+                " (a share not mounted? a site moved?)"
+            } else {
+                ""
+            }
+        ))
+        .into())
+    }
 
-/// The engine and dump format a configured database source's dumps are
-/// loaded as (None for file trees).
-pub fn configured_dump(spec: &SourceSpec) -> Option<(&'static str, &str)> {
-    match spec {
-        SourceSpec::Files(_) => None,
-        SourceSpec::Postgres(s) => Some(("postgres", s.format.as_str())),
-        SourceSpec::Mysql(_) => Some(("mysql", "sql")),
-        SourceSpec::Sqlite(_) => Some(("sqlite", "sqlite")),
+    /// Write the source's content into `w`. The caller (ops::run) names the
+    /// source in the error message.
+    fn archive(
+        &self,
+        w: &mut ArchiveWriter,
+        ctx: &ArchiveContext<'_>,
+    ) -> anyhow::Result<SourceOutput>;
+
+    /// For `run --dry-run` and progress: how much archiving would read, when
+    /// that can be known without reading it (None for databases).
+    fn estimate(&self) -> anyhow::Result<Option<Size>> {
+        Ok(None)
+    }
+
+    /// How this source's dumps are loaded (None for file trees).
+    fn dump_format(&self) -> Option<DumpFormat<'_>> {
+        None
+    }
+
+    /// Source-specific checks of the dumps of a snapshot unpacked at `dir`
+    /// (databases: load each into a scratch database, or check the SQLite
+    /// copy, and compare row counts). Called only when the manifest's facts
+    /// match [`Source::dump_format`]. Returns the problems found; empty
+    /// means verified. `servers` is the policy's `[verify]` section.
+    fn verify_dumps(
+        &self,
+        _servers: &VerifySpec,
+        _facts: &DatabaseFacts,
+        _dir: &Path,
+    ) -> anyhow::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// `restore --into-database`, for sources that can load a dump into
+    /// their own server (None: restore them as files with `--to`).
+    fn database_restore(&self) -> Option<&dyn DatabaseRestore> {
+        None
     }
 }
 
-/// Verification beyond file hashes for a source unpacked at `dir` (databases:
-/// load the dump into a scratch database and compare row counts). Returns the
-/// problems found; empty means verified.
+/// A source whose dumps load straight into its configured server.
+pub trait DatabaseRestore {
+    /// Load the dump of `d` (unpacked at `dir`) into the database `into`,
+    /// replacing an existing non-empty one only with `force`.
+    fn restore_into(
+        &self,
+        d: &DumpedDatabase,
+        dir: &Path,
+        into: &str,
+        force: bool,
+    ) -> anyhow::Result<server_db::LoadReport>;
+}
+
+impl SourceSpec {
+    /// The configured source, as a [`Source`].
+    pub fn source(&self) -> &dyn Source {
+        match self {
+            SourceSpec::Files(s) => s,
+            SourceSpec::Postgres(s) => s,
+            SourceSpec::Mysql(s) => s,
+            SourceSpec::Sqlite(s) => s,
+        }
+    }
+}
+
+/// Verification beyond file hashes for a source unpacked at `dir`. Returns
+/// the problems found; empty means verified.
 ///
-/// `spec` is the source as the policy configures it now. Everything about
+/// `source` is the source as the policy configures it now. Everything about
 /// loading (engine, dump format, server) comes from it; the manifest only
 /// says which dumps there are and what row counts to expect. A record whose
 /// type or database facts disagree with the configuration is a problem and
 /// nothing is loaded; so is a database source that is no longer configured
 /// (its files were still checked against their hashes by the caller).
 pub fn verify_unpacked(
-    policy: &Policy,
-    spec: Option<&SourceSpec>,
+    servers: &VerifySpec,
+    source: Option<&dyn Source>,
     record: &SourceRecord,
     dir: &Path,
 ) -> anyhow::Result<Vec<String>> {
     let name = record.name.as_str();
-    let Some(spec) = spec else {
+    let Some(source) = source else {
         if record.kind == "files" && record.database.is_none() {
             return Ok(Vec::new());
         }
@@ -128,27 +232,109 @@ pub fn verify_unpacked(
             record.kind
         )]);
     };
-    if spec.kind() != record.kind {
+    if source.kind() != record.kind {
         return Ok(vec![format!(
             "source {name}: not loaded: the manifest records a {} source, the configuration \
              a {} source",
             record.kind,
-            spec.kind()
+            source.kind()
         )]);
     }
-    let Some((engine, format)) = configured_dump(spec) else {
+    let Some(configured) = source.dump_format() else {
         return Ok(Vec::new());
     };
-    let facts = db::DatabaseFacts::from_record(record)?;
-    if let Err(p) = facts.check_configured(engine, format) {
+    let facts = DatabaseFacts::from_record(record)?;
+    if let Err(p) = facts.check_configured(configured.engine, configured.format) {
         return Ok(vec![format!("source {name}: {p}")]);
     }
-    match spec {
-        SourceSpec::Postgres(s) => {
-            postgres::verify(policy.verify.postgres.as_ref(), s, &facts, dir)
-        }
-        SourceSpec::Mysql(s) => mysql::verify(policy.verify.mysql.as_ref(), s, &facts, dir),
-        SourceSpec::Sqlite(s) => sqlite::verify(&s.name, &facts, dir),
-        SourceSpec::Files(_) => Ok(Vec::new()),
+    source.verify_dumps(servers, &facts, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FilesSourceSpec, SqliteSourceSpec};
+
+    fn record(kind: &str, database: Option<serde_json::Value>) -> SourceRecord {
+        serde_json::from_value(serde_json::json!({
+            "name": "app", "type": kind, "origin": "", "archive_hash": "", "archive_size": 0,
+            "tar_size": 0, "content_size": 0, "entries": 0, "files": [], "database": database,
+        }))
+        .unwrap()
+    }
+
+    fn facts(engine: &str, format: &str) -> serde_json::Value {
+        serde_json::json!({
+            "engine": engine, "dump_tool": "t", "server_version": "v", "format": format,
+            "row_counts": "", "databases": [],
+        })
+    }
+
+    #[test]
+    fn unpacked_snapshots_are_checked_against_the_configuration_before_loading() {
+        let none = tempfile::tempdir().unwrap();
+        let v = VerifySpec::default();
+        let files = FilesSourceSpec {
+            name: "app".into(),
+            path: none.path().to_path_buf(),
+            exclude: Vec::new(),
+            one_file_system: false,
+        };
+        let sqlite = SqliteSourceSpec {
+            name: "app".into(),
+            path: none.path().join("app.db"),
+        };
+        let check = |src: Option<&dyn Source>, rec: &SourceRecord| {
+            verify_unpacked(&v, src, rec, none.path()).unwrap()
+        };
+        assert!(check(Some(&files), &record("files", None)).is_empty());
+        assert!(check(None, &record("files", None)).is_empty());
+        let p = check(None, &record("sqlite", Some(facts("sqlite", "sqlite"))));
+        assert!(p[0].contains("sqlite dump not loaded: source not in the configuration"));
+        let p = check(Some(&files), &record("sqlite", None));
+        assert!(p[0].contains("records a sqlite source, the configuration a files source"));
+        let p = check(
+            Some(&sqlite),
+            &record("sqlite", Some(facts("mysql", "sql"))),
+        );
+        assert!(p[0].starts_with("source app: not loaded: the manifest records a mysql dump"));
+        // Facts that match, with no dumps in them: nothing to load.
+        assert!(check(
+            Some(&sqlite),
+            &record("sqlite", Some(facts("sqlite", "sqlite")))
+        )
+        .is_empty());
+        assert!(verify_unpacked(&v, Some(&sqlite), &record("sqlite", None), none.path()).is_err());
+    }
+
+    #[test]
+    fn missing_local_paths_fail_preflight_naming_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = FilesSourceSpec {
+            name: "site".into(),
+            path: dir.path().join("gone"),
+            exclude: Vec::new(),
+            one_file_system: false,
+        };
+        let e = files.preflight().unwrap_err().to_string();
+        assert!(e.starts_with("source site: "), "{e}");
+        assert!(
+            e.contains("is not a directory (a share not mounted?"),
+            "{e}"
+        );
+        let sqlite = SqliteSourceSpec {
+            name: "app".into(),
+            path: dir.path().to_path_buf(),
+        };
+        let e = sqlite.preflight().unwrap_err().to_string();
+        assert!(
+            e.contains("is not a file; this policy was not backed up"),
+            "{e}"
+        );
+        let here = FilesSourceSpec {
+            path: dir.path().to_path_buf(),
+            ..files
+        };
+        here.preflight().unwrap();
     }
 }

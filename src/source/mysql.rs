@@ -15,8 +15,12 @@
 //! command line. `all = true` dumps every database except the system
 //! schemas (accounts and grants are not included).
 //!
-//! Loading (`verify`, `restore --into-database`) treats the dump as hostile:
-//! the client runs with `--sandbox` (MariaDB client 10.5.25, 10.6.18,
+//! This module is the [`Mysql`] [`Engine`]: the tools, the SQL dialect, the
+//! dump command and the loader. Verify and `restore --into-database` (which
+//! drops and recreates a database, as MySQL cannot rename one) are written
+//! once in [`super::server_db`].
+//!
+//! Loading treats the dump as hostile: the client runs with `--sandbox` (MariaDB client 10.5.25, 10.6.18,
 //! 10.11.8, 11.0.6 and later), which refuses the client commands that reach
 //! the file system or a shell (`system`, `\!`, `source`, `tee`, ...), with
 //! `--local-infile=0` (no `LOAD DATA LOCAL`: the dump cannot make the client
@@ -27,14 +31,14 @@
 //! SQL itself runs with the privileges of the loading user on the server
 //! (`SELECT ... INTO OUTFILE`, other databases): see the README.
 
-use super::db::{self, DatabaseFacts, DumpFile, DumpJob, DumpedDatabase, LoadError};
-use super::SourceOutput;
+use super::db::{self, DumpFile, DumpJob};
+use super::server_db::{Endpoint, Engine, Purpose, Replace, ServerSource};
+use super::ArchiveContext;
 use crate::archive::ArchiveWriter;
-use crate::config::{DbServerSpec, MysqlSourceSpec};
-use crate::error::CodedError;
+use crate::config::{DbServerSpec, MysqlSourceSpec, VerifySpec};
 use anyhow::Context;
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,111 +61,23 @@ impl OptionFile {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("creating option file {}", path.display()))?;
-        let esc = password.replace('\\', "\\\\").replace('"', "\\\"");
-        writeln!(f, "[client]\npassword=\"{esc}\"")?;
+        // Removed again if writing fails.
+        let file = OptionFile(path);
+        f.write_all(option_file_text(password).as_bytes())?;
         f.sync_all()?;
-        Ok(OptionFile(path))
+        Ok(file)
     }
+}
+
+/// The option file's text: the password as a quoted option value.
+fn option_file_text(password: &str) -> String {
+    let esc = password.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("[client]\npassword=\"{esc}\"\n")
 }
 
 impl Drop for OptionFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Where and as whom to connect.
-pub struct MyConn {
-    host: Option<String>,
-    port: Option<u16>,
-    user: Option<String>,
-    options: Option<OptionFile>,
-}
-
-impl MyConn {
-    fn new(
-        host: Option<String>,
-        port: Option<u16>,
-        user: Option<String>,
-        password: Option<String>,
-    ) -> anyhow::Result<MyConn> {
-        Ok(MyConn {
-            host,
-            port,
-            user,
-            options: password.map(|p| OptionFile::create(&p)).transpose()?,
-        })
-    }
-
-    pub fn for_source(s: &MysqlSourceSpec) -> anyhow::Result<MyConn> {
-        let pw = db::password_from_env("", s.password_env.as_deref())?;
-        MyConn::new(s.host.clone(), s.port, s.user.clone(), pw)
-    }
-
-    pub fn for_server(d: &DbServerSpec, what: &str) -> anyhow::Result<MyConn> {
-        let pw = db::password_from_env(what, d.password_env.as_deref())?;
-        MyConn::new(d.host.clone(), d.port, d.user.clone(), pw)
-    }
-
-    pub fn describe(&self) -> String {
-        format!(
-            "mysql {}@{}:{}",
-            self.user.as_deref().unwrap_or("(default user)"),
-            self.host.as_deref().unwrap_or("localhost"),
-            self.port.unwrap_or(3306)
-        )
-    }
-
-    fn command(&self, tool: &Path) -> Command {
-        let mut c = Command::new(tool);
-        // Must come first.
-        if let Some(o) = &self.options {
-            c.arg(format!("--defaults-extra-file={}", o.0.display()));
-        }
-        if let Some(h) = &self.host {
-            c.arg(format!("--host={h}"));
-        }
-        if let Some(p) = self.port {
-            c.arg(format!("--port={p}"));
-        }
-        if let Some(u) = &self.user {
-            c.arg(format!("--user={u}"));
-        }
-        c.env_remove("MYSQL_PWD");
-        c
-    }
-
-    /// The client, with `--sandbox` where it has it (queries in verify and
-    /// restore carry table names from the loaded dump), `--local-infile=0`,
-    /// and a harmless editor for `edit`/`\e`, which the sandbox lets run.
-    fn client(&self, tools: &Tools) -> Command {
-        let mut c = self.command(&tools.client);
-        if tools.sandbox {
-            c.arg("--sandbox");
-        }
-        c.args([
-            "--local-infile=0",
-            "--connect-timeout=10",
-            "--default-character-set=utf8mb4",
-        ])
-        .env("EDITOR", "false")
-        .env("VISUAL", "false");
-        c
-    }
-
-    fn query(&self, tools: &Tools, db: Option<&str>, sql: &str) -> anyhow::Result<String> {
-        let mut c = self.client(tools);
-        c.args(["--batch", "--raw", "--skip-column-names", "-e", sql]);
-        if let Some(d) = db {
-            c.arg(format!("--database={d}"));
-        }
-        let what = format!(
-            "{} on {}{}",
-            tools.client_name(),
-            self.describe(),
-            db.map(|d| format!(" database {d}")).unwrap_or_default()
-        );
-        Ok(db::run_output(&mut c, None, &what)?.trim().to_string())
     }
 }
 
@@ -175,12 +91,7 @@ pub struct Tools {
 impl Tools {
     pub fn find() -> anyhow::Result<Tools> {
         let client = db::find_tool(&["mariadb", "mysql"], PACKAGE)?;
-        let sandbox = db::run_output(
-            Command::new(&client).arg("--help"),
-            None,
-            "mysql client --help",
-        )
-        .is_ok_and(|help| {
+        let sandbox = db::ask_tool(&client, "--help").is_ok_and(|help| {
             help.lines()
                 .any(|l| l.trim_start().starts_with("--sandbox"))
         });
@@ -196,13 +107,7 @@ impl Tools {
         if self.sandbox {
             return Ok(());
         }
-        let version = db::run_output(
-            Command::new(&self.client).arg("--version"),
-            None,
-            "mysql client --version",
-        )
-        .map(|v| v.trim().to_string())
-        .unwrap_or_else(|_| self.client.display().to_string());
+        let version = db::tool_version_or_path(&self.client);
         Err(format!(
             "the client {} ({version}) has no --sandbox, without which a dump \
              could run shell commands (system, \\!); loading needs the MariaDB client \
@@ -217,16 +122,6 @@ impl Tools {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     }
-}
-
-/// Identifier quoting.
-pub fn ident(s: &str) -> String {
-    format!("`{}`", s.replace('`', "``"))
-}
-
-/// String literal quoting (backslash escapes are on by default).
-pub fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// Counts tables and rows in a mysqldump stream as it passes by: `CREATE
@@ -406,294 +301,303 @@ fn parse_ident(s: &[u8]) -> Option<(String, usize)> {
     None
 }
 
-pub fn archive(spec: &MysqlSourceSpec, w: &mut ArchiveWriter) -> anyhow::Result<SourceOutput> {
-    let tools = Tools::find()?;
-    let conn = MyConn::for_source(spec)?;
-    let version = db::run_output(
-        Command::new(&tools.dump).arg("--version"),
-        None,
-        "dump tool --version",
-    )?
-    .trim()
-    .to_string();
-    let sel = spec.selection();
-    let server_version = conn.query(
-        &tools,
-        sel.names().first().map(String::as_str),
-        "SELECT VERSION()",
-    )?;
-    let names: Vec<String> = if sel.all {
-        conn.query(&tools, None, "SHOW DATABASES")?
+/// A MySQL/MariaDB server and the client tools. Credentials: a temporary
+/// option file holding the password, for as long as this lives.
+pub struct Mysql {
+    endpoint: Endpoint,
+    options: Option<OptionFile>,
+    tools: Tools,
+}
+
+impl Mysql {
+    fn command(&self, tool: &Path) -> Command {
+        let ep = &self.endpoint;
+        let mut c = Command::new(tool);
+        // Must come first.
+        if let Some(o) = &self.options {
+            c.arg(format!("--defaults-extra-file={}", o.0.display()));
+        }
+        if let Some(h) = &ep.host {
+            c.arg(format!("--host={h}"));
+        }
+        if let Some(p) = ep.port {
+            c.arg(format!("--port={p}"));
+        }
+        if let Some(u) = &ep.user {
+            c.arg(format!("--user={u}"));
+        }
+        c.env_remove("MYSQL_PWD");
+        c
+    }
+
+    /// The client, with `--sandbox` where it has it (queries in verify and
+    /// restore carry table names from the loaded dump), `--local-infile=0`,
+    /// and a harmless editor for `edit`/`\e`, which the sandbox lets run.
+    fn client(&self) -> Command {
+        let mut c = self.command(&self.tools.client);
+        if self.tools.sandbox {
+            c.arg("--sandbox");
+        }
+        c.args([
+            "--local-infile=0",
+            "--connect-timeout=10",
+            "--default-character-set=utf8mb4",
+        ])
+        .env("EDITOR", "false")
+        .env("VISUAL", "false");
+        c
+    }
+
+    fn query(&self, db: Option<&str>, sql: &str) -> anyhow::Result<String> {
+        let mut c = self.client();
+        c.args(["--batch", "--raw", "--skip-column-names", "-e", sql]);
+        if let Some(d) = db {
+            c.arg(format!("--database={d}"));
+        }
+        let what = format!(
+            "{} on {}{}",
+            self.tools.client_name(),
+            self.describe(),
+            db.map(|d| format!(" database {d}")).unwrap_or_default()
+        );
+        Ok(db::run_output(&mut c, None, &what)?.trim().to_string())
+    }
+
+    /// A statement outside any database.
+    fn admin(&self, sql: &str) -> anyhow::Result<String> {
+        self.query(None, sql)
+    }
+}
+
+impl ServerSource for MysqlSourceSpec {
+    type Engine = Mysql;
+
+    fn format(&self) -> &str {
+        "sql"
+    }
+}
+
+impl Engine for Mysql {
+    const KIND: &'static str = "mysql";
+    const DEFAULT_HOST: &'static str = "localhost";
+    const DEFAULT_PORT: u16 = 3306;
+    const OBJECTS: &'static str = "tables, views or routines";
+    const REPLACE: Replace = Replace::DropThenLoad;
+    const ROW_COUNTS: &'static str = "counted from the dump stream (rows of each table's INSERT statements), i.e. the dumped snapshot";
+
+    fn find_tools() -> anyhow::Result<()> {
+        Tools::find().map(drop)
+    }
+
+    fn open(endpoint: Endpoint, _format: &str) -> anyhow::Result<Mysql> {
+        let tools = Tools::find()?;
+        let options = endpoint.password.as_deref().map(OptionFile::create);
+        Ok(Mysql {
+            options: options.transpose()?,
+            endpoint,
+            tools,
+        })
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn verify_server(servers: &VerifySpec) -> Option<&DbServerSpec> {
+        servers.mysql.as_ref()
+    }
+
+    fn ident(s: &str) -> String {
+        format!("`{}`", s.replace('`', "``"))
+    }
+
+    /// Backslash escapes are on by default.
+    fn lit(s: &str) -> String {
+        format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+
+    fn exists(&self, db: &str) -> anyhow::Result<bool> {
+        let sql = format!(
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {}",
+            Self::lit(db)
+        );
+        Ok(self.admin(&sql)? != "0")
+    }
+
+    fn objects(&self, db: &str) -> anyhow::Result<u64> {
+        let sql = format!(
+            "SELECT (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = {0}) + (SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {0})",
+            Self::lit(db)
+        );
+        Ok(self.admin(&sql)?.parse().unwrap_or(0))
+    }
+
+    fn create_db(&self, db: &str) -> anyhow::Result<()> {
+        let sql = format!("CREATE DATABASE {} CHARACTER SET utf8mb4", Self::ident(db));
+        self.admin(&sql).map(drop)
+    }
+
+    fn drop_db(&self, db: &str) -> anyhow::Result<()> {
+        self.admin(&format!("DROP DATABASE IF EXISTS {}", Self::ident(db)))
+            .map(drop)
+    }
+
+    fn rename_db(&self, _from: &str, _to: &str) -> anyhow::Result<()> {
+        anyhow::bail!("MySQL cannot rename a database")
+    }
+
+    fn counts(&self, db: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+        let tables = self.admin(&format!(
+            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
+            Self::lit(db)
+        ))?;
+        let Some(sql) = count_sql(db, tables.lines().filter(|t| !t.is_empty())) else {
+            return Ok(BTreeMap::new());
+        };
+        db::parse_counts(&self.admin(&sql)?, db)
+    }
+
+    /// Loading needs `--sandbox`.
+    fn check_loader(&self) -> Result<(), String> {
+        self.tools.check_sandbox()
+    }
+
+    fn feed(&self, input: Box<dyn Read + Send>, db: &str, _purpose: Purpose) -> Result<(), String> {
+        let mut c = self.client();
+        c.arg("--batch").arg(format!("--database={db}"));
+        let what = format!("{} loading the dump", self.tools.client_name());
+        db::feed(&mut c, input, &what)
+    }
+
+    fn dump_tool(&self) -> &Path {
+        &self.tools.dump
+    }
+
+    fn server_version(&self, first: Option<&str>) -> anyhow::Result<String> {
+        self.query(first, "SELECT VERSION()")
+    }
+
+    /// All but the system schemas.
+    fn list_databases(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .admin("SHOW DATABASES")?
             .lines()
             .filter(|d| !SYSTEM_SCHEMAS.contains(&d.to_ascii_lowercase().as_str()))
             .map(str::to_string)
-            .collect()
-    } else {
-        sel.names()
-    };
-    let mut databases = Vec::new();
-    for name in &names {
+            .collect())
+    }
+
+    /// Row counts from the dump stream itself ([`DumpCounter`]).
+    fn dump_database(
+        &self,
+        w: &mut ArchiveWriter,
+        name: &str,
+        _ctx: &ArchiveContext<'_>,
+    ) -> anyhow::Result<(DumpFile, BTreeMap<String, u64>)> {
         let mut counter = DumpCounter::default();
         let mut observe = |b: &[u8]| counter.feed(b);
-        let mut cmd = conn.command(&tools.dump);
-        cmd.args([
-            "--single-transaction",
-            "--routines",
-            "--triggers",
-            "--events",
-            "--hex-blob",
-            "--default-character-set=utf8mb4",
-            "--quick",
-            "--skip-dump-date",
-            "--no-tablespaces",
-            "--skip-lock-tables",
-            "--comments",
-            "--",
-        ])
-        .arg(name);
-        let dump: DumpFile = db::stream_dump(
-            w,
-            &mut cmd,
-            DumpJob {
-                entry: format!("{}.sql", db::entry_stem(name)),
-                what: format!("dump of database {name} ({})", conn.describe()),
-                complete_marker: Some("-- Dump completed"),
-                observer: Some(&mut observe),
-                head: None,
-            },
-        )?;
-        tracing::info!(
-            "dumped mysql database {name}: {} bytes, {} tables",
-            dump.size,
-            counter.tables.len()
-        );
-        databases.push(DumpedDatabase {
-            name: name.clone(),
-            dump,
-            tables: counter.tables,
-        });
+        let mut cmd = self.command(&self.tools.dump);
+        cmd.args(DUMP_OPTIONS).arg("--").arg(name);
+        let job = DumpJob {
+            entry: format!("{}.sql", db::entry_stem(name)),
+            what: format!("dump of database {name} ({})", self.describe()),
+            complete_marker: Some("-- Dump completed"),
+            observer: Some(&mut observe),
+            head: None,
+        };
+        let dump = db::stream_dump(w, &mut cmd, job)?;
+        Ok((dump, counter.tables))
     }
-    let facts = DatabaseFacts {
-        engine: "mysql".into(),
-        dump_tool: version,
-        server_version,
-        format: "sql".into(),
-        row_counts: "counted from the dump stream (rows of each table's INSERT statements), i.e. the dumped snapshot".into(),
-        globals: None,
-        databases,
-    };
-    Ok(SourceOutput {
-        origin: format!("{} {}", conn.describe(), names.join(",")),
-        database: Some(facts.to_value()),
-    })
 }
 
-/// Load a dump into `dbname` with the client in `--sandbox` mode (refused
-/// without it; see the module documentation).
-fn load(
-    conn: &MyConn,
-    tools: &Tools,
-    dir: &Path,
-    dump: &DumpFile,
-    dbname: &str,
-) -> Result<(), LoadError> {
-    tools.check_sandbox().map_err(LoadError::Refused)?;
-    let input = db::open_dump(dir, dump).map_err(|e| LoadError::Failed(format!("{e:#}")))?;
-    let mut c = conn.client(tools);
-    c.arg("--batch").arg(format!("--database={dbname}"));
-    db::feed(
-        &mut c,
-        input,
-        &format!("{} loading the dump", tools.client_name()),
-    )
-    .map_err(LoadError::Failed)
-}
+/// mysqldump's options (see the module documentation).
+const DUMP_OPTIONS: &[&str] = &[
+    "--single-transaction",
+    "--routines",
+    "--triggers",
+    "--events",
+    "--hex-blob",
+    "--default-character-set=utf8mb4",
+    "--quick",
+    "--skip-dump-date",
+    "--no-tablespaces",
+    "--skip-lock-tables",
+    "--comments",
+];
 
-fn counts(conn: &MyConn, tools: &Tools, dbname: &str) -> anyhow::Result<BTreeMap<String, u64>> {
-    let tables = conn.query(
-        tools,
-        None,
-        &format!(
-            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
-            lit(dbname)
-        ),
-    )?;
+/// One statement counting the rows of `tables` of `db` as a JSON object
+/// (None without tables).
+fn count_sql<'a>(db: &str, tables: impl Iterator<Item = &'a str>) -> Option<String> {
     let parts: Vec<String> = tables
-        .lines()
-        .filter(|t| !t.is_empty())
         .map(|t| {
             format!(
                 "SELECT {} AS t, COUNT(*) AS n FROM {}.{}",
-                lit(t),
-                ident(dbname),
-                ident(t)
+                Mysql::lit(t),
+                Mysql::ident(db),
+                Mysql::ident(t)
             )
         })
         .collect();
-    if parts.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let out = conn.query(
-        tools,
-        None,
-        &format!(
+    (!parts.is_empty()).then(|| {
+        format!(
             "SELECT JSON_OBJECTAGG(q.t, q.n) FROM ({}) q",
             parts.join(" UNION ALL ")
-        ),
-    )?;
-    db::parse_counts(&out, dbname)
-}
-
-struct TempDb<'a> {
-    conn: &'a MyConn,
-    tools: &'a Tools,
-    name: String,
-}
-
-impl Drop for TempDb<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = self.conn.query(
-            self.tools,
-            None,
-            &format!("DROP DATABASE IF EXISTS {}", ident(&self.name)),
-        ) {
-            tracing::error!("could not drop scratch database {}: {e:#}", self.name);
-        }
-    }
-}
-
-fn create_db(conn: &MyConn, tools: &Tools, name: &str) -> anyhow::Result<()> {
-    conn.query(
-        tools,
-        None,
-        &format!("CREATE DATABASE {} CHARACTER SET utf8mb4", ident(name)),
-    )?;
-    Ok(())
-}
-
-/// Load every dump into a scratch database on the verification server
-/// (`[verify] mysql`, else the source's own) and compare row counts.
-pub fn verify(
-    verify_server: Option<&DbServerSpec>,
-    spec: &MysqlSourceSpec,
-    facts: &DatabaseFacts,
-    dir: &Path,
-) -> anyhow::Result<Vec<String>> {
-    let source = spec.name.as_str();
-    let tools = Tools::find()?;
-    let conn = match verify_server {
-        Some(v) => MyConn::for_server(v, "[verify] mysql")?,
-        None => MyConn::for_source(spec)?,
-    };
-    if let Err(why) = tools.check_sandbox() {
-        // Before any scratch database is made.
-        return Ok(vec![format!(
-            "source {source}: {}",
-            LoadError::Refused(why)
-        )]);
-    }
-    let mut problems = Vec::new();
-    for d in &facts.databases {
-        let label = format!("source {source}: database {}", d.name);
-        let name = format!("backupctl_verify_{}", crate::util::random_hex(12));
-        create_db(&conn, &tools, &name).with_context(|| {
-            format!(
-                "{label}: creating a scratch database on {}",
-                conn.describe()
-            )
-        })?;
-        let scratch = TempDb {
-            conn: &conn,
-            tools: &tools,
-            name,
-        };
-        if let Err(e) = load(&conn, &tools, dir, &d.dump, &scratch.name) {
-            problems.push(format!("{label}: {e}"));
-            continue;
-        }
-        let loaded = counts(&conn, &tools, &scratch.name)?;
-        problems.extend(db::compare_counts(&label, &d.tables, &loaded));
-    }
-    Ok(problems)
-}
-
-/// Restore into `into` on the source's server. An existing non-empty
-/// database is refused unless `force`, which drops and recreates it (MySQL
-/// cannot rename a database, so unlike PostgreSQL the old one is gone before
-/// the load).
-pub fn restore_into(
-    spec: &MysqlSourceSpec,
-    d: &DumpedDatabase,
-    dir: &Path,
-    into: &str,
-    force: bool,
-) -> anyhow::Result<super::postgres::LoadReport> {
-    let tools = Tools::find()?;
-    // Before anything on the server changes.
-    tools.check_sandbox().map_err(|why| {
-        CodedError::failure(format!("database {}: {}", d.name, LoadError::Refused(why)))
-    })?;
-    let conn = MyConn::for_source(spec)?;
-    let exists = conn.query(
-        &tools,
-        None,
-        &format!(
-            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {}",
-            lit(into)
-        ),
-    )? != "0";
-    let mut replaced = false;
-    if exists {
-        let n: u64 = conn
-            .query(
-                &tools,
-                None,
-                &format!(
-                    "SELECT (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = {0}) + (SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {0})",
-                    lit(into)
-                ),
-            )?
-            .parse()
-            .unwrap_or(0);
-        if n > 0 && !force {
-            return Err(CodedError::usage(format!(
-                "database {into} on {} is not empty ({n} tables, views or routines); pass --force to replace it",
-                conn.describe()
-            ))
-            .into());
-        }
-        if n > 0 {
-            conn.query(&tools, None, &format!("DROP DATABASE {}", ident(into)))?;
-            create_db(&conn, &tools, into)?;
-            replaced = true;
-        }
-    } else {
-        create_db(&conn, &tools, into)?;
-    }
-    if let Err(e) = load(&conn, &tools, dir, &d.dump, into) {
-        return Err(
-            CodedError::failure(format!("database {}, loading into {into}: {e}", d.name)).into(),
-        );
-    }
-    let loaded = counts(&conn, &tools, into)?;
-    let problems = db::compare_counts(&format!("database {into}"), &d.tables, &loaded);
-    anyhow::ensure!(
-        problems.is_empty(),
-        "restored, but row counts differ from the dump: {}",
-        problems.join("; ")
-    );
-    Ok(super::postgres::LoadReport {
-        database: into.to_string(),
-        server: conn.describe(),
-        tables: loaded.len(),
-        rows: loaded.values().sum(),
-        replaced_existing: replaced,
+        )
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoting_escapes_backticks_quotes_and_backslashes() {
+        assert_eq!(Mysql::ident("wp"), "`wp`");
+        assert_eq!(Mysql::ident("a`b"), "`a``b`");
+        assert_eq!(Mysql::lit("it's"), "'it\\'s'");
+        assert_eq!(Mysql::lit("a\\'b"), "'a\\\\\\'b'");
+        assert_eq!(parse_ident(b"`a``b` VALUES"), Some(("a`b".to_string(), 6)));
+        assert_eq!(parse_ident(b"`open"), None);
+        assert_eq!(parse_ident(b"plain"), None);
+    }
+
+    #[test]
+    fn row_count_statement_quotes_every_name() {
+        assert_eq!(count_sql("d", std::iter::empty()), None);
+        let sql = count_sql("my`db", ["t", "o'k"].into_iter()).unwrap();
+        assert_eq!(
+            sql,
+            "SELECT JSON_OBJECTAGG(q.t, q.n) FROM (SELECT 't' AS t, COUNT(*) AS n FROM \
+             `my``db`.`t` UNION ALL SELECT 'o\\'k' AS t, COUNT(*) AS n FROM `my``db`.`o'k`) q"
+        );
+    }
+
+    #[test]
+    fn option_file_quotes_the_password() {
+        assert_eq!(
+            option_file_text("p\"w\\x"),
+            "[client]\npassword=\"p\\\"w\\\\x\"\n"
+        );
+    }
+
+    #[test]
+    fn servers_are_described_without_the_password() {
+        let ep = Endpoint {
+            password: Some("secret".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            ep.describe::<Mysql>(),
+            "mysql (default user)@localhost:3306"
+        );
+        let ep = Endpoint {
+            host: Some("db".into()),
+            port: Some(3307),
+            user: Some("backup".into()),
+            password: None,
+        };
+        assert_eq!(ep.describe::<Mysql>(), "mysql backup@db:3307");
+    }
 
     #[test]
     fn counter_counts_tuples_not_parentheses_in_strings() {

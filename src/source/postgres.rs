@@ -21,8 +21,13 @@
 //! key derived from a secret kept in the state directory
 //! ([`restrict_key`]), stable across runs but unknown to the server.
 //!
-//! Loading (`verify`, `restore --into-database`) treats the dump as hostile:
-//! nothing in it may run commands on this host ([`load`]).
+//! This module is the [`Postgres`] [`Engine`]: the tools, the SQL dialect,
+//! the dump commands and formats, and the loaders. Verify and `restore
+//! --into-database` (load into a temporary database, then rename it into
+//! place) are written once in [`super::server_db`].
+//!
+//! Loading treats the dump as hostile: nothing in it may run commands on
+//! this host ([`Postgres`]'s `check_loader` and `feed`).
 //!
 //! - Custom format: `pg_restore --format=custom`, reading the dump from its
 //!   stdin. pg_restore has no meta-commands; it only sends the archive's SQL
@@ -46,12 +51,13 @@
 //! changes. Verify logs a warning when it loads as a superuser; the README
 //! recommends a `[verify] postgres` role without superuser rights.
 
-use super::db::{self, DatabaseFacts, DumpFile, DumpJob, DumpedDatabase, HeadRewrite, LoadError};
-use super::SourceOutput;
+use super::db::{self, DatabaseFacts, DumpFile, DumpJob, HeadRewrite};
+use super::server_db::{Endpoint, Engine, Purpose, Replace, ServerSource};
+use super::ArchiveContext;
 use crate::archive::ArchiveWriter;
-use crate::config::{DbServerSpec, PostgresSourceSpec};
-use crate::error::CodedError;
+use crate::config::{DbServerSpec, PostgresSourceSpec, VerifySpec};
 use anyhow::Context;
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -59,6 +65,8 @@ use std::process::{Child, Command, Stdio};
 
 pub const PACKAGE: &str = "postgresql-client";
 const GLOBALS_ENTRY: &str = "globals.pg_dumpall.sql";
+/// The last line of a complete `pg_dumpall` dump.
+const GLOBALS_COMPLETE: &str = "PostgreSQL database cluster dump complete";
 
 /// Custom-format archive versions 1.N whose header layout is known (the
 /// layout has been the same since 1.7, except for the compression field,
@@ -244,17 +252,6 @@ pub fn restrict_key(state_dir: &Path, what: &str) -> anyhow::Result<String> {
     Ok(key.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Does this pg_dump / pg_dumpall know `--restrict-key` (and so write
-/// `\restrict` lines into plain dumps)? Older releases do neither.
-fn has_restrict_key(tool: &Path) -> anyhow::Result<bool> {
-    let help = db::run_output(
-        Command::new(tool).arg("--help"),
-        None,
-        &format!("{} --help", tool.display()),
-    )?;
-    Ok(help.contains("--restrict-key"))
-}
-
 /// Every table (ordinary and partitioned, not extension-owned) with its row
 /// count, as one JSON object on one line.
 const COUNT_SQL: &str = "SELECT coalesce(json_object_agg(t.name, t.n ORDER BY t.name), '{}') FROM (SELECT format('%I.%I', n.nspname, c.relname) AS name, (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text::bigint AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')) t";
@@ -262,83 +259,8 @@ const COUNT_SQL: &str = "SELECT coalesce(json_object_agg(t.name, t.n ORDER BY t.
 /// Relations that make a database "not empty" for restore.
 const USER_OBJECTS_SQL: &str = "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%'";
 
-/// Where and as whom to connect.
-#[derive(Debug, Clone)]
-pub struct PgConn {
-    host: Option<String>,
-    port: Option<u16>,
-    user: Option<String>,
-    password: Option<String>,
-}
-
-impl PgConn {
-    pub fn for_source(s: &PostgresSourceSpec) -> anyhow::Result<PgConn> {
-        Ok(PgConn {
-            host: s.host.clone(),
-            port: s.port,
-            user: s.user.clone(),
-            password: db::password_from_env("", s.password_env.as_deref())?,
-        })
-    }
-
-    pub fn for_server(d: &DbServerSpec, what: &str) -> anyhow::Result<PgConn> {
-        Ok(PgConn {
-            host: d.host.clone(),
-            port: d.port,
-            user: d.user.clone(),
-            password: db::password_from_env(what, d.password_env.as_deref())?,
-        })
-    }
-
-    /// "postgres backup@127.0.0.1:5432" (no password).
-    pub fn describe(&self) -> String {
-        format!(
-            "postgres {}@{}:{}",
-            self.user.as_deref().unwrap_or("(default user)"),
-            self.host.as_deref().unwrap_or("(local socket)"),
-            self.port.unwrap_or(5432)
-        )
-    }
-
-    /// A command for a PostgreSQL client tool with the connection in its
-    /// environment.
-    pub fn command(&self, tool: &Path) -> Command {
-        let mut c = Command::new(tool);
-        c.env("PGCONNECT_TIMEOUT", "10")
-            .env("PGAPPNAME", "backupctl")
-            .env_remove("PGDATABASE");
-        if let Some(h) = &self.host {
-            c.env("PGHOST", h);
-        }
-        if let Some(p) = self.port {
-            c.env("PGPORT", p.to_string());
-        }
-        if let Some(u) = &self.user {
-            c.env("PGUSER", u);
-        }
-        if let Some(pw) = &self.password {
-            c.env("PGPASSWORD", pw);
-        }
-        c
-    }
-
-    fn psql(&self, tools: &Tools, dbname: &str) -> Command {
-        let mut c = self.command(&tools.psql);
-        c.args(["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(dbname);
-        c
-    }
-
-    /// Run one SQL statement in `dbname`, returning its trimmed output.
-    fn query(&self, tools: &Tools, dbname: &str, sql: &str) -> anyhow::Result<String> {
-        let what = format!("psql on database {dbname} ({})", self.describe());
-        Ok(
-            db::run_output(self.psql(tools, dbname).arg("-c").arg(sql), None, &what)?
-                .trim()
-                .to_string(),
-        )
-    }
-}
+/// The database administrative statements run in.
+const MAINTENANCE_DB: &str = "postgres";
 
 /// The client tools, found on PATH.
 pub struct Tools {
@@ -361,39 +283,348 @@ impl Tools {
     /// Can this psql load a plain dump safely, i.e. does it know
     /// `\restrict`? Err says why not (for people).
     fn check_psql_restrict(&self) -> Result<(), String> {
-        let help = db::run_output(
-            Command::new(&self.psql).arg("--help=commands"),
-            None,
-            "psql --help=commands",
-        )
-        .map_err(|e| format!("{e:#}"))?;
+        let help = db::ask_tool(&self.psql, "--help=commands").map_err(|e| format!("{e:#}"))?;
         if help.contains("\\restrict") {
             return Ok(());
         }
-        let version = db::run_output(
-            Command::new(&self.psql).arg("--version"),
-            None,
-            "psql --version",
-        )
-        .map(|v| v.trim().to_string())
-        .unwrap_or_else(|_| self.psql.display().to_string());
         Err(format!(
-            "{version} has no \\restrict, without which a plain dump could run \
+            "{} has no \\restrict, without which a plain dump could run \
              shell commands through psql meta-commands (\\! and others); plain dumps need \
-             psql from PostgreSQL {MIN_PSQL_RESTRICT} or later (install a newer {PACKAGE})"
+             psql from PostgreSQL {MIN_PSQL_RESTRICT} or later (install a newer {PACKAGE})",
+            db::tool_version_or_path(&self.psql)
         ))
     }
 }
 
+/// Does this pg_dump / pg_dumpall know `--restrict-key` (and so write
+/// `\restrict` lines into plain dumps)? Older releases do neither.
+fn has_restrict_key(tool: &Path) -> anyhow::Result<bool> {
+    Ok(db::ask_tool(tool, "--help")?.contains("--restrict-key"))
+}
+
+/// `--restrict-key=KEY` for the plain dump `what` ([`restrict_key`]), when
+/// the dump tool `knows` the option.
+fn restrict_key_arg(knows: bool, state_dir: &Path, what: &str) -> anyhow::Result<Option<String>> {
+    if !knows {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "--restrict-key={}",
+        restrict_key(state_dir, what)?
+    )))
+}
+
 /// The first psql releases of each branch with `\restrict` (August 2025).
 pub const MIN_PSQL_RESTRICT: &str = "13.22, 14.19, 15.14, 16.10 or 17.6";
+
+/// A PostgreSQL server and the client tools, loading dumps in one source's
+/// format. Credentials: PGPASSWORD in the tools' environment.
+pub struct Postgres {
+    endpoint: Endpoint,
+    tools: Tools,
+    /// "custom" or "plain": the configured source's.
+    format: String,
+    /// pg_dump knows `--restrict-key` (asked once, on the first plain dump).
+    dump_restrict_key: OnceCell<bool>,
+}
+
+impl Postgres {
+    fn plain(&self) -> bool {
+        self.format == "plain"
+    }
+
+    /// A command for a PostgreSQL client tool with the connection in its
+    /// environment.
+    fn command(&self, tool: &Path) -> Command {
+        let ep = &self.endpoint;
+        let mut c = Command::new(tool);
+        c.env("PGCONNECT_TIMEOUT", "10")
+            .env("PGAPPNAME", "backupctl")
+            .env_remove("PGDATABASE");
+        if let Some(h) = &ep.host {
+            c.env("PGHOST", h);
+        }
+        if let Some(p) = ep.port {
+            c.env("PGPORT", p.to_string());
+        }
+        if let Some(u) = &ep.user {
+            c.env("PGUSER", u);
+        }
+        if let Some(pw) = &ep.password {
+            c.env("PGPASSWORD", pw);
+        }
+        c
+    }
+
+    fn psql(&self, dbname: &str) -> Command {
+        let mut c = self.command(&self.tools.psql);
+        c.args(["-X", "-q", "-A", "-t", "-w", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(dbname);
+        c
+    }
+
+    /// Run one SQL statement in `dbname`, returning its trimmed output.
+    fn query(&self, dbname: &str, sql: &str) -> anyhow::Result<String> {
+        let what = format!("psql on database {dbname} ({})", self.describe());
+        let out = db::run_output(self.psql(dbname).arg("-c").arg(sql), None, &what)?;
+        Ok(out.trim().to_string())
+    }
+
+    /// Is the role we log in as a superuser? (Then SQL in a dump, such as
+    /// `COPY ... TO PROGRAM`, can run commands on the database server.)
+    fn is_superuser(&self) -> anyhow::Result<bool> {
+        let sql = "SELECT rolsuper FROM pg_roles WHERE rolname = current_user";
+        Ok(self.query(MAINTENANCE_DB, sql)? == "t")
+    }
+
+    /// Does pg_dump know `--restrict-key`? (Asked once.)
+    fn pg_dump_knows_restrict_key(&self) -> anyhow::Result<bool> {
+        if let Some(k) = self.dump_restrict_key.get() {
+            return Ok(*k);
+        }
+        let k = has_restrict_key(&self.tools.pg_dump)?;
+        Ok(*self.dump_restrict_key.get_or_init(|| k))
+    }
+}
+
+impl ServerSource for PostgresSourceSpec {
+    type Engine = Postgres;
+
+    fn format(&self) -> &str {
+        &self.format
+    }
+}
+
+impl Engine for Postgres {
+    const KIND: &'static str = "postgres";
+    const DEFAULT_HOST: &'static str = "(local socket)";
+    const DEFAULT_PORT: u16 = 5432;
+    const OBJECTS: &'static str = "tables, views or sequences";
+    const REPLACE: Replace = Replace::LoadThenRename;
+    const ROW_COUNTS: &'static str =
+        "counted in the exported snapshot that pg_dump --snapshot dumped";
+
+    fn find_tools() -> anyhow::Result<()> {
+        Tools::find().map(drop)
+    }
+
+    fn open(endpoint: Endpoint, format: &str) -> anyhow::Result<Postgres> {
+        Ok(Postgres {
+            endpoint,
+            tools: Tools::find()?,
+            format: format.to_string(),
+            dump_restrict_key: OnceCell::new(),
+        })
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn verify_server(servers: &VerifySpec) -> Option<&DbServerSpec> {
+        servers.postgres.as_ref()
+    }
+
+    /// standard_conforming_strings is on since 9.1.
+    fn lit(s: &str) -> String {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+
+    fn ident(s: &str) -> String {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    }
+
+    fn exists(&self, db: &str) -> anyhow::Result<bool> {
+        let sql = format!(
+            "SELECT count(*) FROM pg_database WHERE datname = {}",
+            Self::lit(db)
+        );
+        Ok(self.query(MAINTENANCE_DB, &sql)? != "0")
+    }
+
+    fn objects(&self, db: &str) -> anyhow::Result<u64> {
+        Ok(self.query(db, USER_OBJECTS_SQL)?.parse().unwrap_or(0))
+    }
+
+    fn create_db(&self, db: &str) -> anyhow::Result<()> {
+        let sql = format!("CREATE DATABASE {} TEMPLATE template0", Self::ident(db));
+        self.query(MAINTENANCE_DB, &sql).map(drop)
+    }
+
+    fn drop_db(&self, db: &str) -> anyhow::Result<()> {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", Self::ident(db));
+        self.query(MAINTENANCE_DB, &sql).map(drop)
+    }
+
+    fn rename_db(&self, from: &str, to: &str) -> anyhow::Result<()> {
+        let sql = format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            Self::ident(from),
+            Self::ident(to)
+        );
+        self.query(MAINTENANCE_DB, &sql).map(drop)
+    }
+
+    fn counts(&self, db: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+        db::parse_counts(&self.query(db, COUNT_SQL)?, db)
+    }
+
+    /// Custom dumps go to pg_restore, which has no meta-commands; plain
+    /// ones need a psql with `\restrict`.
+    fn check_loader(&self) -> Result<(), String> {
+        if self.plain() {
+            self.tools.check_psql_restrict()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// In one transaction. Custom dumps: `pg_restore --format=custom` from
+    /// stdin (verify: without ownership and privileges, since roles may
+    /// differ). Plain dumps: `psql -X -v ON_ERROR_STOP=1` after a
+    /// `\restrict` line with a key of this load's own, with the dump's own
+    /// guard lines blanked ([`OwnGuardFilter`]).
+    fn feed(&self, input: Box<dyn Read + Send>, db: &str, purpose: Purpose) -> Result<(), String> {
+        if self.plain() {
+            // Alphanumeric, like pg_dump's keys; 256 random bits.
+            let key = crate::util::random_hex(64);
+            let guarded = std::io::Cursor::new(format!("\\restrict {key}\n").into_bytes())
+                .chain(OwnGuardFilter::new(input));
+            let mut c = self.psql(db);
+            c.arg("--single-transaction");
+            return db::feed(&mut c, Box::new(guarded), "psql loading the dump");
+        }
+        let mut c = self.command(&self.tools.pg_restore);
+        c.args([
+            "-w",
+            "--format=custom",
+            "--exit-on-error",
+            "--single-transaction",
+            "-d",
+            db,
+        ]);
+        if purpose == Purpose::Verify {
+            c.args(["--no-owner", "--no-privileges"]);
+        }
+        db::feed(&mut c, input, "pg_restore")
+    }
+
+    /// Roles are cluster-wide: the globals dump is never loaded into a
+    /// verification server, only checked to be complete.
+    fn before_verify(
+        &self,
+        source: &str,
+        facts: &DatabaseFacts,
+        dir: &Path,
+    ) -> anyhow::Result<Vec<String>> {
+        if !facts.databases.is_empty() && self.is_superuser().unwrap_or(false) {
+            tracing::warn!(
+                "source {source}: verify loads dumps as a superuser ({}): SQL in a dump, such as \
+                 COPY ... TO PROGRAM, can run commands on the database server; configure \
+                 [verify] postgres with a role that is not a superuser (see the README)",
+                self.describe()
+            );
+        }
+        let mut problems = Vec::new();
+        if let Some(g) = &facts.globals {
+            let mut text = String::new();
+            db::open_dump(dir, g)?.read_to_string(&mut text)?;
+            if !text.contains(GLOBALS_COMPLETE) {
+                problems.push(format!("source {source}: the globals dump is incomplete"));
+            }
+        }
+        Ok(problems)
+    }
+
+    fn dump_tool(&self) -> &Path {
+        &self.tools.pg_dump
+    }
+
+    fn server_version(&self, first: Option<&str>) -> anyhow::Result<String> {
+        self.query(first.unwrap_or(MAINTENANCE_DB), "SHOW server_version")
+    }
+
+    fn list_databases(&self) -> anyhow::Result<Vec<String>> {
+        let sql = "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn \
+                   ORDER BY datname";
+        Ok(self
+            .query(MAINTENANCE_DB, sql)?
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// `pg_dumpall --globals-only`: roles, tablespaces.
+    fn dump_globals(
+        &self,
+        w: &mut ArchiveWriter,
+        ctx: &ArchiveContext<'_>,
+    ) -> anyhow::Result<Option<DumpFile>> {
+        let tool = &self.tools.pg_dumpall;
+        let mut cmd = self.command(tool);
+        cmd.args(["-w", "--globals-only", "-l", MAINTENANCE_DB]);
+        let knows = has_restrict_key(tool)?;
+        cmd.args(restrict_key_arg(
+            knows,
+            ctx.state_dir,
+            "pg_dumpall --globals-only",
+        )?);
+        let job = DumpJob {
+            entry: GLOBALS_ENTRY.into(),
+            what: format!("pg_dumpall --globals-only ({})", self.describe()),
+            complete_marker: Some(GLOBALS_COMPLETE),
+            observer: None,
+            head: None,
+        };
+        Ok(Some(db::stream_dump(w, &mut cmd, job)?))
+    }
+
+    /// `pg_dump --snapshot` of a snapshot exported by a session that counts
+    /// the rows in that same snapshot.
+    fn dump_database(
+        &self,
+        w: &mut ArchiveWriter,
+        name: &str,
+        ctx: &ArchiveContext<'_>,
+    ) -> anyhow::Result<(DumpFile, BTreeMap<String, u64>)> {
+        let plain = self.plain();
+        let entry = dump_entry(name, &self.format);
+        anyhow::ensure!(
+            entry != GLOBALS_ENTRY,
+            "database {name:?}: its dump name clashes with the globals dump"
+        );
+        let knows = plain && self.pg_dump_knows_restrict_key()?;
+        let restrict = restrict_key_arg(knows, ctx.state_dir, name)?;
+        let (session, snapshot, tables) = SnapshotSession::open(self, name)?;
+        let mut cmd = self.command(&self.tools.pg_dump);
+        cmd.arg("-w")
+            .arg(format!("--format={}", self.format))
+            .arg(format!("--snapshot={snapshot}"));
+        if !plain {
+            cmd.arg("--compress=0");
+        }
+        cmd.args(restrict).arg("-d").arg(name);
+        let job = DumpJob {
+            entry,
+            what: format!("pg_dump of database {name}"),
+            complete_marker: plain.then_some("PostgreSQL database dump complete"),
+            observer: None,
+            head: (!plain).then_some(CUSTOM_HEAD),
+        };
+        let dumped = db::stream_dump(w, &mut cmd, job);
+        let closed = session.close();
+        let dump = dumped?;
+        closed?;
+        Ok((dump, tables))
+    }
+}
 
 /// Blanks a plain dump's own psql guard lines as it streams by: the line
 /// `\restrict K` (the first such line sets K) and every line `\unrestrict K`
 /// with that same K, each exactly so on a line of its own; each becomes an
 /// empty line. Every other byte passes unchanged. pg_dump (13.22, 14.19,
 /// 15.14, 16.10, 17.6 and later) writes one such pair around a plain dump;
-/// loaded under [`load`]'s own `\restrict`, a nested `\restrict` is an
+/// loaded under our own `\restrict` (see [`Postgres`]), a nested `\restrict` is an
 /// error, and so is an `\unrestrict` with a key other than ours.
 ///
 /// Blanking these lines whatever K is (ours from [`restrict_key`], or
@@ -567,16 +798,6 @@ impl<R: Read> Read for OwnGuardFilter<R> {
     }
 }
 
-/// SQL string literal (standard_conforming_strings is on since 9.1).
-pub fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// SQL identifier.
-pub fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
 /// A psql session holding an exported snapshot open while pg_dump runs.
 struct SnapshotSession {
     child: Child,
@@ -588,13 +809,12 @@ impl SnapshotSession {
     /// Open the transaction; returns the session, the snapshot id and the
     /// row counts seen by that snapshot.
     fn open(
-        conn: &PgConn,
-        tools: &Tools,
+        pg: &Postgres,
         dbname: &str,
     ) -> anyhow::Result<(SnapshotSession, String, BTreeMap<String, u64>)> {
-        let what = format!("database {dbname} ({})", conn.describe());
-        let mut child = conn
-            .psql(tools, dbname)
+        let what = format!("database {dbname} ({})", pg.describe());
+        let mut child = pg
+            .psql(dbname)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -664,413 +884,50 @@ fn dump_entry(db_name: &str, format: &str) -> String {
     format!("{}.{ext}", db::entry_stem(db_name))
 }
 
-/// Dump the source's databases into `w`. `state_dir` holds the secret of
-/// the plain dumps' restrict keys ([`restrict_key`]).
-pub fn archive(
-    spec: &PostgresSourceSpec,
-    w: &mut ArchiveWriter,
-    state_dir: &Path,
-) -> anyhow::Result<SourceOutput> {
-    let tools = Tools::find()?;
-    let conn = PgConn::for_source(spec)?;
-    let version = db::run_output(
-        Command::new(&tools.pg_dump).arg("--version"),
-        None,
-        "pg_dump --version",
-    )?
-    .trim()
-    .to_string();
-    let sel = spec.selection();
-    let first = if sel.all {
-        "postgres".to_string()
-    } else {
-        sel.names()[0].clone()
-    };
-    let server_version = conn.query(&tools, &first, "SHOW server_version")?;
-    let names = if sel.all {
-        conn.query(
-            &tools,
-            "postgres",
-            "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn ORDER BY datname",
-        )?
-        .lines()
-        .map(str::to_string)
-        .collect()
-    } else {
-        sel.names()
-    };
-
-    let mut globals = None;
-    if sel.all {
-        let mut cmd = conn.command(&tools.pg_dumpall);
-        cmd.args(["-w", "--globals-only", "-l", "postgres"]);
-        if has_restrict_key(&tools.pg_dumpall)? {
-            cmd.arg(format!(
-                "--restrict-key={}",
-                restrict_key(state_dir, "pg_dumpall --globals-only")?
-            ));
-        }
-        globals = Some(db::stream_dump(
-            w,
-            &mut cmd,
-            DumpJob {
-                entry: GLOBALS_ENTRY.into(),
-                what: format!("pg_dumpall --globals-only ({})", conn.describe()),
-                complete_marker: Some("PostgreSQL database cluster dump complete"),
-                observer: None,
-                head: None,
-            },
-        )?);
-    }
-    let plain = spec.format == "plain";
-    let restrict = plain && has_restrict_key(&tools.pg_dump)?;
-    let mut databases = Vec::new();
-    for name in &names {
-        let entry = dump_entry(name, &spec.format);
-        anyhow::ensure!(
-            entry != GLOBALS_ENTRY,
-            "database {name:?}: its dump name clashes with the globals dump"
-        );
-        let (session, snapshot, tables) = SnapshotSession::open(&conn, &tools, name)?;
-        let mut cmd = conn.command(&tools.pg_dump);
-        cmd.arg("-w")
-            .arg(format!("--format={}", spec.format))
-            .arg(format!("--snapshot={snapshot}"));
-        if !plain {
-            cmd.arg("--compress=0");
-        }
-        if restrict {
-            cmd.arg(format!("--restrict-key={}", restrict_key(state_dir, name)?));
-        }
-        cmd.arg("-d").arg(name);
-        let dumped = db::stream_dump(
-            w,
-            &mut cmd,
-            DumpJob {
-                entry,
-                what: format!("pg_dump of database {name}"),
-                complete_marker: plain.then_some("PostgreSQL database dump complete"),
-                observer: None,
-                head: (!plain).then_some(CUSTOM_HEAD),
-            },
-        );
-        let closed = session.close();
-        let dump = dumped?;
-        closed?;
-        tracing::info!(
-            "dumped postgres database {name}: {} bytes, {} tables",
-            dump.size,
-            tables.len()
-        );
-        databases.push(DumpedDatabase {
-            name: name.clone(),
-            dump,
-            tables,
-        });
-    }
-    let facts = DatabaseFacts {
-        engine: "postgres".into(),
-        dump_tool: version,
-        server_version,
-        format: spec.format.clone(),
-        row_counts: "counted in the exported snapshot that pg_dump --snapshot dumped".into(),
-        globals,
-        databases,
-    };
-    Ok(SourceOutput {
-        origin: format!("{} {}", conn.describe(), names.join(",")),
-        database: Some(facts.to_value()),
-    })
-}
-
-/// A database created for a load, dropped when this goes out of scope unless
-/// [`TempDb::keep`] was called.
-struct TempDb<'a> {
-    conn: &'a PgConn,
-    tools: &'a Tools,
-    name: String,
-    keep: bool,
-}
-
-impl<'a> TempDb<'a> {
-    fn create(conn: &'a PgConn, tools: &'a Tools, name: String) -> anyhow::Result<TempDb<'a>> {
-        conn.query(
-            tools,
-            "postgres",
-            &format!("CREATE DATABASE {} TEMPLATE template0", ident(&name)),
-        )?;
-        Ok(TempDb {
-            conn,
-            tools,
-            name,
-            keep: false,
-        })
-    }
-}
-
-impl Drop for TempDb<'_> {
-    fn drop(&mut self) {
-        if self.keep {
-            return;
-        }
-        if let Err(e) = self.conn.query(
-            self.tools,
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&self.name)),
-        ) {
-            tracing::error!("could not drop scratch database {}: {e:#}", self.name);
-        }
-    }
-}
-
-/// Load a dump into `dbname` in one transaction. `format` is the configured
-/// source's (never the manifest's). `keep_owners`: restore ownership and
-/// privileges (restore) or not (verify, where roles may differ).
-///
-/// No path through here lets the dump run a command on this host: custom
-/// dumps go to `pg_restore --format=custom` (no meta-commands); plain dumps
-/// go to `psql -X -v ON_ERROR_STOP=1` after a `\restrict` line with a key of
-/// this load's own, with the dump's own guard lines blanked
-/// ([`OwnGuardFilter`]); a psql without `\restrict` is refused.
-fn load(
-    conn: &PgConn,
-    tools: &Tools,
-    format: &str,
-    dir: &Path,
-    dump: &DumpFile,
-    dbname: &str,
-    keep_owners: bool,
-) -> Result<(), LoadError> {
-    let failed = |e: anyhow::Error| LoadError::Failed(format!("{e:#}"));
-    if format == "plain" {
-        tools.check_psql_restrict().map_err(LoadError::Refused)?;
-        let input = db::open_dump(dir, dump).map_err(failed)?;
-        // Alphanumeric, like pg_dump's keys; 256 random bits.
-        let key = crate::util::random_hex(64);
-        let guarded = std::io::Cursor::new(format!("\\restrict {key}\n").into_bytes())
-            .chain(OwnGuardFilter::new(input));
-        let mut c = conn.psql(tools, dbname);
-        c.arg("--single-transaction");
-        db::feed(&mut c, Box::new(guarded), "psql loading the dump").map_err(LoadError::Failed)
-    } else {
-        let input = db::open_dump(dir, dump).map_err(failed)?;
-        let mut c = conn.command(&tools.pg_restore);
-        c.args([
-            "-w",
-            "--format=custom",
-            "--exit-on-error",
-            "--single-transaction",
-            "-d",
-            dbname,
-        ]);
-        if !keep_owners {
-            c.args(["--no-owner", "--no-privileges"]);
-        }
-        db::feed(&mut c, input, "pg_restore").map_err(LoadError::Failed)
-    }
-}
-
-/// Is the role `conn` logs in as a superuser? (Then SQL in a dump, such as
-/// `COPY ... TO PROGRAM`, can run commands on the database server.)
-fn is_superuser(conn: &PgConn, tools: &Tools) -> anyhow::Result<bool> {
-    Ok(conn.query(
-        tools,
-        "postgres",
-        "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
-    )? == "t")
-}
-
-fn counts(conn: &PgConn, tools: &Tools, dbname: &str) -> anyhow::Result<BTreeMap<String, u64>> {
-    let out = conn.query(tools, dbname, COUNT_SQL)?;
-    db::parse_counts(&out, dbname)
-}
-
-/// The verification server: `[verify] postgres`, else the source's own.
-fn verify_conn(verify: Option<&DbServerSpec>, spec: &PostgresSourceSpec) -> anyhow::Result<PgConn> {
-    match verify {
-        Some(v) => PgConn::for_server(v, "[verify] postgres"),
-        None => PgConn::for_source(spec),
-    }
-}
-
-/// Load every database dump of an unpacked archive into a scratch database
-/// on the verification server and compare row counts. Returns problems.
-/// The dump format is the configured source's (the caller has refused facts
-/// that disagree with it); `facts` gives the dumps and the expected counts.
-pub fn verify(
-    verify_server: Option<&DbServerSpec>,
-    spec: &PostgresSourceSpec,
-    facts: &DatabaseFacts,
-    dir: &Path,
-) -> anyhow::Result<Vec<String>> {
-    let source = spec.name.as_str();
-    let tools = Tools::find()?;
-    let conn = verify_conn(verify_server, spec)?;
-    if spec.format == "plain" && !facts.databases.is_empty() {
-        if let Err(why) = tools.check_psql_restrict() {
-            // Before any scratch database is made.
-            return Ok(vec![format!(
-                "source {source}: {}",
-                LoadError::Refused(why)
-            )]);
-        }
-    }
-    let mut problems = Vec::new();
-    if !facts.databases.is_empty() && is_superuser(&conn, &tools).unwrap_or(false) {
-        tracing::warn!(
-            "source {source}: verify loads dumps as a superuser ({}): SQL in a dump, such as \
-             COPY ... TO PROGRAM, can run commands on the database server; configure \
-             [verify] postgres with a role that is not a superuser (see the README)",
-            conn.describe()
-        );
-    }
-    if let Some(g) = &facts.globals {
-        // Roles are cluster-wide: never loaded into a verification server.
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut db::open_dump(dir, g)?, &mut text)?;
-        if !text.contains("PostgreSQL database cluster dump complete") {
-            problems.push(format!("source {source}: the globals dump is incomplete"));
-        }
-    }
-    for d in &facts.databases {
-        let label = format!("source {source}: database {}", d.name);
-        let scratch = TempDb::create(
-            &conn,
-            &tools,
-            format!("backupctl_verify_{}", crate::util::random_hex(12)),
-        )
-        .with_context(|| {
-            format!(
-                "{label}: creating a scratch database on {}",
-                conn.describe()
-            )
-        })?;
-        if let Err(e) = load(
-            &conn,
-            &tools,
-            &spec.format,
-            dir,
-            &d.dump,
-            &scratch.name,
-            false,
-        ) {
-            problems.push(format!("{label}: {e}"));
-            continue;
-        }
-        let loaded = counts(&conn, &tools, &scratch.name)?;
-        let p = db::compare_counts(&label, &d.tables, &loaded);
-        if p.is_empty() {
-            tracing::info!(
-                "{label}: dump loads on {}, {} tables with matching row counts",
-                conn.describe(),
-                loaded.len()
-            );
-        }
-        problems.extend(p);
-    }
-    Ok(problems)
-}
-
-/// What a restore into a database did.
-#[derive(Debug, serde::Serialize)]
-pub struct LoadReport {
-    pub database: String,
-    pub server: String,
-    pub tables: usize,
-    pub rows: u64,
-    pub replaced_existing: bool,
-}
-
-/// Restore the dump of `from_db` into `into` on the source's server. The
-/// dump is loaded into a fresh temporary database first; only when that
-/// succeeds is an existing `into` (with `force`) dropped and the new one
-/// renamed into place, so a dump that fails to load leaves `into` untouched.
-/// The dump is loaded in the configured source's format (the caller has
-/// refused a manifest that disagrees).
-pub fn restore_into(
-    spec: &PostgresSourceSpec,
-    d: &DumpedDatabase,
-    dir: &Path,
-    into: &str,
-    force: bool,
-) -> anyhow::Result<LoadReport> {
-    let tools = Tools::find()?;
-    if spec.format == "plain" {
-        // Before anything on the server changes.
-        tools.check_psql_restrict().map_err(|why| {
-            CodedError::failure(format!("database {}: {}", d.name, LoadError::Refused(why)))
-        })?;
-    }
-    let conn = PgConn::for_source(spec)?;
-    let exists = conn.query(
-        &tools,
-        "postgres",
-        &format!(
-            "SELECT count(*) FROM pg_database WHERE datname = {}",
-            lit(into)
-        ),
-    )? != "0";
-    if exists {
-        let n: u64 = conn
-            .query(&tools, into, USER_OBJECTS_SQL)?
-            .parse()
-            .unwrap_or(0);
-        if n > 0 && !force {
-            return Err(CodedError::usage(format!(
-                "database {into} on {} is not empty ({n} tables, views or sequences); pass --force to replace it",
-                conn.describe()
-            ))
-            .into());
-        }
-    }
-    let mut temp = TempDb::create(
-        &conn,
-        &tools,
-        format!("backupctl_restore_{}", crate::util::random_hex(12)),
-    )?;
-    load(&conn, &tools, &spec.format, dir, &d.dump, &temp.name, true).map_err(|e| {
-        CodedError::failure(format!(
-            "database {}: {e}; {into} was left unchanged",
-            d.name
-        ))
-    })?;
-    if exists {
-        conn.query(
-            &tools,
-            "postgres",
-            &format!("DROP DATABASE {} WITH (FORCE)", ident(into)),
-        )?;
-    }
-    conn.query(
-        &tools,
-        "postgres",
-        &format!(
-            "ALTER DATABASE {} RENAME TO {}",
-            ident(&temp.name),
-            ident(into)
-        ),
-    )?;
-    temp.keep = true;
-    let loaded = counts(&conn, &tools, into)?;
-    let problems = db::compare_counts(&format!("database {into}"), &d.tables, &loaded);
-    anyhow::ensure!(
-        problems.is_empty(),
-        "restored, but row counts differ from the dump: {}",
-        problems.join("; ")
-    );
-    Ok(LoadReport {
-        database: into.to_string(),
-        server: conn.describe(),
-        tables: loaded.len(),
-        rows: loaded.values().sum(),
-        replaced_existing: exists,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn quoting_doubles_the_quote_character() {
+        assert_eq!(Postgres::ident("shop"), "\"shop\"");
+        assert_eq!(Postgres::ident("Odd \"Name\""), "\"Odd \"\"Name\"\"\"");
+        assert_eq!(Postgres::lit("it's"), "'it''s'");
+        // standard_conforming_strings: a backslash is just a backslash.
+        assert_eq!(Postgres::lit("a\\b"), "'a\\b'");
+    }
+
+    #[test]
+    fn dump_entries_are_named_after_the_database_and_format() {
+        assert_eq!(dump_entry("shop", "custom"), "shop.pgdump");
+        assert_eq!(dump_entry("shop", "plain"), "shop.sql");
+        assert_eq!(dump_entry("a/b", "plain"), "a%2Fb.sql");
+        // The one database whose dump dump_database refuses.
+        assert_eq!(dump_entry("globals.pg_dumpall", "plain"), GLOBALS_ENTRY);
+    }
+
+    #[test]
+    fn restrict_key_option_only_for_tools_that_know_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(restrict_key_arg(false, dir.path(), "shop").unwrap(), None);
+        assert!(!dir.path().join(RESTRICT_SECRET_FILE).exists());
+        let arg = restrict_key_arg(true, dir.path(), "shop").unwrap().unwrap();
+        let key = restrict_key(dir.path(), "shop").unwrap();
+        assert_eq!(arg, format!("--restrict-key={key}"));
+    }
+
+    #[test]
+    fn servers_are_described_without_the_password() {
+        let ep = Endpoint {
+            password: Some("secret".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            ep.describe::<Postgres>(),
+            "postgres (default user)@(local socket):5432"
+        );
+    }
 
     fn put_int(out: &mut Vec<u8>, size: usize, v: i64) {
         out.push(u8::from(v < 0));

@@ -23,9 +23,9 @@
 //! in a view dressed up as a table.
 
 use super::db::{DatabaseFacts, DumpFile, DumpedDatabase};
-use super::SourceOutput;
+use super::{ArchiveContext, DumpFormat, LocalPath, Source, SourceOutput};
 use crate::archive::{ArchiveWriter, EntryMeta};
-use crate::config::SqliteSourceSpec;
+use crate::config::{SqliteSourceSpec, VerifySpec};
 use anyhow::Context;
 use rusqlite::config::DbConfig;
 use rusqlite::{ffi, Connection, OpenFlags};
@@ -33,6 +33,47 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
+
+impl Source for SqliteSourceSpec {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn local_path(&self) -> Option<LocalPath<'_>> {
+        Some(LocalPath {
+            path: &self.path,
+            dir: false,
+        })
+    }
+
+    fn archive(
+        &self,
+        w: &mut ArchiveWriter,
+        ctx: &ArchiveContext<'_>,
+    ) -> anyhow::Result<SourceOutput> {
+        archive(self, w, ctx.staging)
+    }
+
+    fn dump_format(&self) -> Option<DumpFormat<'_>> {
+        Some(DumpFormat {
+            engine: "sqlite",
+            format: "sqlite",
+        })
+    }
+
+    fn verify_dumps(
+        &self,
+        _servers: &VerifySpec,
+        facts: &DatabaseFacts,
+        dir: &Path,
+    ) -> anyhow::Result<Vec<String>> {
+        verify(&self.name, facts, dir)
+    }
+}
 
 /// Open a database file as data only: nothing in it can run code, load an
 /// extension or reach another file (see the module documentation). A
@@ -126,37 +167,7 @@ pub fn archive(
     // gives its journals the database file's mode).
     crate::util::create_private_file(&copy)
         .with_context(|| format!("creating {}", copy.display()))?;
-    {
-        let src = Connection::open_with_flags(
-            &spec.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("opening {}", spec.path.display()))?;
-        src.busy_timeout(Duration::from_secs(60))?;
-        let mut dst = Connection::open(&copy)?;
-        let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
-        // All pages in one step: one read transaction, so the copy is one
-        // committed state (chunked steps would restart whenever the
-        // application writes). A writer holding a lock makes us wait.
-        let deadline = std::time::Instant::now() + Duration::from_secs(600);
-        loop {
-            use rusqlite::backup::StepResult;
-            match backup
-                .step(-1)
-                .with_context(|| format!("online backup of {}", spec.path.display()))?
-            {
-                StepResult::Done => break,
-                StepResult::More => continue,
-                _ if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => anyhow::bail!(
-                    "online backup of {}: the database stayed locked for 10 minutes",
-                    spec.path.display()
-                ),
-            }
-        }
-    }
+    backup_copy(&spec.path, &copy)?;
     crate::util::test_hook("sqlite-copy", &[copy.as_os_str()]);
     let (problems, tables) = inspect(&copy)?;
     anyhow::ensure!(
@@ -165,26 +176,14 @@ pub fn archive(
         spec.path.display(),
         problems.join("; ")
     );
-    let entry = spec
-        .path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "database.sqlite".into());
-    let size = std::fs::metadata(&copy)?.len();
-    let mut f = std::fs::File::open(&copy)?;
-    let hash = {
-        let mut h = blake3::Hasher::new();
-        h.update_reader(&mut f)?;
-        h.finalize().to_hex().to_string()
-    };
+    let entry = entry_name(&spec.path);
     // Fixed metadata (see EntryMeta::generated), except that the restored
     // file gets the source file's permission bits.
     let meta = EntryMeta {
         mode: source_meta.permissions().mode() & 0o777,
         ..EntryMeta::generated()
     };
-    let mut f = std::fs::File::open(&copy)?;
-    w.add_reader(Path::new(&entry), size, &meta, &mut f)?;
+    let dump = archive_copy(w, &copy, entry, &meta)?;
     let facts = DatabaseFacts {
         engine: "sqlite".into(),
         dump_tool: format!(
@@ -197,17 +196,72 @@ pub fn archive(
         globals: None,
         databases: vec![DumpedDatabase {
             name: "main".into(),
-            dump: DumpFile {
-                entries: vec![entry],
-                size,
-                blake3: hash,
-            },
+            dump,
             tables,
         }],
     };
     Ok(SourceOutput {
         origin: spec.path.display().to_string(),
         database: Some(facts.to_value()),
+    })
+}
+
+/// Copy the database at `path` into the (empty) file `copy` with the online
+/// backup API, in one step: one read transaction, so the copy is one
+/// committed state (chunked steps would restart whenever the application
+/// writes). A writer holding a lock makes us wait, up to 10 minutes.
+fn backup_copy(path: &Path, copy: &Path) -> anyhow::Result<()> {
+    use rusqlite::backup::StepResult;
+    let src = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening {}", path.display()))?;
+    src.busy_timeout(Duration::from_secs(60))?;
+    let mut dst = Connection::open(copy)?;
+    let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        match backup
+            .step(-1)
+            .with_context(|| format!("online backup of {}", path.display()))?
+        {
+            StepResult::Done => return Ok(()),
+            StepResult::More => continue,
+            _ if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            _ => anyhow::bail!(
+                "online backup of {}: the database stayed locked for 10 minutes",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// The tar entry of a copy of `path`: the file's own name.
+fn entry_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "database.sqlite".into())
+}
+
+/// Hash the finished copy, then add it to the archive as `entry`.
+fn archive_copy(
+    w: &mut ArchiveWriter,
+    copy: &Path,
+    entry: String,
+    meta: &EntryMeta,
+) -> anyhow::Result<DumpFile> {
+    let size = std::fs::metadata(copy)?.len();
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(copy)?)?;
+    let mut f = std::fs::File::open(copy)?;
+    w.add_reader(Path::new(&entry), size, meta, &mut f)?;
+    Ok(DumpFile {
+        entries: vec![entry],
+        size,
+        blake3: h.finalize().to_hex().to_string(),
     })
 }
 
@@ -319,6 +373,12 @@ mod tests {
         let (problems, counts) = inspect(&path).unwrap();
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(counts, BTreeMap::from([("t".to_string(), 3)]));
+    }
+
+    #[test]
+    fn copies_are_archived_under_the_source_file_name() {
+        assert_eq!(entry_name(Path::new("/var/lib/app/app.db")), "app.db");
+        assert_eq!(entry_name(Path::new("/")), "database.sqlite");
     }
 
     #[test]
