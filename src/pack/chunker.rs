@@ -40,6 +40,15 @@ impl Params {
         avg: 64 << 10,
         max: 256 << 10,
     };
+
+    /// File index streams: FastCDC throughout, smaller chunks (a changed
+    /// file rewrites a few KiB of the index).
+    pub const INDEX: Params = Params {
+        whole_max: 0,
+        min: 4 << 10,
+        avg: 16 << 10,
+        max: 64 << 10,
+    };
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +128,14 @@ impl<S: ChunkSink> TarChunker<S> {
             block: Vec::with_capacity(BLOCK),
             buf: Vec::new(),
         }
+    }
+
+    /// A chunker for a stream that is not tar (a file index): FastCDC from
+    /// the first byte.
+    pub fn raw(sink: S, params: Params) -> Self {
+        let mut c = TarChunker::new(sink, params);
+        c.state = State::Tail { cdc: true };
+        c
     }
 
     /// Flush what is pending (the end of the stream) and give back the sink.

@@ -8,7 +8,13 @@
 //! - [`extents`]: the plain-text `PACK OFFSET LENGTH` lists a stream is
 //!   restored from, by backupctl or by one line of shell.
 //! - [`index`]: the compact in-memory chunk index a run deduplicates against.
+//! - [`packer`]: the write pipeline (chunk, look up, compress in parallel,
+//!   pack, resolve extents).
+//! - [`reader`]: the read pipeline (ranged reads, every chunk checked,
+//!   failover per extent).
 pub mod chunker;
 pub mod extents;
 pub mod format;
 pub mod index;
+pub mod packer;
+pub mod reader;

@@ -1,0 +1,265 @@
+//! The read side of format v2: an extent list in, the stream out, every
+//! chunk checked, each extent fetched from the first source (target) that
+//! serves it intact.
+//!
+//! For each extent (in order) the frames it covers are taken from the pack's
+//! index (checked against the pack's name by the [`PackSource`]), fetched
+//! with one ranged read, and each decompressed and checked against its chunk
+//! id; only an extent that checks out completely is passed on. A fetch or
+//! check failure tries the same extent on the next source (packs are the same
+//! on every target), so a damaged pack on one target is read from another.
+//! The stream's length and BLAKE3 are checked at the end against the signed
+//! manifest by the caller ([`StreamReader::finish`]).
+//!
+//! Reading and decompressing run on their own thread, ahead of the consumer
+//! (the tar unpacker) by a bounded number of chunks.
+
+use super::extents::{Extent, ExtentList};
+use super::format::{decode_frame, PackError, PackIndex};
+use std::io::{self, Read};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+/// A target seen from a blocking reader thread.
+pub trait PackSource: Send + Sync {
+    /// For messages ("target nas").
+    fn name(&self) -> &str;
+    /// The pack's index, checked against its name.
+    fn index(&self, pack: &str) -> Result<Arc<PackIndex>, String>;
+    /// `len` bytes of the pack from `offset` (exactly, or an error).
+    fn read(&self, pack: &str, offset: u64, len: u64) -> Result<Vec<u8>, String>;
+}
+
+/// Why a stream could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// No source served this extent intact (each source's reason).
+    #[error("extent {pack} {offset}+{len}: no target serves it intact ({why})")]
+    Extent {
+        pack: String,
+        offset: u64,
+        len: u64,
+        why: String,
+    },
+    #[error("stream is longer than recorded ({0} bytes)")]
+    TooLong(u64),
+}
+
+impl From<ReadError> for io::Error {
+    fn from(e: ReadError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+    }
+}
+
+fn fetch_extent(src: &dyn PackSource, e: &Extent) -> Result<Vec<u8>, String> {
+    let idx = src.index(&e.pack)?;
+    let entries = idx
+        .covering(e.offset, e.len)
+        .map_err(|x: PackError| x.to_string())?;
+    let bytes = src.read(&e.pack, e.offset, e.len)?;
+    if bytes.len() as u64 != e.len {
+        return Err(format!("read {} bytes, expected {}", bytes.len(), e.len));
+    }
+    let mut out = Vec::with_capacity(entries.iter().map(|c| c.len as usize).sum());
+    for c in entries {
+        let at = (c.offset as u64 - e.offset) as usize;
+        let frame = &bytes[at..at + c.clen as usize];
+        out.extend_from_slice(&decode_frame(frame, c, 0).map_err(|x| x.to_string())?);
+    }
+    Ok(out)
+}
+
+/// Reads a stream back from its extents.
+pub struct StreamReader {
+    rx: mpsc::Receiver<Result<Vec<u8>, ReadError>>,
+    cur: Vec<u8>,
+    pos: usize,
+    hasher: blake3::Hasher,
+    total: u64,
+    limit: u64,
+    failed: Option<ReadError>,
+    /// Which source served each extent, for the report.
+    served: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl StreamReader {
+    /// Read `list` from `sources` (tried in order per extent); the stream
+    /// must not exceed `limit` bytes (the recorded size).
+    pub fn new(list: ExtentList, sources: Vec<Arc<dyn PackSource>>, limit: u64) -> StreamReader {
+        let (tx, rx) = mpsc::sync_channel(4);
+        let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let served2 = served.clone();
+        std::thread::spawn(move || {
+            for e in &list.extents {
+                let mut why = Vec::new();
+                let mut got = None;
+                for s in &sources {
+                    match fetch_extent(s.as_ref(), e) {
+                        Ok(b) => {
+                            got = Some(b);
+                            let mut sv = served2.lock().expect("served");
+                            if !sv.iter().any(|n| n == s.name()) {
+                                sv.push(s.name().to_string());
+                            }
+                            break;
+                        }
+                        Err(x) => {
+                            tracing::warn!(
+                                "target {}: {} {}+{}: {x}; trying the next target",
+                                s.name(),
+                                super::extents::pack_path(&e.pack),
+                                e.offset,
+                                e.len
+                            );
+                            why.push(format!("{}: {x}", s.name()));
+                        }
+                    }
+                }
+                let msg = match got {
+                    Some(b) => Ok(b),
+                    None => Err(ReadError::Extent {
+                        pack: e.pack.clone(),
+                        offset: e.offset,
+                        len: e.len,
+                        why: why.join("; "),
+                    }),
+                };
+                let stop = msg.is_err();
+                if tx.send(msg).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        StreamReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+            hasher: blake3::Hasher::new(),
+            total: 0,
+            limit,
+            failed: None,
+            served,
+        }
+    }
+
+    /// Read what is left (nothing, for a consumer that read to the end) and
+    /// return the stream's BLAKE3 and length.
+    pub fn finish(mut self) -> io::Result<(String, u64)> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok((self.hasher.finalize().to_hex().to_string(), self.total))
+    }
+
+    /// The targets that served extents, in first-use order.
+    pub fn served(&self) -> Vec<String> {
+        self.served.lock().expect("served").clone()
+    }
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone().into());
+        }
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.total += chunk.len() as u64;
+                    if self.total > self.limit {
+                        let e = ReadError::TooLong(self.limit);
+                        self.failed = Some(e.clone());
+                        return Err(e.into());
+                    }
+                    self.hasher.update(&chunk);
+                    self.cur = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.failed = Some(e.clone());
+                    return Err(e.into());
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::format::{ChunkId, FrameEncoder, Kind, PackBuilder};
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Mem {
+        name: String,
+        packs: HashMap<String, Vec<u8>>,
+    }
+
+    impl PackSource for Mem {
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn index(&self, pack: &str) -> Result<Arc<PackIndex>, String> {
+            let b = self.packs.get(pack).ok_or("missing pack")?;
+            PackIndex::from_tail(b, b.len() as u64, pack)
+                .map_err(|e| e.to_string())?
+                .map(Arc::new)
+                .map_err(|_| "short".to_string())
+        }
+        fn read(&self, pack: &str, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+            let b = self.packs.get(pack).ok_or("missing pack")?;
+            b.get(offset as usize..(offset + len) as usize)
+                .map(|s| s.to_vec())
+                .ok_or_else(|| "range beyond the pack".into())
+        }
+    }
+
+    #[test]
+    fn reads_back_and_fails_over_per_extent() {
+        let chunks: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 5000 + i as usize]).collect();
+        let mut enc = FrameEncoder::new(3).unwrap();
+        let mut b = PackBuilder::new();
+        for c in &chunks {
+            b.push(
+                ChunkId::of(c),
+                Kind::Content,
+                c.len() as u32,
+                &enc.encode(c).unwrap(),
+            );
+        }
+        let (name, bytes, idx) = b.finish();
+        let mut list = ExtentList::default();
+        list.push(&name, 0, idx.frames_len);
+        let good = Arc::new(Mem {
+            name: "good".into(),
+            packs: HashMap::from([(name.clone(), bytes.clone())]),
+        });
+        let mut damaged = bytes.clone();
+        damaged[idx.entries[4].offset as usize + 3] ^= 0x55;
+        let bad = Arc::new(Mem {
+            name: "bad".into(),
+            packs: HashMap::from([(name.clone(), damaged)]),
+        });
+        let want = chunks.concat();
+        let r = StreamReader::new(
+            list.clone(),
+            vec![bad.clone(), good.clone()],
+            want.len() as u64,
+        );
+        let (hash, len) = r.finish().unwrap();
+        assert_eq!(
+            (hash, len),
+            (blake3::hash(&want).to_hex().to_string(), want.len() as u64)
+        );
+        // Only the damaged copy: a clear error, no wrong bytes.
+        let mut r = StreamReader::new(list.clone(), vec![bad], want.len() as u64);
+        let mut out = Vec::new();
+        assert!(r.read_to_end(&mut out).is_err());
+        // A stream longer than recorded is cut off.
+        let mut r = StreamReader::new(list, vec![good], 100);
+        assert!(r.read_to_end(&mut Vec::new()).is_err());
+    }
+}
