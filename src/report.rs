@@ -110,13 +110,17 @@ pub fn init_with(verbosity: i8, opts: &LogOptions) -> Result<(), String> {
             });
         }
     }
-    // What notifications carry: info and above of backupctl, as text.
+    // What notifications carry: backupctl's records at info and above (debug
+    // with -v), as text, without the notifiers' own reports.
+    let tail_level = level(verbosity.max(0));
     layers.push(
         fmt::layer()
             .with_target(false)
             .with_ansi(false)
             .with_writer(crate::notify::tail::TailWriter::default)
-            .with_filter(filter(verbosity.max(0)))
+            .with_filter(tracing_subscriber::EnvFilter::new(format!(
+                "backupctl={tail_level},backupctl::notify=off,off"
+            )))
             .boxed(),
     );
     let _ = tracing_subscriber::registry().with(layers).try_init();
