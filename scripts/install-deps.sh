@@ -3,7 +3,8 @@
 # command-line tools for manual-restore tests, PostgreSQL and MariaDB servers
 # (started later by scripts/services/*, never as system services), and Garage,
 # the S3-compatible server, built from crates.io once and cached in ~/.cargo/bin;
-# tzdata for the deployment test, which runs across a daylight-saving change.
+# tzdata for the deployment test, which runs across a daylight-saving change;
+# Python's prometheus_client for the metrics test.
 set -euo pipefail
 
 need_apt=()
@@ -16,6 +17,14 @@ if ((${#need_apt[@]})); then
   SUDO=; [[ $(id -u) -eq 0 ]] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# Python's prometheus_client (from PyPI): tests/operator.rs parses the
+# --metrics-file output with its text-format parser.
+if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+  echo "install-deps: pip install prometheus_client" >&2
+  python3 -m pip install --quiet prometheus_client 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages prometheus_client
 fi
 
 GARAGE_VERSION=2.5.0

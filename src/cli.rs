@@ -31,7 +31,12 @@ Examples:
   backupctl prune --dry-run                which snapshots retention keeps, and why
   backupctl run --due --prune              for cron: run what is due, then prune
   backupctl schedule                       next run times and last results
-  backupctl daemon                         run the schedules in one long-running process";
+  backupctl daemon                         run the schedules in one long-running process
+  backupctl notify test                    send a test event to every notifier
+  backupctl run --due --metrics-file /var/lib/node_exporter/textfile_collector/backupctl.prom
+                                           ... and write Prometheus metrics
+  backupctl schedule --systemd             systemd units for the daemon or a 5-minute timer
+  backupctl completions bash               shell completions (bash, zsh, fish)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -65,6 +70,14 @@ pub struct Cli {
     /// For a disaster restore on a machine whose config does not pin the key yet.
     #[arg(long, global = true, value_name = "KEY")]
     pub trust: Vec<String>,
+    /// Log records as plain text lines, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+    /// Append log records to this file instead of writing them to stderr
+    /// (results and summaries still go to stdout). The file gets level info
+    /// and above even with -q, so it keeps every policy's summary line.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -129,6 +142,65 @@ pub enum Command {
     /// each target that needs them; the manifest is written last. Incomplete S3
     /// multipart uploads left by a crash or an outage are aborted first.
     Sync(SyncArgs),
+    /// Notifications: `notify test` sends a test event to every notifier.
+    #[command(subcommand)]
+    Notify(NotifyCommand),
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    ///
+    /// bash: `backupctl completions bash > /etc/bash_completion.d/backupctl`;
+    /// zsh: into a directory of $fpath as `_backupctl`; fish:
+    /// `~/.config/fish/completions/backupctl.fish`.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), or write every page into a directory.
+    Man(ManArgs),
+}
+
+/// The log record format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `--metrics-file` (run, verify, prune, sync, daemon).
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Afterwards, write Prometheus metrics for every policy to this file
+    /// (textfile-collector format, replaced atomically), e.g.
+    /// /var/lib/node_exporter/textfile_collector/backupctl.prom.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Send a test event to every notifier: the global ones, and those of
+    /// POLICY (default: of every policy). Exit 1 if any failed.
+    Test(NotifyTestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NotifyTestArgs {
+    /// Only the global notifiers and this policy's.
+    pub policy: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write backupctl.1 and one page per command (backupctl-run.1, ...)
+    /// into this directory instead of printing backupctl.1.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 /// `--wait [DURATION]`: no value waits as long as it takes.
@@ -148,6 +220,8 @@ pub struct PruneArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +229,11 @@ pub struct ScheduleArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Print systemd units instead: backupctl.service (the daemon), or
+    /// backupctl-run.service/.timer (`-q run --due --prune` every 5 minutes)
+    /// and backupctl-verify.service/.timer (`-q verify --due` hourly).
+    #[arg(long, conflicts_with = "json")]
+    pub systemd: bool,
 }
 
 #[derive(Debug, Args)]
@@ -162,6 +241,8 @@ pub struct DaemonArgs {
     /// Do not prune after each complete run.
     #[arg(long)]
     pub no_prune: bool,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,6 +303,8 @@ pub struct RunArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +380,8 @@ pub struct VerifyArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 fn parse_wait(s: &str) -> Result<Duration, String> {
@@ -324,6 +409,8 @@ pub struct SyncArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 fn parse_time(s: &str) -> Result<DateTime<FixedOffset>, String> {

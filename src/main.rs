@@ -11,6 +11,7 @@
 use backupctl::cli::{Cli, Command};
 use backupctl::config::{self, Config};
 use backupctl::error::{exit_code_for, ExitCode};
+use backupctl::observe::Observe;
 use backupctl::ops::due::Job;
 use backupctl::ops::each::{for_each_policy, Coded, Locking, Outcome, Plan};
 use backupctl::ops::{self};
@@ -21,11 +22,19 @@ use tokio_util::sync::CancellationToken;
 
 fn main() {
     let cli = Cli::parse();
-    report::init(if cli.quiet {
+    let log = report::LogOptions {
+        json: cli.log_format == backupctl::cli::LogFormat::Json,
+        file: cli.log_file.clone(),
+    };
+    let verbosity = if cli.quiet {
         -1
     } else {
         cli.verbose.min(3) as i8
-    });
+    };
+    if let Err(e) = report::init_with(verbosity, &log) {
+        eprintln!("error: {e}");
+        std::process::exit(ExitCode::Usage.code());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -38,6 +47,8 @@ fn main() {
             code
         }
     };
+    // Notifications still queued: at most one delivery bound (see notify).
+    rt.block_on(backupctl::notify::flush());
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     std::process::exit(code.code());
 }
@@ -91,9 +102,76 @@ fn locking(op: &'static str, dry_run: bool, wait: Option<std::time::Duration>) -
     (!dry_run).then_some(Locking::Take { op, wait })
 }
 
+/// `--metrics-file`: refresh the policies that acted, write every policy's
+/// metrics. A file that cannot be written is an error message, not a
+/// changed exit code.
+async fn write_metrics<T: Observe>(cfg: &Config, m: &backupctl::cli::MetricsArgs, o: &Outcome<T>) {
+    let Some(path) = &m.metrics_file else {
+        return;
+    };
+    let mut names: Vec<String> = o
+        .results
+        .iter()
+        .filter_map(|r| r.summary())
+        .map(|s| s.policy)
+        .collect();
+    names.sort();
+    names.dedup();
+    if let Err(e) = backupctl::metrics::write(cfg, &names, path).await {
+        eprintln!("error: --metrics-file {}: {e}", path.display());
+    }
+}
+
+/// Commands that need no configuration: completions, man pages, systemd units.
+fn standalone(cli: &Cli) -> Option<ExitCode> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    match &cli.command {
+        Command::Completions(a) => {
+            let _ = std::io::stdout()
+                .write_all(&backupctl::contrib::completions(a.shell, Cli::command()));
+        }
+        Command::Man(a) => {
+            let pages = backupctl::contrib::man_pages(Cli::command());
+            match &a.out_dir {
+                None => {
+                    let _ = std::io::stdout().write_all(&pages[0].1);
+                }
+                Some(dir) => {
+                    for (name, roff) in &pages {
+                        if let Err(e) = std::fs::write(dir.join(name), roff) {
+                            eprintln!("error: writing {}: {e}", dir.join(name).display());
+                            return Some(ExitCode::Failure);
+                        }
+                    }
+                    if !cli.quiet {
+                        say(format!(
+                            "wrote {} man pages to {}",
+                            pages.len(),
+                            dir.display()
+                        ));
+                    }
+                }
+            }
+        }
+        Command::Schedule(a) if a.systemd => {
+            let config = cli
+                .config
+                .as_deref()
+                .map(|p| std::path::absolute(p).unwrap_or(p.to_path_buf()));
+            print!("{}", backupctl::contrib::systemd_units(config.as_deref()));
+        }
+        _ => return None,
+    }
+    Some(ExitCode::Success)
+}
+
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Key(k) = &cli.command {
         return key_command(&cli, k);
+    }
+    if let Some(code) = standalone(&cli) {
+        return Ok(code);
     }
     let mut cfg = load(&cli)?;
     for k in &cli.trust {
@@ -142,11 +220,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 due: a.due.then_some(Job::Run),
                 locking: locking("run", a.dry_run, a.wait),
                 cancel: Some(cancel),
+                op: Some("run"),
             };
             let o = for_each_policy(cfg, &plan, move |p, d| {
                 Box::pin(async move { ops::run::run_step(cfg, p, d.as_ref(), opts, prune).await })
             })
             .await?;
+            write_metrics(cfg, &a.metrics, &o).await;
             Ok(Show {
                 json: a.json,
                 quiet,
@@ -159,12 +239,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let plan = Plan {
                 names: &a.policies,
                 locking: locking("prune", a.dry_run, a.wait),
+                op: Some("prune"),
                 ..Default::default()
             };
             let o = for_each_policy(cfg, &plan, move |p, _| {
                 Box::pin(ops::prune::prune_policy(cfg, p, opts))
             })
             .await?;
+            write_metrics(cfg, &a.metrics, &o).await;
             Ok(Show {
                 json: a.json,
                 quiet,
@@ -181,12 +263,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let plan = Plan {
                 names: &a.policies,
                 due: a.due.then_some(Job::Verify),
+                op: Some("verify"),
                 ..Default::default()
             };
             let o = for_each_policy(cfg, &plan, move |p, _| {
                 Box::pin(ops::verify::verify_policy(cfg, p, opts))
             })
             .await?;
+            write_metrics(cfg, &a.metrics, &o).await;
             Ok(Show {
                 json: a.json,
                 quiet,
@@ -203,12 +287,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let plan = Plan {
                 names: &a.policies,
                 locking: locking("sync", a.dry_run, a.wait),
+                op: Some("sync"),
                 ..Default::default()
             };
             let o = for_each_policy(cfg, &plan, move |p, _| {
                 Box::pin(ops::sync::sync_policy(cfg, p, opts))
             })
             .await?;
+            write_metrics(cfg, &a.metrics, &o).await;
             Ok(Show {
                 json: a.json,
                 quiet,
@@ -242,10 +328,25 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             .outcome(&o, ops::schedule::render))
         }
-        Command::Key(_) => unreachable!("handled before loading the configuration"),
+        Command::Key(_) | Command::Completions(_) | Command::Man(_) => {
+            unreachable!("handled before loading the configuration")
+        }
+        Command::Notify(backupctl::cli::NotifyCommand::Test(a)) => {
+            let r = ops::notify_test::notify_test(cfg, a.policy.as_deref()).await?;
+            let code = r.exit_code();
+            Show {
+                json: a.json,
+                quiet,
+            }
+            .one(&r, code, ops::notify_test::render);
+            Ok(code)
+        }
         Command::Daemon(a) => {
             let cancel = cancel_on_signal();
-            let opts = ops::daemon::DaemonOptions { prune: !a.no_prune };
+            let opts = ops::daemon::DaemonOptions {
+                prune: !a.no_prune,
+                metrics_file: a.metrics.metrics_file.clone(),
+            };
             ops::daemon::run_daemon(cfg, &opts, cancel).await?;
             Ok(ExitCode::Success)
         }

@@ -13,39 +13,118 @@ static MULTI: OnceLock<Option<MultiProgress>> = OnceLock::new();
 
 /// Set up logging. `verbosity`: -1 quiet (warnings and errors), 0 normal, 1+ debug.
 pub fn init(verbosity: i8) {
+    let _ = init_with(verbosity, &LogOptions::default());
+}
+
+/// Where and how log records go (`--log-format`, `--log-file`).
+#[derive(Debug, Clone, Default)]
+pub struct LogOptions {
+    /// One JSON object per record instead of a text line.
+    pub json: bool,
+    /// Append records to this file instead of stderr; it gets level info
+    /// and above even when quiet.
+    pub file: Option<std::path::PathBuf>,
+}
+
+/// Set up logging: the console (stderr; above the progress bars on a
+/// terminal) or `--log-file`, and the in-memory tail that notifications
+/// carry ([`crate::notify::tail`]). Fails only when the log file cannot be
+/// opened.
+pub fn init_with(verbosity: i8, opts: &LogOptions) -> Result<(), String> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, Layer, Registry};
+    type Boxed = Box<dyn Layer<Registry> + Send + Sync>;
+
     let tty = std::io::stderr().is_terminal();
     let multi = MULTI
         .get_or_init(|| tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())));
-    // Quiet (cron): only errors reach the log; the command's own summary says
-    // what failed and what to do.
-    let level = match verbosity {
+    // Quiet (cron): only errors reach the console; the command's own summary
+    // says what failed and what to do.
+    let level = |v: i8| match v {
         i8::MIN..=-1 => "error",
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
-    let filter =
+    let filter = |v: i8| {
         tracing_subscriber::EnvFilter::try_from_env("BACKUPCTL_LOG").unwrap_or_else(|_| {
             // Third-party libraries stay silent: their warnings (the AWS SDK's
             // per-provider credential notes, skipped part-level checksums) are
             // not actionable, and backupctl's own errors carry their causes.
             // BACKUPCTL_LOG brings them back for debugging.
-            tracing_subscriber::EnvFilter::new(format!("backupctl={level},off"))
-        });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(tty);
-    let _ = match multi.clone() {
-        Some(m) => builder
-            .without_time()
-            .with_writer(move || SuspendWriter {
-                multi: m.clone(),
-                buf: Vec::new(),
-            })
-            .try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
+            tracing_subscriber::EnvFilter::new(format!("backupctl={},off", level(v)))
+        })
     };
+    let mut layers: Vec<Boxed> = Vec::new();
+    match &opts.file {
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o640)
+                .open(path)
+                .map_err(|e| format!("--log-file {}: {e}", path.display()))?;
+            let writer = std::sync::Mutex::new(file);
+            let l = fmt::layer().with_target(false).with_ansi(false);
+            let file_filter = filter(verbosity.max(0));
+            layers.push(if opts.json {
+                l.json()
+                    .flatten_event(true)
+                    .with_writer(writer)
+                    .with_filter(file_filter)
+                    .boxed()
+            } else {
+                l.with_writer(writer).with_filter(file_filter).boxed()
+            });
+        }
+        None => {
+            let l = fmt::layer().with_target(false).with_ansi(tty && !opts.json);
+            let console = filter(verbosity);
+            layers.push(match (multi.clone(), opts.json) {
+                (Some(m), false) => l
+                    .without_time()
+                    .with_writer(move || SuspendWriter {
+                        multi: m.clone(),
+                        buf: Vec::new(),
+                    })
+                    .with_filter(console)
+                    .boxed(),
+                (Some(m), true) => l
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(move || SuspendWriter {
+                        multi: m.clone(),
+                        buf: Vec::new(),
+                    })
+                    .with_filter(console)
+                    .boxed(),
+                (None, false) => l.with_writer(std::io::stderr).with_filter(console).boxed(),
+                (None, true) => l
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr)
+                    .with_filter(console)
+                    .boxed(),
+            });
+        }
+    }
+    // What notifications carry: backupctl's records at info and above (debug
+    // with -v), as text, without the notifiers' own reports.
+    let tail_level = level(verbosity.max(0));
+    layers.push(
+        fmt::layer()
+            .with_target(false)
+            .with_ansi(false)
+            .with_writer(crate::notify::tail::TailWriter::default)
+            .with_filter(tracing_subscriber::EnvFilter::new(format!(
+                "backupctl={tail_level},backupctl::notify=off,off"
+            )))
+            .boxed(),
+    );
+    let _ = tracing_subscriber::registry().with(layers).try_init();
+    Ok(())
 }
 
 /// Writes a log record above the progress bars.

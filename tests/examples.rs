@@ -193,9 +193,14 @@ fn classify(b: &Block, t: &Table) -> Kind {
         "retention",
         "sources",
         "verify",
+        "max_age",
     ];
+    // `[[notify]]` is accepted in both; alone it is a backupctl.toml block
+    // (notifiers for every policy).
+    let only_notify = !t.is_empty() && t.keys().all(|k| k == "notify");
     let config = t.get("targets").is_some_and(Value::is_table)
-        || CONFIG_ONLY.iter().any(|k| t.contains_key(*k));
+        || CONFIG_ONLY.iter().any(|k| t.contains_key(*k))
+        || only_notify;
     let policy = t.get("targets").is_some_and(Value::is_array)
         || POLICY_ONLY.iter().any(|k| t.contains_key(*k));
     match (config, policy) {
@@ -241,6 +246,10 @@ fn foreign_paths(v: &Value, base: &Path, at: &str, out: &mut Vec<String>) {
         }
         Value::Table(t) => {
             for (k, x) in t {
+                // A notifier's program is run, never written to.
+                if k == "command" && at.contains(".notify[") {
+                    continue;
+                }
                 foreign_paths(x, base, &format!("{at}.{k}"), out);
             }
         }
@@ -725,6 +734,7 @@ const WHERE: &[(&str, &[&str])] = &[
         "`[verify.postgres]`, `[verify.mysql]`",
         &["verify.postgres", "verify.mysql"],
     ),
+    ("`[[notify]]`", &["notify"]),
 ];
 
 const TARGET_TYPES: &[&str] = &["fs", "s3"];
@@ -847,8 +857,10 @@ fn probe_files(scope: &str, extra: Option<String>, kind: Option<&str>) -> (Table
     };
     source.insert("type".into(), src_type.into());
     let mut verify = Table::new();
+    let mut notify: Table = toml::toml! { on = ["failure"] command = ["true"] };
     let table: &mut Table = match scope {
         "config" => &mut cfg,
+        "notify" => &mut notify,
         "fs" => &mut fs,
         "s3" => {
             fs = toml::toml! { type = "s3" bucket = "b" location = "x" };
@@ -873,6 +885,9 @@ fn probe_files(scope: &str, extra: Option<String>, kind: Option<&str>) -> (Table
     }
     if !verify.is_empty() {
         policy.insert("verify".into(), Value::Table(verify));
+    }
+    if scope == "notify" {
+        cfg.insert("notify".into(), Value::Array(vec![Value::Table(notify)]));
     }
     policy.insert("sources".into(), Value::Array(vec![Value::Table(source)]));
     let mut targets = Table::new();

@@ -41,6 +41,8 @@ pub struct Config {
     /// Policy files that could not be loaded, by policy name (file stem).
     /// They fail on their own: every other policy still runs.
     pub broken: BTreeMap<String, ConfigError>,
+    /// `[[notify]]` of backupctl.toml: notifiers for every policy.
+    pub notify: Vec<crate::notify::NotifySpec>,
 }
 
 /// A validated policy (`policies/<name>.toml`).
@@ -58,6 +60,10 @@ pub struct Policy {
     pub sources: Vec<SourceSpec>,
     pub verify: VerifySpec,
     pub verify_schedule: Option<Schedule>,
+    /// The policy's own `[[notify]]` notifiers (the global ones apply too).
+    pub notify: Vec<crate::notify::NotifySpec>,
+    /// `max_age`: the newest snapshot may be this old before `stale`.
+    pub max_age: Option<std::time::Duration>,
 }
 
 /// Find the config file: explicit flag, then `BACKUPCTL_CONFIG` (handled by
@@ -167,6 +173,7 @@ impl Config {
             trust.add(key);
         }
 
+        let notify = crate::notify::spec::parse_list(path, "backupctl.toml", raw.notify)?;
         let mut targets = BTreeMap::new();
         for (name, value) in raw.targets {
             let key = format!("targets.{name}");
@@ -223,6 +230,7 @@ impl Config {
             targets,
             policies,
             broken,
+            notify,
         })
     }
 
@@ -508,7 +516,18 @@ impl Policy {
             })
             .transpose()?;
 
+        let notify = crate::notify::spec::parse_list(file, &format!("policy {name}"), raw.notify)?;
+        let max_age = raw
+            .max_age
+            .as_deref()
+            .map(|t| {
+                crate::duration::parse_elapsed(t)
+                    .map_err(|e| ConfigError::new(&fd, "max_age", e.to_string()))
+            })
+            .transpose()?;
         Ok(Policy {
+            notify,
+            max_age,
             name,
             file: file.to_path_buf(),
             schedule,

@@ -18,6 +18,9 @@ pub(super) struct RawConfig {
     pub trusted_keys: Vec<String>,
     #[serde(default)]
     pub targets: BTreeMap<String, toml::Value>,
+    /// `[[notify]]`: notifiers for every policy (see [`crate::notify`]).
+    #[serde(default)]
+    pub notify: Vec<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,6 +35,11 @@ pub(super) struct RawPolicy {
     #[serde(default)]
     pub sources: Vec<toml::Value>,
     pub verify: Option<toml::Value>,
+    /// `[[notify]]`: this policy's own notifiers.
+    #[serde(default)]
+    pub notify: Vec<toml::Value>,
+    /// How old the newest snapshot may be before `stale` is notified.
+    pub max_age: Option<String>,
 }
 
 /// Reads the `type` key of a tagged table and returns the remaining table.

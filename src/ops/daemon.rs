@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 pub struct DaemonOptions {
     /// Prune after each complete run (default on).
     pub prune: bool,
+    /// Write the Prometheus textfile after each job (`--metrics-file`).
+    pub metrics_file: Option<std::path::PathBuf>,
 }
 
 struct Slot<'a> {
@@ -131,12 +133,23 @@ pub async fn run_daemon(
         let wait = (slots[i].fire_at - crate::clock::now())
             .to_std()
             .unwrap_or(Duration::ZERO);
+        // Between jobs, wake every few minutes to notice stale policies.
+        let nap = wait.min(crate::notify::stale::DAEMON_CHECK_EVERY);
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(nap) => {}
             _ = cancel.cancelled() => break,
+        }
+        if nap < wait {
+            crate::notify::stale::check_all(cfg, crate::clock::now());
+            continue;
         }
         let (policy, job) = (slots[i].policy, slots[i].job);
         execute(cfg, opts, policy, job, &cancel).await;
+        if let Some(path) = &opts.metrics_file {
+            if let Err(e) = crate::metrics::write(cfg, &names_of(policy), path).await {
+                tracing::error!("daemon: writing the metrics file {}: {e}", path.display());
+            }
+        }
         if cancel.is_cancelled() {
             break;
         }
@@ -179,6 +192,7 @@ async fn execute(
                     wait: None,
                 }),
                 cancel: Some(cancel.clone()),
+                op: Some("run"),
                 ..Default::default()
             };
             let ro = run::RunOptions {
@@ -191,6 +205,7 @@ async fn execute(
                     // The occurrence fired: run, and catch up any target an
                     // earlier partial run missed.
                     let mut d = due::decide(cfg, p, Job::Run, crate::clock::now()).await?;
+                    crate::notify::stale::check(cfg, p, d.last_success, crate::clock::now());
                     d.due = true;
                     run::run_step(cfg, p, Some(&d), ro, prune).await
                 })
@@ -233,6 +248,7 @@ async fn execute(
             let plan = Plan {
                 names: &names,
                 cancel: Some(cancel.clone()),
+                op: Some("verify"),
                 ..Default::default()
             };
             let vo = verify::VerifyOptions::default();
@@ -254,6 +270,10 @@ async fn execute(
             });
         }
     }
+}
+
+fn names_of(policy: &Policy) -> Vec<String> {
+    vec![policy.name.clone()]
 }
 
 /// One log line per part of each result; failures at error level.

@@ -74,6 +74,10 @@ pub struct Plan<'a> {
     pub locking: Option<Locking>,
     /// Stop starting new policies once cancelled.
     pub cancel: Option<CancellationToken>,
+    /// The operation ("run", "verify", "prune", "sync"), for the summary
+    /// line and the notification of a policy that fails without a result
+    /// (see [`crate::observe`]); None: nothing is said.
+    pub op: Option<&'static str>,
 }
 
 /// Run `step` for each policy of `plan`. `step` gets the policy and, with
@@ -85,6 +89,7 @@ pub async fn for_each_policy<'c, T, F>(
 ) -> Result<Outcome<T>, crate::error::ConfigError>
 where
     F: FnMut(&'c Policy, Option<Decision>) -> BoxFuture<'c, anyhow::Result<T>>,
+    T: crate::observe::Observe,
 {
     let sel = cfg.selection(plan.names)?;
     let mut out = Outcome {
@@ -93,15 +98,19 @@ where
         not_due: 0,
     };
     for (name, e) in &sel.broken {
+        let mark = crate::notify::tail::mark();
+        let error = format!("policy file not loaded: {e}");
+        crate::observe::failed(cfg, plan.op, name, &error, mark);
         out.failures.push(PolicyFailure {
             policy: name.clone(),
             error: format!("policy file not loaded: {e}"),
             code: ExitCode::Usage,
         });
     }
-    let fail = |out: &mut Outcome<T>, policy: &str, e: anyhow::Error| {
+    let fail = |out: &mut Outcome<T>, policy: &str, e: anyhow::Error, mark: u64| {
         let error = format!("{e:#}");
         tracing::debug!("policy {policy}: {error}");
+        crate::observe::failed(cfg, plan.op, policy, &error, mark);
         out.failures.push(PolicyFailure {
             policy: policy.to_string(),
             error,
@@ -117,20 +126,25 @@ where
             });
             continue;
         }
+        let mark = crate::notify::tail::mark();
         let decision = match plan.due {
             None => None,
             Some(job) => match due::decide(cfg, p, job, crate::clock::now()).await {
-                Ok(d) if d.acts() => {
-                    tracing::info!("{}", d.describe());
-                    Some(d)
-                }
                 Ok(d) => {
-                    tracing::debug!("{}", d.describe());
-                    out.not_due += 1;
-                    continue;
+                    if job == Job::Run {
+                        crate::notify::stale::check(cfg, p, d.last_success, crate::clock::now());
+                    }
+                    if d.acts() {
+                        tracing::info!("{}", d.describe());
+                        Some(d)
+                    } else {
+                        tracing::debug!("{}", d.describe());
+                        out.not_due += 1;
+                        continue;
+                    }
                 }
                 Err(e) => {
-                    fail(&mut out, &p.name, e);
+                    fail(&mut out, &p.name, e, mark);
                     continue;
                 }
             },
@@ -140,14 +154,18 @@ where
             Locking::Take { op, wait } => match policy_lock(cfg, &p.name, op, wait).await {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    fail(&mut out, &p.name, e);
+                    fail(&mut out, &p.name, e, mark);
                     continue;
                 }
             },
         };
+        let started = std::time::Instant::now();
         match step(p, decision).await {
-            Ok(r) => out.results.push(r),
-            Err(e) => fail(&mut out, &p.name, e),
+            Ok(r) => {
+                crate::observe::finished(cfg, &r, mark, started.elapsed().as_secs_f64());
+                out.results.push(r)
+            }
+            Err(e) => fail(&mut out, &p.name, e, mark),
         }
     }
     Ok(out)

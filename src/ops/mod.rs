@@ -7,6 +7,7 @@ pub mod due;
 pub mod each;
 pub mod init;
 pub mod list;
+pub mod notify_test;
 pub mod prune;
 pub mod restore;
 pub mod restore_db;

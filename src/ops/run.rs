@@ -858,6 +858,9 @@ pub async fn run_step(
         prune_error: None,
     };
     if decision.is_none_or(|d| d.due) {
+        if !opts.dry_run {
+            crate::notify::emit(cfg, Some(policy), crate::notify::start_event(policy));
+        }
         step.run = Some(run_policy(cfg, policy, opts).await?);
     }
     if let Some(d) = decision.filter(|d| !d.catch_up.is_empty()) {

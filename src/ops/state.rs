@@ -35,6 +35,12 @@ pub struct PolicyState {
     /// snapshot id -> when it was last verified.
     #[serde(default)]
     pub verified: std::collections::BTreeMap<String, DateTime<FixedOffset>>,
+    /// What `--metrics-file` reports (counters, last success, per target).
+    #[serde(default)]
+    pub metrics: crate::metrics::PolicyMetrics,
+    /// Notification bookkeeping (`stale` sent once per stale spell).
+    #[serde(default)]
+    pub notify: crate::notify::NotifyState,
 }
 
 fn path(state_dir: &Path, policy: &str) -> PathBuf {
