@@ -13,7 +13,7 @@
 use crate::archive::ExtractOptions;
 use crate::config::{Config, Policy, SourceSpec};
 use crate::error::CodedError;
-use crate::ops::restore::fetch_with_failover;
+use crate::repo::fetch;
 use crate::source::db::DatabaseFacts;
 use crate::source::{mysql, postgres};
 use serde::Serialize;
@@ -71,7 +71,7 @@ pub async fn restore_into_database(
     if o.into.is_empty() {
         return Err(CodedError::usage("--into-database: expected a database name").into());
     }
-    let (targets, catalog) = crate::ops::load_catalog(cfg, policy, o.target.as_deref()).await?;
+    let catalog = crate::ops::load_catalog(cfg, policy, o.target.as_deref()).await?;
     let entry = catalog.resolve(o.snapshot.as_deref())?;
     let m = entry.manifest.clone();
     let rec = m.source(&o.source).ok_or_else(|| {
@@ -128,17 +128,9 @@ pub async fn restore_into_database(
         preserve_owner: false,
         ..Default::default()
     };
-    let (tname, dir, _rep, skipped) = fetch_with_failover(
-        &targets,
-        &catalog,
-        &policy.name,
-        &m,
-        rec,
-        &scratch_root,
-        &opts,
-        None,
-    )
-    .await?;
+    let fetched =
+        fetch::unpack_first_intact(&catalog, entry, rec, &scratch_root, &opts, None).await?;
+    let (tname, dir, skipped) = (fetched.target, fetched.value.dir, fetched.skipped);
     tracing::info!(
         "restore policy={} snapshot={} source={} database={} from target={} into database {}",
         policy.name,
