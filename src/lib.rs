@@ -1,8 +1,9 @@
 //! backupctl: backup orchestration and integrity verification.
 //!
 //! The library holds everything; `main.rs` is a thin CLI over [`ops`].
-//! Rooms depend downward: `ops` uses everything; `archive`, `target`,
-//! `retention` and `schedule` know nothing of each other or of the CLI.
+//! Rooms depend downward: `ops` uses everything; `repo` uses `storage`;
+//! `archive`, `storage`, `retention` and `schedule` know nothing of each
+//! other or of the CLI.
 
 pub mod archive;
 pub mod cli;
@@ -22,6 +23,6 @@ pub mod report;
 pub mod retention;
 pub mod schedule;
 pub mod source;
-pub mod target;
+pub mod storage;
 pub mod trust;
 pub mod util;

@@ -118,14 +118,13 @@ pub async fn refresh(cfg: &Config, policies: &[String]) {
         let Some(policy) = cfg.policies.get(name) else {
             continue;
         };
-        let targets = match crate::ops::open_targets(cfg, policy, None).await {
-            Ok(t) => t,
+        let catalog = match crate::ops::open_catalog(cfg, policy, None).await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::debug!("metrics: policy {name}: {e:#}");
                 continue;
             }
         };
-        let catalog = crate::repo::Catalog::load(&policy.name, &targets, &cfg.trust()).await;
         let mut counts: BTreeMap<String, Option<u64>> = BTreeMap::new();
         for s in &catalog.targets {
             counts.insert(s.target.name().to_string(), s.view.is_ok().then_some(0));

@@ -1,7 +1,7 @@
 //! The on-target format: one plain `.tar.zst` per source per snapshot, named by
 //! the BLAKE3 of its own bytes, plus a JSON manifest per snapshot.
 //!
-//! - [`writer`]: entries -> tar -> zstd -> BLAKE3, streamed to a staging file.
+//! - [`writer`]: entries -> tar -> zstd -> BLAKE3, streamed to one sink.
 //! - [`reader`]: hash-checked, manifest-bounded, path-safe unpacking.
 //! - [`beneath`]: creating paths beneath a directory descriptor, never
 //!   through a symbolic link.

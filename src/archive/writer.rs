@@ -1,5 +1,6 @@
 //! Streaming archive writer: entries -> tar -> zstd (multi-threaded) -> BLAKE3
-//! -> a staged file. Memory stays bounded whatever the archive size.
+//! -> one sink (the caller fans it out to its destinations). Memory stays
+//! bounded whatever the archive size.
 //!
 //! Output is deterministic: the same entries with the same metadata produce
 //! the same bytes (zstd's multi-threaded output does not depend on the number
@@ -65,88 +66,12 @@ impl<W: Write> Write for CountingWriter<W> {
     }
 }
 
-/// Start kernel writeback every this many bytes, so the final fsync is short
-/// and disk writes overlap compression.
-const WRITEBACK_STEP: u64 = 8 << 20;
-
-/// One destination file of the compressed bytes.
-struct Output {
-    file: File,
-    error: Option<io::Error>,
-    written: u64,
-    flushed_to: u64,
-    writeback: bool,
-}
-
-/// Writes the compressed stream to several files at once (each fs target's
-/// temporary file, and a staging file for network targets). A destination that
-/// fails is dropped without disturbing the others; only when every
-/// destination has failed does writing fail.
-pub struct MultiSink {
-    outputs: Vec<Output>,
-}
-
-impl MultiSink {
-    /// `files`: (file, start writeback early?)
-    pub fn new(files: Vec<(File, bool)>) -> MultiSink {
-        MultiSink {
-            outputs: files
-                .into_iter()
-                .map(|(file, writeback)| Output {
-                    file,
-                    error: None,
-                    written: 0,
-                    flushed_to: 0,
-                    writeback,
-                })
-                .collect(),
-        }
-    }
-}
-
-impl Write for MultiSink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut any = false;
-        for o in self.outputs.iter_mut().filter(|o| o.error.is_none()) {
-            if let Err(e) = o.file.write_all(buf) {
-                o.error = Some(e);
-                continue;
-            }
-            any = true;
-            o.written += buf.len() as u64;
-            if o.writeback && o.written - o.flushed_to >= WRITEBACK_STEP {
-                use std::os::fd::AsRawFd;
-                // Best effort: ask the kernel to start writing this range out now.
-                unsafe {
-                    libc::sync_file_range(
-                        o.file.as_raw_fd(),
-                        o.flushed_to as libc::off64_t,
-                        (o.written - o.flushed_to) as libc::off64_t,
-                        libc::SYNC_FILE_RANGE_WRITE,
-                    );
-                }
-                o.flushed_to = o.written;
-            }
-        }
-        if any {
-            Ok(buf.len())
-        } else {
-            Err(self
-                .outputs
-                .iter_mut()
-                .find_map(|o| o.error.take())
-                .unwrap_or_else(|| io::Error::other("no destination for the archive")))
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// tar writes headers and 8 KiB blocks; zstd's multi-threaded encoder takes
 /// locks on every call, so it is fed through a 1 MiB buffer.
 type Sink = CountingWriter<
-    BufWriter<zstd::stream::write::Encoder<'static, HashingWriter<BufWriter<MultiSink>>>>,
+    BufWriter<
+        zstd::stream::write::Encoder<'static, HashingWriter<BufWriter<Box<dyn Write + Send>>>>,
+    >,
 >;
 
 /// What a finished archive is.
@@ -162,8 +87,6 @@ pub struct ArchiveSummary {
     /// Source entries that could not be read (relative paths, directories
     /// ending in `/`): the snapshot lacks them.
     pub unreadable: Vec<String>,
-    /// Each destination file (in the order given to `create`), or why it failed.
-    pub outputs: Vec<Result<File, io::Error>>,
 }
 
 /// The tar mtime of generated entries (see [`EntryMeta::generated`]): the
@@ -221,17 +144,17 @@ pub struct ArchiveWriter {
 }
 
 impl ArchiveWriter {
-    /// Start an archive staged at `path` (created, truncated).
-    /// Start an archive written to every file in `outputs` at once
-    /// ((file, start writeback early?)).
+    /// Start an archive whose compressed bytes go to `out` (flushed by
+    /// [`ArchiveWriter::finish`], then dropped; durability is the sink's
+    /// business).
     pub fn create(
-        outputs: Vec<(File, bool)>,
+        out: Box<dyn Write + Send>,
         level: i32,
         workers: u32,
         progress: Option<Arc<Progress>>,
     ) -> io::Result<ArchiveWriter> {
         let hashing = HashingWriter {
-            inner: BufWriter::with_capacity(1 << 20, MultiSink::new(outputs)),
+            inner: BufWriter::with_capacity(1 << 20, out),
             hasher: blake3::Hasher::new(),
             count: 0,
         };
@@ -479,22 +402,14 @@ impl ArchiveWriter {
         Ok((names, whole.finalize().to_hex().to_string(), total))
     }
 
-    /// Finish the tar stream and the zstd frame and flush every destination.
-    /// Durability (fsync) is the destination's business.
+    /// Finish the tar stream and the zstd frame and flush the sink.
+    /// Durability (fsync) is the sink's business.
     pub fn finish(self) -> io::Result<ArchiveSummary> {
         let counting = self.builder.into_inner()?;
         let tar_size = counting.count;
         let enc = counting.inner.into_inner().map_err(|e| e.into_error())?;
         let hashing = enc.finish()?;
-        let sink = hashing.inner.into_inner().map_err(|e| e.into_error())?;
-        let outputs = sink
-            .outputs
-            .into_iter()
-            .map(|o| match o.error {
-                Some(e) => Err(e),
-                None => Ok(o.file),
-            })
-            .collect();
+        drop(hashing.inner.into_inner().map_err(|e| e.into_error())?);
         Ok(ArchiveSummary {
             hash: hashing.hasher.finalize().to_hex().to_string(),
             archive_size: hashing.count,
@@ -504,7 +419,6 @@ impl ArchiveWriter {
             files: self.files,
             warnings: self.warnings,
             unreadable: self.unreadable,
-            outputs,
         })
     }
 }
@@ -630,7 +544,7 @@ mod tests {
     fn the_root_is_recorded_as_dot_slash_and_refused_names_warned() {
         let dir = tempfile::tempdir().unwrap();
         let out = File::create(dir.path().join("a.tar.zst")).unwrap();
-        let mut w = ArchiveWriter::create(vec![(out, false)], 3, 0, None).unwrap();
+        let mut w = ArchiveWriter::create(Box::new(out), 3, 0, None).unwrap();
         let meta = EntryMeta {
             mode: 0o750,
             uid: 0,

@@ -60,7 +60,7 @@ async fn probe(cfg: &Config, name: &str) -> ProbeResult {
         error: None,
         note: None,
     };
-    let t = match crate::target::open(cfg, name).await {
+    let t = match crate::storage::open(cfg, name).await {
         Ok(t) => t,
         Err(e) => {
             r.error = Some(format!("{e:#}"));
@@ -69,8 +69,8 @@ async fn probe(cfg: &Config, name: &str) -> ProbeResult {
     };
     r.description = t.describe();
     match t.readiness().await {
-        Ok(crate::target::Readiness::Ready) => {}
-        Ok(crate::target::Readiness::CreatedOnFirstRun(note)) => {
+        Ok(crate::storage::Readiness::Ready) => {}
+        Ok(crate::storage::Readiness::CreatedOnFirstRun(note)) => {
             // Nothing to probe yet, and check never creates anything.
             r.ok = true;
             r.note = Some(note);
@@ -81,7 +81,7 @@ async fn probe(cfg: &Config, name: &str) -> ProbeResult {
             return r;
         }
     }
-    let key = format!(".backupctl-probe-{}", crate::util::random_hex(12));
+    let key = crate::repo::Key::probe().object();
     let payload = format!("backupctl probe {}", crate::util::random_hex(16)).into_bytes();
     let start = std::time::Instant::now();
     let res: Result<(), String> = async {

@@ -9,8 +9,7 @@
 //! wall clock (`TZ`). A policy without a schedule is never due.
 
 use crate::config::{Config, Policy};
-use crate::ops::{open_targets, state};
-use crate::repo::Catalog;
+use crate::ops::{open_catalog, state};
 use crate::schedule::Schedule;
 use chrono::{DateTime, FixedOffset, Local};
 use serde::Serialize;
@@ -141,8 +140,8 @@ pub async fn newest_on_targets(
     cfg: &Config,
     policy: &Policy,
 ) -> anyhow::Result<Option<DateTime<FixedOffset>>> {
-    let targets = open_targets(cfg, policy, None).await?;
-    let catalog = Catalog::load(&policy.name, &targets, &cfg.trust()).await;
+    // A decision, not a command: the run that follows warns and checks trust.
+    let catalog = open_catalog(cfg, policy, None).await?;
     Ok(catalog.entries.iter().map(|e| e.manifest.time).max())
 }
 

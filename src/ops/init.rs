@@ -47,12 +47,12 @@ async fn init_one(cfg: &Config, name: &str) -> InitResult {
         error: None,
     };
     let res = async {
-        let t = crate::target::open(cfg, name).await?;
+        let t = crate::storage::open(cfg, name).await?;
         r.description = t.describe();
         let fresh = t.init().await?;
         t.put_bytes(
-            crate::repo::RESTORE_FILE,
-            crate::repo::restore_instructions().into_bytes(),
+            &crate::repo::Key::RestoreReadme.object(),
+            crate::repo::readme::restore_instructions().into_bytes(),
         )
         .await?;
         anyhow::Ok(fresh)

@@ -56,7 +56,7 @@ pub struct PolicyListing {
 }
 
 pub async fn list_policy(cfg: &Config, policy: &Policy) -> anyhow::Result<PolicyListing> {
-    let (_targets, catalog) = crate::ops::load_catalog(cfg, policy, None).await?;
+    let catalog = crate::ops::load_catalog(cfg, policy, None).await?;
     Ok(listing(&catalog))
 }
 
@@ -93,14 +93,14 @@ pub fn listing(catalog: &Catalog) -> PolicyListing {
         })
         .collect();
     PolicyListing {
-        policy: catalog.policy.clone(),
+        policy: catalog.policy.to_string(),
         targets: catalog
             .targets
             .iter()
             .map(|s| TargetStatus {
                 name: s.target.name().to_string(),
                 location: s.target.location().to_string(),
-                reachable: s.view.is_ok(),
+                reachable: s.is_reachable(),
                 error: s.view.as_ref().err().cloned(),
             })
             .collect(),

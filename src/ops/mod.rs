@@ -20,7 +20,8 @@ pub mod verify;
 use crate::config::{Config, Policy};
 use crate::error::{CodedError, ExitCode};
 use crate::lock::{Lock, LockError};
-use crate::target::{self, DynTarget};
+use crate::repo::{Catalog, PolicyName};
+use crate::storage::{self, DynBackend};
 use std::time::Duration;
 
 /// Open the policy's targets in its order (or only `only`).
@@ -28,7 +29,7 @@ pub async fn open_targets(
     cfg: &Config,
     policy: &Policy,
     only: Option<&str>,
-) -> anyhow::Result<Vec<DynTarget>> {
+) -> anyhow::Result<Vec<DynBackend>> {
     let mut out = Vec::new();
     if let Some(name) = only {
         if !cfg.targets.contains_key(name) {
@@ -44,31 +45,41 @@ pub async fn open_targets(
                 policy.name
             );
         }
-        out.push(target::open(cfg, name).await?);
+        out.push(storage::open(cfg, name).await?);
         return Ok(out);
     }
     for name in &policy.targets {
-        out.push(target::open(cfg, name).await?);
+        out.push(storage::open(cfg, name).await?);
     }
     Ok(out)
 }
 
 /// Open the policy's targets (or only `only`), then read, authenticate and
-/// merge what they hold, warning about the targets that cannot be reached.
-/// A machine that trusts no key while the targets hold signed snapshots
-/// gets the usage error that says which key to pin.
+/// merge what they hold (no warnings, no trust check: see [`load_catalog`]).
+pub async fn open_catalog(
+    cfg: &Config,
+    policy: &Policy,
+    only: Option<&str>,
+) -> anyhow::Result<Catalog> {
+    let targets = open_targets(cfg, policy, only).await?;
+    Ok(Catalog::load(&PolicyName::of(policy), &targets, &cfg.trust()).await)
+}
+
+/// The catalog every command works from: [`open_catalog`], warning about the
+/// targets that cannot be reached. A machine that trusts no key while the
+/// targets hold signed snapshots gets the usage error that says which key
+/// to pin.
 pub async fn load_catalog(
     cfg: &Config,
     policy: &Policy,
     only: Option<&str>,
-) -> anyhow::Result<(Vec<DynTarget>, crate::repo::Catalog)> {
-    let targets = open_targets(cfg, policy, only).await?;
-    let catalog = crate::repo::Catalog::load(&policy.name, &targets, &cfg.trust()).await;
+) -> anyhow::Result<Catalog> {
+    let catalog = open_catalog(cfg, policy, only).await?;
     for (t, e) in catalog.unreachable() {
         tracing::warn!("target {t} unreachable, skipping it: {e}");
     }
     catalog.require_trust()?;
-    Ok((targets, catalog))
+    Ok(catalog)
 }
 
 /// The 3-2-1 rule: copies in at least two distinct locations.

@@ -25,7 +25,7 @@
 
 use crate::config::{Config, Policy};
 use crate::error::{CodedError, ExitCode};
-use crate::repo::{self, Catalog, TargetState};
+use crate::repo::{Catalog, Key, PolicyName, SnapshotId, TargetState};
 use crate::retention;
 use crate::util::human_bytes;
 use chrono::Utc;
@@ -122,7 +122,7 @@ pub async fn prune_policy(
         ))
         .into());
     }
-    let (_targets, catalog) = crate::ops::load_catalog(cfg, policy, None).await?;
+    let catalog = crate::ops::load_catalog(cfg, policy, None).await?;
     let now = crate::clock::now();
     let limit = now + FUTURE_SKEW;
     let all: Vec<usize> = (0..catalog.entries.len()).collect();
@@ -153,21 +153,29 @@ pub async fn prune_policy(
         }
     };
     let remove: Vec<RemoveItem> = decision.remove.iter().map(|&k| item(counted[k])).collect();
-    let future: Vec<RemoveItem> = future.into_iter().map(item).collect();
 
     let mut warnings: Vec<String> = catalog
         .bad_manifests
         .iter()
         .map(|d| format!("{d}; not counted, and no archive is deleted on that target"))
         .collect();
-    for f in &future {
+    for &i in &future {
+        let (f, id, p) = (item(i), catalog.entries[i].id.clone(), &catalog.policy);
         let w = format!(
             "snapshot {} is dated {}, in the future (a host clock set wrong?): kept and not \
              counted by retention; if it is wrong, delete {} and {} on every target",
             f.id,
             f.time,
-            repo::manifest_key(&policy.name, &f.id),
-            repo::signature_key(&policy.name, &f.id),
+            Key::Manifest {
+                policy: p.clone(),
+                id: id.clone()
+            }
+            .object(),
+            Key::Signature {
+                policy: p.clone(),
+                id
+            }
+            .object(),
         );
         tracing::error!("prune policy={}: {w}", policy.name);
         warnings.push(w);
@@ -182,8 +190,9 @@ pub async fn prune_policy(
         if opts.dry_run { " (dry run)" } else { "" }
     );
 
+    let future: Vec<RemoveItem> = future.into_iter().map(item).collect();
     let plan = Plan {
-        policy: &policy.name,
+        policy: &catalog.policy,
         catalog: &catalog,
         retention: &policy.retention,
         now,
@@ -249,7 +258,7 @@ fn decide(
 
 /// What to delete: decided on each target from its own manifests.
 struct Plan<'a> {
-    policy: &'a str,
+    policy: &'a PolicyName,
     catalog: &'a Catalog,
     retention: &'a crate::retention::RetentionPolicy,
     now: chrono::DateTime<chrono::FixedOffset>,
@@ -287,63 +296,69 @@ impl Plan<'_> {
         };
         // This target's own authenticated snapshots, and what it decides.
         let entries = &self.catalog.entries;
-        let own: Vec<usize> = (0..entries.len())
-            .filter(|&i| st.holds(&entries[i]))
-            .collect();
+        let own = self.catalog.held_by(st);
         let counted: Vec<usize> = own
             .iter()
             .copied()
             .filter(|&i| entries[i].manifest.time <= self.limit)
             .collect();
-        let remove: HashSet<&str> = match decide(self.catalog, &counted, self.retention, self.now) {
-            Ok(d) => d
-                .remove
-                .iter()
-                .map(|&k| entries[counted[k]].manifest.id.as_str())
-                .collect(),
-            Err(id) => {
-                r.status = "failed".into();
-                r.error = Some(format!(
-                    "retention would remove the newest snapshot {id} here; nothing deleted"
-                ));
-                return r;
-            }
-        };
-        let known: HashMap<&str, &crate::archive::Manifest> = own
+        let remove: HashSet<&SnapshotId> =
+            match decide(self.catalog, &counted, self.retention, self.now) {
+                Ok(d) => d.remove.iter().map(|&k| &entries[counted[k]].id).collect(),
+                Err(id) => {
+                    r.status = "failed".into();
+                    r.error = Some(format!(
+                        "retention would remove the newest snapshot {id} here; nothing deleted"
+                    ));
+                    return r;
+                }
+            };
+        let known: HashMap<&SnapshotId, &crate::archive::Manifest> = own
             .iter()
-            .map(|&i| (entries[i].manifest.id.as_str(), &entries[i].manifest))
+            .map(|&i| (&entries[i].id, &entries[i].manifest))
             .collect();
         let mut errors = Vec::new();
+        let policy = || self.policy.clone();
 
         // 1. Manifests of forgotten snapshots (each snapshot vanishes at
         //    once), then their signatures.
-        let mut remaining: Vec<&str> = Vec::new();
-        for id in &view.snapshots {
-            if !remove.contains(id.as_str()) {
+        let mut remaining: Vec<&SnapshotId> = Vec::new();
+        let mut forgotten: HashSet<&SnapshotId> = HashSet::new();
+        for id in view.snapshots.keys() {
+            if !remove.contains(id) {
                 remaining.push(id);
                 continue;
             }
             if !self.dry_run {
-                if let Err(e) = t.delete(&repo::manifest_key(self.policy, id)).await {
+                let manifest = Key::Manifest {
+                    policy: policy(),
+                    id: id.clone(),
+                };
+                if let Err(e) = t.delete(&manifest.object()).await {
                     errors.push(format!("deleting snapshot {id}: {e}"));
                     remaining.push(id);
                     continue;
                 }
-                let _ = t.delete(&repo::signature_key(self.policy, id)).await;
+                let signature = Key::Signature {
+                    policy: policy(),
+                    id: id.clone(),
+                };
+                let _ = t.delete(&signature.object()).await;
                 tracing::info!(
                     "prune policy={} target={}: forgot snapshot {id}",
                     self.policy,
                     t.name()
                 );
             }
-            r.manifests_deleted.push(id.clone());
+            forgotten.insert(id);
+            r.manifests_deleted.push(id.to_string());
         }
 
         // 2. Archives no remaining snapshot on this target references.
         let blind: Vec<&str> = remaining
             .iter()
-            .copied()
             .filter(|id| !known.contains_key(*id))
+            .map(|id| id.as_str())
             .collect();
         if !blind.is_empty() {
             let w = format!(
@@ -362,7 +377,7 @@ impl Plan<'_> {
                 .filter_map(|id| known.get(id))
                 .flat_map(|m| m.sources.iter().map(|s| s.archive_hash.as_str()))
                 .collect();
-            let mut orphans: Vec<(&String, u64)> = view
+            let mut orphans: Vec<(&crate::repo::Hash, u64)> = view
                 .archives
                 .iter()
                 .filter(|(h, _)| !referenced.contains(h.as_str()))
@@ -370,10 +385,17 @@ impl Plan<'_> {
                 .collect();
             orphans.sort();
             for (hash, size) in orphans {
-                let sums = repo::b3sums_key(self.policy, hash);
+                let sums = Key::B3sums {
+                    policy: policy(),
+                    hash: hash.clone(),
+                };
                 if !self.dry_run {
-                    let res = match t.delete(&repo::archive_key(self.policy, hash)).await {
-                        Ok(()) => t.delete(&sums).await,
+                    let archive = Key::Archive {
+                        policy: policy(),
+                        hash: hash.clone(),
+                    };
+                    let res = match t.delete(&archive.object()).await {
+                        Ok(()) => t.delete(&sums.object()).await,
                         Err(e) => Err(e),
                     };
                     if let Err(e) = res {
@@ -381,50 +403,47 @@ impl Plan<'_> {
                         continue;
                     }
                 }
-                r.bytes_freed += size + view.others.get(&sums).copied().unwrap_or(0);
-                r.archives_deleted.push(hash.clone());
+                r.bytes_freed += size + view.b3sums.get(hash).copied().unwrap_or(0);
+                r.archives_deleted.push(hash.to_string());
             }
-            // `.b3sums` whose archive is already gone (an interrupted run or prune).
-            let prefix = format!("{}/archives/", self.policy);
-            let mut stray: Vec<(&String, u64)> = view
-                .others
+            // `.b3sums` whose archive is already gone (an interrupted run or
+            // prune), and signatures without their manifest.
+            let mut stray: Vec<(crate::storage::ObjectKey, u64)> = view
+                .b3sums
                 .iter()
-                .filter(|(k, _)| {
-                    k.strip_prefix(&prefix)
-                        .and_then(|r| r.strip_suffix(".b3sums"))
-                        .is_some_and(|h| {
-                            crate::archive::manifest::is_hash(h)
-                                && !referenced.contains(h)
-                                && !view.archives.contains_key(h)
-                        })
+                .filter(|(h, _)| {
+                    !referenced.contains(h.as_str()) && !view.archives.contains_key(*h)
                 })
-                .map(|(k, &s)| (k, s))
+                .map(|(h, &s)| {
+                    let k = Key::B3sums {
+                        policy: policy(),
+                        hash: h.clone(),
+                    };
+                    (k.object(), s)
+                })
                 .collect();
-            let sig_prefix = format!("{}/snapshots/", self.policy);
             stray.extend(
-                view.others
+                view.signatures
                     .iter()
-                    .filter(|(k, _)| {
-                        k.strip_prefix(&sig_prefix)
-                            .and_then(|r| r.strip_suffix(".sig"))
-                            .is_some_and(|id| {
-                                repo::is_snapshot_id(id)
-                                    && !remaining.contains(&id)
-                                    && !r.manifests_deleted.iter().any(|d| d == id)
-                            })
-                    })
-                    .map(|(k, &s)| (k, s)),
+                    .filter(|(id, _)| !remaining.contains(id) && !forgotten.contains(id))
+                    .map(|(id, &s)| {
+                        let k = Key::Signature {
+                            policy: policy(),
+                            id: id.clone(),
+                        };
+                        (k.object(), s)
+                    }),
             );
             stray.sort();
             for (key, size) in stray {
                 if !self.dry_run {
-                    if let Err(e) = t.delete(key).await {
+                    if let Err(e) = t.delete(&key).await {
                         errors.push(format!("deleting {key}: {e}"));
                         continue;
                     }
                 }
                 r.bytes_freed += size;
-                r.others_deleted.push(key.clone());
+                r.others_deleted.push(key.to_string());
             }
         }
         if !errors.is_empty() {

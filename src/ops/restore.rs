@@ -12,16 +12,13 @@
 //! setuid/setgid bits) is restored unless `--no-same-owner`.
 
 use crate::archive::beneath::Dir;
-use crate::archive::{self, Expected, ExtractError, ExtractOptions, Progress, SourceRecord};
+use crate::archive::{self, ExtractOptions, SourceRecord};
 use crate::config::{Config, Policy};
 use crate::error::{CodedError, ExitCode};
 use crate::ops::load_catalog;
-use crate::repo::{self, Catalog};
-use crate::report::Bar;
-use crate::target::DynTarget;
+use crate::repo::{fetch, Catalog, Entry};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -57,151 +54,6 @@ pub struct RestoreResult {
     pub sources: Vec<RestoredSource>,
 }
 
-/// Why a copy was not used.
-pub enum FetchError {
-    /// Try the next target.
-    Skip(String),
-    /// Stop: a local problem.
-    Fatal(anyhow::Error),
-}
-
-/// Fetch one archive from `t` and unpack it into the directory `dest`,
-/// checking the archive hash and, as it streams, the sizes the manifest
-/// records (see [`archive::Expected`]). The caller compares the files.
-pub async fn fetch_and_extract(
-    t: &DynTarget,
-    policy: &str,
-    record: &SourceRecord,
-    dest: &Dir,
-    opts: &ExtractOptions,
-    label: &str,
-) -> Result<archive::ExtractReport, FetchError> {
-    let mut opts = opts.clone();
-    if opts.expect.is_none() {
-        opts.expect = Some(Arc::new(
-            Expected::from_record(record).map_err(FetchError::Skip)?,
-        ));
-    }
-    let key = repo::archive_key(policy, &record.archive_hash);
-    let stream = match t.get(&key).await {
-        Ok(s) => s,
-        Err(e) => return Err(FetchError::Skip(e.to_string())),
-    };
-    let progress = Arc::new(Progress::default());
-    opts.progress = Some(progress.clone());
-    let bar = Bar::new(label, Some(record.content_size), progress);
-    let reader = stream.into_blocking_read();
-    let fd = dest
-        .fd
-        .try_clone()
-        .map_err(|e| FetchError::Fatal(anyhow::anyhow!("{}: {e}", dest.path.display())))?;
-    let (hash, path) = (record.archive_hash.clone(), dest.path.clone());
-    let res = tokio::task::spawn_blocking(move || {
-        use std::os::fd::AsFd;
-        archive::extract(reader, Some(&hash), fd.as_fd(), &path, &opts)
-    })
-    .await
-    .expect("extract task panicked");
-    drop(bar);
-    match res {
-        Ok(report) => Ok(report),
-        Err(ExtractError::Io { path, source }) => Err(FetchError::Fatal(anyhow::anyhow!(
-            "writing {path}: {source}"
-        ))),
-        Err(e) => Err(FetchError::Skip(e.to_string())),
-    }
-}
-
-/// Fetch and unpack one source's archive from the first target (in order)
-/// that holds the snapshot and serves intact bytes, into a fresh hidden
-/// directory (mode 0700) in `parent`. Returns the target used, the
-/// directory's path, the extraction report and the targets skipped (with why).
-#[allow(clippy::too_many_arguments)]
-pub async fn fetch_with_failover(
-    targets: &[DynTarget],
-    catalog: &Catalog,
-    policy: &str,
-    m: &archive::Manifest,
-    rec: &SourceRecord,
-    parent: &Dir,
-    opts: &ExtractOptions,
-    include: Option<&crate::archive::Include>,
-) -> anyhow::Result<(
-    String,
-    PathBuf,
-    archive::ExtractReport,
-    Vec<(String, String)>,
-)> {
-    let mut skipped = Vec::new();
-    let mut opts = opts.clone();
-    opts.expect =
-        Some(Arc::new(Expected::from_record(rec).map_err(|e| {
-            CodedError::failure(format!("source {}: {e}", rec.name))
-        })?));
-    for t in targets {
-        let entry = catalog.entries.iter().find(|e| e.manifest.id == m.id);
-        let state = catalog.targets.iter().find(|s| s.target.name() == t.name());
-        match (state, entry) {
-            (Some(st), _) if st.view.is_err() => {
-                skipped.push((t.name().to_string(), "unreachable".to_string()));
-                continue;
-            }
-            (Some(st), Some(e)) if st.holds(e) => {}
-            _ => {
-                let why = catalog
-                    .bad_manifests
-                    .iter()
-                    .find(|d| d.target == t.name() && d.snapshot == m.id)
-                    .map(|d| format!("its copy is not used: {}", d.reason))
-                    .unwrap_or_else(|| "does not hold this snapshot".to_string());
-                skipped.push((t.name().to_string(), why));
-                continue;
-            }
-        }
-        let staging_dir = parent.create_fresh(".backupctl-restore-").map_err(|e| {
-            anyhow::anyhow!(
-                "creating a staging directory in {}: {e}",
-                parent.path.display()
-            )
-        })?;
-        let staging = staging_dir.path.clone();
-        let r = fetch_and_extract(t, policy, rec, &staging_dir, &opts, &rec.name).await;
-        drop(staging_dir);
-        let problems = match &r {
-            Ok(rep) => archive::reader::compare_files(&rec.files, &rep.files, include),
-            Err(_) => Vec::new(),
-        };
-        let msg = match r {
-            Ok(rep) if problems.is_empty() => {
-                return Ok((t.name().to_string(), staging, rep, skipped));
-            }
-            Ok(_) => format!("files do not match the manifest: {}", problems.join("; ")),
-            Err(FetchError::Skip(msg)) => msg,
-            Err(FetchError::Fatal(e)) => {
-                let _ = std::fs::remove_dir_all(&staging);
-                return Err(e);
-            }
-        };
-        tracing::warn!(
-            "target {}: source {}: {msg}; trying the next target",
-            t.name(),
-            rec.name
-        );
-        skipped.push((t.name().to_string(), msg));
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    let why = skipped
-        .iter()
-        .map(|(t, e)| format!("{t}: {e}"))
-        .collect::<Vec<_>>()
-        .join("; ");
-    Err(CodedError::failure(format!(
-        "source {}: no target could provide an intact copy ({why})",
-        rec.name
-    ))
-    .into())
-}
-
 fn dir_is_empty(p: &Path) -> bool {
     std::fs::read_dir(p)
         .map(|mut d| d.next().is_none())
@@ -228,7 +80,7 @@ pub async fn restore(
         .into());
     }
     let include = crate::archive::Include::new(&o.include).map_err(CodedError::usage)?;
-    let (targets, catalog) = load_catalog(cfg, policy, o.target.as_deref()).await?;
+    let catalog = load_catalog(cfg, policy, o.target.as_deref()).await?;
     let entry = catalog.resolve(o.snapshot.as_deref())?;
     let m = &entry.manifest;
     let chosen: Vec<&SourceRecord> = match &o.source {
@@ -259,7 +111,7 @@ pub async fn restore(
     let created = !o.to.exists();
     std::fs::create_dir_all(&o.to)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", o.to.display()))?;
-    let res = restore_into(&targets, &catalog, policy, m, &chosen, o, include).await;
+    let res = restore_into(&catalog, entry, policy, &chosen, o, include).await;
     if res.is_err() && created {
         let _ = std::fs::remove_dir_all(&o.to);
     }
@@ -308,14 +160,14 @@ fn o_list(v: &[String]) -> String {
 }
 
 async fn restore_into(
-    targets: &[DynTarget],
     catalog: &Catalog,
+    entry: &Entry,
     policy: &Policy,
-    m: &archive::Manifest,
     chosen: &[&SourceRecord],
     o: &RestoreOptions,
     include: Option<crate::archive::Include>,
 ) -> anyhow::Result<(RestoreResult, ExitCode)> {
+    let m = &entry.manifest;
     let to = std::path::absolute(&o.to)?;
     let to_dir = Dir::open(&to).map_err(|e| anyhow::anyhow!("opening {}: {e}", to.display()))?;
     let opts = ExtractOptions {
@@ -335,17 +187,16 @@ async fn restore_into(
     };
     for &rec in chosen {
         let final_dir = to.join(&rec.name);
-        let (tname, staging, rep, skipped) = fetch_with_failover(
-            targets,
-            catalog,
-            &policy.name,
-            m,
-            rec,
-            &to_dir,
-            &opts,
-            include.as_ref(),
-        )
-        .await?;
+        let fetch::Fetched {
+            value:
+                fetch::Unpacked {
+                    dir: staging,
+                    report: rep,
+                },
+            target: tname,
+            skipped,
+        } = fetch::unpack_first_intact(catalog, entry, rec, &to_dir, &opts, include.as_ref())
+            .await?;
         let mut moved_aside = None;
         if std::fs::symlink_metadata(&final_dir).is_ok() {
             let aside = to.join(format!(

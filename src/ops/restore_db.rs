@@ -13,7 +13,7 @@
 use crate::archive::{ExtractOptions, SourceRecord};
 use crate::config::{Config, Policy, SourceSpec};
 use crate::error::CodedError;
-use crate::ops::restore::fetch_with_failover;
+use crate::repo::fetch;
 use crate::repo::Entry;
 use crate::source::db::{DatabaseFacts, DumpedDatabase};
 use crate::source::server_db::LoadReport;
@@ -52,7 +52,7 @@ pub async fn restore_into_database(
     o: &RestoreDbOptions,
 ) -> anyhow::Result<RestoreDbResult> {
     let spec = database_source(policy, o)?.clone();
-    let (targets, catalog) = crate::ops::load_catalog(cfg, policy, o.target.as_deref()).await?;
+    let catalog = crate::ops::load_catalog(cfg, policy, o.target.as_deref()).await?;
     let entry = catalog.resolve(o.snapshot.as_deref())?;
     let m = entry.manifest.clone();
     let rec = m.source(&o.source).ok_or_else(|| {
@@ -66,17 +66,9 @@ pub async fn restore_into_database(
         preserve_owner: false,
         ..Default::default()
     };
-    let (tname, dir, _rep, skipped) = fetch_with_failover(
-        &targets,
-        &catalog,
-        &policy.name,
-        &m,
-        rec,
-        &scratch_root,
-        &opts,
-        None,
-    )
-    .await?;
+    let fetched =
+        fetch::unpack_first_intact(&catalog, entry, rec, &scratch_root, &opts, None).await?;
+    let (tname, dir, skipped) = (fetched.target, fetched.value.dir, fetched.skipped);
     tracing::info!(
         "restore policy={} snapshot={} source={} database={} from target={} into database {}",
         policy.name,

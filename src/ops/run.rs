@@ -2,12 +2,13 @@
 //! deliver it to every target concurrently, then write the manifest last on
 //! each target that received everything.
 //!
-//! Delivery: local (fs) targets receive the compressed stream directly into a
-//! temporary file while it is written, committed under the archive's name once
-//! its hash is known; network (S3) targets upload from one shared staging file.
-//! Each target has its own worker and queue, so a slow or failing target never
-//! holds back the others nor the archiving of the next source, and each gets its
-//! manifest as soon as it has every archive.
+//! Delivery: every target receives the compressed stream while it is written,
+//! through its [`Upload`] (an fs target into a temporary file beside the
+//! archives, an S3 target into a local staging file), committed under the
+//! archive's name once its hash is known. Each target has its own worker and
+//! queue, so a slow or failing target never holds back the others nor the
+//! archiving of the next source, and each gets its manifest as soon as it has
+//! every archive.
 //!
 //! A target that fails stops receiving this snapshot (exit 3: partial). A source
 //! that fails fails the run for its policy: no manifest is written anywhere, so
@@ -23,14 +24,13 @@ use crate::archive::{ArchiveSummary, ArchiveWriter, Manifest, Progress, SourceRe
 use crate::config::{Config, Policy, SourceSpec};
 use crate::error::ExitCode;
 use crate::ops::{open_targets, state, warn_locations};
-use crate::repo;
+use crate::repo::{layout, Commit, Hash, Key, PolicyName, SnapshotId};
 use crate::report::Bar;
 use crate::source;
-use crate::target::{DynTarget, LocalWrite};
+use crate::storage::{DynBackend, Upload};
 use anyhow::Context;
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, FixedOffset};
 use serde::Serialize;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -106,15 +106,6 @@ impl RunResult {
     }
 }
 
-/// A new snapshot id: the UTC time, then random hex (unique for equal times).
-pub fn new_snapshot_id(time: &DateTime<FixedOffset>) -> String {
-    format!(
-        "{}-{}",
-        time.with_timezone(&Utc).format("%Y%m%dT%H%M%SZ"),
-        crate::util::random_hex(8)
-    )
-}
-
 fn zstd_workers() -> u32 {
     std::thread::available_parallelism()
         .map(|n| n.get() as u32)
@@ -122,38 +113,19 @@ fn zstd_workers() -> u32 {
         .max(1)
 }
 
-/// An archive in the staging directory, shared by the network targets'
-/// workers; the file is removed when the last of them drops it.
-struct Staged {
-    path: PathBuf,
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// How one target receives one archive.
-enum Via {
-    /// The temporary file the archive was written into on the (local) target.
-    Local(LocalWrite, File),
-    /// Upload from the shared staging file.
-    Staged(Arc<Staged>),
-    /// Writing this target's copy failed.
-    Failed(String),
-}
+/// One target's copy of the archive being written: its upload, or why it
+/// cannot take it.
+type Delivery = Result<Box<dyn Upload>, String>;
 
 enum Job {
     Archive {
-        hash: String,
+        hash: Hash,
         size: u64,
-        b3sums: Arc<Vec<u8>>,
-        via: Via,
+        upload: Delivery,
     },
-    /// Every archive was sent: write the restore instructions, then the
-    /// manifest (snapshot id, JSON) last.
-    Commit(String, Arc<Vec<u8>>, Arc<Vec<u8>>),
+    /// Every archive was sent: write the b3sums, the restore instructions,
+    /// then the manifest last.
+    Commit(Arc<Commit>),
 }
 
 #[derive(Default)]
@@ -166,45 +138,12 @@ struct Outcome {
     committed: bool,
 }
 
-/// Deliver one archive and its b3sums; returns whether the archive was stored
-/// (false: it was already there).
-async fn deliver(
-    t: &DynTarget,
-    policy: &str,
-    hash: &str,
-    size: u64,
-    b3sums: &[u8],
-    via: Via,
-) -> anyhow::Result<bool> {
-    let sums_key = repo::b3sums_key(policy, hash);
-    if t.stat(&sums_key).await? != Some(b3sums.len() as u64) {
-        t.put_bytes(&sums_key, b3sums.to_vec()).await?;
-    }
-    match via {
-        Via::Failed(e) => Err(anyhow::anyhow!(e)),
-        Via::Local(lw, file) => {
-            let name = format!("{hash}.tar.zst");
-            Ok(tokio::task::spawn_blocking(move || lw.commit(file, &name))
-                .await
-                .expect("commit task")?)
-        }
-        Via::Staged(st) => {
-            let key = repo::archive_key(policy, hash);
-            if t.stat(&key).await? == Some(size) {
-                return Ok(false);
-            }
-            t.put_file(&key, &st.path).await?;
-            Ok(true)
-        }
-    }
-}
-
 /// Deliver everything queued for one target, in order; after the first
 /// failure the target receives nothing more (and never a manifest), and
 /// `failed` tells the archiver to stop writing for it.
 async fn target_worker(
-    t: DynTarget,
-    policy: String,
+    t: DynBackend,
+    policy: PolicyName,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Job>,
     failed: Arc<AtomicBool>,
     cancel: Option<tokio_util::sync::CancellationToken>,
@@ -213,108 +152,111 @@ async fn target_worker(
     while let Some(job) = rx.recv().await {
         let stop = o.error.is_some() || cancel.as_ref().is_some_and(|c| c.is_cancelled());
         match job {
-            Job::Archive {
-                via: Via::Local(lw, _),
-                ..
-            } if stop => lw.abort(),
+            // Dropping an upload throws it away.
             _ if stop => {}
-            Job::Archive {
-                hash,
-                size,
-                b3sums,
-                via,
-            } => match deliver(&t, &policy, &hash, size, &b3sums, via).await {
-                Ok(true) => {
-                    o.archives_uploaded += 1;
-                    o.uploaded_bytes += size;
-                }
-                Ok(false) => o.archives_already_present += 1,
-                Err(e) => {
-                    let msg = format!("{e:#}");
-                    tracing::error!("target {} failed: {msg}", t.name());
-                    failed.store(true, Ordering::SeqCst);
-                    o.error = Some(msg);
-                }
-            },
-            Job::Commit(id, json, sig) => {
-                let r = repo::commit_snapshot(&t, &policy, &id, &json, &sig).await;
-                match r {
-                    Ok(()) => o.committed = true,
-                    Err(e) => {
-                        tracing::error!("target {} failed writing the manifest: {e}", t.name());
+            Job::Archive { hash, size, upload } => {
+                let key = Key::Archive {
+                    policy: policy.clone(),
+                    hash,
+                };
+                let stored = match upload {
+                    Ok(u) => u.commit(&key.object()).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                match stored {
+                    Ok(true) => {
+                        o.archives_uploaded += 1;
+                        o.uploaded_bytes += size;
+                    }
+                    Ok(false) => o.archives_already_present += 1,
+                    Err(msg) => {
+                        tracing::error!("target {} failed: {msg}", t.name());
                         failed.store(true, Ordering::SeqCst);
-                        o.error = Some(e.to_string());
+                        o.error = Some(msg);
                     }
                 }
             }
+            Job::Commit(commit) => match commit.apply(&t).await {
+                Ok(()) => o.committed = true,
+                Err(e) => {
+                    tracing::error!("target {} failed writing the manifest: {e}", t.name());
+                    failed.store(true, Ordering::SeqCst);
+                    o.error = Some(e.to_string());
+                }
+            },
         }
     }
     o
 }
 
-/// Archive one source, writing the compressed stream at once into a temporary
-/// file on every local target still healthy (and a staging file when network
-/// targets need one). Returns the summary, the source's facts, and per target
-/// how it receives the archive (None: the target already failed).
+/// The compressed stream, written to every target's upload at once. An
+/// upload that fails is dropped (and its temporary removed) without
+/// disturbing the others; only when every upload has failed does writing
+/// fail. None: the target is not receiving this snapshot.
+struct Fanout(Vec<Option<Delivery>>);
+
+/// The archiver's handle on the [`Fanout`] (shared, so the uploads come back
+/// once the archive is finished).
+struct FanoutWriter(Arc<std::sync::Mutex<Fanout>>);
+
+impl std::io::Write for FanoutWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut fanout = self.0.lock().expect("fanout lock");
+        let mut any = false;
+        let mut error = None;
+        for slot in fanout.0.iter_mut().flatten() {
+            let Ok(upload) = slot else { continue };
+            match upload.write_all(buf) {
+                Ok(()) => any = true,
+                Err(e) => {
+                    *slot = Err(format!("writing the archive: {e}"));
+                    error = Some(e);
+                }
+            }
+        }
+        if any {
+            Ok(buf.len())
+        } else {
+            Err(error.unwrap_or_else(|| std::io::Error::other("no destination for the archive")))
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Archive one source, writing the compressed stream at once into an upload
+/// on every target still healthy. Returns the summary, the source's facts,
+/// and per target how it receives the archive (None: the target already
+/// failed).
 async fn build_archive(
     spec: &SourceSpec,
     policy: &Policy,
     staging: &Path,
     state_dir: &Path,
-    targets: &[DynTarget],
+    targets: &[DynBackend],
     failed: &[Arc<AtomicBool>],
     cancel: Option<&tokio_util::sync::CancellationToken>,
-) -> anyhow::Result<(ArchiveSummary, source::SourceOutput, Vec<Option<Via>>)> {
-    enum Plan {
-        Skip,
-        Local(LocalWrite),
-        Staged,
-        Failed(String),
-    }
-    let mut plans = Vec::new();
-    let mut files = Vec::new();
-    let dir_key = format!("{}/archives", policy.name);
-    for (i, t) in targets.iter().enumerate() {
-        if failed[i].load(Ordering::SeqCst) {
-            plans.push(Plan::Skip);
-            continue;
-        }
-        plans.push(match t.local_writer(&dir_key) {
-            Some(Ok((file, lw))) => {
-                files.push((file, true));
-                Plan::Local(lw)
-            }
-            Some(Err(e)) => Plan::Failed(e.to_string()),
-            None => Plan::Staged,
+) -> anyhow::Result<(ArchiveSummary, source::SourceOutput, Vec<Option<Delivery>>)> {
+    let dir = layout::archives_dir(&PolicyName::of(policy));
+    let mut slots = Vec::new();
+    for (t, f) in targets.iter().zip(failed) {
+        slots.push(if f.load(Ordering::SeqCst) {
+            None
+        } else {
+            Some(t.upload(&dir).await.map_err(|e| e.to_string()))
         });
     }
-    let need_staging = plans.iter().any(|p| matches!(p, Plan::Staged));
-    let staged_path = staging.join(format!("{}.tar.zst", spec.name()));
-    if need_staging {
-        let f = crate::util::create_private_file(&staged_path)
-            .with_context(|| format!("creating staging file {}", staged_path.display()))?;
-        files.push((f, false));
-    }
-    let abort_all = |plans: Vec<Plan>| {
-        for p in plans {
-            if let Plan::Local(lw) = p {
-                lw.abort();
-            }
-        }
-    };
-    if files.is_empty() {
-        let why: Vec<String> = plans
-            .into_iter()
-            .filter_map(|p| {
-                if let Plan::Failed(e) = p {
-                    Some(e)
-                } else {
-                    None
-                }
-            })
+    if !slots.iter().flatten().any(|s| s.is_ok()) {
+        let why: Vec<&str> = slots
+            .iter()
+            .flatten()
+            .filter_map(|s| s.as_ref().err().map(String::as_str))
             .collect();
         anyhow::bail!("no target can take the archive ({})", why.join("; "));
     }
+    let fanout = Arc::new(std::sync::Mutex::new(Fanout(slots)));
     let spec = spec.clone();
     let staging_dir = staging.to_path_buf();
     let state_dir = state_dir.to_path_buf();
@@ -328,7 +270,8 @@ async fn build_archive(
     let bar = Bar::new(spec.name(), total, progress.clone());
     let flag = progress.clone();
     let task = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let mut w = ArchiveWriter::create(files, level, zstd_workers(), Some(progress))
+        let sink = Box::new(FanoutWriter(fanout.clone()));
+        let mut w = ArchiveWriter::create(sink, level, zstd_workers(), Some(progress))
             .context("starting the archive")?;
         let ctx = source::ArchiveContext {
             staging: &staging_dir,
@@ -338,7 +281,10 @@ async fn build_archive(
         let summary = w
             .finish()
             .with_context(|| format!("finishing archive for source {}", spec.name()))?;
-        Ok((summary, out))
+        let Ok(fanout) = Arc::try_unwrap(fanout) else {
+            unreachable!("the archive writer is gone")
+        };
+        Ok((summary, out, fanout))
     });
     tokio::pin!(task);
     let joined = match cancel {
@@ -355,42 +301,10 @@ async fn build_archive(
     };
     let result = joined.expect("archive task panicked");
     drop(bar);
-    let (mut summary, out) = match result {
-        Ok(x) => x,
-        Err(e) => {
-            abort_all(plans);
-            let _ = std::fs::remove_file(&staged_path);
-            return Err(e);
-        }
-    };
-    // Outputs come in the order the files were pushed: locals, then staging.
-    let mut outputs = std::mem::take(&mut summary.outputs);
-    // The staging file, when there is one, is the last output.
-    let staged: Option<Result<Arc<Staged>, String>> =
-        need_staging.then(|| match outputs.pop().expect("the staging output") {
-            Ok(_) => Ok(Arc::new(Staged { path: staged_path })),
-            Err(e) => Err(format!("staging the archive: {e}")),
-        });
-    let mut outputs = outputs.into_iter();
-    let vias = plans
-        .into_iter()
-        .map(|p| match p {
-            Plan::Skip => None,
-            Plan::Failed(e) => Some(Via::Failed(e)),
-            Plan::Local(lw) => match outputs.next().expect("one output per local target") {
-                Ok(f) => Some(Via::Local(lw, f)),
-                Err(e) => {
-                    lw.abort();
-                    Some(Via::Failed(format!("writing the archive: {e}")))
-                }
-            },
-            Plan::Staged => Some(match staged.as_ref().expect("staging planned") {
-                Ok(st) => Via::Staged(st.clone()),
-                Err(msg) => Via::Failed(msg.clone()),
-            }),
-        })
-        .collect();
-    Ok((summary, out, vias))
+    // On failure the uploads are dropped with the task: thrown away.
+    let (summary, out, fanout) = result?;
+    let fanout = fanout.into_inner().expect("fanout lock");
+    Ok((summary, out, fanout.0))
 }
 
 /// Run one policy.
@@ -437,7 +351,7 @@ pub async fn run_policy(
         return Ok(dry_run(policy, &targets, time, warnings, started));
     };
 
-    let id = new_snapshot_id(&time);
+    let id = SnapshotId::generate(&time).to_string();
     tracing::info!(
         "run policy={} snapshot={} time={}",
         policy.name,
@@ -475,7 +389,7 @@ pub async fn run_policy(
         queues.push(tx);
         workers.push(tokio::spawn(target_worker(
             t.clone(),
-            policy.name.clone(),
+            PolicyName::of(policy),
             rx,
             f.clone(),
             opts.cancel.clone(),
@@ -502,17 +416,12 @@ pub async fn run_policy(
         )
         .await;
         if cancelled(opts) {
-            if let Ok((_, _, vias)) = built {
-                for via in vias.into_iter().flatten() {
-                    if let Via::Local(lw, _) = via {
-                        lw.abort();
-                    }
-                }
-            }
+            // Dropping the uploads throws them away.
+            drop(built);
             aborted = true;
             break;
         }
-        let (summary, out, vias) = match built {
+        let (summary, out, uploads) = match built {
             Ok(x) => x,
             Err(e) => {
                 let msg = format!("source {}: {e:#}", spec.name());
@@ -541,14 +450,19 @@ pub async fn run_policy(
             &summary.hash[..16],
             summary.archive_size
         );
-        let b3sums = Arc::new(crate::archive::manifest::b3sums(&summary.files).into_bytes());
-        for (q, via) in queues.iter().zip(vias) {
-            if let Some(via) = via {
+        let hash = match Hash::new(&summary.hash) {
+            Ok(h) => h,
+            Err(e) => {
+                failed_source = Some(format!("source {}: {e}", spec.name()));
+                break;
+            }
+        };
+        for (q, upload) in queues.iter().zip(uploads) {
+            if let Some(upload) = upload {
                 let job = Job::Archive {
-                    hash: summary.hash.clone(),
+                    hash: hash.clone(),
                     size: summary.archive_size,
-                    b3sums: b3sums.clone(),
-                    via,
+                    upload,
                 };
                 let _ = q.send(job);
             }
@@ -591,7 +505,7 @@ pub async fn run_policy(
             tool_version: env!("CARGO_PKG_VERSION").into(),
             sources: std::mem::take(&mut records),
         };
-        let json = Arc::new(manifest.to_json());
+        let json = manifest.to_json();
         // A manifest every reader would refuse would record a snapshot that
         // cannot be restored: fail the run instead.
         if let Err(e) = crate::archive::manifest::check_size(json.len()) {
@@ -603,9 +517,15 @@ pub async fn run_policy(
             tracing::error!("{msg}");
             failed_source = Some(msg);
         } else {
-            let sig = Arc::new(key.sign_manifest(&policy.name, &id, &json));
-            for q in &queues {
-                let _ = q.send(Job::Commit(id.clone(), json.clone(), sig.clone()));
+            let sig = key.sign_manifest(&policy.name, &id, &json);
+            match Commit::new(&manifest, json, sig) {
+                Ok(commit) => {
+                    let commit = Arc::new(commit);
+                    for q in &queues {
+                        let _ = q.send(Job::Commit(commit.clone()));
+                    }
+                }
+                Err(e) => failed_source = Some(format!("the snapshot's manifest: {e}")),
             }
         }
     }
@@ -734,7 +654,7 @@ pub async fn run_policy(
 
 fn dry_run(
     policy: &Policy,
-    targets: &[DynTarget],
+    targets: &[DynBackend],
     time: DateTime<FixedOffset>,
     warnings: Vec<String>,
     started: std::time::Instant,

@@ -5,18 +5,24 @@
 //! the staging area, its BLAKE3 checked against its name, then uploaded to
 //! each target that needs it; the manifest is written last, as `run` does.
 //!
-//! Before copying, incomplete multipart uploads older than
-//! `abort_uploads_older_than` (left behind by a crash or an outage) are aborted.
+//! Before copying, what interrupted writes left on each reachable target and
+//! older than `abort_uploads_older_than` is removed
+//! ([`crate::storage::Backend::cleanup_incomplete`]: S3 multipart uploads and
+//! staging files, fs temporaries).
+//!
+//! Which snapshots each target lacks comes from the catalog; downloads go
+//! through [`crate::repo::fetch`], the commit through [`crate::repo::Commit`].
 
 use crate::config::{Config, Policy};
 use crate::error::ExitCode;
-use crate::repo;
-use crate::target::DynTarget;
+use crate::repo::catalog::read_authentic;
+use crate::repo::fetch::{self, FetchError};
+use crate::repo::{Catalog, Commit, Entry, Hash};
+use crate::storage::DynBackend;
 use anyhow::Context;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -89,78 +95,19 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// Download `policy`'s archive `hash` from `t` into `dest`, checking its size
-/// and BLAKE3 on the way; a download that exceeds the recorded size stops at
-/// once.
-async fn fetch_verified(
-    t: &DynTarget,
-    policy: &str,
-    hash: &str,
-    size: u64,
-    dest: &Path,
-) -> Result<(), String> {
-    let stream = t
-        .get(&repo::archive_key(policy, hash))
-        .await
-        .map_err(|e| e.to_string())?;
-    // One byte past the recorded size is enough to know it is exceeded.
-    let mut reader = stream.into_blocking_read().take(size.saturating_add(1));
-    let (dest, hash) = (dest.to_path_buf(), hash.to_string());
-    tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let mut f = crate::util::create_private_file(&dest)
-            .map_err(|e| format!("creating {}: {e}", dest.display()))?;
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0u64;
-        loop {
-            let k = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(k) => k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("reading the archive failed: {e}")),
-            };
-            h.update(&buf[..k]);
-            n += k as u64;
-            if n > size {
-                return Err(format!(
-                    "damaged copy: the target serves more than the recorded {size} bytes"
-                ));
-            }
-            f.write_all(&buf[..k])
-                .map_err(|e| format!("writing {}: {e}", dest.display()))?;
-        }
-        let got = h.finalize().to_hex().to_string();
-        if n != size || got != hash {
-            return Err(format!(
-                "damaged copy: {n} bytes hashing to {got}, expected {size} bytes hashing to {hash}"
-            ));
-        }
-        Ok(())
-    })
-    .await
-    .expect("download task panicked")
-}
-
 /// The exact signed manifest and signature of `entry`, from the first
 /// source that still serves them authentic and unchanged (never
 /// re-serialised: the signature covers the bytes).
 async fn authentic_copy(
     cfg: &Config,
-    sources: &[&DynTarget],
-    policy: &str,
-    entry: &repo::Entry,
+    sources: &[&DynBackend],
+    catalog: &Catalog,
+    entry: &Entry,
 ) -> Result<(Vec<u8>, Vec<u8>), String> {
     let mut why = Vec::new();
     for s in sources {
-        match repo::read_authentic(s, policy, &entry.manifest.id, 0, &cfg.trust()).await {
-            Ok((bytes, digest, _)) if digest == entry.digest => {
-                let key = repo::signature_key(policy, &entry.manifest.id);
-                let limit = crate::trust::MAX_SIGNATURE_BYTES as u64;
-                match crate::target::get_limited(s, &key, limit).await {
-                    Ok(sig) => return Ok((bytes, sig)),
-                    Err(e) => why.push(format!("{}: {e}", s.name())),
-                }
-            }
+        match read_authentic(s, &catalog.policy, &entry.id, 0, &cfg.trust()).await {
+            Ok(a) if a.digest == entry.digest => return Ok((a.bytes, a.signature)),
             Ok(_) => why.push(format!(
                 "{}: manifest changed since it was listed",
                 s.name()
@@ -179,7 +126,7 @@ pub async fn sync_policy(
     policy: &Policy,
     o: &SyncOptions,
 ) -> anyhow::Result<SyncResult> {
-    let (_targets, catalog) = crate::ops::load_catalog(cfg, policy, None).await?;
+    let catalog = crate::ops::load_catalog(cfg, policy, None).await?;
     let mut res = SyncResult {
         policy: policy.name.clone(),
         result: "ok".into(),
@@ -193,15 +140,10 @@ pub async fn sync_policy(
     for (t, e) in &res.unreachable {
         tracing::warn!("target {t} unreachable, not synced: {e}");
     }
-    let reachable: Vec<&DynTarget> = catalog
-        .targets
-        .iter()
-        .filter(|s| s.view.is_ok())
-        .map(|s| &s.target)
-        .collect();
+    let reachable: Vec<&DynBackend> = catalog.reachable().map(|s| &s.target).collect();
     if !o.dry_run {
         for t in &reachable {
-            match t.abort_stale_uploads(o.abort_uploads_older_than).await {
+            match t.cleanup_incomplete(o.abort_uploads_older_than).await {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!("target {}: aborted {n} stale incomplete uploads", t.name());
@@ -212,15 +154,10 @@ pub async fn sync_policy(
         }
     }
     // What each target holds: archive hash -> size (updated as we copy).
-    let mut have: HashMap<String, HashMap<String, u64>> = HashMap::new();
-    let mut others: HashMap<String, HashSet<String>> = HashMap::new();
-    for s in &catalog.targets {
+    let mut have: HashMap<String, HashMap<Hash, u64>> = HashMap::new();
+    for s in catalog.reachable() {
         if let Ok(v) = &s.view {
-            have.insert(s.target.name().to_string(), v.archives.clone());
-            others.insert(
-                s.target.name().to_string(),
-                v.others.keys().cloned().collect(),
-            );
+            have.insert(s.name().to_string(), v.archives.clone());
         }
     }
     // Under the policy lock anything in this policy's staging area was left
@@ -250,17 +187,17 @@ pub async fn sync_policy(
             .remove
             .into_iter()
             .collect();
-    let wanted = |t: &DynTarget| {
+    let wanted = |t: &DynBackend| {
         o.only_targets
             .as_ref()
             .is_none_or(|only| only.iter().any(|n| n == t.name()))
     };
     for (ei, entry) in catalog.entries.iter().enumerate() {
         let m = &entry.manifest;
-        let needers: Vec<&DynTarget> = reachable
-            .iter()
-            .copied()
-            .filter(|t| wanted(t) && !entry.complete_on.iter().any(|c| c == t.name()))
+        let needers: Vec<&DynBackend> = catalog
+            .lacking(entry)
+            .into_iter()
+            .filter(|t| wanted(t))
             .collect();
         if needers.is_empty() {
             continue;
@@ -273,11 +210,7 @@ pub async fn sync_policy(
             res.not_retained.push(m.id.clone());
             continue;
         }
-        let sources: Vec<&DynTarget> = reachable
-            .iter()
-            .copied()
-            .filter(|t| entry.complete_on.iter().any(|c| c == t.name()))
-            .collect();
+        let sources = catalog.complete_sources(entry);
         if sources.is_empty() {
             let msg = format!(
                 "snapshot {}: complete on no reachable target; nothing to copy it from",
@@ -301,12 +234,22 @@ pub async fn sync_policy(
             })
             .collect();
         for rec in &m.sources {
+            let hash = match Hash::new(&rec.archive_hash) {
+                Ok(h) => h,
+                Err(e) => {
+                    for c in copies.iter_mut().filter(|c| c.error.is_none()) {
+                        c.status = "failed".into();
+                        c.error = Some(e.to_string());
+                    }
+                    continue;
+                }
+            };
             let lacking: Vec<usize> = needers
                 .iter()
                 .enumerate()
                 .filter(|(i, t)| {
                     copies[*i].error.is_none()
-                        && have[t.name()].get(&rec.archive_hash) != Some(&rec.archive_size)
+                        && have[t.name()].get(&hash) != Some(&rec.archive_size)
                 })
                 .map(|(i, _)| i)
                 .collect();
@@ -324,41 +267,41 @@ pub async fn sync_policy(
                 .and_then(|_| crate::util::private_dir(&cfg.state_dir.join("staging")))
                 .and_then(|_| crate::util::create_private_dir_all(&staging))
                 .with_context(|| format!("creating staging directory {}", staging.display()))?;
-            let file = staging.join(format!("{}.tar.zst", rec.archive_hash));
-            let mut from = None;
-            let mut why = Vec::new();
-            for s in &sources {
-                match fetch_verified(s, &policy.name, &rec.archive_hash, rec.archive_size, &file)
-                    .await
-                {
-                    Ok(()) => {
-                        from = Some(s.name().to_string());
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            "target {}: archive {} of snapshot {}: {e}; trying the next target",
-                            s.name(),
-                            &rec.archive_hash[..16],
-                            m.id
-                        );
-                        why.push(format!("{}: {e}", s.name()));
-                    }
+            let file = staging.join(format!("{hash}.tar.zst"));
+            let what = format!("archive {} of snapshot {}", hash.short(), m.id);
+            let candidates: Vec<_> = sources.iter().copied().map(Ok).collect();
+            let fetched = fetch::first_intact(candidates, &what, |s| {
+                let (hash, file, policy) = (&hash, &file, &catalog.policy);
+                async move {
+                    fetch::download(s, policy, hash, rec.archive_size, file)
+                        .await
+                        .map_err(FetchError::Skip)
                 }
-            }
-            let Some(from) = from else {
-                let _ = std::fs::remove_file(&file);
-                for i in lacking {
-                    copies[i].status = "failed".into();
-                    copies[i].error = Some(format!(
-                        "no intact copy of archive {} ({})",
-                        rec.archive_hash,
-                        why.join("; ")
-                    ));
+            })
+            .await;
+            let from = match fetched {
+                Ok(f) => f.target,
+                Err(e) => {
+                    let why = match e {
+                        fetch::Failover::Exhausted(skipped) => fetch::Failover::why(&skipped),
+                        fetch::Failover::Fatal(e) => format!("{e:#}"),
+                    };
+                    let _ = std::fs::remove_file(&file);
+                    for i in lacking {
+                        copies[i].status = "failed".into();
+                        copies[i].error = Some(format!(
+                            "no intact copy of archive {} ({why})",
+                            rec.archive_hash
+                        ));
+                    }
+                    continue;
                 }
-                continue;
             };
-            let key = repo::archive_key(&policy.name, &rec.archive_hash);
+            let key = crate::repo::Key::Archive {
+                policy: catalog.policy.clone(),
+                hash: hash.clone(),
+            }
+            .object();
             let puts = futures::future::join_all(
                 lacking.iter().map(|&i| needers[i].put_file(&key, &file)),
             )
@@ -375,7 +318,7 @@ pub async fn sync_policy(
                         }
                         have.get_mut(needers[i].name())
                             .expect("reachable")
-                            .insert(rec.archive_hash.clone(), rec.archive_size);
+                            .insert(hash.clone(), rec.archive_size);
                     }
                     Err(e) => {
                         copies[i].status = "failed".into();
@@ -385,33 +328,20 @@ pub async fn sync_policy(
             }
         }
         if !o.dry_run {
-            let copy = authentic_copy(cfg, &sources, &policy.name, entry).await;
+            let commit = authentic_copy(cfg, &sources, &catalog, entry)
+                .await
+                .and_then(|(json, sig)| Commit::new(m, json, sig).map_err(|e| e.to_string()));
             for (i, t) in needers.iter().enumerate() {
                 if copies[i].error.is_some() {
                     continue;
                 }
-                let (json, sig) = match &copy {
-                    Ok(c) => c,
-                    Err(e) => {
-                        copies[i].status = "failed".into();
-                        copies[i].error = Some(e.clone());
-                        continue;
-                    }
+                let r = match &commit {
+                    Ok(c) => c.apply(t).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.clone()),
                 };
-                let r = async {
-                    for rec in &m.sources {
-                        let k = repo::b3sums_key(&policy.name, &rec.archive_hash);
-                        if !others[t.name()].contains(&k) {
-                            let sums = crate::archive::manifest::b3sums(&rec.files);
-                            t.put_bytes(&k, sums.into_bytes()).await?;
-                        }
-                    }
-                    repo::commit_snapshot(t, &policy.name, &m.id, json, sig).await
-                }
-                .await;
                 if let Err(e) = r {
                     copies[i].status = "failed".into();
-                    copies[i].error = Some(e.to_string());
+                    copies[i].error = Some(e);
                 }
             }
         }

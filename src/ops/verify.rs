@@ -20,9 +20,9 @@ use crate::archive::beneath::Dir;
 use crate::archive::ExtractOptions;
 use crate::config::{Config, Policy, SourceSpec};
 use crate::error::{ConfigError, ExitCode};
-use crate::ops::restore::{fetch_and_extract, FetchError};
 use crate::ops::{combine, load_catalog, state};
-use crate::repo::{self, Catalog};
+use crate::repo::fetch::{self, FetchError};
+use crate::repo::{Catalog, Hash, Holding, Key};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Default)]
@@ -171,34 +171,26 @@ async fn check_on_target(
         error: None,
         archives: Vec::new(),
     };
-    let view = match &st.view {
-        Ok(v) => v,
-        Err(e) => {
-            tc.result = "unreachable".into();
-            tc.error = Some(e.clone());
-            return tc;
-        }
-    };
-    if !view.snapshots.contains(&m.id) {
-        tc.result = "missing".into();
-        tc.error = Some("snapshot not on this target (backupctl sync copies it)".into());
-        return tc;
-    }
     // This target's own manifest must have authenticated and be this one.
-    if !st.holds(entry) {
-        tc.result = "failed".into();
-        tc.error = Some(
-            catalog
-                .bad_manifests
-                .iter()
-                .find(|d| d.target == tc.target && d.snapshot == m.id)
-                .map(|d| format!("manifest: {}", d.reason))
-                .unwrap_or_else(|| "manifest differs from the authentic copy".into()),
-        );
+    let problem = match catalog.holding(st, entry) {
+        Holding::Holds => None,
+        Holding::Unreachable(e) => Some(("unreachable", e.to_string())),
+        Holding::Absent => Some((
+            "missing",
+            "snapshot not on this target (backupctl sync copies it)".to_string(),
+        )),
+        Holding::NotUsed(Some(d)) => Some(("failed", format!("manifest: {}", d.reason))),
+        Holding::NotUsed(None) => Some((
+            "failed",
+            "manifest differs from the authentic copy".to_string(),
+        )),
+    };
+    if let Some((result, error)) = problem {
+        tc.result = result.into();
+        tc.error = Some(error);
         return tc;
     }
-    let own = m;
-    for rec in &own.sources {
+    for rec in &m.sources {
         let label = format!("{}:{}", t.name(), rec.name);
         // Never ownership, never setuid/setgid, never the archive root's mode.
         let opts = ExtractOptions {
@@ -209,7 +201,16 @@ async fn check_on_target(
         };
         let mut ac = ArchiveCheck {
             source: rec.name.clone(),
-            archive: repo::archive_key(&policy.name, &rec.archive_hash),
+            archive: Hash::new(&rec.archive_hash)
+                .map(|hash| {
+                    Key::Archive {
+                        policy: catalog.policy.clone(),
+                        hash,
+                    }
+                    .object()
+                    .to_string()
+                })
+                .unwrap_or_default(),
             result: "ok".into(),
             problems: Vec::new(),
         };
@@ -224,7 +225,7 @@ async fn check_on_target(
             }
         };
         if let Some(scratch) = &scratch {
-            match fetch_and_extract(t, &policy.name, rec, scratch, &opts, &label).await {
+            match fetch::unpack(t, &catalog.policy, rec, scratch, &opts, &label).await {
                 Ok(rep) => {
                     ac.problems =
                         crate::archive::reader::compare_files(&rec.files, &rep.files, None);
@@ -282,17 +283,13 @@ pub async fn verify_policy(
     o: &VerifyOptions,
 ) -> anyhow::Result<VerifyResult> {
     let scratch = scratch_root(cfg, policy)?;
-    let (_targets, catalog) = load_catalog(cfg, policy, o.target.as_deref()).await?;
+    let catalog = load_catalog(cfg, policy, o.target.as_deref()).await?;
     let mut problems: Vec<String> = catalog
         .bad_manifests
         .iter()
         .map(|d| d.to_string())
         .collect();
-    let ids: Vec<String> = catalog
-        .entries
-        .iter()
-        .map(|e| e.manifest.id.clone())
-        .collect();
+    let ids: Vec<String> = catalog.entries.iter().map(|e| e.id.to_string()).collect();
     let st = state::load(&cfg.state_dir, &policy.name);
     let picks: Vec<usize> = if o.all {
         (0..ids.len()).rev().collect()

@@ -1,118 +1,94 @@
-//! The layout of snapshots on one target, and a catalog merging what all
-//! targets hold.
+//! The catalog: what every target of a policy holds, authenticated and
+//! merged, and the questions commands ask of it (which targets hold a
+//! snapshot, which are reachable, which snapshot "latest" or a prefix means).
 //!
-//! ```text
-//! <root>/RESTORE-README.txt                   how to restore by hand
-//! <root>/<policy>/archives/<blake3>.tar.zst   one per source version
-//! <root>/<policy>/archives/<blake3>.b3sums    per-file hashes, b3sum --check format
-//! <root>/<policy>/snapshots/<id>.sig          its signature (written just before)
-//! <root>/<policy>/snapshots/<id>.json         the manifest, written last
-//! ```
 //! A snapshot is *complete* on a target when its authenticated manifest (see
 //! [`crate::trust`]) and every archive it names (with the recorded size) are
 //! there. Each target is judged by its own copies: a manifest one target
-//! serves never vouches for another target's.
+//! serves never vouches for another target's. Nothing a target serves is
+//! parsed before its signature verifies against a trusted key.
+//!
+//! Not here: key names ([`super::layout`]), downloading ([`super::fetch`]),
+//! writing snapshots ([`super::commit`]).
 
+use super::fetch;
+use super::layout::{self, Hash, Key, PolicyName, SnapshotId};
 use crate::archive::Manifest;
-use crate::target::{DynTarget, TargetError};
+use crate::storage::{DynBackend, ObjectInfo, StorageError};
 use crate::trust::{AuthError, PublicKey, Trust};
 use futures::stream::{self, StreamExt};
 use std::collections::{BTreeMap, HashMap};
 
-pub const RESTORE_FILE: &str = "RESTORE-README.txt";
-
-pub fn manifest_key(policy: &str, id: &str) -> String {
-    format!("{policy}/snapshots/{id}.json")
-}
-
-pub fn archive_key(policy: &str, hash: &str) -> String {
-    format!("{policy}/archives/{hash}.tar.zst")
-}
-
-pub fn b3sums_key(policy: &str, hash: &str) -> String {
-    format!("{policy}/archives/{hash}.b3sums")
-}
-
-pub fn signature_key(policy: &str, id: &str) -> String {
-    format!("{policy}/snapshots/{id}.sig")
-}
-
-/// Manifests above this size are refused unread (see
-/// [`crate::archive::manifest::MAX_MANIFEST_BYTES`]).
-pub const MAX_MANIFEST_BYTES: u64 = crate::archive::manifest::MAX_MANIFEST_BYTES as u64;
-
-/// Is `s` a snapshot id as `run` makes them (`YYYYMMDDTHHMMSSZ-xxxxxxxx`)?
-pub fn is_snapshot_id(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 25
-        && b[..8].iter().all(u8::is_ascii_digit)
-        && b[8] == b'T'
-        && b[9..15].iter().all(u8::is_ascii_digit)
-        && b[15] == b'Z'
-        && b[16] == b'-'
-        && b[17..]
-            .iter()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
-}
-
-/// What one target holds for one policy (one listing call).
+/// What one target holds for one policy (one listing call), by kind.
 #[derive(Debug, Default, Clone)]
 pub struct TargetView {
-    /// Snapshot ids with a manifest (names that are not snapshot ids are
-    /// ignored: they are never used to build a key or printed raw).
-    pub snapshots: Vec<String>,
+    /// Snapshot id -> manifest size (names that are not snapshot ids are
+    /// never used to build a key or printed raw: they land in `others`).
+    pub snapshots: BTreeMap<SnapshotId, u64>,
     /// archive hash -> size
-    pub archives: HashMap<String, u64>,
-    /// other keys (b3sums, signatures, stray files) -> size
-    pub others: HashMap<String, u64>,
-    /// manifest sizes by id
-    pub manifest_sizes: HashMap<String, u64>,
+    pub archives: HashMap<Hash, u64>,
+    /// `.b3sums` by archive hash -> size
+    pub b3sums: HashMap<Hash, u64>,
+    /// signatures by snapshot id -> size
+    pub signatures: HashMap<SnapshotId, u64>,
+    /// Anything else under the policy's prefix (never deleted).
+    pub others: Vec<ObjectInfo>,
 }
 
 impl TargetView {
-    /// Is every archive of `m` present with its recorded size?
+    /// Sort what `t` listed under `policy`'s prefix.
+    pub fn from_listing(policy: &PolicyName, listed: Vec<ObjectInfo>) -> TargetView {
+        let mut v = TargetView::default();
+        for o in listed {
+            match Key::parse(&o.key) {
+                Some(Key::Manifest { policy: p, id }) if &p == policy => {
+                    v.snapshots.insert(id, o.size);
+                }
+                Some(Key::Signature { policy: p, id }) if &p == policy => {
+                    v.signatures.insert(id, o.size);
+                }
+                Some(Key::Archive { policy: p, hash }) if &p == policy => {
+                    v.archives.insert(hash, o.size);
+                }
+                Some(Key::B3sums { policy: p, hash }) if &p == policy => {
+                    v.b3sums.insert(hash, o.size);
+                }
+                _ => v.others.push(o),
+            }
+        }
+        v
+    }
+
+    /// Does this target hold a manifest for `id` (authentic or not)?
+    pub fn has_manifest(&self, id: &str) -> bool {
+        SnapshotId::new(id).is_ok_and(|id| self.snapshots.contains_key(&id))
+    }
+
+    /// Does this target hold archive `hash` with `size` bytes?
+    pub fn has_archive(&self, hash: &str, size: u64) -> bool {
+        Hash::new(hash).is_ok_and(|h| self.archives.get(&h) == Some(&size))
+    }
+
+    /// The archives of `m` missing here (or of another size), for messages.
     pub fn missing_archives(&self, m: &Manifest) -> Vec<String> {
         m.sources
             .iter()
-            .filter(|s| self.archives.get(&s.archive_hash) != Some(&s.archive_size))
+            .filter(|s| !self.has_archive(&s.archive_hash, s.archive_size))
             .map(|s| format!("{} ({})", s.name, &s.archive_hash[..12]))
             .collect()
     }
 }
 
-pub async fn view(t: &DynTarget, policy: &str) -> Result<TargetView, TargetError> {
-    let prefix = format!("{policy}/");
-    let mut v = TargetView::default();
-    for o in t.list(&prefix).await? {
-        let rest = &o.key[prefix.len()..];
-        if let Some(id) = rest
-            .strip_prefix("snapshots/")
-            .and_then(|r| r.strip_suffix(".json"))
-        {
-            if is_snapshot_id(id) {
-                v.snapshots.push(id.to_string());
-                v.manifest_sizes.insert(id.to_string(), o.size);
-                continue;
-            }
-        }
-        if let Some(h) = rest
-            .strip_prefix("archives/")
-            .and_then(|r| r.strip_suffix(".tar.zst"))
-        {
-            if crate::archive::manifest::is_hash(h) {
-                v.archives.insert(h.to_string(), o.size);
-                continue;
-            }
-        }
-        v.others.insert(o.key.clone(), o.size);
-    }
-    v.snapshots.sort();
-    Ok(v)
+/// List what `t` holds for `policy`.
+pub async fn view(t: &DynBackend, policy: &PolicyName) -> Result<TargetView, StorageError> {
+    let listed = t.list(&layout::policy_prefix(policy)).await?;
+    Ok(TargetView::from_listing(policy, listed))
 }
 
 /// One snapshot, merged across targets.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    pub id: SnapshotId,
     pub manifest: Manifest,
     /// BLAKE3 of the authenticated manifest bytes.
     pub digest: [u8; 32],
@@ -124,20 +100,49 @@ pub struct Entry {
     pub incomplete_on: Vec<(String, String)>,
 }
 
+impl Entry {
+    pub fn is_complete_on(&self, target: &str) -> bool {
+        self.complete_on.iter().any(|c| c == target)
+    }
+}
+
 /// Per target: its view, or why it could not be listed, and which of its
 /// manifests authenticated.
 pub struct TargetState {
-    pub target: DynTarget,
+    pub target: DynBackend,
     pub view: Result<TargetView, String>,
     /// Snapshot id -> BLAKE3 of this target's own authenticated manifest.
-    pub authentic: BTreeMap<String, [u8; 32]>,
+    pub authentic: BTreeMap<SnapshotId, [u8; 32]>,
 }
 
 impl TargetState {
+    pub fn name(&self) -> &str {
+        self.target.name()
+    }
+
+    /// Could it be listed completely?
+    pub fn is_reachable(&self) -> bool {
+        self.view.is_ok()
+    }
+
     /// Does this target hold `e`'s own authenticated manifest?
     pub fn holds(&self, e: &Entry) -> bool {
-        self.authentic.get(&e.manifest.id) == Some(&e.digest)
+        self.authentic.get(&e.id) == Some(&e.digest)
     }
+}
+
+/// How a target stands toward one snapshot.
+#[derive(Debug, Clone, Copy)]
+pub enum Holding<'a> {
+    /// Its own manifest authenticated and is the snapshot's.
+    Holds,
+    /// It could not be listed (the error).
+    Unreachable(&'a str),
+    /// It has no manifest for the snapshot.
+    Absent,
+    /// Its manifest is not used: damaged (why), or another authentic
+    /// manifest under the same id (None).
+    NotUsed(Option<&'a Damaged>),
 }
 
 /// A manifest a target serves that is not used: unsigned, signed by an
@@ -164,9 +169,10 @@ impl std::fmt::Display for Damaged {
 
 /// All snapshots of a policy on the given targets.
 pub struct Catalog {
-    pub policy: String,
+    pub policy: PolicyName,
     /// Authenticated snapshots, oldest first (by instant, then id).
     pub entries: Vec<Entry>,
+    /// Every target asked, in the policy's order.
     pub targets: Vec<TargetState>,
     /// Manifests that are not used, per target (never restored, copied or
     /// counted by prune; they block archive deletion on their target).
@@ -175,48 +181,49 @@ pub struct Catalog {
     pub trust_empty: bool,
 }
 
+/// An authenticated manifest as a target serves it: the exact bytes and
+/// signature (never re-serialised: the signature covers the bytes).
+pub struct Authentic {
+    pub bytes: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub digest: [u8; 32],
+    pub signer: PublicKey,
+}
+
 /// Read one manifest and its signature from `t`, bounded, and authenticate
-/// it; Ok carries the bytes, their digest and the signer.
+/// it. `size` is the listed size (0: not listed; the read is bounded anyway).
+/// Err: why it is not used, and who signed it when the signature says.
 pub async fn read_authentic(
-    t: &DynTarget,
-    policy: &str,
-    id: &str,
+    t: &DynBackend,
+    policy: &PolicyName,
+    id: &SnapshotId,
     size: u64,
     trust: &Trust,
-) -> Result<(Vec<u8>, [u8; 32], PublicKey), (String, Option<PublicKey>)> {
-    // `size` is the listed size (0: not listed; the read is bounded anyway).
-    if size > MAX_MANIFEST_BYTES {
-        let e = crate::archive::manifest::check_size(size as usize).unwrap_err();
-        return Err((e, None));
-    }
-    let sig = match crate::target::get_limited(
-        t,
-        &signature_key(policy, id),
-        crate::trust::MAX_SIGNATURE_BYTES as u64,
-    )
-    .await
-    {
-        Ok(b) => Some(b),
-        Err(e) if e.is_not_found() => None,
-        Err(e) => return Err((format!("reading the signature: {e}"), None)),
-    };
-    if sig.is_none() {
-        return Err((AuthError::Unsigned.to_string(), None));
-    }
-    let bytes = crate::target::get_limited(t, &manifest_key(policy, id), MAX_MANIFEST_BYTES)
+) -> Result<Authentic, (String, Option<PublicKey>)> {
+    fetch::check_manifest_size(size).map_err(|e| (e, None))?;
+    let signature = fetch::signature(t, policy, id)
         .await
-        .map_err(|e| (e.to_string(), None))?;
+        .map_err(|e| (e, None))?
+        .ok_or_else(|| (AuthError::Unsigned.to_string(), None))?;
+    let bytes = fetch::manifest(t, policy, id)
+        .await
+        .map_err(|e| (e, None))?;
     let signer = trust
-        .verify(policy, id, &bytes, sig.as_deref())
+        .verify(policy, id, &bytes, Some(&signature))
         .map_err(|e| (e.to_string(), e.signer()))?;
     let digest = *blake3::hash(&bytes).as_bytes();
-    Ok((bytes, digest, signer))
+    Ok(Authentic {
+        bytes,
+        signature,
+        digest,
+        signer,
+    })
 }
 
 impl Catalog {
     /// List every target, read and authenticate every manifest on each (each
     /// target is judged by its own copies), and merge what authenticated.
-    pub async fn load(policy: &str, targets: &[DynTarget], trust: &Trust) -> Catalog {
+    pub async fn load(policy: &PolicyName, targets: &[DynBackend], trust: &Trust) -> Catalog {
         let views = futures::future::join_all(targets.iter().map(|t| view(t, policy))).await;
         let mut states = Vec::new();
         for (t, v) in targets.iter().zip(views) {
@@ -229,21 +236,17 @@ impl Catalog {
                 authentic: BTreeMap::new(),
             });
         }
-        let jobs: Vec<(usize, String, u64)> = states
+        let jobs: Vec<(usize, SnapshotId, u64)> = states
             .iter()
             .enumerate()
             .filter_map(|(i, s)| s.view.as_ref().ok().map(|v| (i, v)))
             .flat_map(|(i, v)| {
-                v.snapshots.iter().map(move |id| {
-                    (
-                        i,
-                        id.clone(),
-                        v.manifest_sizes.get(id).copied().unwrap_or(0),
-                    )
-                })
+                v.snapshots
+                    .iter()
+                    .map(move |(id, size)| (i, id.clone(), *size))
             })
             .collect();
-        let handles: Vec<DynTarget> = states.iter().map(|s| s.target.clone()).collect();
+        let handles: Vec<DynBackend> = states.iter().map(|s| s.target.clone()).collect();
         let mut reads = stream::iter(jobs.into_iter().map(|(i, id, size)| {
             let t = handles[i].clone();
             async move {
@@ -254,23 +257,23 @@ impl Catalog {
         .buffer_unordered(16);
         // Per id: the copy of the first target (policy order) that
         // authenticated; per target: which digest it holds.
-        let mut first: BTreeMap<String, (usize, Vec<u8>, [u8; 32], PublicKey)> = BTreeMap::new();
+        let mut first: BTreeMap<SnapshotId, (usize, Authentic)> = BTreeMap::new();
         let mut bad = Vec::new();
         while let Some((i, id, r)) = reads.next().await {
-            let tname = states[i].target.name().to_string();
+            let tname = states[i].name().to_string();
             match r {
-                Ok((bytes, digest, signer)) => {
-                    states[i].authentic.insert(id.clone(), digest);
-                    let better = first.get(&id).is_none_or(|(j, ..)| i < *j);
+                Ok(a) => {
+                    states[i].authentic.insert(id.clone(), a.digest);
+                    let better = first.get(&id).is_none_or(|(j, _)| i < *j);
                     if better {
-                        first.insert(id, (i, bytes, digest, signer));
+                        first.insert(id, (i, a));
                     }
                 }
                 Err((reason, signer)) => {
                     tracing::warn!("target {tname}: snapshot {id}: {reason}; not used");
                     bad.push(Damaged {
                         target: tname,
-                        snapshot: id,
+                        snapshot: id.to_string(),
                         reason,
                         signer,
                     });
@@ -280,9 +283,10 @@ impl Catalog {
         drop(reads);
 
         let mut entries = Vec::new();
-        for (id, (_, bytes, digest, signer)) in first {
-            let m = match Manifest::parse(&bytes) {
-                Ok(m) if m.id == id && m.policy == policy => m,
+        for (id, (_, a)) in first {
+            let digest = a.digest;
+            let m = match Manifest::parse(&a.bytes) {
+                Ok(m) if m.id == id.as_str() && m.policy == policy.as_str() => m,
                 Ok(_) => {
                     Self::reject(
                         &mut states,
@@ -308,10 +312,10 @@ impl Catalog {
             let mut incomplete_on = Vec::new();
             for st in &states {
                 let Ok(v) = &st.view else { continue };
-                if !v.snapshots.contains(&id) {
+                if !v.snapshots.contains_key(&id) {
                     continue;
                 }
-                let name = st.target.name().to_string();
+                let name = st.name().to_string();
                 match st.authentic.get(&id) {
                     None => incomplete_on.push((
                         name,
@@ -333,9 +337,10 @@ impl Catalog {
                 }
             }
             entries.push(Entry {
+                id,
                 manifest: m,
                 digest,
-                signer,
+                signer: a.signer,
                 complete_on,
                 incomplete_on,
             });
@@ -344,11 +349,11 @@ impl Catalog {
             a.manifest
                 .time
                 .cmp(&b.manifest.time)
-                .then_with(|| a.manifest.id.cmp(&b.manifest.id))
+                .then_with(|| a.id.cmp(&b.id))
         });
         bad.sort_by(|a, b| (&a.target, &a.snapshot).cmp(&(&b.target, &b.snapshot)));
         Catalog {
-            policy: policy.to_string(),
+            policy: policy.clone(),
             entries,
             targets: states,
             bad_manifests: bad,
@@ -360,19 +365,16 @@ impl Catalog {
     fn reject(
         states: &mut [TargetState],
         bad: &mut Vec<Damaged>,
-        id: &str,
+        id: &SnapshotId,
         digest: &[u8; 32],
         reason: &str,
     ) {
         for st in states.iter_mut() {
             if st.authentic.get(id) == Some(digest) {
                 st.authentic.remove(id);
-                tracing::warn!(
-                    "target {}: snapshot {id}: {reason}; not used",
-                    st.target.name()
-                );
+                tracing::warn!("target {}: snapshot {id}: {reason}; not used", st.name());
                 bad.push(Damaged {
-                    target: st.target.name().to_string(),
+                    target: st.name().to_string(),
                     snapshot: id.to_string(),
                     reason: reason.to_string(),
                     signer: None,
@@ -444,13 +446,13 @@ impl Catalog {
                     ))
                 }),
             Some(s) => {
-                if let Some(e) = self.entries.iter().find(|e| e.manifest.id == s) {
+                if let Some(e) = self.entries.iter().find(|e| e.id == *s) {
                     return Ok(e);
                 }
                 let matches: Vec<&Entry> = self
                     .entries
                     .iter()
-                    .filter(|e| e.manifest.id.starts_with(s))
+                    .filter(|e| e.id.starts_with(s))
                     .collect();
                 match matches.len() {
                     1 => Ok(matches[0]),
@@ -464,7 +466,7 @@ impl Catalog {
                         matches
                             .iter()
                             .take(5)
-                            .map(|e| e.manifest.id.as_str())
+                            .map(|e| e.id.as_str())
                             .collect::<Vec<_>>()
                             .join(", ")
                     ))),
@@ -473,6 +475,7 @@ impl Catalog {
         }
     }
 
+    /// The targets that could not be listed: (target, error).
     pub fn unreachable(&self) -> Vec<(String, String)> {
         self.targets
             .iter()
@@ -480,88 +483,56 @@ impl Catalog {
                 s.view
                     .as_ref()
                     .err()
-                    .map(|e| (s.target.name().to_string(), e.clone()))
+                    .map(|e| (s.name().to_string(), e.clone()))
             })
             .collect()
     }
-}
 
-/// Make snapshot `id` visible on `t`, once every archive it names is there:
-/// the restore instructions, then the signature, then the manifest last (a
-/// crash before the manifest leaves no snapshot). `run` and `sync` both
-/// commit through here.
-pub async fn commit_snapshot(
-    t: &DynTarget,
-    policy: &str,
-    id: &str,
-    manifest: &[u8],
-    signature: &[u8],
-) -> Result<(), TargetError> {
-    t.put_bytes(RESTORE_FILE, restore_instructions().into_bytes())
-        .await?;
-    t.put_bytes(&signature_key(policy, id), signature.to_vec())
-        .await?;
-    t.put_bytes(&manifest_key(policy, id), manifest.to_vec())
-        .await
-}
+    /// The targets that could be listed, in policy order.
+    pub fn reachable(&self) -> impl Iterator<Item = &TargetState> {
+        self.targets.iter().filter(|s| s.is_reachable())
+    }
 
-/// The plain-text restore instructions stored at each target's root.
-pub fn restore_instructions() -> String {
-    format!(
-        r#"HOW TO RESTORE THESE BACKUPS BY HAND (without backupctl)
-==========================================================
+    /// How `st` stands toward snapshot `e`.
+    pub fn holding<'a>(&'a self, st: &'a TargetState, e: &Entry) -> Holding<'a> {
+        let view = match &st.view {
+            Ok(v) => v,
+            Err(err) => return Holding::Unreachable(err),
+        };
+        if st.holds(e) {
+            return Holding::Holds;
+        }
+        if !view.snapshots.contains_key(&e.id) {
+            return Holding::Absent;
+        }
+        Holding::NotUsed(
+            self.bad_manifests
+                .iter()
+                .find(|d| d.target == st.name() && d.snapshot == e.id.as_str()),
+        )
+    }
 
-Written by backupctl {version}. Everything needed to restore is in this
-directory (or bucket prefix); no local state from the backed-up machine is needed.
+    /// Indices of the entries `st` holds authentically (its own manifests).
+    pub fn held_by(&self, st: &TargetState) -> Vec<usize> {
+        (0..self.entries.len())
+            .filter(|&i| st.holds(&self.entries[i]))
+            .collect()
+    }
 
-Layout
-------
-  <policy>/snapshots/<snapshot-id>.json    one manifest per snapshot (JSON):
-                                           time, host, and per source its archive
-                                           hash and the BLAKE3 of every file
-  <policy>/snapshots/<snapshot-id>.sig     its Ed25519 signature by the backup
-                                           host's key (backupctl refuses manifests
-                                           that are unsigned or signed by a key it
-                                           does not trust; a manual restore can
-                                           skip it)
-  <policy>/archives/<hash>.tar.zst         one plain tar archive, zstd-compressed,
-                                           per source and version; <hash> is the
-                                           BLAKE3 of the .tar.zst file itself
-  <policy>/archives/<hash>.b3sums          BLAKE3 of every file in that archive,
-                                           in `b3sum --check` format
+    /// The reachable targets on which `e` is complete, in policy order:
+    /// where a copy of it can come from.
+    pub fn complete_sources(&self, e: &Entry) -> Vec<&DynBackend> {
+        self.reachable()
+            .filter(|s| e.is_complete_on(s.name()))
+            .map(|s| &s.target)
+            .collect()
+    }
 
-Snapshot ids start with the UTC time they were taken (YYYYMMDDTHHMMSSZ), so the
-newest manifest sorts last.
-
-Steps (tools: zstd, tar, b3sum; Debian/Ubuntu: apt-get install zstd tar b3sum)
------
-1. Pick a snapshot and find the archive of the source you need:
-     ls <policy>/snapshots/
-     grep -E '"name"|"archive_hash"' <policy>/snapshots/<snapshot-id>.json
-   (each source block lists "name" and then its "archive_hash").
-
-2. Check the archive is intact; the printed hash must equal the file name:
-     b3sum <policy>/archives/<hash>.tar.zst
-
-3. Unpack it into an empty directory:
-     mkdir -p /restore/<source>
-     zstd -d -c <policy>/archives/<hash>.tar.zst | tar -xpf - -C /restore/<source>
-   (add --numeric-owner when running as root to restore ownership).
-
-4. Check every file against its recorded BLAKE3:
-     cd /restore/<source> && b3sum --check /path/to/<policy>/archives/<hash>.b3sums
-   (b3sum cannot check names that are not valid UTF-8: they are left out of
-   .b3sums; the manifest lists them with "path_b64", their exact bytes in base64.)
-
-Database sources hold dump files: PostgreSQL custom-format dumps (*.pgdump) load
-with pg_restore, plain dumps (*.sql) with psql or mysql, SQLite files (*.db)
-open directly. A large dump may be split into parts NAME.part-000001,
-NAME.part-000002, ...: concatenate them in order (cat NAME.part-* > NAME).
-
-Snapshot manifests are written last: a snapshot whose manifest exists here is
-complete on this target. backupctl-target.json at the root only marks this as a
-backupctl target.
-"#,
-        version = env!("CARGO_PKG_VERSION")
-    )
+    /// The reachable targets on which `e` is not complete, in policy order.
+    pub fn lacking(&self, e: &Entry) -> Vec<&DynBackend> {
+        self.reachable()
+            .filter(|s| !e.is_complete_on(s.name()))
+            .map(|s| &s.target)
+            .collect()
+    }
 }

@@ -7,15 +7,23 @@
 //!   whatever the file size). Each request carries a CRC32 checksum the server
 //!   verifies; a service that rejects checksums gets plain uploads (warned
 //!   once). A failed multipart upload is aborted; uploads left behind by a
-//!   crash are aborted by [`S3Target::abort_stale`] (`sync`, `check`).
+//!   crash are aborted by `cleanup_incomplete` (`sync`).
+//! - An archive written before its name is known ([`Backend::upload`]) goes
+//!   to a private staging file in the local staging directory given at open,
+//!   and is uploaded as above on commit.
 //! - Atomicity: S3 makes an object visible only once complete.
 //! - Downloads stream; a connection reset surfaces as a read error.
 //! - Retries: the SDK's standard mode (exponential backoff with jitter) for
 //!   timeouts, 5xx, throttling and connection errors, up to `max_attempts`;
 //!   connect and read timeouts make a dead endpoint fail in seconds.
-//!   Errors are classified into [`TargetError`] with a hint on what to fix.
+//!   Errors are classified into [`StorageError`] with a hint on what to fix.
+//!
+//! What the objects mean is not this file's business (see [`crate::repo`]).
 
-use super::{ByteStream, ObjectInfo, Target, TargetError, TargetResult};
+use super::{
+    Backend, Capabilities, ObjectInfo, ObjectKey, ObjectReader, Prefix, Readiness, StorageError,
+    StorageResult, TempFile, Upload,
+};
 use crate::config::S3TargetSpec;
 use crate::error::ConfigError;
 use async_trait::async_trait;
@@ -28,8 +36,10 @@ use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPa
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use futures::stream::{StreamExt, TryStreamExt};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Default multipart part size (MiB) and parts uploaded at once.
@@ -56,7 +66,8 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-pub struct S3Target {
+#[derive(Clone)]
+pub struct S3Backend {
     name: String,
     location: String,
     bucket: String,
@@ -70,7 +81,11 @@ pub struct S3Target {
     client: Client,
     /// Requests without checksums, for services that refuse them.
     plain_client: Client,
-    checksums: AtomicBool,
+    checksums: Arc<AtomicBool>,
+    /// Local directory for uploads whose name is not known yet (private).
+    staging: PathBuf,
+    /// Staging directories whose leftovers this instance already removed.
+    cleaned: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 fn env_var(cfg_file: &Path, key: &str, var: &str) -> Result<String, ConfigError> {
@@ -84,16 +99,18 @@ fn env_var(cfg_file: &Path, key: &str, var: &str) -> Result<String, ConfigError>
     }
 }
 
-impl S3Target {
-    /// Start downloading `key`.
+impl S3Backend {
+    /// Start downloading `key`, or the byte range `range` (HTTP `bytes=a-b`) of it.
     async fn get_object(
         &self,
         key: &str,
-    ) -> TargetResult<aws_sdk_s3::operation::get_object::GetObjectOutput> {
+        range: Option<String>,
+    ) -> StorageResult<aws_sdk_s3::operation::get_object::GetObjectOutput> {
         self.client
             .get_object()
             .bucket(&self.bucket)
             .key(self.full_key(key))
+            .set_range(range)
             .send()
             .await
             .map_err(|e| self.classify("download", key, e))
@@ -102,11 +119,14 @@ impl S3Target {
     /// Build the client. Credentials: the variables named by
     /// `access_key_id_env`/`secret_access_key_env`, else the standard AWS chain
     /// (environment, shared profiles, web identity, container and instance roles).
+    /// `staging`: where [`Backend::upload`] stages archives (created when
+    /// first used, mode 0700).
     pub async fn new(
         cfg_file: &Path,
         name: &str,
         spec: &S3TargetSpec,
-    ) -> Result<S3Target, ConfigError> {
+        staging: &Path,
+    ) -> Result<S3Backend, ConfigError> {
         let key = format!("targets.{name}");
         let region = match &spec.region {
             Some(r) => Some(Region::new(r.clone())),
@@ -179,7 +199,7 @@ impl S3Target {
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
         }
-        Ok(S3Target {
+        Ok(S3Backend {
             name: name.to_string(),
             location: spec.location.clone(),
             bucket: spec.bucket.clone(),
@@ -190,7 +210,9 @@ impl S3Target {
             parts_in_flight: spec.parts_in_flight.unwrap_or(DEFAULT_PARTS_IN_FLIGHT),
             client,
             plain_client,
-            checksums: AtomicBool::new(true),
+            checksums: Arc::new(AtomicBool::new(true)),
+            staging: staging.to_path_buf(),
+            cleaned: Arc::default(),
         })
     }
 
@@ -206,7 +228,7 @@ impl S3Target {
     }
 
     /// Classify an SDK error; `what` names the operation and key.
-    fn classify<E>(&self, what: &str, key: &str, err: SdkError<E>) -> TargetError
+    fn classify<E>(&self, what: &str, key: &str, err: SdkError<E>) -> StorageError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
@@ -221,7 +243,7 @@ impl S3Target {
         };
         match &err {
             SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-                return TargetError::Unavailable {
+                return StorageError::Unavailable {
                     target,
                     message: format!("{what} {key}: {} ({})", chain(&err), self.where_()),
                 }
@@ -229,12 +251,12 @@ impl S3Target {
             SdkError::DispatchFailure(d) => {
                 let text = chain(&err);
                 if d.is_user() || text.contains("credentials") || text.contains("identity") {
-                    return TargetError::Permanent {
+                    return StorageError::Permanent {
                         target,
                         message: format!("{what} {key}: {text}; check the credentials (access_key_id_env / secret_access_key_env or the AWS credential chain)"),
                     };
                 }
-                return TargetError::Unavailable {
+                return StorageError::Unavailable {
                     target,
                     message: format!(
                         "{what} {key}: cannot reach {}: {text}",
@@ -243,7 +265,7 @@ impl S3Target {
                 };
             }
             SdkError::ConstructionFailure(_) => {
-                return TargetError::Permanent {
+                return StorageError::Permanent {
                     target,
                     message: format!("{what} {key}: {}", chain(&err)),
                 }
@@ -274,14 +296,14 @@ impl S3Target {
             _ => None,
         };
         if let Some(message) = hint {
-            return TargetError::Permanent { target, message };
+            return StorageError::Permanent { target, message };
         }
         match (status, code.as_str()) {
-            (Some(404), _) | (_, "NoSuchKey") | (_, "NotFound") => TargetError::NotFound {
+            (Some(404), _) | (_, "NoSuchKey") | (_, "NotFound") => StorageError::NotFound {
                 target,
                 key: key.to_string(),
             },
-            (Some(403), _) => TargetError::Permanent {
+            (Some(403), _) => StorageError::Permanent {
                 target,
                 message: format!(
                     "{what} {key}: access denied by {} (HTTP 403{}): check the credentials and the key's permissions on the bucket",
@@ -294,12 +316,12 @@ impl S3Target {
                     || s == 429
                     || matches!(c, "SlowDown" | "Throttling" | "RequestTimeout") =>
             {
-                TargetError::Unavailable {
+                StorageError::Unavailable {
                     target,
                     message: format!("{what} {key}: HTTP {s}: {detail} (after retries)"),
                 }
             }
-            (s, _) => TargetError::Permanent {
+            (s, _) => StorageError::Permanent {
                 target,
                 message: format!(
                     "{what} {key}: {}{detail}",
@@ -309,8 +331,8 @@ impl S3Target {
         }
     }
 
-    fn io(&self, context: String, source: std::io::Error) -> TargetError {
-        TargetError::Io {
+    fn io(&self, context: String, source: std::io::Error) -> StorageError {
+        StorageError::Io {
             target: self.name.clone(),
             context,
             source,
@@ -318,9 +340,9 @@ impl S3Target {
     }
 
     /// Did the service refuse the request because of its checksum?
-    fn checksum_refused(e: &TargetError) -> bool {
+    fn checksum_refused(e: &StorageError) -> bool {
         match e {
-            TargetError::Permanent { message, .. } => {
+            StorageError::Permanent { message, .. } => {
                 let m = message.to_ascii_lowercase();
                 m.contains("checksum") || m.contains("notimplemented")
             }
@@ -342,10 +364,10 @@ impl S3Target {
 
     /// Run an upload with checksums; if the service refuses them, warn once
     /// and run it again without.
-    async fn with_checksum_fallback<F, Fut>(&self, f: F) -> TargetResult<()>
+    async fn with_checksum_fallback<F, Fut>(&self, f: F) -> StorageResult<()>
     where
         F: Fn(bool) -> Fut,
-        Fut: std::future::Future<Output = TargetResult<()>>,
+        Fut: std::future::Future<Output = StorageResult<()>>,
     {
         if !self.use_checksums() {
             return f(false).await;
@@ -364,7 +386,7 @@ impl S3Target {
         }
     }
 
-    async fn put_object(&self, key: &str, body: Bytes, checksums: bool) -> TargetResult<()> {
+    async fn put_object(&self, key: &str, body: Bytes, checksums: bool) -> StorageResult<()> {
         let mut req = self
             .client(checksums)
             .put_object()
@@ -396,7 +418,7 @@ impl S3Target {
         path: &Path,
         size: u64,
         checksums: bool,
-    ) -> TargetResult<()> {
+    ) -> StorageResult<()> {
         let client = self.client(checksums);
         let full = self.full_key(key);
         let mut create = client
@@ -414,7 +436,7 @@ impl S3Target {
             .await
             .map_err(|e| self.classify("starting upload", key, e))?;
         let Some(upload_id) = created.upload_id().map(str::to_string) else {
-            return Err(TargetError::Permanent {
+            return Err(StorageError::Permanent {
                 target: self.name.clone(),
                 message: format!("starting upload {key}: the service returned no upload id"),
             });
@@ -451,7 +473,7 @@ impl S3Target {
         path: &Path,
         size: u64,
         checksums: bool,
-    ) -> TargetResult<()> {
+    ) -> StorageResult<()> {
         let part_size = self.part_size_for(size);
         let count = size.div_ceil(part_size);
         let file = std::sync::Arc::new(
@@ -494,7 +516,7 @@ impl S3Target {
                     if checksums {
                         part = part.set_checksum_crc32(out.checksum_crc32().map(str::to_string));
                     }
-                    Ok::<_, TargetError>(part.build())
+                    Ok::<_, StorageError>(part.build())
                 }
             })
             .buffered(self.parts_in_flight)
@@ -518,7 +540,7 @@ impl S3Target {
 
     /// Abort multipart uploads under this target's prefix started more than
     /// `older_than` ago (left behind by a crash or an unreachable endpoint).
-    pub async fn abort_stale(&self, older_than: Duration) -> TargetResult<usize> {
+    pub async fn abort_stale(&self, older_than: Duration) -> StorageResult<usize> {
         let cutoff = std::time::SystemTime::now() - older_than;
         let mut key_marker: Option<String> = None;
         let mut id_marker: Option<String> = None;
@@ -562,7 +584,7 @@ impl S3Target {
             key_marker = out.next_key_marker().map(str::to_string);
             id_marker = out.next_upload_id_marker().map(str::to_string);
             if key_marker.is_none() && id_marker.is_none() {
-                return Err(TargetError::Unavailable {
+                return Err(StorageError::Unavailable {
                     target: self.name.clone(),
                     message: "listing uploads: truncated listing without a marker".into(),
                 });
@@ -572,8 +594,92 @@ impl S3Target {
     }
 }
 
+/// An archive staged in a local file, uploaded on commit.
+struct S3Upload {
+    backend: S3Backend,
+    staged: TempFile,
+}
+
+impl std::io::Write for S3Upload {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.staged.file()?.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[async_trait]
-impl Target for S3Target {
+impl Upload for S3Upload {
+    async fn commit(self: Box<Self>, key: &ObjectKey) -> StorageResult<bool> {
+        let (file, path) = self.staged.keep();
+        let result = async {
+            let len = file
+                .metadata()
+                .map_err(|e| self.backend.io(format!("stat {}", path.display()), e))?
+                .len();
+            drop(file);
+            if self.backend.stat(key).await? == Some(len) {
+                return Ok(false);
+            }
+            self.backend.put_file(key, &path).await?;
+            Ok(true)
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&path).await;
+        result
+    }
+
+    fn abort(self: Box<Self>) {}
+}
+
+impl S3Backend {
+    /// Remove leftovers in the staging directory `dir` once (the caller holds
+    /// the lock of its policy: files there were left by a killed run).
+    fn clean_staging_once(&self, dir: &Path) {
+        if !self
+            .cleaned
+            .lock()
+            .expect("cleaned set")
+            .insert(dir.to_path_buf())
+        {
+            return;
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            tracing::warn!(
+                "removing {}, left by an interrupted run",
+                e.path().display()
+            );
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+
+    /// Staging files older than `older_than`, removed (a crash left them).
+    fn remove_old_staging(&self, older_than: Duration) -> usize {
+        let cutoff = std::time::SystemTime::now() - older_than;
+        let mut removed = 0;
+        for e in walkdir::WalkDir::new(&self.staging).into_iter().flatten() {
+            let old = e.file_type().is_file()
+                && e.metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .is_some_and(|t| t <= cutoff);
+            if old && std::fs::remove_file(e.path()).is_ok() {
+                tracing::info!(
+                    "target {}: removed the staging file {}, left by an interrupted run",
+                    self.name,
+                    e.path().display()
+                );
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+#[async_trait]
+impl Backend for S3Backend {
     fn name(&self) -> &str {
         &self.name
     }
@@ -594,7 +700,17 @@ impl Target for S3Target {
         )
     }
 
-    async fn put_file(&self, key: &str, path: &Path) -> TargetResult<()> {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            local_files: false,
+            multipart: true,
+            ranged_reads: true,
+            object_lock: false,
+        }
+    }
+
+    async fn put_file(&self, key: &ObjectKey, path: &Path) -> StorageResult<()> {
+        let key = key.as_str();
         let size = tokio::fs::metadata(path)
             .await
             .map_err(|e| self.io(format!("stat {}", path.display()), e))?
@@ -614,31 +730,78 @@ impl Target for S3Target {
             .await
     }
 
-    async fn put_bytes(&self, key: &str, data: Vec<u8>) -> TargetResult<()> {
+    async fn put_bytes(&self, key: &ObjectKey, data: Vec<u8>) -> StorageResult<()> {
         let data = Bytes::from(data);
-        self.with_checksum_fallback(|c| self.put_object(key, data.clone(), c))
+        self.with_checksum_fallback(|c| self.put_object(key.as_str(), data.clone(), c))
             .await
     }
 
-    async fn get(&self, key: &str) -> TargetResult<ByteStream> {
-        let out = self.get_object(key).await?;
-        Ok(ByteStream::Async(Box::pin(out.body.into_async_read())))
+    async fn get(&self, key: &ObjectKey) -> StorageResult<ObjectReader> {
+        let out = self.get_object(key.as_str(), None).await?;
+        Ok(ObjectReader::stream(out.body.into_async_read()))
     }
 
-    async fn get_bytes(&self, key: &str) -> TargetResult<Vec<u8>> {
-        let out = self.get_object(key).await?;
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+        len: u64,
+    ) -> StorageResult<ObjectReader> {
+        let outside = |size: u64| super::bad_range(&self.name, key, offset, len, size);
+        let end = offset.checked_add(len).ok_or_else(|| outside(0))?;
+        if len == 0 {
+            // HTTP cannot ask for zero bytes: check the object is there and
+            // long enough.
+            return match self.stat(key).await? {
+                None => Err(StorageError::NotFound {
+                    target: self.name.clone(),
+                    key: key.to_string(),
+                }),
+                Some(size) if offset > size => Err(outside(size)),
+                Some(_) => Ok(ObjectReader::stream(tokio::io::empty())),
+            };
+        }
+        let range = format!("bytes={offset}-{}", end - 1);
+        let out = match self.get_object(key.as_str(), Some(range)).await {
+            Ok(o) => o,
+            Err(StorageError::Permanent { message, .. })
+                if message.contains("InvalidRange") || message.contains("HTTP 416") =>
+            {
+                let size = self.stat(key).await?.unwrap_or(0);
+                return Err(outside(size));
+            }
+            Err(e) => return Err(e),
+        };
+        // A range running past the end is served shortened: refuse it.
+        if out
+            .content_length()
+            .is_none_or(|l| l < 0 || l as u64 != len)
+        {
+            let size = out
+                .content_range()
+                .and_then(|r| r.rsplit('/').next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            return Err(outside(size));
+        }
+        Ok(ObjectReader::stream(out.body.into_async_read()))
+    }
+
+    async fn get_bytes(&self, key: &ObjectKey) -> StorageResult<Vec<u8>> {
+        let out = self.get_object(key.as_str(), None).await?;
         let data = out
             .body
             .collect()
             .await
-            .map_err(|e| TargetError::Unavailable {
+            .map_err(|e| StorageError::Unavailable {
                 target: self.name.clone(),
                 message: format!("download {key}: {}", chain(&e)),
             })?;
         Ok(data.into_bytes().to_vec())
     }
 
-    async fn stat(&self, key: &str) -> TargetResult<Option<u64>> {
+    async fn stat(&self, key: &ObjectKey) -> StorageResult<Option<u64>> {
+        let key = key.as_str();
         match self
             .client
             .head_object()
@@ -649,14 +812,14 @@ impl Target for S3Target {
         {
             Ok(o) => Ok(Some(o.content_length().unwrap_or(0).max(0) as u64)),
             Err(e) => match self.classify("stat", key, e) {
-                TargetError::NotFound { .. } => Ok(None),
+                StorageError::NotFound { .. } => Ok(None),
                 e => Err(e),
             },
         }
     }
 
-    async fn list(&self, prefix: &str) -> TargetResult<Vec<ObjectInfo>> {
-        let full = self.full_key(prefix);
+    async fn list(&self, prefix: &Prefix) -> StorageResult<Vec<ObjectInfo>> {
+        let full = self.full_key(prefix.as_str());
         let mut pages = self
             .client
             .list_objects_v2()
@@ -666,14 +829,18 @@ impl Target for S3Target {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.classify("listing", prefix, e))?;
+            let page = page.map_err(|e| self.classify("listing", prefix.as_str(), e))?;
             for o in page.contents() {
-                let Some(k) = o.key() else { continue };
-                let Some(rel) = k.strip_prefix(&self.prefix) else {
+                // Names that are not keys (planted by someone else) are left out.
+                let Some(key) = o
+                    .key()
+                    .and_then(|k| k.strip_prefix(&self.prefix))
+                    .and_then(|rel| ObjectKey::new(rel).ok())
+                else {
                     continue;
                 };
                 out.push(ObjectInfo {
-                    key: rel.to_string(),
+                    key,
                     size: o.size().unwrap_or(0).max(0) as u64,
                 });
             }
@@ -682,7 +849,8 @@ impl Target for S3Target {
         Ok(out)
     }
 
-    async fn delete(&self, key: &str) -> TargetResult<()> {
+    async fn delete(&self, key: &ObjectKey) -> StorageResult<()> {
+        let key = key.as_str();
         self.client
             .delete_object()
             .bucket(&self.bucket)
@@ -691,12 +859,44 @@ impl Target for S3Target {
             .await
             .map(|_| ())
             .or_else(|e| match self.classify("delete", key, e) {
-                TargetError::NotFound { .. } => Ok(()),
+                StorageError::NotFound { .. } => Ok(()),
                 e => Err(e),
             })
     }
 
-    async fn abort_stale_uploads(&self, older_than: Duration) -> TargetResult<usize> {
-        self.abort_stale(older_than).await
+    async fn init(&self) -> StorageResult<bool> {
+        let marker = super::marker_key();
+        if self.stat(&marker).await?.is_some() {
+            return Ok(false);
+        }
+        self.put_bytes(&marker, super::marker_bytes(&self.name))
+            .await?;
+        Ok(true)
+    }
+
+    async fn readiness(&self) -> StorageResult<Readiness> {
+        Ok(Readiness::Ready)
+    }
+
+    async fn cleanup_incomplete(&self, older_than: Duration) -> StorageResult<usize> {
+        let aborted = self.abort_stale(older_than).await?;
+        let this = self.clone();
+        let removed = tokio::task::spawn_blocking(move || this.remove_old_staging(older_than))
+            .await
+            .expect("cleanup task panicked");
+        Ok(aborted + removed)
+    }
+
+    async fn upload(&self, dir: &ObjectKey) -> StorageResult<Box<dyn Upload>> {
+        let local = self.staging.join(dir.as_str());
+        let io = |e| self.io(format!("staging in {}", local.display()), e);
+        crate::util::private_dir(&self.staging).map_err(io)?;
+        crate::util::create_private_dir_all(&local).map_err(io)?;
+        self.clean_staging_once(&local);
+        let path = local.join(format!("incoming.tmp-{}", crate::util::random_hex(8)));
+        Ok(Box::new(S3Upload {
+            backend: self.clone(),
+            staged: TempFile::create(path).map_err(io)?,
+        }))
     }
 }
