@@ -6,10 +6,8 @@
 //! other or of the CLI.
 
 pub mod archive;
-pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod contrib;
 pub mod duration;
 pub mod error;
 pub mod lock;
@@ -18,8 +16,8 @@ pub mod notify;
 pub mod observe;
 pub mod ops;
 pub mod pack;
+pub mod progress;
 pub mod repo;
-pub mod report;
 pub mod retention;
 pub mod schedule;
 pub mod source;

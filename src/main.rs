@@ -1,6 +1,6 @@
 //! The thin CLI: parse arguments, set up output, run one command through the
-//! shared per-policy loop ([`ops::each`]), render the results, and map the
-//! outcome to a documented exit code.
+//! shared per-policy loop ([`cli::each`]), render the results
+//! ([`cli::render`]), and map the outcome to a documented exit code.
 //!
 //! Output rules: `--json` prints the results on stdout; otherwise each
 //! policy's summary is printed, except under `-q`, where a successful policy
@@ -8,22 +8,24 @@
 //! prints its short summary. Policies that could not be run at all are
 //! always named on stderr (`error: policy NAME: ...`).
 
-use backupctl::cli::{Cli, Command};
+mod cli;
+
 use backupctl::config::{self, Config};
 use backupctl::error::{exit_code_for, ExitCode};
 use backupctl::observe::Observe;
 use backupctl::ops::due::Job;
-use backupctl::ops::each::{for_each_policy, Coded, Locking, Outcome, Plan};
-use backupctl::ops::{self};
-use backupctl::report::{self, print_json, say};
-use backupctl::util::short_time;
+use backupctl::ops::{self, Coded};
 use clap::Parser;
+use cli::args::{Cli, Command};
+use cli::each::{for_each_policy, Locking, Outcome, Plan};
+use cli::output::{self as report, print_json, say};
+use cli::render::*;
 use tokio_util::sync::CancellationToken;
 
 fn main() {
     let cli = Cli::parse();
     let log = report::LogOptions {
-        json: cli.log_format == backupctl::cli::LogFormat::Json,
+        json: cli.log_format == cli::args::LogFormat::Json,
         file: cli.log_file.clone(),
     };
     let verbosity = if cli.quiet {
@@ -105,7 +107,7 @@ fn locking(op: &'static str, dry_run: bool, wait: Option<std::time::Duration>) -
 /// `--metrics-file`: refresh the policies that acted, write every policy's
 /// metrics. A file that cannot be written is an error message, not a
 /// changed exit code.
-async fn write_metrics<T: Observe>(cfg: &Config, m: &backupctl::cli::MetricsArgs, o: &Outcome<T>) {
+async fn write_metrics<T: Observe>(cfg: &Config, m: &cli::args::MetricsArgs, o: &Outcome<T>) {
     let Some(path) = &m.metrics_file else {
         return;
     };
@@ -128,11 +130,11 @@ fn standalone(cli: &Cli) -> Option<ExitCode> {
     use std::io::Write;
     match &cli.command {
         Command::Completions(a) => {
-            let _ = std::io::stdout()
-                .write_all(&backupctl::contrib::completions(a.shell, Cli::command()));
+            let _ =
+                std::io::stdout().write_all(&cli::contrib::completions(a.shell, Cli::command()));
         }
         Command::Man(a) => {
-            let pages = backupctl::contrib::man_pages(Cli::command());
+            let pages = cli::contrib::man_pages(Cli::command());
             match &a.out_dir {
                 None => {
                     let _ = std::io::stdout().write_all(&pages[0].1);
@@ -159,7 +161,7 @@ fn standalone(cli: &Cli) -> Option<ExitCode> {
                 .config
                 .as_deref()
                 .map(|p| std::path::absolute(p).unwrap_or(p.to_path_buf()));
-            print!("{}", backupctl::contrib::systemd_units(config.as_deref()));
+            print!("{}", cli::contrib::systemd_units(config.as_deref()));
         }
         _ => return None,
     }
@@ -209,6 +211,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(a) => {
             let cancel = cancel_on_signal();
             let opts = ops::run::RunOptions {
+                display: report::display(),
                 time: a.time,
                 dry_run: a.dry_run,
                 cancel: Some(cancel.clone()),
@@ -251,10 +254,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 json: a.json,
                 quiet,
             }
-            .outcome(&o, ops::prune::render))
+            .outcome(&o, render_prune))
         }
         Command::Verify(a) => {
             let opts = ops::verify::VerifyOptions {
+                display: report::display(),
                 all: a.all,
                 sample: a.sample,
                 target: a.target.clone(),
@@ -299,7 +303,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 json: a.json,
                 quiet,
             }
-            .outcome(&o, ops::sync::render))
+            .outcome(&o, render_sync))
         }
         Command::List(a) => {
             let plan = Plan {
@@ -314,7 +318,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 json: a.json,
                 quiet,
             }
-            .outcome(&o, ops::list::render))
+            .outcome(&o, render_list))
         }
         Command::Schedule(a) => {
             let now = backupctl::clock::now();
@@ -326,19 +330,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 json: a.json,
                 quiet,
             }
-            .outcome(&o, ops::schedule::render))
+            .outcome(&o, render_schedule))
         }
         Command::Key(_) | Command::Completions(_) | Command::Man(_) => {
             unreachable!("handled before loading the configuration")
         }
-        Command::Notify(backupctl::cli::NotifyCommand::Test(a)) => {
+        Command::Notify(cli::args::NotifyCommand::Test(a)) => {
             let r = ops::notify_test::notify_test(cfg, a.policy.as_deref()).await?;
             let code = r.exit_code();
             Show {
                 json: a.json,
                 quiet,
             }
-            .one(&r, code, ops::notify_test::render);
+            .one(&r, code, render_notify_test);
             Ok(code)
         }
         Command::Daemon(a) => {
@@ -347,7 +351,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 prune: !a.no_prune,
                 metrics_file: a.metrics.metrics_file.clone(),
             };
-            ops::daemon::run_daemon(cfg, &opts, cancel).await?;
+            let (o, c) = (&opts, cancel.clone());
+            ops::daemon::run_daemon(cfg, &opts, cancel, async move |policy, job| {
+                cli::daemon::execute(cfg, o, policy, job, &c).await
+            })
+            .await?;
             Ok(ExitCode::Success)
         }
         Command::Restore(a) => {
@@ -370,6 +378,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::Success);
             }
             let opts = ops::restore::RestoreOptions {
+                display: report::display(),
                 snapshot: a.snapshot.clone(),
                 to: a.to.clone().expect("clap requires --to"),
                 source: a.source.clone(),
@@ -393,9 +402,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// `key init` and `key fingerprint`: with `--key-file` they need no
 /// configuration (a fresh machine, a key made before the config).
-fn key_command(cli: &Cli, k: &backupctl::cli::KeyCommand) -> anyhow::Result<ExitCode> {
-    use backupctl::cli::KeyCommand;
+fn key_command(cli: &Cli, k: &cli::args::KeyCommand) -> anyhow::Result<ExitCode> {
     use backupctl::trust::{HostKey, KeyError};
+    use cli::args::KeyCommand;
     let (KeyCommand::Init(a) | KeyCommand::Fingerprint(a)) = k;
     let path = match &a.key_file {
         Some(p) => p.clone(),
@@ -443,232 +452,4 @@ fn cancel_on_signal() -> CancellationToken {
         std::process::exit(ExitCode::Failure.code());
     });
     token
-}
-
-fn render_check(r: &ops::check::CheckResult) -> String {
-    let mut s = format!(
-        "config {}: {} policies: {}\n",
-        r.config,
-        r.policies.len(),
-        r.policies.join(", ")
-    );
-    for t in &r.targets {
-        match (&t.error, &t.note) {
-            (None, Some(note)) => s.push_str(&format!(
-                "target {} ({}, location {}): ok: {note}\n",
-                t.target, t.description, t.location
-            )),
-            (None, None) => s.push_str(&format!(
-                "target {} ({}, location {}): ok, probe {:.0} ms\n",
-                t.target,
-                t.description,
-                t.location,
-                t.latency_ms.unwrap_or(0.0)
-            )),
-            (Some(e), _) => s.push_str(&format!(
-                "target {} ({}, location {}): FAILED: {e}\n",
-                t.target, t.kind, t.location
-            )),
-        }
-    }
-    for w in &r.warnings {
-        s.push_str(&format!("warning: {w}\n"));
-    }
-    s.trim_end().to_string()
-}
-
-fn render_init(r: &ops::init::InitReport) -> String {
-    let mut s = String::new();
-    for t in &r.targets {
-        match &t.error {
-            None => s.push_str(&format!(
-                "target {} ({}): {}\n",
-                t.target, t.description, t.status
-            )),
-            Some(e) => s.push_str(&format!("target {}: FAILED: {e}\n", t.target)),
-        }
-    }
-    s.trim_end().to_string()
-}
-
-fn render_run_step(step: &ops::run::RunStep) -> String {
-    let mut parts = Vec::new();
-    if let Some(r) = &step.run {
-        parts.push(render_run(r));
-    }
-    if let Some(c) = &step.catch_up {
-        parts.push(format!(
-            "policy {}: catching up targets that missed earlier snapshots\n{}",
-            c.policy,
-            ops::sync::render(c)
-        ));
-    }
-    if let Some(p) = &step.prune {
-        parts.push(ops::prune::render(p));
-    }
-    if let Some(e) = &step.prune_error {
-        parts.push(format!("policy {}: prune FAILED: {e}", step.policy()));
-    }
-    parts.join("\n")
-}
-
-fn render_run(r: &ops::run::RunResult) -> String {
-    use backupctl::util::human_bytes;
-    let mut s = match &r.snapshot {
-        Some(id) => format!(
-            "policy {}: snapshot {} ({}) {} in {:.1}s\n",
-            r.policy,
-            id,
-            short_time(&r.time.to_rfc3339()),
-            r.status,
-            r.duration_seconds
-        ),
-        None => format!("policy {}: {}\n", r.policy, r.status),
-    };
-    for src in &r.sources {
-        match &src.error {
-            Some(e) => s.push_str(&format!("  source {}: FAILED: {e}\n", src.name)),
-            None => s.push_str(&format!(
-                "  source {}: {} files, {} -> {}{}\n",
-                src.name,
-                src.files,
-                human_bytes(src.content_size),
-                if r.dry_run {
-                    "(dry run)".to_string()
-                } else {
-                    human_bytes(src.archive_size)
-                },
-                if src.warnings.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {} warnings", src.warnings.len())
-                }
-            )),
-        }
-        if !src.unreadable.is_empty() {
-            const SHOWN: usize = 10;
-            let mut names = src.unreadable[..src.unreadable.len().min(SHOWN)].join(", ");
-            if src.unreadable.len() > SHOWN {
-                names.push_str(&format!(", ... ({} in all)", src.unreadable.len()));
-            }
-            s.push_str(&format!(
-                "  source {}: NOT READ (not in this snapshot): {names}\n",
-                src.name
-            ));
-        }
-    }
-    for t in &r.targets {
-        match &t.error {
-            Some(e) => s.push_str(&format!(
-                "  target {} ({}): FAILED: {e}\n",
-                t.name, t.location
-            )),
-            None => s.push_str(&format!(
-                "  target {} ({}): {}, {} uploaded, {} archives already present\n",
-                t.name,
-                t.location,
-                t.status,
-                human_bytes(t.uploaded_bytes),
-                t.archives_already_present
-            )),
-        }
-    }
-    if let Some(e) = &r.error {
-        s.push_str(&format!("  error: {e}\n"));
-    }
-    match r.status.as_str() {
-        "partial" => {
-            let missed: Vec<&str> = r
-                .targets
-                .iter()
-                .filter(|t| t.status != "complete")
-                .map(|t| t.name.as_str())
-                .collect();
-            s.push_str(&format!(
-                "  to do: bring {} back; the next `backupctl run --due` (or `backupctl sync {}`) copies what it missed\n",
-                missed.join(", "),
-                r.policy
-            ));
-        }
-        "incomplete" => s.push_str(&format!(
-            "  to do: make the files above readable by the user backupctl runs as (or exclude \
-             them); the snapshot was recorded without them (`backupctl list {} --json` lists them)\n",
-            r.policy
-        )),
-        "failed" => s.push_str(&format!(
-            "  to do: fix the cause above, then `backupctl run {}`; nothing was recorded, earlier snapshots are untouched\n",
-            r.policy
-        )),
-        _ => {}
-    }
-    s.trim_end().to_string()
-}
-
-fn render_verify(r: &ops::verify::VerifyResult) -> String {
-    let mut s = format!("policy {}: {}\n", r.policy, r.result.to_uppercase());
-    for snap in &r.snapshots {
-        s.push_str(&format!(
-            "  snapshot {} ({})\n",
-            snap.id,
-            short_time(&snap.time)
-        ));
-        for t in &snap.targets {
-            s.push_str(&format!(
-                "    target {}: {}{}\n",
-                t.target,
-                t.result,
-                t.error
-                    .as_deref()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
-            ));
-            for a in &t.archives {
-                s.push_str(&format!("      {} {}: {}\n", a.source, a.archive, a.result));
-                for p in &a.problems {
-                    s.push_str(&format!("        - {p}\n"));
-                }
-            }
-        }
-    }
-    for p in &r.problems {
-        s.push_str(&format!("  problem: {p}\n"));
-    }
-    s.trim_end().to_string()
-}
-
-fn render_restore(r: &ops::restore::RestoreResult) -> String {
-    let mut s = String::new();
-    for src in &r.sources {
-        s.push_str(&format!(
-            "restored {} of snapshot {} ({}) from target {}: {} files, {} -> {}\n",
-            src.name,
-            r.snapshot,
-            short_time(&r.time),
-            src.target,
-            src.files,
-            backupctl::util::human_bytes(src.bytes),
-            src.path
-        ));
-    }
-    s.trim_end().to_string()
-}
-
-fn render_restore_db(r: &ops::restore_db::RestoreDbResult) -> String {
-    format!(
-        "restored database {} of source {} (snapshot {}, {}) from target {} into {} on {}: {} tables, {} rows{}",
-        r.from_database,
-        r.source,
-        r.snapshot,
-        short_time(&r.time),
-        r.target,
-        r.load.database,
-        r.load.server,
-        r.load.tables,
-        r.load.rows,
-        if r.load.replaced_existing {
-            " (replaced the existing database)"
-        } else {
-            ""
-        }
-    )
 }

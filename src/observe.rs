@@ -1,5 +1,5 @@
 //! What happens after each policy's step in the shared per-policy loop
-//! ([`crate::ops::each`], which `run`, `verify`, `prune`, `sync`, the `--due`
+//! (the CLI's per-policy loop, which `run`, `verify`, `prune`, `sync`, the `--due`
 //! runs and the daemon all go through): one summary log line, the
 //! notification its result calls for, and the metric state it updates.
 //!
@@ -15,7 +15,7 @@
 use crate::config::Config;
 use crate::error::ExitCode;
 use crate::notify::{self, Event, EventKind, TargetStatus};
-use crate::ops::each::Coded;
+use crate::ops::Coded;
 
 /// One policy's step, summarised.
 #[derive(Debug, Clone)]

@@ -185,6 +185,8 @@ pub struct ExtractOptions {
     /// directory alone.
     pub apply_root: bool,
     pub progress: Option<Arc<Progress>>,
+    /// Where that progress is shown (the caller's display; hidden by default).
+    pub display: crate::progress::Handle,
     /// Hash every file's content (verify). Restore leaves it off: the archive
     /// hash already covers every byte, and nothing is moved into place until
     /// it has been checked.

@@ -17,7 +17,7 @@
 //! Where events are fired (one place each): `start` in
 //! [`crate::ops::run::run_step`]; `success`, `failure`, `partial` and
 //! `verify_failed` from each policy's result in the shared per-policy loop
-//! ([`crate::ops::each`], through [`crate::observe`]); `stale` from the
+//! (the CLI's per-policy loop, through [`crate::observe`]); `stale` from the
 //! due decisions of `run --due` and the daemon ([`stale`]).
 
 pub mod send;

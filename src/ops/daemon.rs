@@ -4,9 +4,9 @@
 //! At start each scheduled job is checked with the catch-up rule of `--due`
 //! (one run if occurrences were missed while nothing was running), then fires
 //! at each next occurrence plus a random delay of up to the policy's `jitter`.
-//! Jobs run one at a time; each decision is logged on one line. A run takes
-//! the policy lock (a held lock skips that occurrence) and, unless disabled,
-//! prunes after a complete run.
+//! Jobs run one at a time, through the caller's `execute` (the CLI runs
+//! them through its per-policy loop: the policy lock, isolation, run then
+//! prune); each decision is logged on one line.
 //!
 //! SIGTERM or SIGINT: while idle, exit at once; during a run, abort it at the
 //! next safe point (the source being read stops, the staging area is removed,
@@ -15,15 +15,14 @@
 
 use crate::config::{Config, Policy};
 use crate::ops::due::{self, Job};
-use crate::ops::each::{for_each_policy, Coded, Locking, Outcome, Plan};
-use crate::ops::{run, verify};
 use chrono::{DateTime, FixedOffset, Local, TimeDelta};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Default)]
 pub struct DaemonOptions {
-    /// Prune after each complete run (default on).
+    /// Prune after each complete run (default on; the caller's `execute`
+    /// does it).
     pub prune: bool,
     /// Write the Prometheus textfile after each job (`--metrics-file`).
     pub metrics_file: Option<std::path::PathBuf>,
@@ -67,12 +66,14 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Run until `cancel` is cancelled. Returns when the current step has
-/// finished or been aborted.
-pub async fn run_daemon(
-    cfg: &Config,
+/// Run until `cancel` is cancelled, calling `execute` for each job as it
+/// falls due (the caller runs it through its per-policy loop). Returns when
+/// the current job has finished or been aborted.
+pub async fn run_daemon<'c>(
+    cfg: &'c Config,
     opts: &DaemonOptions,
     cancel: CancellationToken,
+    mut execute: impl AsyncFnMut(&'c Policy, Job),
 ) -> anyhow::Result<()> {
     let now = crate::clock::now();
     tracing::info!(
@@ -144,9 +145,11 @@ pub async fn run_daemon(
             continue;
         }
         let (policy, job) = (slots[i].policy, slots[i].job);
-        execute(cfg, opts, policy, job, &cancel).await;
+        execute(policy, job).await;
         if let Some(path) = &opts.metrics_file {
-            if let Err(e) = crate::metrics::write(cfg, &names_of(policy), path).await {
+            if let Err(e) =
+                crate::metrics::write(cfg, std::slice::from_ref(&policy.name), path).await
+            {
                 tracing::error!("daemon: writing the metrics file {}: {e}", path.display());
             }
         }
@@ -170,142 +173,4 @@ pub async fn run_daemon(
     }
     tracing::info!("daemon: stopped");
     Ok(())
-}
-
-/// One job of one policy, through the same per-policy loop as the CLI
-/// (lock, isolation, run-then-prune), logged on one line each.
-async fn execute(
-    cfg: &Config,
-    opts: &DaemonOptions,
-    policy: &Policy,
-    job: Job,
-    cancel: &CancellationToken,
-) {
-    let names = [policy.name.clone()];
-    tracing::info!("daemon: policy {}: {} starting", policy.name, job.name());
-    match job {
-        Job::Run => {
-            let plan = Plan {
-                names: &names,
-                locking: Some(Locking::Take {
-                    op: "run",
-                    wait: None,
-                }),
-                cancel: Some(cancel.clone()),
-                op: Some("run"),
-                ..Default::default()
-            };
-            let ro = run::RunOptions {
-                cancel: Some(cancel.clone()),
-                ..Default::default()
-            };
-            let (ro, prune) = (&ro, opts.prune);
-            let out = for_each_policy(cfg, &plan, move |p, _| {
-                Box::pin(async move {
-                    // The occurrence fired: run, and catch up any target an
-                    // earlier partial run missed.
-                    let mut d = due::decide(cfg, p, Job::Run, crate::clock::now()).await?;
-                    crate::notify::stale::check(cfg, p, d.last_success, crate::clock::now());
-                    d.due = true;
-                    run::run_step(cfg, p, Some(&d), ro, prune).await
-                })
-            })
-            .await;
-            log_outcome(policy, job, out, |step| {
-                let mut parts = Vec::new();
-                if let Some(r) = &step.run {
-                    parts.push(format!(
-                        "run {}{}{}",
-                        r.status,
-                        r.snapshot
-                            .as_deref()
-                            .map(|s| format!(", snapshot {s}"))
-                            .unwrap_or_default(),
-                        r.error
-                            .as_deref()
-                            .map(|e| format!(": {e}"))
-                            .unwrap_or_default()
-                    ));
-                }
-                if let Some(c) = &step.catch_up {
-                    parts.push(format!("catch-up {}", c.result));
-                }
-                if let Some(p) = &step.prune {
-                    parts.push(format!(
-                        "prune {}: kept {}, removed {} snapshot(s)",
-                        p.result,
-                        p.keep.len(),
-                        p.remove.len()
-                    ));
-                }
-                if let Some(e) = &step.prune_error {
-                    parts.push(format!("prune failed: {e}"));
-                }
-                parts
-            });
-        }
-        Job::Verify => {
-            let plan = Plan {
-                names: &names,
-                cancel: Some(cancel.clone()),
-                op: Some("verify"),
-                ..Default::default()
-            };
-            let vo = verify::VerifyOptions::default();
-            let vo = &vo;
-            let out = for_each_policy(cfg, &plan, move |p, _| {
-                Box::pin(verify::verify_policy(cfg, p, vo))
-            })
-            .await;
-            log_outcome(policy, job, out, |r| {
-                vec![format!(
-                    "verify {}{}",
-                    r.result,
-                    if r.problems.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", r.problems.join("; "))
-                    }
-                )]
-            });
-        }
-    }
-}
-
-fn names_of(policy: &Policy) -> Vec<String> {
-    vec![policy.name.clone()]
-}
-
-/// One log line per part of each result; failures at error level.
-fn log_outcome<T: Coded>(
-    policy: &Policy,
-    job: Job,
-    out: Result<Outcome<T>, crate::error::ConfigError>,
-    describe: impl Fn(&T) -> Vec<String>,
-) {
-    let out = match out {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::error!("daemon: policy {}: {} failed: {e}", policy.name, job.name());
-            return;
-        }
-    };
-    for r in &out.results {
-        let ok = r.exit_code() == crate::error::ExitCode::Success;
-        for line in describe(r) {
-            if ok {
-                tracing::info!("daemon: policy {}: {line}", policy.name);
-            } else {
-                tracing::error!("daemon: policy {}: {line}", policy.name);
-            }
-        }
-    }
-    for f in &out.failures {
-        tracing::error!(
-            "daemon: policy {}: {} failed: {}",
-            f.policy,
-            job.name(),
-            f.error
-        );
-    }
 }

@@ -109,61 +109,7 @@ pub fn listing(catalog: &Catalog) -> PolicyListing {
     }
 }
 
-/// The human table.
-pub fn render(l: &PolicyListing) -> String {
-    use crate::util::human_bytes;
-    let mut out = format!("policy {}\n", l.policy);
-    for t in &l.targets {
-        if let Some(e) = &t.error {
-            out.push_str(&format!("  ! target {} unreachable: {e}\n", t.name));
-        }
-    }
-    for d in &l.damaged {
-        out.push_str(&format!("  ! {d}; not used\n"));
-    }
-    if l.snapshots.is_empty() {
-        out.push_str("  (no snapshots)\n");
-        return out;
-    }
-    out.push_str(&format!(
-        "  {:<26} {:<25} {:<20} {:>10} {:>10}  {}\n",
-        "ID", "TIME", "SOURCES", "SIZE", "STORED", "TARGETS"
-    ));
-    let mut any_unreadable = false;
-    for s in &l.snapshots {
-        let names: Vec<&str> = s.sources.iter().map(|x| x.name.as_str()).collect();
-        let mut targets = s.targets.join(",");
-        for (t, _) in &s.incomplete {
-            targets.push_str(&format!(" ({t}: incomplete)"));
-        }
-        if targets.is_empty() {
-            targets = "-".into();
-        }
-        let unreadable: usize = s.sources.iter().map(|x| x.unreadable.len()).sum();
-        if unreadable > 0 {
-            any_unreadable = true;
-            targets.push_str(&format!("  [incomplete: {unreadable} unreadable]"));
-        }
-        out.push_str(&format!(
-            "  {:<26} {:<25} {:<20} {:>10} {:>10}  {}\n",
-            s.id,
-            crate::util::short_time(&s.time),
-            names.join(","),
-            human_bytes(s.content_size),
-            human_bytes(s.archive_size),
-            targets
-        ));
-    }
-    if any_unreadable {
-        out.push_str(
-            "  [incomplete: N unreadable]: N source files or directories could not be read and \
-             are not in the snapshot (`backupctl list --json` names them)\n",
-        );
-    }
-    out
-}
-
-impl crate::ops::each::Coded for PolicyListing {
+impl crate::ops::Coded for PolicyListing {
     /// Failure (1) when a target serves damaged manifests, partial (3) when
     /// a target could not be listed.
     fn exit_code(&self) -> crate::error::ExitCode {

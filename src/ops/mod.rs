@@ -4,7 +4,6 @@
 pub mod check;
 pub mod daemon;
 pub mod due;
-pub mod each;
 pub mod init;
 pub mod list;
 pub mod notify_test;
@@ -23,6 +22,26 @@ use crate::lock::{Lock, LockError};
 use crate::repo::{Catalog, PolicyName};
 use crate::storage::{self, DynBackend};
 use std::time::Duration;
+
+/// A per-policy result that knows its exit code.
+pub trait Coded {
+    fn exit_code(&self) -> ExitCode;
+}
+
+macro_rules! coded {
+    ($($t:ty),*) => {$(
+        impl Coded for $t {
+            fn exit_code(&self) -> ExitCode {
+                <$t>::exit_code(self)
+            }
+        }
+    )*};
+}
+coded!(
+    crate::ops::prune::PruneResult,
+    crate::ops::sync::SyncResult,
+    crate::ops::verify::VerifyResult
+);
 
 /// Open the policy's targets in its order (or only `only`).
 pub async fn open_targets(

@@ -63,15 +63,3 @@ pub async fn notify_test(cfg: &Config, policy: Option<&str>) -> anyhow::Result<N
         futures::future::join_all(jobs.iter().map(|(s, ev)| notify::deliver_now(s, ev))).await;
     Ok(NotifyTestReport { notifiers })
 }
-
-pub fn render(r: &NotifyTestReport) -> String {
-    r.notifiers
-        .iter()
-        .map(|d| match (&d.detail, &d.error) {
-            (Some(ok), _) => format!("ok      {}: {ok} ({:.1}s)", d.notifier, d.seconds),
-            (_, Some(e)) => format!("FAILED  {}: {e} ({:.1}s)", d.notifier, d.seconds),
-            _ => format!("?       {}", d.notifier),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}

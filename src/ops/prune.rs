@@ -27,7 +27,6 @@ use crate::config::{Config, Policy};
 use crate::error::{CodedError, ExitCode};
 use crate::repo::{Catalog, Key, PolicyName, SnapshotId, TargetState};
 use crate::retention;
-use crate::util::human_bytes;
 use chrono::Utc;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -464,61 +463,4 @@ impl Plan<'_> {
         );
         r
     }
-}
-
-/// Human-readable report.
-pub fn render(r: &PruneResult) -> String {
-    let mut s = format!(
-        "policy {}: keep {}, remove {} snapshot(s){}: {}\n",
-        r.policy,
-        r.keep.len(),
-        r.remove.len(),
-        if r.dry_run {
-            " (dry run: nothing deleted)"
-        } else {
-            ""
-        },
-        r.result.to_uppercase()
-    );
-    for k in &r.keep {
-        s.push_str(&format!(
-            "  keep    {}  {}  {}\n",
-            k.id,
-            k.time,
-            k.reasons.join(", ")
-        ));
-    }
-    for k in &r.remove {
-        s.push_str(&format!("  remove  {}  {}\n", k.id, k.time));
-    }
-    let verb = if r.dry_run { "would delete" } else { "deleted" };
-    for t in &r.targets {
-        match t.status.as_str() {
-            "unreachable" => s.push_str(&format!(
-                "  target {}: UNREACHABLE: {}\n",
-                t.name,
-                t.error.as_deref().unwrap_or("")
-            )),
-            _ => {
-                s.push_str(&format!(
-                    "  target {}: {verb} {} snapshot(s), {} archive(s), {} freed{}\n",
-                    t.name,
-                    t.manifests_deleted.len(),
-                    t.archives_deleted.len() + t.others_deleted.len(),
-                    human_bytes(t.bytes_freed),
-                    t.error
-                        .as_deref()
-                        .map(|e| format!("; FAILED: {e}"))
-                        .unwrap_or_default()
-                ));
-                for w in &t.warnings {
-                    s.push_str(&format!("    warning: {w}\n"));
-                }
-            }
-        }
-    }
-    for w in &r.warnings {
-        s.push_str(&format!("  warning: {w}\n"));
-    }
-    s.trim_end().to_string()
 }

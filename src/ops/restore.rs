@@ -31,6 +31,8 @@ pub struct RestoreOptions {
     /// Do not restore ownership even as root (setuid/setgid bits are then
     /// dropped, as they are for any restore that does not restore owners).
     pub no_same_owner: bool,
+    /// Where progress is shown (hidden by default).
+    pub display: crate::progress::Handle,
 }
 
 #[derive(Debug, Serialize)]
@@ -175,6 +177,7 @@ async fn restore_into(
         preserve_owner: crate::util::is_root() && !o.no_same_owner,
         apply_root: true,
         progress: None,
+        display: o.display.clone(),
         hash_files: false,
         expect: None,
     };

@@ -25,7 +25,6 @@ use crate::config::{Config, Policy, SourceSpec};
 use crate::error::ExitCode;
 use crate::ops::{open_targets, state, warn_locations};
 use crate::repo::{layout, Commit, Hash, Key, PolicyName, SnapshotId};
-use crate::report::Bar;
 use crate::source;
 use crate::storage::{DynBackend, Upload};
 use anyhow::Context;
@@ -43,6 +42,8 @@ pub struct RunOptions {
     /// Cancelled (by a signal): abort at the next safe point. Nothing is
     /// recorded unless the manifests were already being written.
     pub cancel: Option<tokio_util::sync::CancellationToken>,
+    /// Where progress is shown (hidden by default).
+    pub display: crate::progress::Handle,
 }
 
 fn cancelled(opts: &RunOptions) -> bool {
@@ -237,8 +238,9 @@ async fn build_archive(
     state_dir: &Path,
     targets: &[DynBackend],
     failed: &[Arc<AtomicBool>],
-    cancel: Option<&tokio_util::sync::CancellationToken>,
+    opts: &RunOptions,
 ) -> anyhow::Result<(ArchiveSummary, source::SourceOutput, Vec<Option<Delivery>>)> {
+    let (cancel, display) = (opts.cancel.as_ref(), &opts.display);
     let dir = layout::archives_dir(&PolicyName::of(policy));
     let mut slots = Vec::new();
     for (t, f) in targets.iter().zip(failed) {
@@ -262,12 +264,12 @@ async fn build_archive(
     let state_dir = state_dir.to_path_buf();
     let level = policy.compression_level;
     let progress = Arc::new(Progress::default());
-    let total = if crate::report::is_tty() {
+    let total = if display.visible() {
         spec.source().estimate().ok().flatten().map(|s| s.bytes)
     } else {
         None
     };
-    let bar = Bar::new(spec.name(), total, progress.clone());
+    let bar = display.task(spec.name(), total, progress.clone());
     let flag = progress.clone();
     let task = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let sink = Box::new(FanoutWriter(fanout.clone()));
@@ -412,7 +414,7 @@ pub async fn run_policy(
             &cfg.state_dir,
             &targets,
             &failed,
-            opts.cancel.as_ref(),
+            opts,
         )
         .await;
         if cancelled(opts) {
@@ -742,7 +744,7 @@ impl RunStep {
     }
 }
 
-impl crate::ops::each::Coded for RunStep {
+impl crate::ops::Coded for RunStep {
     fn exit_code(&self) -> ExitCode {
         crate::ops::combine(
             self.run
@@ -755,7 +757,7 @@ impl crate::ops::each::Coded for RunStep {
     }
 }
 
-impl crate::ops::each::Coded for RunResult {
+impl crate::ops::Coded for RunResult {
     fn exit_code(&self) -> ExitCode {
         RunResult::exit_code(self)
     }

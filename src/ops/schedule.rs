@@ -86,38 +86,7 @@ pub async fn policy_schedule(
     })
 }
 
-fn render_job(name: &str, j: &JobStatus) -> String {
-    let Some(s) = &j.schedule else {
-        return format!("  {name}: not scheduled\n");
-    };
-    let last = match (&j.last_result, &j.last_attempt) {
-        (Some(r), Some(t)) => format!("last {r} at {t}"),
-        _ => match &j.last_success {
-            Some(t) => format!("last success {t} (from {})", j.last_success_from),
-            None => "never run".to_string(),
-        },
-    };
-    format!(
-        "  {name}: {s:?}, next {}; {last}{}\n",
-        j.next.first().map(String::as_str).unwrap_or("never"),
-        if j.due { "; DUE now" } else { "" }
-    )
-}
-
-pub fn render(p: &PolicySchedule) -> String {
-    let mut s = format!(
-        "policy {}{}\n",
-        p.policy,
-        p.jitter_seconds
-            .map(|j| format!(" (jitter up to {j}s)"))
-            .unwrap_or_default()
-    );
-    s.push_str(&render_job("run", &p.run));
-    s.push_str(&render_job("verify", &p.verify));
-    s.trim_end().to_string()
-}
-
-impl crate::ops::each::Coded for PolicySchedule {
+impl crate::ops::Coded for PolicySchedule {
     fn exit_code(&self) -> crate::error::ExitCode {
         crate::error::ExitCode::Success
     }

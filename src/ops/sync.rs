@@ -422,48 +422,6 @@ pub async fn sync_policy(
     Ok(res)
 }
 
-/// The human summary.
-pub fn render(r: &SyncResult) -> String {
-    use crate::util::human_bytes;
-    let mut s = format!("policy {}: sync {}\n", r.policy, r.result);
-    for (t, e) in &r.unreachable {
-        s.push_str(&format!("  target {t}: UNREACHABLE, not synced: {e}\n"));
-    }
-    for (t, n) in &r.aborted_uploads {
-        s.push_str(&format!(
-            "  target {t}: aborted {n} stale incomplete uploads\n"
-        ));
-    }
-    if r.copies.is_empty() && r.unreachable.is_empty() {
-        s.push_str("  every reachable target holds every snapshot\n");
-    }
-    for c in &r.copies {
-        match &c.error {
-            Some(e) => s.push_str(&format!(
-                "  snapshot {} -> target {}: FAILED: {e}\n",
-                c.snapshot, c.target
-            )),
-            None => s.push_str(&format!(
-                "  snapshot {} -> target {}: {} ({} archives, {}{})\n",
-                c.snapshot,
-                c.target,
-                c.status,
-                c.archives.len(),
-                human_bytes(c.bytes),
-                if c.from.is_empty() {
-                    String::new()
-                } else {
-                    format!(" from {}", c.from.join(","))
-                }
-            )),
-        }
-    }
-    for p in &r.problems {
-        s.push_str(&format!("  problem: {p}\n"));
-    }
-    s.trim_end().to_string()
-}
-
 /// `--abort-uploads-older-than`: an elapsed time ([`crate::duration`]).
 pub fn parse_age(s: &str) -> Result<Duration, String> {
     crate::duration::parse_elapsed(s).map_err(|e| e.to_string())

@@ -30,6 +30,8 @@ pub struct VerifyOptions {
     pub all: bool,
     pub sample: Option<usize>,
     pub target: Option<String>,
+    /// Where progress is shown (hidden by default).
+    pub display: crate::progress::Handle,
 }
 
 #[derive(Debug, Serialize)]
@@ -161,6 +163,7 @@ async fn check_on_target(
     entry: &crate::repo::Entry,
     ti: usize,
     scratch_root: &Dir,
+    display: &crate::progress::Handle,
 ) -> TargetCheck {
     let m = &entry.manifest;
     let st = &catalog.targets[ti];
@@ -197,6 +200,7 @@ async fn check_on_target(
             preserve_owner: false,
             apply_root: false,
             hash_files: true,
+            display: display.clone(),
             ..Default::default()
         };
         let mut ac = ArchiveCheck {
@@ -321,7 +325,15 @@ pub async fn verify_policy(
             targets: Vec::new(),
         };
         for ti in 0..catalog.targets.len() {
-            let tc = check_on_target(policy, &catalog, &catalog.entries[i], ti, &scratch).await;
+            let tc = check_on_target(
+                policy,
+                &catalog,
+                &catalog.entries[i],
+                ti,
+                &scratch,
+                &o.display,
+            )
+            .await;
             codes.push(match tc.result.as_str() {
                 "ok" => ExitCode::Success,
                 "failed" => ExitCode::Failure,

@@ -20,7 +20,6 @@ use super::layout::{Hash, Key, PolicyName, SnapshotId};
 use crate::archive::beneath::Dir;
 use crate::archive::{self, Expected, ExtractError, ExtractOptions, Progress, SourceRecord};
 use crate::error::CodedError;
-use crate::report::Bar;
 use crate::storage::DynBackend;
 use std::future::Future;
 use std::io::{Read, Write};
@@ -115,7 +114,9 @@ pub async fn unpack(
     };
     let progress = Arc::new(Progress::default());
     opts.progress = Some(progress.clone());
-    let bar = Bar::new(label, Some(record.content_size), progress);
+    let bar = opts
+        .display
+        .task(label, Some(record.content_size), progress);
     let reader = stream.into_blocking_read();
     let fd = dest
         .fd

@@ -9,19 +9,14 @@
 //! recorded for that policy and the next one still runs. Only a selection
 //! that names an unknown policy fails the whole command.
 
-use crate::config::{Config, Policy};
-use crate::error::{exit_code_for, ExitCode};
-use crate::ops::due::{self, Decision, Job};
-use crate::ops::{combine, policy_lock};
+use backupctl::config::{Config, Policy};
+use backupctl::error::{exit_code_for, ExitCode};
+use backupctl::ops::due::{self, Decision, Job};
+use backupctl::ops::{combine, policy_lock, Coded};
 use futures::future::BoxFuture;
 use serde::Serialize;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// A per-policy result that knows its exit code.
-pub trait Coded {
-    fn exit_code(&self) -> ExitCode;
-}
 
 /// Whether the step needs the policy's lock (run, prune, sync write).
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +71,7 @@ pub struct Plan<'a> {
     pub cancel: Option<CancellationToken>,
     /// The operation ("run", "verify", "prune", "sync"), for the summary
     /// line and the notification of a policy that fails without a result
-    /// (see [`crate::observe`]); None: nothing is said.
+    /// (see [`backupctl::observe`]); None: nothing is said.
     pub op: Option<&'static str>,
 }
 
@@ -86,10 +81,10 @@ pub async fn for_each_policy<'c, T, F>(
     cfg: &'c Config,
     plan: &Plan<'_>,
     mut step: F,
-) -> Result<Outcome<T>, crate::error::ConfigError>
+) -> Result<Outcome<T>, backupctl::error::ConfigError>
 where
     F: FnMut(&'c Policy, Option<Decision>) -> BoxFuture<'c, anyhow::Result<T>>,
-    T: crate::observe::Observe,
+    T: backupctl::observe::Observe,
 {
     let sel = cfg.selection(plan.names)?;
     let mut out = Outcome {
@@ -98,9 +93,9 @@ where
         not_due: 0,
     };
     for (name, e) in &sel.broken {
-        let mark = crate::notify::tail::mark();
+        let mark = backupctl::notify::tail::mark();
         let error = format!("policy file not loaded: {e}");
-        crate::observe::failed(cfg, plan.op, name, &error, mark);
+        backupctl::observe::failed(cfg, plan.op, name, &error, mark);
         out.failures.push(PolicyFailure {
             policy: name.clone(),
             error: format!("policy file not loaded: {e}"),
@@ -110,7 +105,7 @@ where
     let fail = |out: &mut Outcome<T>, policy: &str, e: anyhow::Error, mark: u64| {
         let error = format!("{e:#}");
         tracing::debug!("policy {policy}: {error}");
-        crate::observe::failed(cfg, plan.op, policy, &error, mark);
+        backupctl::observe::failed(cfg, plan.op, policy, &error, mark);
         out.failures.push(PolicyFailure {
             policy: policy.to_string(),
             error,
@@ -126,13 +121,18 @@ where
             });
             continue;
         }
-        let mark = crate::notify::tail::mark();
+        let mark = backupctl::notify::tail::mark();
         let decision = match plan.due {
             None => None,
-            Some(job) => match due::decide(cfg, p, job, crate::clock::now()).await {
+            Some(job) => match due::decide(cfg, p, job, backupctl::clock::now()).await {
                 Ok(d) => {
                     if job == Job::Run {
-                        crate::notify::stale::check(cfg, p, d.last_success, crate::clock::now());
+                        backupctl::notify::stale::check(
+                            cfg,
+                            p,
+                            d.last_success,
+                            backupctl::clock::now(),
+                        );
                     }
                     if d.acts() {
                         tracing::info!("{}", d.describe());
@@ -162,7 +162,7 @@ where
         let started = std::time::Instant::now();
         match step(p, decision).await {
             Ok(r) => {
-                crate::observe::finished(cfg, &r, mark, started.elapsed().as_secs_f64());
+                backupctl::observe::finished(cfg, &r, mark, started.elapsed().as_secs_f64());
                 out.results.push(r)
             }
             Err(e) => fail(&mut out, &p.name, e, mark),
@@ -170,18 +170,3 @@ where
     }
     Ok(out)
 }
-
-macro_rules! coded {
-    ($($t:ty),*) => {$(
-        impl Coded for $t {
-            fn exit_code(&self) -> ExitCode {
-                <$t>::exit_code(self)
-            }
-        }
-    )*};
-}
-coded!(
-    crate::ops::prune::PruneResult,
-    crate::ops::sync::SyncResult,
-    crate::ops::verify::VerifyResult
-);

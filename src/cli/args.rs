@@ -389,7 +389,7 @@ fn parse_wait(s: &str) -> Result<Duration, String> {
         // "As long as it takes", without overflowing Instant arithmetic.
         return Ok(Duration::from_secs(100 * 365 * 24 * 3600));
     }
-    crate::schedule::parse_duration(s, "--wait duration")
+    backupctl::schedule::parse_duration(s, "--wait duration")
 }
 
 #[derive(Debug, Args)]
@@ -401,7 +401,7 @@ pub struct SyncArgs {
     pub dry_run: bool,
     /// Clean up incomplete uploads (S3 multipart uploads, temporaries on
     /// directory targets) started longer ago than this (e.g. 24h, 30m, 7d, 0s).
-    #[arg(long, value_name = "AGE", default_value = "24h", value_parser = crate::ops::sync::parse_age)]
+    #[arg(long, value_name = "AGE", default_value = "24h", value_parser = backupctl::ops::sync::parse_age)]
     pub abort_uploads_older_than: std::time::Duration,
     #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "forever",
           value_parser = parse_wait, help = WAIT_HELP)]

@@ -13,23 +13,23 @@ pub const DEFAULT_CONFIG: &str = "/etc/backupctl/backupctl.toml";
 pub const SYSTEMD_UNITS: &[(&str, &str)] = &[
     (
         "backupctl.service",
-        include_str!("../contrib/systemd/backupctl.service"),
+        include_str!("../../contrib/systemd/backupctl.service"),
     ),
     (
         "backupctl-run.service",
-        include_str!("../contrib/systemd/backupctl-run.service"),
+        include_str!("../../contrib/systemd/backupctl-run.service"),
     ),
     (
         "backupctl-run.timer",
-        include_str!("../contrib/systemd/backupctl-run.timer"),
+        include_str!("../../contrib/systemd/backupctl-run.timer"),
     ),
     (
         "backupctl-verify.service",
-        include_str!("../contrib/systemd/backupctl-verify.service"),
+        include_str!("../../contrib/systemd/backupctl-verify.service"),
     ),
     (
         "backupctl-verify.timer",
-        include_str!("../contrib/systemd/backupctl-verify.timer"),
+        include_str!("../../contrib/systemd/backupctl-verify.timer"),
     ),
 ];
 

@@ -2,7 +2,7 @@
 //! terminal, plain one-line log records otherwise (cron mails stay short),
 //! and JSON on stdout for `--json`.
 
-use crate::archive::Progress;
+use backupctl::progress::Counters as Progress;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::Ordering;
@@ -10,11 +10,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 static MULTI: OnceLock<Option<MultiProgress>> = OnceLock::new();
-
-/// Set up logging. `verbosity`: -1 quiet (warnings and errors), 0 normal, 1+ debug.
-pub fn init(verbosity: i8) {
-    let _ = init_with(verbosity, &LogOptions::default());
-}
 
 /// Where and how log records go (`--log-format`, `--log-file`).
 #[derive(Debug, Clone, Default)]
@@ -28,7 +23,7 @@ pub struct LogOptions {
 
 /// Set up logging: the console (stderr; above the progress bars on a
 /// terminal) or `--log-file`, and the in-memory tail that notifications
-/// carry ([`crate::notify::tail`]). Fails only when the log file cannot be
+/// carry ([`backupctl::notify::tail`]). Fails only when the log file cannot be
 /// opened.
 pub fn init_with(verbosity: i8, opts: &LogOptions) -> Result<(), String> {
     use tracing_subscriber::layer::SubscriberExt;
@@ -117,7 +112,7 @@ pub fn init_with(verbosity: i8, opts: &LogOptions) -> Result<(), String> {
         fmt::layer()
             .with_target(false)
             .with_ansi(false)
-            .with_writer(crate::notify::tail::TailWriter::default)
+            .with_writer(backupctl::notify::tail::TailWriter::default)
             .with_filter(tracing_subscriber::EnvFilter::new(format!(
                 "backupctl={tail_level},backupctl::notify=off,off"
             )))
@@ -229,4 +224,21 @@ pub fn say(line: impl AsRef<str>) {
 /// True when progress bars are shown (stderr is a terminal).
 pub fn is_tty() -> bool {
     matches!(MULTI.get(), Some(Some(_)))
+}
+
+/// The terminal's progress bars as the library's progress display.
+pub struct Bars;
+
+impl backupctl::progress::Display for Bars {
+    fn task(&self, label: &str, total: Option<u64>, counters: Arc<Progress>) -> Box<dyn Send> {
+        Box::new(Bar::new(label, total, counters))
+    }
+    fn visible(&self) -> bool {
+        is_tty()
+    }
+}
+
+/// The display handle the commands pass to the library.
+pub fn display() -> backupctl::progress::Handle {
+    backupctl::progress::Handle(Arc::new(Bars))
 }
