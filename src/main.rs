@@ -262,6 +262,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 all: a.all,
                 sample: a.sample,
                 target: a.target.clone(),
+                read_all: a.read_all,
             };
             let opts = &opts;
             let plan = Plan {

@@ -1,5 +1,12 @@
 //! The snapshot manifest: a JSON document written last on each target, so a
-//! snapshot is visible only once all its archives are stored.
+//! snapshot is visible only once everything it references is stored.
+//!
+//! Schema 2 (format v2): per source, the uncompressed tar stream's size and
+//! BLAKE3, and the extent list that says where its chunks are (named by the
+//! BLAKE3 of the list's text, so the signed manifest authenticates the list,
+//! the list the packs, the packs' indexes every chunk); the same for the
+//! source's file index stream (one JSON record per entry). The manifest
+//! itself stays a few KiB whatever the number of files.
 //!
 //! File paths are recorded byte-exact: `path` is the name as UTF-8, and a
 //! name that is not valid UTF-8 also gets `path_b64` (standard base64 of its
@@ -13,8 +20,8 @@ use std::borrow::Cow;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// Bumped on incompatible changes; readers refuse newer versions.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Bumped on incompatible changes; readers refuse other versions.
+pub const SCHEMA_VERSION: u32 = 2;
 pub const FORMAT_NAME: &str = "backupctl-snapshot";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -30,7 +37,23 @@ pub struct Manifest {
     pub sources: Vec<SourceRecord>,
 }
 
-/// One source of a snapshot: exactly one archive.
+/// A stream (a tar stream or a file index) and the list that finds it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StreamRef {
+    /// Uncompressed bytes.
+    pub size: u64,
+    /// BLAKE3 (hex) of the uncompressed stream.
+    pub blake3: String,
+    /// Compressed bytes of its chunks (what the extents cover).
+    pub stored: u64,
+    /// The extent list: `<policy>/lists/<list>.extents`, `list` being the
+    /// BLAKE3 of its text.
+    pub list: String,
+    /// Bytes of the extent list.
+    pub list_size: u64,
+}
+
+/// One source of a snapshot.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SourceRecord {
     pub name: String,
@@ -39,25 +62,22 @@ pub struct SourceRecord {
     pub kind: String,
     /// What was backed up (a path, or a database description).
     pub origin: String,
-    /// BLAKE3 (hex) of the compressed archive bytes; the archive's name.
-    pub archive_hash: String,
-    /// Size of the `.tar.zst` file in bytes.
-    pub archive_size: u64,
-    /// Size of the uncompressed tar stream in bytes.
-    pub tar_size: u64,
+    /// The source's tar stream.
+    pub stream: StreamRef,
+    /// Its file index: one JSON record per entry, in stream order.
+    pub index: StreamRef,
     /// Sum of regular file sizes.
     pub content_size: u64,
     /// Tar entries (files, directories, links).
     pub entries: u64,
-    /// Every regular file with its content hash, in archive order.
-    pub files: Vec<FileRecord>,
+    /// Regular files.
+    pub files: u64,
     /// Problems met while reading the source (changed or vanished files...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     /// Source entries that could not be read (permission denied, an I/O
     /// error), relative to the source, directories ending in `/`: the
-    /// snapshot is incomplete without them. (Absent in manifests written
-    /// before this field existed, and when everything was read.)
+    /// snapshot is incomplete without them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreadable: Vec<String>,
     /// Database sources: dump tool and server versions, per-table row counts.
@@ -65,11 +85,20 @@ pub struct SourceRecord {
     pub database: Option<serde_json::Value>,
 }
 
-/// Largest manifest accepted (and written). Per-file records live in the
-/// manifest, at roughly 150 bytes each: this allows about 400,000 files per
-/// snapshot.
-pub const MAX_MANIFEST_BYTES: usize = 64 << 20;
+impl SourceRecord {
+    /// Both streams, for what reads every list of a snapshot.
+    pub fn streams(&self) -> [&StreamRef; 2] {
+        [&self.stream, &self.index]
+    }
+}
 
+/// Largest manifest accepted (and written). Per-file records live in the
+/// file index stream, not in the manifest, which holds a few hundred bytes
+/// per source.
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+
+/// One entry of a file index stream (a JSON line): its path, kind and
+/// metadata, and for a regular file its size and BLAKE3.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileRecord {
     /// Relative to the source root; lossy (U+FFFD) when `path_b64` is set.
@@ -77,27 +106,98 @@ pub struct FileRecord {
     /// The exact bytes of a name that is not valid UTF-8 (standard base64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_b64: Option<String>,
+    /// "file", "dir" or "symlink".
+    #[serde(rename = "type", default = "file_kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub mode: u32,
+    #[serde(default)]
+    pub uid: u64,
+    #[serde(default)]
+    pub gid: u64,
+    #[serde(default)]
+    pub mtime: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mtime_nsec: u32,
+    #[serde(default)]
     pub size: u64,
+    /// BLAKE3 of a regular file's content.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub blake3: String,
+    /// A symbolic link's target (lossy when `target_b64` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_b64: Option<String>,
+}
+
+fn file_kind() -> String {
+    "file".into()
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// (text, base64 of the bytes when they are not UTF-8)
+fn text_and_b64(bytes: &[u8]) -> (String, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s.to_string(), None),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).into_owned(),
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    }
 }
 
 impl FileRecord {
-    /// A record for the file at `rel` (relative to the source root).
+    /// A record for the regular file at `rel` (relative to the source root).
     pub fn new(rel: &Path, size: u64, blake3: String) -> FileRecord {
-        let bytes = rel.as_os_str().as_bytes();
-        let (path, path_b64) = match std::str::from_utf8(bytes) {
-            Ok(s) => (s.to_string(), None),
-            Err(_) => (
-                String::from_utf8_lossy(bytes).into_owned(),
-                Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-            ),
-        };
+        let (path, path_b64) = text_and_b64(rel.as_os_str().as_bytes());
         FileRecord {
             path,
             path_b64,
+            kind: file_kind(),
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
             size,
             blake3,
+            target: None,
+            target_b64: None,
         }
+    }
+
+    /// A directory's record.
+    pub fn dir(rel: &Path, meta: &super::writer::EntryMeta) -> FileRecord {
+        let mut r = FileRecord::new(rel, 0, String::new()).with_meta(meta);
+        r.kind = "dir".into();
+        r
+    }
+
+    /// A symbolic link's record.
+    pub fn symlink(rel: &Path, target: &Path, meta: &super::writer::EntryMeta) -> FileRecord {
+        let mut r = FileRecord::new(rel, 0, String::new()).with_meta(meta);
+        r.kind = "symlink".into();
+        let (t, tb) = text_and_b64(target.as_os_str().as_bytes());
+        r.target = Some(t);
+        r.target_b64 = tb;
+        r
+    }
+
+    pub fn with_meta(mut self, m: &super::writer::EntryMeta) -> FileRecord {
+        self.mode = m.mode;
+        self.uid = m.uid;
+        self.gid = m.gid;
+        self.mtime = m.mtime;
+        self.mtime_nsec = m.mtime_nsec;
+        self
+    }
+
+    pub fn is_file(&self) -> bool {
+        self.kind == "file"
     }
 
     /// The path's exact bytes.
@@ -120,9 +220,9 @@ impl Manifest {
         if m.format != FORMAT_NAME {
             return Err(format!("not a backupctl manifest (format {:?})", m.format));
         }
-        if m.schema_version > SCHEMA_VERSION {
+        if m.schema_version != SCHEMA_VERSION {
             return Err(format!(
-                "manifest schema version {} is newer than this backupctl understands ({SCHEMA_VERSION}); upgrade backupctl",
+                "manifest schema version {} is not the one this backupctl reads ({SCHEMA_VERSION})",
                 m.schema_version
             ));
         }
@@ -157,12 +257,18 @@ impl Manifest {
             if !matches!(s.kind.as_str(), "files" | "postgres" | "mysql" | "sqlite") {
                 return Err(format!("source {}: unknown type {:?}", s.name, p(&s.kind)));
             }
-            if !is_hash(&s.archive_hash) {
-                return Err(format!(
-                    "source {:?}: archive hash {:?} is not a BLAKE3 hex digest",
-                    s.name,
-                    p(&s.archive_hash)
-                ));
+            for st in s.streams() {
+                if !is_hash(&st.blake3) || !is_hash(&st.list) {
+                    return Err(format!(
+                        "source {:?}: stream hash {:?} or list {:?} is not a BLAKE3 hex digest",
+                        s.name,
+                        p(&st.blake3),
+                        p(&st.list)
+                    ));
+                }
+                if st.list_size > crate::pack::extents::MAX_LIST_BYTES {
+                    return Err(format!("source {}: extent list too large", s.name));
+                }
             }
             if s.origin.len() > 4096 || s.origin.chars().any(char::is_control) {
                 return Err(format!(
@@ -173,10 +279,6 @@ impl Manifest {
             }
             for w in &mut s.warnings {
                 *w = p(w);
-            }
-            for f in &s.files {
-                f.path_bytes()
-                    .map_err(|e| format!("source {:?}: {e}", s.name))?;
             }
         }
         Ok(())
@@ -192,8 +294,12 @@ impl Manifest {
         self.sources.iter().find(|s| s.name == name)
     }
 
-    pub fn total_archive_size(&self) -> u64 {
-        self.sources.iter().map(|s| s.archive_size).sum()
+    /// Compressed bytes the snapshot's streams reference.
+    pub fn total_stored(&self) -> u64 {
+        self.sources
+            .iter()
+            .map(|s| s.stream.stored.saturating_add(s.index.stored))
+            .fold(0, u64::saturating_add)
     }
 
     pub fn total_content_size(&self) -> u64 {
@@ -270,6 +376,6 @@ mod tests {
     fn oversized_manifests_are_refused_before_parsing() {
         let big = vec![b' '; MAX_MANIFEST_BYTES + 1];
         let e = Manifest::parse(&big).unwrap_err();
-        assert!(e.contains("64 MiB limit"), "{e}");
+        assert!(e.contains("1 MiB limit"), "{e}");
     }
 }

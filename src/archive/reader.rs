@@ -136,9 +136,7 @@ fn walk_error(dest: &Path, rel: &Path, comps: &[&OsStr], e: WalkError) -> Extrac
 /// archive disagrees.
 #[derive(Debug, Clone, Default)]
 pub struct Expected {
-    /// Bytes of the `.tar.zst` (the download may not exceed it).
-    pub archive_size: u64,
-    /// Bytes of the decompressed tar stream.
+    /// Bytes of the tar stream.
     pub tar_size: u64,
     /// Every regular file (raw path bytes) with its size.
     pub files: HashMap<Vec<u8>, u64>,
@@ -161,14 +159,14 @@ impl Expected {
         })
     }
 
-    pub fn from_record(rec: &SourceRecord) -> Result<Expected, String> {
-        let mut files = HashMap::with_capacity(rec.files.len());
-        for f in &rec.files {
+    /// From a source's record and its file index (regular files).
+    pub fn from_index(rec: &SourceRecord, index: &[FileRecord]) -> Result<Expected, String> {
+        let mut files = HashMap::with_capacity(index.len());
+        for f in index.iter().filter(|f| f.is_file()) {
             files.insert(f.path_bytes()?.into_owned(), f.size);
         }
         Ok(Expected {
-            archive_size: rec.archive_size,
-            tar_size: rec.tar_size,
+            tar_size: rec.stream.size,
             files,
         })
     }
@@ -287,13 +285,14 @@ impl Read for ChannelReader {
     }
 }
 
-/// The decoder thread's result: (hash, compressed bytes, tar bytes), or
-/// None when it was told to stop (the unpacker failed first).
-type Decoded = Result<Option<(String, u64, u64)>, ExtractError>;
+/// The reader thread's result: (BLAKE3, bytes) of the tar stream, or None
+/// when it was told to stop (the unpacker failed first).
+type Decoded = Result<Option<(String, u64)>, ExtractError>;
 
-/// Unpack the `.tar.zst` read from `src` into the directory `dest` (an open
-/// descriptor; `dest_path` names it in messages), checking the archive's
-/// BLAKE3 against `expected_hash` (when given) once the stream is consumed.
+/// Unpack the tar stream read from `src` (format v2: already reassembled
+/// from its chunks, each checked) into the directory `dest` (an open
+/// descriptor; `dest_path` names it in messages), checking the stream's
+/// BLAKE3 against `expected_hash` (when given) once it is consumed.
 /// Directory metadata is applied only after that check.
 pub fn extract<R: Read + Send>(
     src: R,
@@ -307,7 +306,6 @@ pub fn extract<R: Read + Send>(
     const CHUNK: usize = 1 << 20;
     let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
     let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
-    let archive_limit = opts.expect.as_ref().map(|e| e.archive_size);
     let tar_limit = opts.expect.as_ref().map(|e| e.tar_size);
     std::thread::scope(|scope| {
         let failed = source_failed.clone();
@@ -317,79 +315,46 @@ pub fn extract<R: Read + Send>(
                 inner: src,
                 hasher: blake3::Hasher::new(),
                 count: 0,
-                limit: archive_limit,
+                limit: tar_limit,
                 failed: failed.clone(),
             };
-            let classify = |e: io::Error, failed: &AtomicBool| {
-                if failed.load(Ordering::SeqCst) {
-                    ExtractError::Integrity(format!("reading the archive failed: {e}"))
-                } else {
-                    ExtractError::Integrity(format!("archive is not valid zstd data: {e}"))
+            let classify = |e: io::Error| {
+                ExtractError::Integrity(format!("reading the stream failed: {e}"))
+            };
+            let mut unpacker_done = false;
+            loop {
+                if stop2.load(Ordering::SeqCst) {
+                    return Ok(None);
                 }
-            };
-            let too_big = |l: u64| {
-                ExtractError::Integrity(format!(
-                    "the archive decompresses to more than its recorded tar size ({l} bytes)"
-                ))
-            };
-            let mut total = 0u64;
-            {
-                let mut dec =
-                    zstd::stream::read::Decoder::new(&mut sr).map_err(|e| classify(e, &failed))?;
-                let mut unpacker_done = false;
-                loop {
-                    if stop2.load(Ordering::SeqCst) {
-                        return Ok(None);
-                    }
-                    let mut chunk = recycle_rx.try_recv().unwrap_or_default();
-                    chunk.resize(CHUNK, 0);
-                    let mut filled = 0;
-                    while filled < chunk.len() {
-                        match dec.read(&mut chunk[filled..]) {
-                            Ok(0) => break,
-                            Ok(n) => filled += n,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => {
-                                let err = classify(e, &failed);
-                                if !unpacker_done {
-                                    let _ = tx.send(Err(io::Error::other(err.to_string())));
-                                }
-                                return Err(err);
+                let mut chunk = recycle_rx.try_recv().unwrap_or_default();
+                chunk.resize(CHUNK, 0);
+                let mut filled = 0;
+                while filled < chunk.len() {
+                    match sr.read(&mut chunk[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let err = classify(e);
+                            if !unpacker_done {
+                                let _ = tx.send(Err(io::Error::other(err.to_string())));
                             }
+                            return Err(err);
                         }
                     }
-                    if filled == 0 {
-                        break;
-                    }
-                    total += filled as u64;
-                    if let Some(l) = tar_limit.filter(|l| total > *l) {
-                        // Hand over what is within the bound first: an entry
-                        // in it that is refused is the better explanation.
-                        let within = filled - (total - l) as usize;
-                        let err = too_big(l);
-                        if !unpacker_done {
-                            chunk.truncate(within);
-                            let _ = tx.send(Ok(chunk));
-                            let _ = tx.send(Err(io::Error::other(err.to_string())));
-                        }
-                        return Err(err);
-                    }
-                    chunk.truncate(filled);
-                    // Once the unpacker has reached the end of the tar stream,
-                    // keep reading (bounded above) so the hash covers every byte.
-                    if !unpacker_done && tx.send(Ok(chunk)).is_err() {
-                        unpacker_done = true;
-                    }
+                }
+                if filled == 0 {
+                    break;
+                }
+                chunk.truncate(filled);
+                // Once the unpacker has reached the end of the tar stream,
+                // keep reading (bounded) so the hash covers every byte.
+                if !unpacker_done && tx.send(Ok(chunk)).is_err() {
+                    unpacker_done = true;
                 }
             }
             drop(tx);
-            // Trailing bytes after the last zstd frame still count for the hash.
-            io::copy(&mut sr, &mut io::sink()).map_err(|e| classify(e, &failed))?;
-            Ok(Some((
-                sr.hasher.finalize().to_hex().to_string(),
-                sr.count,
-                total,
-            )))
+            Ok(Some((sr.hasher.finalize().to_hex().to_string(), sr.count)))
         });
 
         let mut reader = ChannelReader {
@@ -406,32 +371,32 @@ pub fn extract<R: Read + Send>(
         }
         let forwarded = reader.forwarded_error;
         drop(reader);
-        let decoded = decoder.join().expect("decoder thread panicked");
-        // Report the first cause: a decode failure the unpacker ran into, or
+        let decoded = decoder.join().expect("reader thread panicked");
+        // Report the first cause: a read failure the unpacker ran into, or
         // the unpacker's own refusal.
-        let (hash, size, tar_bytes) = match (decoded, unpacked) {
+        let (hash, size) = match (decoded, unpacked) {
             (Err(d), Err(_)) if forwarded => return Err(d),
             (_, Err(u)) => return Err(u),
             (Err(d), Ok(())) => return Err(d),
-            (Ok(None), Ok(())) => unreachable!("the decoder stops only after an unpack error"),
+            (Ok(None), Ok(())) => unreachable!("the reader stops only after an unpack error"),
             (Ok(Some(x)), Ok(())) => x,
         };
         if let Some(expected) = expected_hash {
             if hash != expected {
                 return Err(ExtractError::Integrity(format!(
-                    "archive bytes hash to {hash}, expected {expected}: the copy is damaged"
+                    "the stream hashes to {hash}, the manifest records {expected}: the copy is damaged"
                 )));
             }
         }
         if let Some(e) = &opts.expect {
-            if tar_bytes != e.tar_size || size != e.archive_size {
+            if size != e.tar_size {
                 return Err(ExtractError::Integrity(format!(
-                    "the archive is {size} bytes decompressing to {tar_bytes}; the manifest records {} and {}",
-                    e.archive_size, e.tar_size
+                    "the stream is {size} bytes; the manifest records {}",
+                    e.tar_size
                 )));
             }
         }
-        // The bytes are the ones named: now directories get their real modes.
+        // The bytes are the ones recorded: now directories get their modes.
         let mut report = unpacker.finish()?;
         report.archive_hash = hash;
         report.archive_size = size;
@@ -980,7 +945,9 @@ pub fn compare_files(
         .filter(|k| std::str::from_utf8(k).is_err())
         .map(|k| (String::from_utf8_lossy(k).into_owned(), k))
         .collect();
-    for f in expected {
+    // Directories and links are the tar stream's business (its BLAKE3 is
+    // checked); the index vouches for regular files' content.
+    for f in expected.iter().filter(|f| f.kind == "file") {
         let mut path = match f.path_bytes() {
             Ok(p) => p.into_owned(),
             Err(e) => {
@@ -1047,8 +1014,7 @@ mod tests {
         let legacy = FileRecord {
             path: String::from_utf8_lossy(&raw).into_owned(),
             path_b64: None,
-            size: 3,
-            blake3: "h".into(),
+            ..FileRecord::new(Path::new("x"), 3, "h".into())
         };
         let exp = Expected {
             files: [(legacy.path.as_bytes().to_vec(), 3)].into(),

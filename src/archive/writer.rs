@@ -1,10 +1,10 @@
-//! Streaming archive writer: entries -> tar -> zstd (multi-threaded) -> BLAKE3
-//! -> one sink (the caller fans it out to its destinations). Memory stays
-//! bounded whatever the archive size.
+//! Streaming archive writer: entries -> one deterministic tar stream into a
+//! sink (format v2's packer, [`crate::pack::packer`]), and one file index
+//! record per entry (a JSON line, [`FileRecord`]) into a second sink.
+//! Memory stays bounded whatever the source size.
 //!
 //! Output is deterministic: the same entries with the same metadata produce
-//! the same bytes (zstd's multi-threaded output does not depend on the number
-//! of workers), so an unchanged source keeps its archive name. Generated
+//! the same bytes, so an unchanged source gives the same chunks. Generated
 //! entries (database dumps) get fixed metadata for the same reason (see
 //! [`EntryMeta::generated`]).
 
@@ -30,25 +30,6 @@ pub struct Progress {
     pub cancel: std::sync::atomic::AtomicBool,
 }
 
-/// Passes writes through while hashing and counting them.
-pub struct HashingWriter<W> {
-    inner: W,
-    hasher: blake3::Hasher,
-    count: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Counts bytes written (the uncompressed tar size).
 struct CountingWriter<W> {
     inner: W,
@@ -66,23 +47,18 @@ impl<W: Write> Write for CountingWriter<W> {
     }
 }
 
-/// tar writes headers and 8 KiB blocks; zstd's multi-threaded encoder takes
-/// locks on every call, so it is fed through a 1 MiB buffer.
-type Sink = CountingWriter<
-    BufWriter<
-        zstd::stream::write::Encoder<'static, HashingWriter<BufWriter<Box<dyn Write + Send>>>>,
-    >,
->;
+/// tar writes headers and 8 KiB blocks: the sink is fed through a 1 MiB
+/// buffer.
+type Sink = CountingWriter<BufWriter<Box<dyn Write + Send>>>;
 
 /// What a finished archive is.
 #[derive(Debug)]
 pub struct ArchiveSummary {
-    pub hash: String,
-    pub archive_size: u64,
     pub tar_size: u64,
     pub content_size: u64,
     pub entries: u64,
-    pub files: Vec<FileRecord>,
+    /// Regular files.
+    pub files: u64,
     pub warnings: Vec<String>,
     /// Source entries that could not be read (relative paths, directories
     /// ending in `/`): the snapshot lacks them.
@@ -134,7 +110,8 @@ impl EntryMeta {
 
 pub struct ArchiveWriter {
     builder: tar::Builder<Sink>,
-    files: Vec<FileRecord>,
+    index: BufWriter<Box<dyn Write + Send>>,
+    files: u64,
     entries: u64,
     content_size: u64,
     warnings: Vec<String>,
@@ -144,33 +121,23 @@ pub struct ArchiveWriter {
 }
 
 impl ArchiveWriter {
-    /// Start an archive whose compressed bytes go to `out` (flushed by
-    /// [`ArchiveWriter::finish`], then dropped; durability is the sink's
-    /// business).
+    /// Start an archive: the tar stream goes to `tar`, the file index (one
+    /// JSON line per entry) to `index`; both are flushed by
+    /// [`ArchiveWriter::finish`], then dropped.
     pub fn create(
-        out: Box<dyn Write + Send>,
-        level: i32,
-        workers: u32,
+        tar: Box<dyn Write + Send>,
+        index: Box<dyn Write + Send>,
         progress: Option<Arc<Progress>>,
     ) -> io::Result<ArchiveWriter> {
-        let hashing = HashingWriter {
-            inner: BufWriter::with_capacity(1 << 20, out),
-            hasher: blake3::Hasher::new(),
-            count: 0,
-        };
-        let mut enc = zstd::stream::write::Encoder::new(hashing, level)?;
-        if workers > 0 {
-            enc.multithread(workers)?;
-        }
-        enc.include_checksum(true)?;
         let mut builder = tar::Builder::new(CountingWriter {
-            inner: BufWriter::with_capacity(1 << 20, enc),
+            inner: BufWriter::with_capacity(1 << 20, tar),
             count: 0,
         });
         builder.mode(tar::HeaderMode::Complete);
         Ok(ArchiveWriter {
             builder,
-            files: Vec::new(),
+            index: BufWriter::with_capacity(256 << 10, index),
+            files: 0,
             entries: 0,
             content_size: 0,
             warnings: Vec::new(),
@@ -178,6 +145,12 @@ impl ArchiveWriter {
             buf: vec![0; 256 << 10],
             progress,
         })
+    }
+
+    /// One line of the file index.
+    fn index_line(&mut self, rec: &FileRecord) -> io::Result<()> {
+        serde_json::to_writer(&mut self.index, rec).map_err(io::Error::other)?;
+        self.index.write_all(b"\n")
     }
 
     /// Record a problem with the source; it ends up in the manifest and the report.
@@ -232,7 +205,7 @@ impl ArchiveWriter {
         self.builder
             .append_data(&mut h, Path::new(&name), io::empty())?;
         self.entries += 1;
-        Ok(())
+        self.index_line(&FileRecord::dir(rel, meta))
     }
 
     pub fn add_symlink(&mut self, rel: &Path, target: &Path, meta: &EntryMeta) -> io::Result<()> {
@@ -240,7 +213,7 @@ impl ArchiveWriter {
         let mut h = self.header(tar::EntryType::Symlink, meta, 0)?;
         self.builder.append_link(&mut h, rel, target)?;
         self.entries += 1;
-        Ok(())
+        self.index_line(&FileRecord::symlink(rel, target, meta))
     }
 
     /// Add a regular file opened (and checked) by the source's walk, reading
@@ -305,8 +278,7 @@ impl ArchiveWriter {
                 ));
             }
         }
-        self.record_file(rel, size, hash);
-        Ok(())
+        self.record_file(rel, size, hash, &em)
     }
 
     /// Record a source entry that could not be read (permission denied, an
@@ -317,14 +289,21 @@ impl ArchiveWriter {
         self.unreadable.push(rel);
     }
 
-    fn record_file(&mut self, rel: &Path, size: u64, hash: String) {
+    fn record_file(
+        &mut self,
+        rel: &Path,
+        size: u64,
+        hash: String,
+        meta: &EntryMeta,
+    ) -> io::Result<()> {
         self.check_name(rel);
         self.entries += 1;
+        self.files += 1;
         self.content_size += size;
-        self.files.push(FileRecord::new(rel, size, hash));
         if let Some(p) = &self.progress {
             p.files.fetch_add(1, Ordering::Relaxed);
         }
+        self.index_line(&FileRecord::new(rel, size, hash).with_meta(meta))
     }
 
     /// Add a regular file whose content comes from a reader of known size.
@@ -352,8 +331,7 @@ impl ArchiveWriter {
                 format!("{}: stream ended {short} bytes early", rel.display()),
             ));
         }
-        self.record_file(rel, size, hash);
-        Ok(())
+        self.record_file(rel, size, hash, meta)
     }
 
     /// Add a stream of unknown length (a dump) without a temporary copy. It is
@@ -405,14 +383,14 @@ impl ArchiveWriter {
     /// Finish the tar stream and the zstd frame and flush the sink.
     /// Durability (fsync) is the sink's business.
     pub fn finish(self) -> io::Result<ArchiveSummary> {
-        let counting = self.builder.into_inner()?;
+        let mut counting = self.builder.into_inner()?;
+        counting.flush()?;
         let tar_size = counting.count;
-        let enc = counting.inner.into_inner().map_err(|e| e.into_error())?;
-        let hashing = enc.finish()?;
-        drop(hashing.inner.into_inner().map_err(|e| e.into_error())?);
+        drop(counting.inner.into_inner().map_err(|e| e.into_error())?);
+        let mut index = self.index;
+        index.flush()?;
+        drop(index.into_inner().map_err(|e| e.into_error())?);
         Ok(ArchiveSummary {
-            hash: hashing.hasher.finalize().to_hex().to_string(),
-            archive_size: hashing.count,
             tar_size,
             content_size: self.content_size,
             entries: self.entries,
@@ -543,8 +521,8 @@ mod tests {
     #[test]
     fn the_root_is_recorded_as_dot_slash_and_refused_names_warned() {
         let dir = tempfile::tempdir().unwrap();
-        let out = File::create(dir.path().join("a.tar.zst")).unwrap();
-        let mut w = ArchiveWriter::create(Box::new(out), 3, 0, None).unwrap();
+        let out = File::create(dir.path().join("a.tar")).unwrap();
+        let mut w = ArchiveWriter::create(Box::new(out), Box::new(io::sink()), None).unwrap();
         let meta = EntryMeta {
             mode: 0o750,
             uid: 0,
@@ -568,8 +546,7 @@ mod tests {
             "{:?}",
             s.warnings
         );
-        let bytes = std::fs::read(dir.path().join("a.tar.zst")).unwrap();
-        let tar = zstd::decode_all(&bytes[..]).unwrap();
+        let tar = std::fs::read(dir.path().join("a.tar")).unwrap();
         let mut a = tar::Archive::new(&tar[..]);
         let first = a.entries().unwrap().next().unwrap().unwrap();
         assert_eq!(&*first.path_bytes(), b"./");

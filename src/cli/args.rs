@@ -377,6 +377,11 @@ pub struct VerifyArgs {
     /// their last successful verification.
     #[arg(long)]
     pub due: bool,
+    /// Also read every pack on every target and check it against its
+    /// content hash (like `restic check --read-data`): finds damage in data
+    /// no sampled snapshot happens to use. Costs a full download.
+    #[arg(long)]
+    pub read_all: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,

@@ -123,11 +123,13 @@ pub fn render_run(r: &ops::run::RunResult) -> String {
                 t.name, t.location
             )),
             None => s.push_str(&format!(
-                "  target {} ({}): {}, {} uploaded, {} archives already present\n",
+                "  target {} ({}): {}, {} uploaded in {} new packs, {} copied from other targets, {} packs already present\n",
                 t.name,
                 t.location,
                 t.status,
                 human_bytes(t.uploaded_bytes),
+                t.packs_uploaded,
+                t.packs_copied,
                 t.archives_already_present
             )),
         }

@@ -12,8 +12,13 @@ pub struct ListedSource {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: String,
+    /// BLAKE3 of the uncompressed tar stream.
     pub archive_hash: String,
+    /// Compressed bytes of the tar stream's chunks (shared with other
+    /// snapshots where unchanged).
     pub archive_size: u64,
+    /// The tar stream's extent list (under `<policy>/lists/`).
+    pub extents: String,
     pub content_size: u64,
     pub files: usize,
     pub entries: u64,
@@ -29,6 +34,8 @@ pub struct ListedSnapshot {
     pub time: String,
     pub host: String,
     pub sources: Vec<ListedSource>,
+    /// Compressed bytes the snapshot references (tar streams and file
+    /// indexes; chunks shared with other snapshots count in each).
     pub archive_size: u64,
     pub content_size: u64,
     /// Targets where the snapshot is complete (policy order).
@@ -77,15 +84,16 @@ pub fn listing(catalog: &Catalog) -> PolicyListing {
                     .map(|s| ListedSource {
                         name: s.name.clone(),
                         kind: s.kind.clone(),
-                        archive_hash: s.archive_hash.clone(),
-                        archive_size: s.archive_size,
+                        archive_hash: s.stream.blake3.clone(),
+                        archive_size: s.stream.stored,
+                        extents: format!("{}.extents", s.stream.list),
                         content_size: s.content_size,
-                        files: s.files.len(),
+                        files: s.files as usize,
                         entries: s.entries,
                         unreadable: s.unreadable.clone(),
                     })
                     .collect(),
-                archive_size: m.total_archive_size(),
+                archive_size: m.total_stored(),
                 content_size: m.total_content_size(),
                 targets: e.complete_on.clone(),
                 incomplete: e.incomplete_on.clone(),

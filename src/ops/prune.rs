@@ -12,16 +12,18 @@
 //!    prune exits 1 so someone looks.
 //! 3. On each target that could be listed completely: delete the manifests of
 //!    the forgotten snapshots first (a snapshot disappears atomically), then
-//!    their signatures, then the archives (and their `.b3sums`) that no
-//!    remaining snapshot on that target references. Orphans left by an
-//!    interrupted run go the same way.
+//!    their signatures, then the extent lists and packs that no remaining
+//!    snapshot on that target references. Orphans left by an interrupted
+//!    run go the same way.
 //!
 //! Safety: a target that cannot be listed is left untouched (reported, exit 3);
 //! the newest snapshot is never removed; a manifest that does not
 //! authenticate (unsigned, untrusted, altered, unreadable) may reference any
-//! archive, so it is never counted and no archive is deleted on the target
-//! that holds it. The caller holds the policy lock, so no `run` of the same
-//! policy can be uploading archives that no manifest names yet.
+//! pack, so it is never counted and no pack is deleted on the target that
+//! holds it; neither while a remaining snapshot's extent lists cannot be
+//! read. The caller holds the policy lock, so no `run` of the same policy
+//! on this host can be uploading packs that no manifest names yet (one
+//! policy is run from one host).
 
 use crate::config::{Config, Policy};
 use crate::error::{CodedError, ExitCode};
@@ -63,9 +65,11 @@ pub struct TargetPrune {
     pub status: String,
     /// Snapshot ids whose manifests were (dry run: would be) deleted.
     pub manifests_deleted: Vec<String>,
-    /// Archive hashes deleted (dry run: would be), with their `.b3sums`.
+    /// Packs deleted (dry run: would be): no remaining snapshot on this
+    /// target references them.
     pub archives_deleted: Vec<String>,
-    /// Other files deleted: `.b3sums` whose archive is gone.
+    /// Other objects deleted: extent lists no remaining snapshot names,
+    /// signatures without their manifest.
     pub others_deleted: Vec<String>,
     pub bytes_freed: u64,
     pub warnings: Vec<String>,
@@ -156,7 +160,7 @@ pub async fn prune_policy(
     let mut warnings: Vec<String> = catalog
         .bad_manifests
         .iter()
-        .map(|d| format!("{d}; not counted, and no archive is deleted on that target"))
+        .map(|d| format!("{d}; not counted, and no pack is deleted on that target"))
         .collect();
     for &i in &future {
         let (f, id, p) = (item(i), catalog.entries[i].id.clone(), &catalog.policy);
@@ -312,10 +316,8 @@ impl Plan<'_> {
                     return r;
                 }
             };
-        let known: HashMap<&SnapshotId, &crate::archive::Manifest> = own
-            .iter()
-            .map(|&i| (&entries[i].id, &entries[i].manifest))
-            .collect();
+        let known: HashMap<&SnapshotId, &crate::repo::Entry> =
+            own.iter().map(|&i| (&entries[i].id, &entries[i])).collect();
         let mut errors = Vec::new();
         let policy = || self.policy.clone();
 
@@ -361,7 +363,7 @@ impl Plan<'_> {
             .collect();
         if !blind.is_empty() {
             let w = format!(
-                "snapshot(s) {} have no authentic manifest here: no archive is deleted on this \
+                "snapshot(s) {} have no authentic manifest here: no pack is deleted on this \
                  target until they are repaired or removed",
                 blind.join(", ")
             );
@@ -371,68 +373,85 @@ impl Plan<'_> {
                 r.status = "incomplete".into();
             }
         } else {
-            let referenced: HashSet<&str> = remaining
+            let live: Vec<&crate::repo::Entry> = remaining
                 .iter()
                 .filter_map(|id| known.get(id))
-                .flat_map(|m| m.sources.iter().map(|s| s.archive_hash.as_str()))
+                .copied()
                 .collect();
-            let mut orphans: Vec<(&crate::repo::Hash, u64)> = view
-                .archives
-                .iter()
-                .filter(|(h, _)| !referenced.contains(h.as_str()))
-                .map(|(h, &size)| (h, size))
-                .collect();
-            orphans.sort();
-            for (hash, size) in orphans {
-                let sums = Key::B3sums {
-                    policy: policy(),
-                    hash: hash.clone(),
-                };
-                if !self.dry_run {
-                    let archive = Key::Archive {
-                        policy: policy(),
-                        hash: hash.clone(),
-                    };
-                    let res = match t.delete(&archive.object()).await {
-                        Ok(()) => t.delete(&sums.object()).await,
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = res {
-                        errors.push(format!("deleting archive {hash}: {e}"));
-                        continue;
+            if let Some(e) = live.iter().find(|e| !e.packs_known) {
+                let w = format!(
+                    "the extent lists of snapshot {} could not be read: no pack is deleted on \
+                     this target until they can",
+                    e.id
+                );
+                tracing::warn!("prune policy={} target={}: {w}", self.policy, t.name());
+                r.warnings.push(w);
+                if r.status == "pruned" {
+                    r.status = "incomplete".into();
+                }
+            } else {
+                let packs: HashSet<&crate::repo::Hash> =
+                    live.iter().flat_map(|e| e.packs.iter()).collect();
+                let lists: HashSet<&crate::repo::Hash> =
+                    live.iter().flat_map(|e| e.lists.iter()).collect();
+                // Lists first: a list names packs, so once it is gone
+                // nothing points into a pack about to go.
+                let mut dead: Vec<(Key, u64, bool)> = view
+                    .lists
+                    .iter()
+                    .filter(|(h, _)| !lists.contains(h))
+                    .map(|(h, &size)| {
+                        let k = Key::List {
+                            policy: policy(),
+                            hash: h.clone(),
+                        };
+                        (k, size, false)
+                    })
+                    .collect();
+                dead.sort_by_key(|a| a.0.object());
+                let mut dead_packs: Vec<(Key, u64, bool)> = view
+                    .packs
+                    .iter()
+                    .filter(|(h, _)| !packs.contains(h))
+                    .map(|(h, &size)| {
+                        let k = Key::Pack {
+                            policy: policy(),
+                            name: h.clone(),
+                        };
+                        (k, size, true)
+                    })
+                    .collect();
+                dead_packs.sort_by_key(|a| a.0.object());
+                dead.extend(dead_packs);
+                for (key, size, is_pack) in dead {
+                    if !self.dry_run {
+                        if let Err(e) = t.delete(&key.object()).await {
+                            errors.push(format!("deleting {}: {e}", key.object()));
+                            continue;
+                        }
+                    }
+                    r.bytes_freed += size;
+                    match &key {
+                        Key::Pack { name, .. } if is_pack => {
+                            r.archives_deleted.push(name.to_string())
+                        }
+                        _ => r.others_deleted.push(key.object().to_string()),
                     }
                 }
-                r.bytes_freed += size + view.b3sums.get(hash).copied().unwrap_or(0);
-                r.archives_deleted.push(hash.to_string());
             }
-            // `.b3sums` whose archive is already gone (an interrupted run or
-            // prune), and signatures without their manifest.
+            // Signatures without their manifest.
             let mut stray: Vec<(crate::storage::ObjectKey, u64)> = view
-                .b3sums
+                .signatures
                 .iter()
-                .filter(|(h, _)| {
-                    !referenced.contains(h.as_str()) && !view.archives.contains_key(*h)
-                })
-                .map(|(h, &s)| {
-                    let k = Key::B3sums {
+                .filter(|(id, _)| !remaining.contains(id) && !forgotten.contains(id))
+                .map(|(id, &s)| {
+                    let k = Key::Signature {
                         policy: policy(),
-                        hash: h.clone(),
+                        id: id.clone(),
                     };
                     (k.object(), s)
                 })
                 .collect();
-            stray.extend(
-                view.signatures
-                    .iter()
-                    .filter(|(id, _)| !remaining.contains(id) && !forgotten.contains(id))
-                    .map(|(id, &s)| {
-                        let k = Key::Signature {
-                            policy: policy(),
-                            id: id.clone(),
-                        };
-                        (k.object(), s)
-                    }),
-            );
             stray.sort();
             for (key, size) in stray {
                 if !self.dry_run {

@@ -100,7 +100,11 @@ pub async fn restore(
         None => m.sources.iter().collect(),
     };
     if let Some(inc) = &include {
-        check_include(inc, m, &chosen)?;
+        let mut indexes = Vec::new();
+        for rec in &chosen {
+            indexes.push(fetch::index_of(&catalog, entry, rec).await?);
+        }
+        check_include(inc, m, &indexes)?;
     }
     tracing::info!(
         "restore policy={} snapshot={} time={} to={}",
@@ -113,7 +117,7 @@ pub async fn restore(
     let created = !o.to.exists();
     std::fs::create_dir_all(&o.to)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", o.to.display()))?;
-    let res = restore_into(&catalog, entry, policy, &chosen, o, include).await;
+    let res = restore_into(&catalog, entry, policy, &chosen, o, include, &cfg.state_dir).await;
     if res.is_err() && created {
         let _ = std::fs::remove_dir_all(&o.to);
     }
@@ -126,13 +130,13 @@ pub async fn restore(
 fn check_include(
     inc: &crate::archive::Include,
     m: &archive::Manifest,
-    chosen: &[&SourceRecord],
+    indexes: &[Vec<archive::manifest::FileRecord>],
 ) -> anyhow::Result<()> {
     let probe = inc.fresh();
     let mut any = false;
-    for rec in chosen {
-        for f in &rec.files {
-            if let Ok(p) = f.path_bytes() {
+    for index in indexes {
+        for f in index.iter().filter(|f| f.is_file()) {
+            if let Ok(p) = f.path_bytes().map(|p| p.into_owned()) {
                 use std::os::unix::ffi::OsStrExt;
                 any |= probe.matches(Path::new(std::ffi::OsStr::from_bytes(&p)), false);
             }
@@ -168,6 +172,7 @@ async fn restore_into(
     chosen: &[&SourceRecord],
     o: &RestoreOptions,
     include: Option<crate::archive::Include>,
+    state_dir: &Path,
 ) -> anyhow::Result<(RestoreResult, ExitCode)> {
     let m = &entry.manifest;
     let to = std::path::absolute(&o.to)?;
@@ -195,11 +200,13 @@ async fn restore_into(
                 fetch::Unpacked {
                     dir: staging,
                     report: rep,
+                    damaged,
                 },
             target: tname,
             skipped,
-        } = fetch::unpack_first_intact(catalog, entry, rec, &to_dir, &opts, include.as_ref())
+        } = fetch::unpack_first_intact(catalog, entry, rec, &to_dir, &opts, include.as_ref(), None)
             .await?;
+        crate::ops::verify::record_damaged(state_dir, &policy.name, &damaged);
         let mut moved_aside = None;
         if std::fs::symlink_metadata(&final_dir).is_ok() {
             let aside = to.join(format!(

@@ -67,7 +67,7 @@ pub async fn restore_into_database(
         ..Default::default()
     };
     let fetched =
-        fetch::unpack_first_intact(&catalog, entry, rec, &scratch_root, &opts, None).await?;
+        fetch::unpack_first_intact(&catalog, entry, rec, &scratch_root, &opts, None, None).await?;
     let (tname, dir, skipped) = (fetched.target, fetched.value.dir, fetched.skipped);
     tracing::info!(
         "restore policy={} snapshot={} source={} database={} from target={} into database {}",

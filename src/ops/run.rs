@@ -1,38 +1,54 @@
-//! `backupctl run`: read each source once into a content-hashed archive,
-//! deliver it to every target concurrently, then write the manifest last on
-//! each target that received everything.
+//! `backupctl run`: read each source once into deduplicated packs, send the
+//! packs to every target as they fill, then commit the snapshot (extent
+//! lists, signature, manifest last) on each target that has everything.
 //!
-//! Delivery: every target receives the compressed stream while it is written,
-//! through its [`Upload`] (an fs target into a temporary file beside the
-//! archives, an S3 target into a local staging file), committed under the
-//! archive's name once its hash is known. Each target has its own worker and
-//! queue, so a slow or failing target never holds back the others nor the
-//! archiving of the next source, and each gets its manifest as soon as it has
-//! every archive.
+//! 1. The catalog says which packs the targets hold for authentic
+//!    snapshots; their indexes (cached by name in the state directory) make
+//!    the run's chunk index. A pack no authentic snapshot references (a
+//!    killed run's, or one planted) is never deduplicated against.
+//! 2. Each source is one tar stream plus one file index stream, cut into
+//!    chunks; only chunks no target holds are compressed and packed
+//!    ([`crate::pack::packer`]), on every core.
+//! 3. Each closed pack is queued for every healthy target at once: in
+//!    memory up to [`QUEUE_MEMORY`] per target, beyond that in one private
+//!    staging file shared by the slow targets. A slow or failing target
+//!    never holds back the others nor the reading of the sources.
+//! 4. When every source is read, each target first receives the packs the
+//!    snapshot references that it lacks (a target that missed nights gets
+//!    them from one that holds them: every target is complete after a run),
+//!    then the commit ([`crate::repo::Commit`]).
 //!
-//! A target that fails stops receiving this snapshot (exit 3: partial). A source
-//! that fails fails the run for its policy: no manifest is written anywhere, so
-//! nothing half-done counts as a snapshot. Source files or directories that
-//! cannot be read (permission denied, I/O errors) are listed in the manifest
-//! as `unreadable`, and the run is `incomplete` (exit 3) but done: it counts
-//! as the schedule's run, and is pruned after as a complete one.
+//! A target that fails stops receiving this snapshot (exit 3: partial). A
+//! source that fails fails the run for its policy: no manifest is written
+//! anywhere, so nothing half-done counts as a snapshot (the packs already
+//! sent are unreferenced, and the next prune removes them). Source files or
+//! directories that cannot be read (permission denied, I/O errors) are
+//! listed in the manifest as `unreadable`, and the run is `incomplete`
+//! (exit 3) but done: it counts as the schedule's run, and is pruned after
+//! as a complete one.
 //!
-//! Everything a run writes locally (staging files, the SQLite copy, state) is
-//! private to the user backupctl runs as: 0600 files in 0700 directories.
+//! Everything a run writes locally (staging files, the SQLite copy, the pack
+//! index cache, state) is private to the user backupctl runs as: 0600 files
+//! in 0700 directories.
 
+use crate::archive::manifest::StreamRef;
 use crate::archive::{ArchiveSummary, ArchiveWriter, Manifest, Progress, SourceRecord};
 use crate::config::{Config, Policy, SourceSpec};
 use crate::error::ExitCode;
 use crate::ops::{open_targets, state, warn_locations};
-use crate::repo::{layout, Commit, Hash, Key, PolicyName, SnapshotId};
+use crate::pack::index::ChunkIndex;
+use crate::pack::packer::{Ended, PackSink, Packed, Packer, Shared};
+use crate::repo::transfer::{self, Object};
+use crate::repo::{fetch, Catalog, Commit, Hash, Key, PolicyName, SnapshotId};
 use crate::source;
-use crate::storage::{DynBackend, Upload};
+use crate::storage::DynBackend;
 use anyhow::Context;
 use chrono::{DateTime, FixedOffset};
 use serde::Serialize;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -55,11 +71,23 @@ pub struct SourceResult {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: String,
+    /// BLAKE3 of the source's uncompressed tar stream (what `b3sum` of the
+    /// manual restore's `zstd -dc` output gives).
     pub archive_hash: Option<String>,
+    /// Compressed bytes of the source's tar stream (its extents), stored
+    /// now or by earlier snapshots.
     pub archive_size: u64,
     pub content_size: u64,
     pub files: u64,
     pub entries: u64,
+    /// Uncompressed bytes of the chunks no target held (tar stream and file
+    /// index).
+    pub new_bytes: u64,
+    /// What this source added to the targets: compressed bytes of its new
+    /// chunks.
+    pub stored_bytes: u64,
+    pub chunks: u64,
+    pub new_chunks: u64,
     pub warnings: Vec<String>,
     /// Entries that could not be read (relative paths; directories end in
     /// `/`): not in the snapshot.
@@ -67,16 +95,61 @@ pub struct SourceResult {
     pub error: Option<String>,
 }
 
+impl SourceResult {
+    fn failed(spec: &SourceSpec, msg: String) -> SourceResult {
+        SourceResult {
+            name: spec.name().into(),
+            kind: spec.source().kind().into(),
+            archive_hash: None,
+            archive_size: 0,
+            content_size: 0,
+            files: 0,
+            entries: 0,
+            new_bytes: 0,
+            stored_bytes: 0,
+            chunks: 0,
+            new_chunks: 0,
+            warnings: Vec::new(),
+            unreadable: Vec::new(),
+            error: Some(msg),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct TargetResult {
     pub name: String,
     pub location: String,
-    /// "complete", "failed" or "skipped" (dry run)
+    /// "complete", "failed", "aborted" or "skipped" (dry run)
     pub status: String,
+    /// Pack bytes written to this target (uploaded and copied).
     pub uploaded_bytes: u64,
+    /// Packs written to this target: `packs_uploaded + packs_copied`.
     pub archives_uploaded: usize,
+    /// Packs the snapshot references that the target already held.
     pub archives_already_present: usize,
+    /// Packs this run created, written here as they filled.
+    pub packs_uploaded: usize,
+    /// Packs of earlier snapshots this target lacked (it missed a run),
+    /// copied from a target that holds them.
+    pub packs_copied: usize,
     pub error: Option<String>,
+}
+
+impl TargetResult {
+    fn new(t: &DynBackend, status: &str) -> TargetResult {
+        TargetResult {
+            name: t.name().into(),
+            location: t.location().into(),
+            status: status.into(),
+            uploaded_bytes: 0,
+            archives_uploaded: 0,
+            archives_already_present: 0,
+            packs_uploaded: 0,
+            packs_copied: 0,
+            error: None,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -92,6 +165,9 @@ pub struct RunResult {
     pub dry_run: bool,
     pub sources: Vec<SourceResult>,
     pub targets: Vec<TargetResult>,
+    /// What the snapshot added to each target: compressed bytes of new
+    /// chunks (the sum of the sources' `stored_bytes`).
+    pub stored_bytes: u64,
     pub warnings: Vec<String>,
     pub error: Option<String>,
     pub duration_seconds: f64,
@@ -107,162 +183,340 @@ impl RunResult {
     }
 }
 
-fn zstd_workers() -> u32 {
-    std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(2)
-        .max(1)
+/// Packs queued in memory for one target before further packs wait for it
+/// in a staging file instead.
+pub const QUEUE_MEMORY: u64 = 32 << 20;
+
+/// A closed pack on its way to a target.
+enum Payload {
+    Memory(Arc<Vec<u8>>),
+    Spilled(Arc<Spilled>),
 }
 
-/// One target's copy of the archive being written: its upload, or why it
-/// cannot take it.
-type Delivery = Result<Box<dyn Upload>, String>;
+/// A pack waiting in the staging area for the slow targets; removed once
+/// the last of them has it.
+struct Spilled(PathBuf);
+
+impl Drop for Spilled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
 
 enum Job {
-    Archive {
-        hash: Hash,
-        size: u64,
-        upload: Delivery,
+    Pack {
+        name: Hash,
+        payload: Payload,
+        len: u64,
     },
-    /// Every archive was sent: write the b3sums, the restore instructions,
-    /// then the manifest last.
-    Commit(Arc<Commit>),
+    /// Every source was read: copy the packs the target lacks (`copy`, from
+    /// `holders`), then write the lists, the restore instructions, the
+    /// signature and the manifest last.
+    Commit {
+        commit: Arc<Commit>,
+        copy: Vec<Hash>,
+        holders: Arc<Holders>,
+    },
+}
+
+/// Per pack of authentic snapshots: the targets it can be copied from.
+type Holders = HashMap<Hash, Vec<DynBackend>>;
+
+/// One target's queue, shared by the pack fan-out and the target's worker.
+#[derive(Clone)]
+struct Lane {
+    tx: tokio::sync::mpsc::UnboundedSender<Job>,
+    /// Bytes of [`Payload::Memory`] packs queued.
+    queued: Arc<AtomicU64>,
+    failed: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
 struct Outcome {
     uploaded_bytes: u64,
-    archives_uploaded: usize,
-    archives_already_present: usize,
+    packs_uploaded: usize,
+    packs_copied: usize,
     error: Option<String>,
     /// The manifest was written: the snapshot is complete on this target.
     committed: bool,
 }
 
 /// Deliver everything queued for one target, in order; after the first
-/// failure the target receives nothing more (and never a manifest), and
-/// `failed` tells the archiver to stop writing for it.
+/// failure the target receives nothing more (and never a manifest).
 async fn target_worker(
     t: DynBackend,
     policy: PolicyName,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Job>,
-    failed: Arc<AtomicBool>,
+    // The lane's counters only: holding its sender would keep `rx` open.
+    (queued, failed): (Arc<AtomicU64>, Arc<AtomicBool>),
     cancel: Option<tokio_util::sync::CancellationToken>,
+    mut o: Outcome,
 ) -> Outcome {
-    let mut o = Outcome::default();
+    let fail = |o: &mut Outcome, msg: String| {
+        tracing::error!("target {} failed: {msg}", t.name());
+        failed.store(true, Ordering::SeqCst);
+        o.error = Some(msg);
+    };
     while let Some(job) = rx.recv().await {
         let stop = o.error.is_some() || cancel.as_ref().is_some_and(|c| c.is_cancelled());
         match job {
-            // Dropping an upload throws it away.
-            _ if stop => {}
-            Job::Archive { hash, size, upload } => {
-                let key = Key::Archive {
+            Job::Pack { payload, len, .. } if stop => {
+                if let Payload::Memory(_) = payload {
+                    queued.fetch_sub(len, Ordering::SeqCst);
+                }
+            }
+            Job::Commit { .. } if stop => {}
+            Job::Pack { name, payload, len } => {
+                let key = Key::Pack {
                     policy: policy.clone(),
-                    hash,
-                };
-                let stored = match upload {
-                    Ok(u) => u.commit(&key.object()).await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e),
-                };
-                match stored {
-                    Ok(true) => {
-                        o.archives_uploaded += 1;
-                        o.uploaded_bytes += size;
+                    name: name.clone(),
+                }
+                .object();
+                let r = match payload {
+                    Payload::Memory(b) => {
+                        let data = Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone());
+                        let r = t.put_bytes(&key, data).await;
+                        queued.fetch_sub(len, Ordering::SeqCst);
+                        r
                     }
-                    Ok(false) => o.archives_already_present += 1,
-                    Err(msg) => {
-                        tracing::error!("target {} failed: {msg}", t.name());
-                        failed.store(true, Ordering::SeqCst);
-                        o.error = Some(msg);
+                    Payload::Spilled(f) => t.put_file(&key, &f.0).await,
+                };
+                match r {
+                    Ok(()) => {
+                        o.packs_uploaded += 1;
+                        o.uploaded_bytes += len;
+                    }
+                    Err(e) => fail(&mut o, format!("uploading pack {}: {e}", name.short())),
+                }
+            }
+            Job::Commit {
+                commit,
+                copy,
+                holders,
+            } => {
+                for name in copy {
+                    let from: Vec<&DynBackend> =
+                        holders.get(&name).into_iter().flatten().collect();
+                    match transfer::copy(&policy, &Object::Pack(name), &from, &[&t]).await {
+                        Ok(c) => match c.puts.into_iter().next().unwrap_or(Ok(())) {
+                            Ok(()) => {
+                                o.packs_copied += 1;
+                                o.uploaded_bytes += c.bytes;
+                            }
+                            Err(e) => fail(&mut o, e),
+                        },
+                        Err(e) => fail(&mut o, e),
+                    }
+                    if o.error.is_some() {
+                        break;
+                    }
+                }
+                if o.error.is_none() {
+                    match commit.apply(&t).await {
+                        Ok(()) => o.committed = true,
+                        Err(e) => fail(&mut o, format!("writing the manifest: {e}")),
                     }
                 }
             }
-            Job::Commit(commit) => match commit.apply(&t).await {
-                Ok(()) => o.committed = true,
-                Err(e) => {
-                    tracing::error!("target {} failed writing the manifest: {e}", t.name());
-                    failed.store(true, Ordering::SeqCst);
-                    o.error = Some(e.to_string());
-                }
-            },
         }
     }
     o
 }
 
-/// The compressed stream, written to every target's upload at once. An
-/// upload that fails is dropped (and its temporary removed) without
-/// disturbing the others; only when every upload has failed does writing
-/// fail. None: the target is not receiving this snapshot.
-struct Fanout(Vec<Option<Delivery>>);
+/// Hands every closed pack to each healthy target's queue.
+struct Fanout {
+    lanes: Vec<Lane>,
+    staging: PathBuf,
+    /// Every pack this run created.
+    created: Arc<Mutex<Vec<Hash>>>,
+}
 
-/// The archiver's handle on the [`Fanout`] (shared, so the uploads come back
-/// once the archive is finished).
-struct FanoutWriter(Arc<std::sync::Mutex<Fanout>>);
-
-impl std::io::Write for FanoutWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut fanout = self.0.lock().expect("fanout lock");
+impl PackSink for Fanout {
+    fn pack(
+        &mut self,
+        name: &str,
+        bytes: Arc<Vec<u8>>,
+        _index: &crate::pack::format::PackIndex,
+    ) -> std::io::Result<()> {
+        let name = Hash::new(name).map_err(std::io::Error::other)?;
+        let len = bytes.len() as u64;
+        let mut spilled: Option<Arc<Spilled>> = None;
         let mut any = false;
-        let mut error = None;
-        for slot in fanout.0.iter_mut().flatten() {
-            let Ok(upload) = slot else { continue };
-            match upload.write_all(buf) {
-                Ok(()) => any = true,
-                Err(e) => {
-                    *slot = Err(format!("writing the archive: {e}"));
-                    error = Some(e);
+        for lane in &self.lanes {
+            if lane.failed.load(Ordering::SeqCst) {
+                continue;
+            }
+            let payload = if lane.queued.load(Ordering::SeqCst) + len <= QUEUE_MEMORY {
+                lane.queued.fetch_add(len, Ordering::SeqCst);
+                Payload::Memory(bytes.clone())
+            } else {
+                if spilled.is_none() {
+                    let path = self.staging.join(format!("{name}.pack"));
+                    use std::io::Write;
+                    crate::util::create_private_file(&path)?.write_all(&bytes)?;
+                    spilled = Some(Arc::new(Spilled(path)));
+                }
+                Payload::Spilled(spilled.clone().expect("spilled"))
+            };
+            let job = Job::Pack {
+                name: name.clone(),
+                payload,
+                len,
+            };
+            any |= lane.tx.send(job).is_ok();
+        }
+        self.created.lock().expect("created").push(name);
+        if any {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("every target has failed"))
+        }
+    }
+}
+
+/// The run's chunk index: every chunk of the packs that authentic snapshots
+/// reference on a target where they are complete, and per such pack the
+/// targets holding it. A pack whose index no holder serves intact is left
+/// out (its chunks are stored again).
+async fn known_chunks(catalog: &Catalog, cache: &Path) -> (ChunkIndex, Holders) {
+    let mut holders: Holders = HashMap::new();
+    for e in &catalog.entries {
+        for st in &catalog.targets {
+            if !e.is_complete_on(st.name()) {
+                continue;
+            }
+            for p in e.packs.iter() {
+                let h = holders.entry(p.clone()).or_default();
+                if !h.iter().any(|t| t.name() == st.name()) {
+                    h.push(st.target.clone());
                 }
             }
         }
-        if any {
-            Ok(buf.len())
-        } else {
-            Err(error.unwrap_or_else(|| std::io::Error::other("no destination for the archive")))
+    }
+    let sources: HashMap<String, Arc<fetch::Packs>> = catalog
+        .targets
+        .iter()
+        .map(|st| {
+            (
+                st.name().to_string(),
+                fetch::Packs::new(&st.target, &catalog.policy, Some(cache)),
+            )
+        })
+        .collect();
+    // Owned work items: the futures below must not borrow the map.
+    let work: Vec<(String, Vec<Arc<fetch::Packs>>)> = holders
+        .iter()
+        .map(|(name, ts)| {
+            let srcs = ts.iter().map(|t| sources[t.name()].clone()).collect();
+            (name.to_string(), srcs)
+        })
+        .collect();
+    let jobs = work.into_iter().map(|(name, srcs)| {
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut why = Vec::new();
+                for s in &srcs {
+                    match s.load_index(&name) {
+                        Ok(i) => return Ok((name, i)),
+                        Err(e) => {
+                            use crate::pack::reader::PackSource;
+                            why.push(format!("{}: {e}", s.name()))
+                        }
+                    }
+                }
+                Err((name, why.join("; ")))
+            })
+            .await
+            .expect("index task panicked")
+        }
+    });
+    use futures::stream::StreamExt;
+    let mut loaded: Vec<_> = futures::stream::iter(jobs)
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    loaded.sort_by(|a, b| {
+        let n = |r: &Result<(String, _), (String, String)>| match r {
+            Ok((n, _)) | Err((n, _)) => n.clone(),
+        };
+        n(a).cmp(&n(b))
+    });
+    let mut index = ChunkIndex::new();
+    for r in loaded {
+        match r {
+            Ok((name, idx)) => index.add_existing(&name, &idx),
+            Err((name, why)) => {
+                tracing::warn!("pack {name}: index unreadable on every holder ({why}); its chunks are stored again");
+                if let Ok(h) = Hash::new(&name) {
+                    holders.remove(&h);
+                }
+            }
         }
     }
+    index.seal();
+    (index, holders)
+}
 
+/// A [`Packer`] the archive writer owns a handle to, taken back when the
+/// writer is finished.
+#[derive(Clone)]
+struct StreamSlot(Arc<Mutex<Option<Packer>>>);
+
+impl StreamSlot {
+    fn new(p: Packer) -> StreamSlot {
+        StreamSlot(Arc::new(Mutex::new(Some(p))))
+    }
+    fn take(&self) -> Packer {
+        self.0
+            .lock()
+            .expect("stream slot")
+            .take()
+            .expect("taken once")
+    }
+}
+
+impl std::io::Write for StreamSlot {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock().expect("stream slot").as_mut() {
+            Some(p) => p.write(buf),
+            None => Err(std::io::Error::other("stream already finished")),
+        }
+    }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }
 
-/// Archive one source, writing the compressed stream at once into an upload
-/// on every target still healthy. Returns the summary, the source's facts,
-/// and per target how it receives the archive (None: the target already
-/// failed).
-async fn build_archive(
+/// Stops the packer's threads however the run ends.
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.stop();
+    }
+}
+
+/// One source read: what the archive writer saw, what the source says, and
+/// its two streams (resolved once the last pack is closed).
+struct Read {
+    summary: ArchiveSummary,
+    out: source::SourceOutput,
+    tar: Ended,
+    index: Ended,
+}
+
+/// Archive one source into the run's packs.
+async fn read_source(
     spec: &SourceSpec,
-    policy: &Policy,
+    shared: &Arc<Shared>,
     staging: &Path,
     state_dir: &Path,
-    targets: &[DynBackend],
-    failed: &[Arc<AtomicBool>],
     opts: &RunOptions,
-) -> anyhow::Result<(ArchiveSummary, source::SourceOutput, Vec<Option<Delivery>>)> {
+) -> anyhow::Result<Read> {
     let (cancel, display) = (opts.cancel.as_ref(), &opts.display);
-    let dir = layout::archives_dir(&PolicyName::of(policy));
-    let mut slots = Vec::new();
-    for (t, f) in targets.iter().zip(failed) {
-        slots.push(if f.load(Ordering::SeqCst) {
-            None
-        } else {
-            Some(t.upload(&dir).await.map_err(|e| e.to_string()))
-        });
-    }
-    if !slots.iter().flatten().any(|s| s.is_ok()) {
-        let why: Vec<&str> = slots
-            .iter()
-            .flatten()
-            .filter_map(|s| s.as_ref().err().map(String::as_str))
-            .collect();
-        anyhow::bail!("no target can take the archive ({})", why.join("; "));
-    }
-    let fanout = Arc::new(std::sync::Mutex::new(Fanout(slots)));
     let spec = spec.clone();
     let staging_dir = staging.to_path_buf();
     let state_dir = state_dir.to_path_buf();
-    let level = policy.compression_level;
     let progress = Arc::new(Progress::default());
     let total = if display.visible() {
         spec.source().estimate().ok().flatten().map(|s| s.bytes)
@@ -271,10 +525,16 @@ async fn build_archive(
     };
     let bar = display.task(spec.name(), total, progress.clone());
     let flag = progress.clone();
-    let task = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let sink = Box::new(FanoutWriter(fanout.clone()));
-        let mut w = ArchiveWriter::create(sink, level, zstd_workers(), Some(progress))
-            .context("starting the archive")?;
+    let shared = shared.clone();
+    let task = tokio::task::spawn_blocking(move || -> anyhow::Result<Read> {
+        let tar = StreamSlot::new(Packer::tar(&shared));
+        let index = StreamSlot::new(Packer::index(&shared));
+        let mut w = ArchiveWriter::create(
+            Box::new(tar.clone()),
+            Box::new(index.clone()),
+            Some(progress),
+        )
+        .context("starting the archive")?;
         let ctx = source::ArchiveContext {
             staging: &staging_dir,
             state_dir: &state_dir,
@@ -283,10 +543,14 @@ async fn build_archive(
         let summary = w
             .finish()
             .with_context(|| format!("finishing archive for source {}", spec.name()))?;
-        let Ok(fanout) = Arc::try_unwrap(fanout) else {
-            unreachable!("the archive writer is gone")
-        };
-        Ok((summary, out, fanout))
+        let tar = tar.take().end().context("packing the tar stream")?;
+        let index = index.take().end().context("packing the file index")?;
+        Ok(Read {
+            summary,
+            out,
+            tar,
+            index,
+        })
     });
     tokio::pin!(task);
     let joined = match cancel {
@@ -301,12 +565,22 @@ async fn build_archive(
         },
         None => task.await,
     };
-    let result = joined.expect("archive task panicked");
     drop(bar);
-    // On failure the uploads are dropped with the task: thrown away.
-    let (summary, out, fanout) = result?;
-    let fanout = fanout.into_inner().expect("fanout lock");
-    Ok((summary, out, fanout.0))
+    joined.expect("archive task panicked")
+}
+
+/// A stream's reference for the manifest and its extent list's text.
+fn stream_ref(p: &Packed) -> (StreamRef, Hash, Vec<u8>) {
+    let text = p.extents.render().into_bytes();
+    let hash = Hash::of(&blake3::hash(&text));
+    let r = StreamRef {
+        size: p.stats.bytes,
+        blake3: p.blake3.clone(),
+        stored: p.extents.compressed_len(),
+        list: hash.to_string(),
+        list_size: text.len() as u64,
+    };
+    (r, hash, text)
 }
 
 /// Run one policy.
@@ -373,129 +647,124 @@ pub async fn run_policy(
         }
     }
     let staging = policy_staging.join(&id);
+    let cache = pack_cache(&cfg.state_dir, &policy.name);
     crate::util::private_dir(&cfg.state_dir)
         .and_then(|_| crate::util::private_dir(&cfg.state_dir.join("staging")))
         .and_then(|_| crate::util::private_dir(&policy_staging))
         .and_then(|_| crate::util::create_private_dir_all(&staging))
+        .and_then(|_| crate::util::create_private_dir_all(&cache))
         .with_context(|| format!("creating staging directory {}", staging.display()))?;
     let _cleanup = RemoveOnDrop(staging.clone());
 
-    let failed: Vec<Arc<AtomicBool>> = targets
-        .iter()
-        .map(|_| Arc::new(AtomicBool::new(false)))
-        .collect();
-    let mut queues = Vec::new();
+    // What the targets hold.
+    let pname = PolicyName::of(policy);
+    let catalog = Catalog::load(&pname, &targets, &cfg.trust()).await;
+    let (index, holders) = known_chunks(&catalog, &cache).await;
+    let holders = Arc::new(holders);
+    tracing::debug!(
+        "run policy={}: {} chunks known in {} packs",
+        policy.name,
+        index.len(),
+        holders.len()
+    );
+
+    let mut lanes = Vec::new();
     let mut workers = Vec::new();
-    for (t, f) in targets.iter().zip(&failed) {
+    for st in &catalog.targets {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        queues.push(tx);
+        let lane = Lane {
+            tx,
+            queued: Arc::new(AtomicU64::new(0)),
+            failed: Arc::new(AtomicBool::new(false)),
+        };
+        let mut start = Outcome::default();
+        if let Err(e) = &st.view {
+            tracing::error!("target {} failed: {e}", st.name());
+            lane.failed.store(true, Ordering::SeqCst);
+            start.error = Some(e.clone());
+        }
         workers.push(tokio::spawn(target_worker(
-            t.clone(),
-            PolicyName::of(policy),
+            st.target.clone(),
+            pname.clone(),
             rx,
-            f.clone(),
+            (lane.queued.clone(), lane.failed.clone()),
             opts.cancel.clone(),
+            start,
         )));
+        lanes.push(lane);
     }
+    let created = Arc::new(Mutex::new(Vec::new()));
+    let fanout = Fanout {
+        lanes: lanes.clone(),
+        staging: staging.clone(),
+        created: created.clone(),
+    };
+    let shared = Shared::start(index, policy.compression_level, Box::new(fanout));
+    let stopper = StopOnDrop(shared.clone());
+
     let mut sources = Vec::new();
-    let mut records = Vec::new();
+    let mut read = Vec::new();
     let mut failed_source = None;
     let mut aborted = false;
-
     for spec in &policy.sources {
         if cancelled(opts) {
             aborted = true;
             break;
         }
-        let built = build_archive(
-            spec,
-            policy,
-            &staging,
-            &cfg.state_dir,
-            &targets,
-            &failed,
-            opts,
-        )
-        .await;
+        let r = read_source(spec, &shared, &staging, &cfg.state_dir, opts).await;
         if cancelled(opts) {
-            // Dropping the uploads throws them away.
-            drop(built);
             aborted = true;
             break;
         }
-        let (summary, out, uploads) = match built {
-            Ok(x) => x,
+        match r {
+            Ok(r) => read.push((spec, r)),
             Err(e) => {
                 let msg = format!("source {}: {e:#}", spec.name());
                 tracing::error!("{msg}");
-                sources.push(SourceResult {
-                    name: spec.name().into(),
-                    kind: spec.source().kind().into(),
-                    archive_hash: None,
-                    archive_size: 0,
-                    content_size: 0,
-                    files: 0,
-                    entries: 0,
-                    warnings: Vec::new(),
-                    unreadable: Vec::new(),
-                    error: Some(msg.clone()),
-                });
+                sources.push(SourceResult::failed(spec, msg.clone()));
                 failed_source = Some(msg);
                 break;
             }
-        };
-        tracing::info!(
-            "archived source={} files={} bytes={} archive={} compressed={}",
-            spec.name(),
-            summary.files.len(),
-            summary.content_size,
-            &summary.hash[..16],
-            summary.archive_size
-        );
-        let hash = match Hash::new(&summary.hash) {
-            Ok(h) => h,
-            Err(e) => {
-                failed_source = Some(format!("source {}: {e}", spec.name()));
-                break;
-            }
-        };
-        for (q, upload) in queues.iter().zip(uploads) {
-            if let Some(upload) = upload {
-                let job = Job::Archive {
-                    hash: hash.clone(),
-                    size: summary.archive_size,
-                    upload,
-                };
-                let _ = q.send(job);
+        }
+    }
+    // The last pack closes; every stream's extents resolve.
+    let finished = if failed_source.is_none() && !aborted {
+        let s = shared.clone();
+        tokio::task::spawn_blocking(move || s.finish())
+            .await
+            .expect("packer task panicked")
+            .map_err(|e| format!("packing: {e}"))
+    } else {
+        Ok(())
+    };
+    drop(stopper);
+    if let Err(e) = finished {
+        tracing::error!("{e}");
+        failed_source = Some(e);
+    }
+
+    let mut records = Vec::new();
+    let mut lists: Vec<(Hash, Vec<u8>)> = Vec::new();
+    let mut referenced: BTreeSet<Hash> = BTreeSet::new();
+    if failed_source.is_none() && !aborted {
+        for (spec, r) in read {
+            match source_record(spec, r, &mut lists, &mut referenced) {
+                Ok((rec, res)) => {
+                    records.push(rec);
+                    sources.push(res);
+                }
+                Err(e) => {
+                    let msg = format!("source {}: {e:#}", spec.name());
+                    tracing::error!("{msg}");
+                    sources.push(SourceResult::failed(spec, msg.clone()));
+                    failed_source = Some(msg);
+                    break;
+                }
             }
         }
-        sources.push(SourceResult {
-            name: spec.name().into(),
-            kind: spec.source().kind().into(),
-            archive_hash: Some(summary.hash.clone()),
-            archive_size: summary.archive_size,
-            content_size: summary.content_size,
-            files: summary.files.len() as u64,
-            entries: summary.entries,
-            warnings: summary.warnings.clone(),
-            unreadable: summary.unreadable.clone(),
-            error: None,
-        });
-        records.push(SourceRecord {
-            name: spec.name().into(),
-            kind: spec.source().kind().into(),
-            origin: out.origin,
-            archive_hash: summary.hash,
-            archive_size: summary.archive_size,
-            tar_size: summary.tar_size,
-            content_size: summary.content_size,
-            entries: summary.entries,
-            files: summary.files,
-            warnings: summary.warnings,
-            unreadable: summary.unreadable,
-            database: out.database,
-        });
     }
+    let stored_bytes = sources.iter().map(|s| s.stored_bytes).sum();
+    let mut present = vec![0usize; catalog.targets.len()];
     if failed_source.is_none() && !aborted {
         let manifest = Manifest {
             format: crate::archive::manifest::FORMAT_NAME.into(),
@@ -511,27 +780,39 @@ pub async fn run_policy(
         // A manifest every reader would refuse would record a snapshot that
         // cannot be restored: fail the run instead.
         if let Err(e) = crate::archive::manifest::check_size(json.len()) {
-            let msg = format!(
-                "the snapshot's manifest is {} bytes: {e} (too many files for one snapshot; \
-                 split the source or exclude paths)",
-                json.len()
-            );
+            let msg = format!("the snapshot's manifest is {} bytes: {e}", json.len());
             tracing::error!("{msg}");
             failed_source = Some(msg);
         } else {
             let sig = key.sign_manifest(&policy.name, &id, &json);
-            match Commit::new(&manifest, json, sig) {
+            match Commit::new(&manifest, json, sig, std::mem::take(&mut lists)) {
                 Ok(commit) => {
                     let commit = Arc::new(commit);
-                    for q in &queues {
-                        let _ = q.send(Job::Commit(commit.clone()));
+                    let created: std::collections::HashSet<Hash> =
+                        created.lock().expect("created").iter().cloned().collect();
+                    for (i, (st, lane)) in catalog.targets.iter().zip(&lanes).enumerate() {
+                        let Ok(v) = &st.view else { continue };
+                        let copy: Vec<Hash> = referenced
+                            .iter()
+                            .filter(|p| !created.contains(*p) && !v.packs.contains_key(*p))
+                            .cloned()
+                            .collect();
+                        present[i] = referenced
+                            .iter()
+                            .filter(|p| !created.contains(*p) && v.packs.contains_key(*p))
+                            .count();
+                        let _ = lane.tx.send(Job::Commit {
+                            commit: commit.clone(),
+                            copy,
+                            holders: holders.clone(),
+                        });
                     }
                 }
                 Err(e) => failed_source = Some(format!("the snapshot's manifest: {e}")),
             }
         }
     }
-    drop(queues);
+    drop(lanes);
     let outcomes = futures::future::join_all(workers).await;
     let outcomes: Vec<Outcome> = outcomes
         .into_iter()
@@ -546,21 +827,24 @@ pub async fn run_policy(
     let tresults: Vec<TargetResult> = targets
         .iter()
         .zip(outcomes)
-        .map(|(t, o)| TargetResult {
-            name: t.name().to_string(),
-            location: t.location().to_string(),
-            status: if o.committed {
+        .zip(present)
+        .map(|((t, o), present)| {
+            let status = if o.committed {
                 "complete"
             } else if o.error.is_some() {
                 "failed"
             } else {
                 "aborted"
+            };
+            TargetResult {
+                uploaded_bytes: o.uploaded_bytes,
+                archives_uploaded: o.packs_uploaded + o.packs_copied,
+                archives_already_present: present,
+                packs_uploaded: o.packs_uploaded,
+                packs_copied: o.packs_copied,
+                error: o.error,
+                ..TargetResult::new(t, status)
             }
-            .into(),
-            uploaded_bytes: o.uploaded_bytes,
-            archives_uploaded: o.archives_uploaded,
-            archives_already_present: o.archives_already_present,
-            error: o.error,
         })
         .collect();
 
@@ -572,6 +856,7 @@ pub async fn run_policy(
         dry_run: false,
         sources,
         targets: tresults,
+        stored_bytes,
         warnings,
         error: None,
         duration_seconds: 0.0,
@@ -580,7 +865,7 @@ pub async fn run_policy(
     if aborted || (failed_source.is_none() && committed == 0 && cancelled(opts)) {
         tracing::warn!(
             "run policy={} snapshot={id}: interrupted before the manifest was written; \
-             no snapshot is recorded (uploaded archives are removed by the next prune)",
+             no snapshot is recorded (packs already sent are removed by the next prune)",
             policy.name
         );
         result.status = "aborted".into();
@@ -615,7 +900,96 @@ pub async fn run_policy(
         }
     }
     result.duration_seconds = started.elapsed().as_secs_f64();
+    record_state(cfg, policy, &result, now_local);
+    tracing::info!(
+        "run policy={} status={} stored={} seconds={:.1}",
+        policy.name,
+        result.status,
+        result.stored_bytes,
+        result.duration_seconds
+    );
+    Ok(result)
+}
 
+/// Where a policy's pack indexes are cached (by pack name; each is checked
+/// against its name when read, so the cache needs no trust).
+pub fn pack_cache(state_dir: &Path, policy: &str) -> PathBuf {
+    state_dir.join("cache").join("packs").join(policy)
+}
+
+/// A source's manifest record and result, once its streams resolved; its
+/// extent lists join `lists` and the packs they reference `referenced`.
+fn source_record(
+    spec: &SourceSpec,
+    r: Read,
+    lists: &mut Vec<(Hash, Vec<u8>)>,
+    referenced: &mut BTreeSet<Hash>,
+) -> anyhow::Result<(SourceRecord, SourceResult)> {
+    let tar = r.tar.resolve().context("placing the tar stream")?;
+    let index = r.index.resolve().context("placing the file index")?;
+    anyhow::ensure!(
+        tar.stats.bytes == r.summary.tar_size,
+        "the tar stream is {} bytes but {} were packed",
+        r.summary.tar_size,
+        tar.stats.bytes
+    );
+    for p in tar.extents.packs().into_iter().chain(index.extents.packs()) {
+        referenced.insert(Hash::new(p)?);
+    }
+    let (stream, tar_hash, tar_text) = stream_ref(&tar);
+    let (index_ref, index_hash, index_text) = stream_ref(&index);
+    for (h, t) in [(tar_hash, tar_text), (index_hash, index_text)] {
+        if !lists.iter().any(|(x, _)| *x == h) {
+            lists.push((h, t));
+        }
+    }
+    let s = r.summary;
+    let new_bytes = tar.stats.new_bytes + index.stats.new_bytes;
+    let stored_bytes = tar.stats.stored_bytes + index.stats.stored_bytes;
+    tracing::info!(
+        "archived source={} files={} bytes={} stream={} new={} stored={}",
+        spec.name(),
+        s.files,
+        s.content_size,
+        &tar.blake3[..16],
+        new_bytes,
+        stored_bytes
+    );
+    let res = SourceResult {
+        name: spec.name().into(),
+        kind: spec.source().kind().into(),
+        archive_hash: Some(tar.blake3.clone()),
+        archive_size: stream.stored,
+        content_size: s.content_size,
+        files: s.files,
+        entries: s.entries,
+        new_bytes,
+        stored_bytes,
+        chunks: tar.stats.chunks + index.stats.chunks,
+        new_chunks: tar.stats.new_chunks + index.stats.new_chunks,
+        warnings: s.warnings.clone(),
+        unreadable: s.unreadable.clone(),
+        error: None,
+    };
+    let rec = SourceRecord {
+        name: spec.name().into(),
+        kind: spec.source().kind().into(),
+        origin: r.out.origin,
+        stream,
+        index: index_ref,
+        content_size: s.content_size,
+        entries: s.entries,
+        files: s.files,
+        warnings: s.warnings,
+        unreadable: s.unreadable,
+        database: r.out.database,
+    };
+    Ok((rec, res))
+}
+
+/// The run's outcome in the policy's state (what `run --due` and `status`
+/// read).
+fn record_state(cfg: &Config, policy: &Policy, result: &RunResult, now: DateTime<FixedOffset>) {
     let status = result.status.clone();
     let snap = result.snapshot.clone();
     let err = result.error.clone();
@@ -631,7 +1005,7 @@ pub async fn run_policy(
     };
     state::update(&cfg.state_dir, &policy.name, |st| {
         st.run.missed_targets.extend(missed);
-        st.run.last_attempt = Some(now_local);
+        st.run.last_attempt = Some(now);
         st.run.last_result = Some(if status == "complete" {
             "success".into()
         } else {
@@ -641,17 +1015,10 @@ pub async fn run_policy(
         // An incomplete snapshot is done as far as the schedule goes:
         // retrying does not make unreadable files readable.
         if matches!(status.as_str(), "complete" | "partial" | "incomplete") {
-            st.run.last_success = Some(now_local);
+            st.run.last_success = Some(now);
             st.run.last_snapshot = snap;
         }
     });
-    tracing::info!(
-        "run policy={} status={} seconds={:.1}",
-        policy.name,
-        result.status,
-        result.duration_seconds
-    );
-    Ok(result)
 }
 
 fn dry_run(
@@ -670,16 +1037,10 @@ fn dry_run(
                 Err(e) => (source::Size::default(), Some(format!("{e:#}"))),
             };
             SourceResult {
-                name: s.name().into(),
-                kind: s.source().kind().into(),
-                archive_hash: None,
-                archive_size: 0,
                 content_size: size.bytes,
                 files: size.files,
-                entries: 0,
-                warnings: Vec::new(),
-                unreadable: Vec::new(),
                 error,
+                ..SourceResult::failed(s, String::new())
             }
         })
         .collect();
@@ -692,16 +1053,9 @@ fn dry_run(
         sources,
         targets: targets
             .iter()
-            .map(|t| TargetResult {
-                name: t.name().into(),
-                location: t.location().into(),
-                status: "skipped".into(),
-                uploaded_bytes: 0,
-                archives_uploaded: 0,
-                archives_already_present: 0,
-                error: None,
-            })
+            .map(|t| TargetResult::new(t, "skipped"))
             .collect(),
+        stored_bytes: 0,
         warnings,
         error: None,
         duration_seconds: started.elapsed().as_secs_f64(),

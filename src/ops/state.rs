@@ -41,6 +41,10 @@ pub struct PolicyState {
     /// Notification bookkeeping (`stale` sent once per stale spell).
     #[serde(default)]
     pub notify: crate::notify::NotifyState,
+    /// Packs `verify` found damaged, per target: `sync` replaces them with
+    /// an intact copy from another target.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub damaged: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 fn path(state_dir: &Path, policy: &str) -> PathBuf {

@@ -1,9 +1,11 @@
 //! `backupctl sync`: bring every target of a policy up to date without a new
 //! backup. Each snapshot that a reachable target lacks, or holds incomplete
-//! (an archive missing or of the wrong size), is copied from a target where it
-//! is complete, in the policy's order: every archive is downloaded once into
-//! the staging area, its BLAKE3 checked against its name, then uploaded to
-//! each target that needs it; the manifest is written last, as `run` does.
+//! (an extent list or pack missing), is copied from a target where it is
+//! complete, in the policy's order: each missing pack and list is
+//! downloaded once, checked against its name, and written to every target
+//! that lacks it ([`crate::repo::transfer`]); the manifest is written last,
+//! as `run` does. Packs `verify` found damaged on a target (recorded in the
+//! policy's state) are replaced there by an intact copy from another.
 //!
 //! Before copying, what interrupted writes left on each reachable target and
 //! older than `abort_uploads_older_than` is removed
@@ -16,13 +18,11 @@
 use crate::config::{Config, Policy};
 use crate::error::ExitCode;
 use crate::repo::catalog::read_authentic;
-use crate::repo::fetch::{self, FetchError};
+use crate::repo::transfer::{self, Object};
 use crate::repo::{Catalog, Commit, Entry, Hash};
 use crate::storage::DynBackend;
-use anyhow::Context;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -49,10 +49,12 @@ impl Default for SyncOptions {
 pub struct SnapshotCopy {
     pub snapshot: String,
     pub target: String,
-    /// Where the archives came from (targets, in order of use).
+    /// Where the packs and lists came from (targets, in order of use).
     pub from: Vec<String>,
-    /// Archive hashes copied (or to copy, in a dry run).
+    /// Packs and extent lists copied (or to copy, in a dry run), by name.
     pub archives: Vec<String>,
+    pub packs: usize,
+    pub lists: usize,
     pub bytes: u64,
     /// "copied", "would copy" or "failed"
     pub status: String,
@@ -74,6 +76,9 @@ pub struct SyncResult {
     pub unreachable: Vec<(String, String)>,
     /// Stale multipart uploads aborted, per target.
     pub aborted_uploads: Vec<(String, usize)>,
+    /// Damaged packs (found by `verify`) replaced: (target, pack).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<(String, String)>,
     pub problems: Vec<String>,
 }
 
@@ -84,14 +89,6 @@ impl SyncResult {
             "partial" => ExitCode::Partial,
             _ => ExitCode::Failure,
         }
-    }
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -135,6 +132,7 @@ pub async fn sync_policy(
         not_retained: Vec::new(),
         unreachable: catalog.unreachable(),
         aborted_uploads: Vec::new(),
+        repaired: Vec::new(),
         problems: Vec::new(),
     };
     for (t, e) in &res.unreachable {
@@ -153,31 +151,31 @@ pub async fn sync_policy(
             }
         }
     }
-    // What each target holds: archive hash -> size (updated as we copy).
-    let mut have: HashMap<String, HashMap<Hash, u64>> = HashMap::new();
+    // What each target holds (updated as we copy).
+    let mut have: HashMap<String, HashSet<Object>> = HashMap::new();
     for s in catalog.reachable() {
         if let Ok(v) = &s.view {
-            have.insert(s.name().to_string(), v.archives.clone());
+            let objs = v
+                .packs
+                .keys()
+                .map(|h| Object::Pack(h.clone()))
+                .chain(v.lists.keys().map(|h| Object::List {
+                    hash: h.clone(),
+                    size: 0,
+                }))
+                .collect();
+            have.insert(s.name().to_string(), objs);
         }
     }
-    // Under the policy lock anything in this policy's staging area was left
-    // by a killed run or sync.
-    let policy_staging = cfg.state_dir.join("staging").join(&policy.name);
-    if !o.dry_run {
-        if let Ok(entries) = std::fs::read_dir(&policy_staging) {
-            for e in entries.flatten() {
-                tracing::warn!(
-                    "removing {}, left by an interrupted run or sync",
-                    e.path().display()
-                );
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
-    let staging = policy_staging.join(format!("sync-{}", crate::util::random_hex(8)));
-    let _cleanup = RemoveOnDrop(staging.clone());
     let mut copied_any = false;
     let mut failed_any = false;
+    if !o.dry_run {
+        let (repaired, problems) = repair_damaged(cfg, &catalog, &wanted_fn(o)).await;
+        copied_any |= !repaired.is_empty();
+        failed_any |= !problems.is_empty();
+        res.repaired = repaired;
+        res.problems.extend(problems);
+    }
 
     // What retention no longer keeps is never copied back (a target that was
     // away while prune ran elsewhere still holds it; prune removes it there).
@@ -187,11 +185,7 @@ pub async fn sync_policy(
             .remove
             .into_iter()
             .collect();
-    let wanted = |t: &DynBackend| {
-        o.only_targets
-            .as_ref()
-            .is_none_or(|only| only.iter().any(|n| n == t.name()))
-    };
+    let wanted = wanted_fn(o);
     for (ei, entry) in catalog.entries.iter().enumerate() {
         let m = &entry.manifest;
         let needers: Vec<&DynBackend> = catalog
@@ -228,28 +222,33 @@ pub async fn sync_policy(
                 target: t.name().to_string(),
                 from: Vec::new(),
                 archives: Vec::new(),
+                packs: 0,
+                lists: 0,
                 bytes: 0,
                 status: if o.dry_run { "would copy" } else { "copied" }.into(),
                 error: None,
             })
             .collect();
-        for rec in &m.sources {
-            let hash = match Hash::new(&rec.archive_hash) {
-                Ok(h) => h,
-                Err(e) => {
-                    for c in copies.iter_mut().filter(|c| c.error.is_none()) {
-                        c.status = "failed".into();
-                        c.error = Some(e.to_string());
-                    }
-                    continue;
+        // Lists first (small), then packs, each to the targets lacking it.
+        let mut objects: Vec<Object> = Vec::new();
+        for st in m.sources.iter().flat_map(|r| r.streams()) {
+            if let Ok(hash) = Hash::new(&st.list) {
+                let obj = Object::List {
+                    hash,
+                    size: st.list_size,
+                };
+                if !objects.contains(&obj) {
+                    objects.push(obj);
                 }
-            };
+            }
+        }
+        objects.extend(entry.packs.iter().cloned().map(Object::Pack));
+        for obj in &objects {
             let lacking: Vec<usize> = needers
                 .iter()
                 .enumerate()
                 .filter(|(i, t)| {
-                    copies[*i].error.is_none()
-                        && have[t.name()].get(&hash) != Some(&rec.archive_size)
+                    copies[*i].error.is_none() && !have[t.name()].contains(&held(obj))
                 })
                 .map(|(i, _)| i)
                 .collect();
@@ -258,71 +257,32 @@ pub async fn sync_policy(
             }
             if o.dry_run {
                 for i in lacking {
-                    copies[i].archives.push(rec.archive_hash.clone());
-                    copies[i].bytes += rec.archive_size;
+                    note(&mut copies[i], obj, 0, None);
                 }
                 continue;
             }
-            crate::util::private_dir(&cfg.state_dir)
-                .and_then(|_| crate::util::private_dir(&cfg.state_dir.join("staging")))
-                .and_then(|_| crate::util::create_private_dir_all(&staging))
-                .with_context(|| format!("creating staging directory {}", staging.display()))?;
-            let file = staging.join(format!("{hash}.tar.zst"));
-            let what = format!("archive {} of snapshot {}", hash.short(), m.id);
-            let candidates: Vec<_> = sources.iter().copied().map(Ok).collect();
-            let fetched = fetch::first_intact(candidates, &what, |s| {
-                let (hash, file, policy) = (&hash, &file, &catalog.policy);
-                async move {
-                    fetch::download(s, policy, hash, rec.archive_size, file)
-                        .await
-                        .map_err(FetchError::Skip)
+            let to: Vec<&DynBackend> = lacking.iter().map(|&i| needers[i]).collect();
+            match transfer::copy(&catalog.policy, obj, &sources, &to).await {
+                Ok(c) => {
+                    for (&i, r) in lacking.iter().zip(c.puts) {
+                        match r {
+                            Ok(()) => {
+                                note(&mut copies[i], obj, c.bytes, Some(&c.from));
+                                have.get_mut(needers[i].name())
+                                    .expect("reachable")
+                                    .insert(held(obj));
+                            }
+                            Err(e) => {
+                                copies[i].status = "failed".into();
+                                copies[i].error = Some(e);
+                            }
+                        }
+                    }
                 }
-            })
-            .await;
-            let from = match fetched {
-                Ok(f) => f.target,
-                Err(e) => {
-                    let why = match e {
-                        fetch::Failover::Exhausted(skipped) => fetch::Failover::why(&skipped),
-                        fetch::Failover::Fatal(e) => format!("{e:#}"),
-                    };
-                    let _ = std::fs::remove_file(&file);
+                Err(why) => {
                     for i in lacking {
                         copies[i].status = "failed".into();
-                        copies[i].error = Some(format!(
-                            "no intact copy of archive {} ({why})",
-                            rec.archive_hash
-                        ));
-                    }
-                    continue;
-                }
-            };
-            let key = crate::repo::Key::Archive {
-                policy: catalog.policy.clone(),
-                hash: hash.clone(),
-            }
-            .object();
-            let puts = futures::future::join_all(
-                lacking.iter().map(|&i| needers[i].put_file(&key, &file)),
-            )
-            .await;
-            let _ = std::fs::remove_file(&file);
-            for (&i, r) in lacking.iter().zip(puts) {
-                match r {
-                    Ok(()) => {
-                        let c = &mut copies[i];
-                        c.archives.push(rec.archive_hash.clone());
-                        c.bytes += rec.archive_size;
-                        if !c.from.contains(&from) {
-                            c.from.push(from.clone());
-                        }
-                        have.get_mut(needers[i].name())
-                            .expect("reachable")
-                            .insert(hash.clone(), rec.archive_size);
-                    }
-                    Err(e) => {
-                        copies[i].status = "failed".into();
-                        copies[i].error = Some(e.to_string());
+                        copies[i].error = Some(why.clone());
                     }
                 }
             }
@@ -330,7 +290,9 @@ pub async fn sync_policy(
         if !o.dry_run {
             let commit = authentic_copy(cfg, &sources, &catalog, entry)
                 .await
-                .and_then(|(json, sig)| Commit::new(m, json, sig).map_err(|e| e.to_string()));
+                .and_then(|(json, sig)| {
+                    Commit::new(m, json, sig, Vec::new()).map_err(|e| e.to_string())
+                });
             for (i, t) in needers.iter().enumerate() {
                 if copies[i].error.is_some() {
                     continue;
@@ -358,11 +320,12 @@ pub async fn sync_policy(
                 None => {
                     copied_any |= !o.dry_run;
                     tracing::info!(
-                        "sync snapshot={} target={} {} archives={} bytes={}",
+                        "sync snapshot={} target={} {} packs={} lists={} bytes={}",
                         c.snapshot,
                         c.target,
                         c.status,
-                        c.archives.len(),
+                        c.packs,
+                        c.lists,
                         c.bytes
                     );
                 }
@@ -420,6 +383,109 @@ pub async fn sync_policy(
     }
     .into();
     Ok(res)
+}
+
+/// Whether `sync` is to bring target `t` up to date.
+fn wanted_fn(o: &SyncOptions) -> impl Fn(&DynBackend) -> bool + '_ {
+    move |t: &DynBackend| {
+        o.only_targets
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|n| n == t.name()))
+    }
+}
+
+/// How an object is recorded in `have` (lists by hash alone).
+fn held(obj: &Object) -> Object {
+    match obj {
+        Object::List { hash, .. } => Object::List {
+            hash: hash.clone(),
+            size: 0,
+        },
+        o => o.clone(),
+    }
+}
+
+/// Count an object copied (or to copy) in `c`.
+fn note(c: &mut SnapshotCopy, obj: &Object, bytes: u64, from: Option<&str>) {
+    match obj {
+        Object::Pack(h) => {
+            c.packs += 1;
+            c.archives.push(h.to_string());
+        }
+        Object::List { hash, .. } => {
+            c.lists += 1;
+            c.archives.push(hash.to_string());
+        }
+    }
+    c.bytes += bytes;
+    if let Some(f) = from {
+        if !c.from.iter().any(|x| x == f) {
+            c.from.push(f.to_string());
+        }
+    }
+}
+
+/// Replace the packs `verify` recorded as damaged (in the policy's state)
+/// with an intact copy from another target that holds them. Returns what
+/// was repaired and what could not be.
+async fn repair_damaged(
+    cfg: &Config,
+    catalog: &Catalog,
+    wanted: &impl Fn(&DynBackend) -> bool,
+) -> (Vec<(String, String)>, Vec<String>) {
+    let damaged = crate::ops::state::load(&cfg.state_dir, catalog.policy.as_str()).damaged;
+    let (mut repaired, mut problems) = (Vec::new(), Vec::new());
+    for (target, packs) in &damaged {
+        let Some(st) = catalog
+            .reachable()
+            .find(|s| s.name() == target && wanted(&s.target))
+        else {
+            continue;
+        };
+        for p in packs {
+            let Ok(name) = Hash::new(p) else { continue };
+            // Holders: other reachable targets on which a snapshot using the
+            // pack is complete.
+            let from: Vec<&DynBackend> = catalog
+                .reachable()
+                .filter(|s| s.name() != target)
+                .filter(|s| {
+                    catalog
+                        .entries
+                        .iter()
+                        .any(|e| e.packs.contains(&name) && e.is_complete_on(s.name()))
+                })
+                .map(|s| &s.target)
+                .collect();
+            let r = transfer::copy(&catalog.policy, &Object::Pack(name), &from, &[&st.target])
+                .await
+                .and_then(|c| c.puts.into_iter().next().unwrap_or(Ok(())));
+            match r {
+                Ok(()) => {
+                    tracing::info!("sync target={target}: replaced damaged pack {p}");
+                    repaired.push((target.clone(), p.clone()));
+                }
+                Err(e) => {
+                    let msg = format!("target {target}: damaged pack {p} not replaced: {e}");
+                    tracing::error!("{msg}");
+                    problems.push(msg);
+                }
+            }
+        }
+    }
+    if !repaired.is_empty() {
+        crate::ops::state::update(&cfg.state_dir, catalog.policy.as_str(), |st| {
+            for (t, p) in &repaired {
+                if let Some(set) = st.damaged.get_mut(t) {
+                    set.remove(p);
+                    if set.is_empty() {
+                        st.damaged.remove(t);
+                    }
+                }
+            }
+        });
+    }
+    (repaired, problems)
 }
 
 /// `--abort-uploads-older-than`: an elapsed time ([`crate::duration`]).

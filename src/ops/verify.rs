@@ -1,7 +1,12 @@
-//! `backupctl verify`: for each chosen snapshot and each target, re-hash the
-//! archive bytes against their name, unpack into the scratch area, check every
-//! file against its BLAKE3 in the manifest, and run source-specific checks
-//! (databases: load the dump into a scratch database).
+//! `backupctl verify`: for each chosen snapshot and each target, read every
+//! extent of every source from that target alone (every chunk checked
+//! against its id, every pack index against the pack's name, the stream
+//! against its BLAKE3 in the signed manifest), unpack into the scratch
+//! area, check every file against its BLAKE3 in the file index, and run
+//! source-specific checks (databases: load the dump into a scratch
+//! database). `--read-all` also re-hashes every pack each target holds
+//! (restic's `check --read-data`). Packs found damaged are recorded in the
+//! policy's state; `sync` replaces them from another target.
 //!
 //! Verify often runs as root on archives from targets it does not trust, so
 //! its scratch area is its own: the scratch root (`[verify] scratch_dir`,
@@ -30,14 +35,33 @@ pub struct VerifyOptions {
     pub all: bool,
     pub sample: Option<usize>,
     pub target: Option<String>,
+    /// Also re-hash every pack on every target.
+    pub read_all: bool,
     /// Where progress is shown (hidden by default).
     pub display: crate::progress::Handle,
+}
+
+/// `--read-all` on one target.
+#[derive(Debug, Serialize)]
+pub struct PackCheck {
+    pub target: String,
+    /// Packs read and checked.
+    pub packs: usize,
+    pub bytes: u64,
+    /// Packs that failed (damaged, truncated, unreadable), with why.
+    pub damaged: Vec<(String, String)>,
+    /// The target could not be listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct ArchiveCheck {
     pub source: String,
+    /// The source's extent list (`<policy>/lists/<hash>.extents`).
     pub archive: String,
+    /// Packs its streams were read from (every extent).
+    pub packs: usize,
     /// "ok" or "failed"
     pub result: String,
     pub problems: Vec<String>,
@@ -65,6 +89,9 @@ pub struct VerifyResult {
     /// "ok", "failed" or "partial"
     pub result: String,
     pub snapshots: Vec<SnapshotCheck>,
+    /// `--read-all`: every pack of every target.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub packs: Vec<PackCheck>,
     pub problems: Vec<String>,
 }
 
@@ -164,6 +191,7 @@ async fn check_on_target(
     ti: usize,
     scratch_root: &Dir,
     display: &crate::progress::Handle,
+    state_dir: &std::path::Path,
 ) -> TargetCheck {
     let m = &entry.manifest;
     let st = &catalog.targets[ti];
@@ -193,6 +221,7 @@ async fn check_on_target(
         tc.error = Some(error);
         return tc;
     }
+    let mut damaged = Vec::new();
     for rec in &m.sources {
         let label = format!("{}:{}", t.name(), rec.name);
         // Never ownership, never setuid/setgid, never the archive root's mode.
@@ -205,9 +234,9 @@ async fn check_on_target(
         };
         let mut ac = ArchiveCheck {
             source: rec.name.clone(),
-            archive: Hash::new(&rec.archive_hash)
+            archive: Hash::new(&rec.stream.list)
                 .map(|hash| {
-                    Key::Archive {
+                    Key::List {
                         policy: catalog.policy.clone(),
                         hash,
                     }
@@ -215,6 +244,7 @@ async fn check_on_target(
                     .to_string()
                 })
                 .unwrap_or_default(),
+            packs: 0,
             result: "ok".into(),
             problems: Vec::new(),
         };
@@ -229,10 +259,13 @@ async fn check_on_target(
             }
         };
         if let Some(scratch) = &scratch {
-            match fetch::unpack(t, &catalog.policy, rec, scratch, &opts, &label).await {
-                Ok(rep) => {
+            // This target alone, its pack indexes read from it (no cache).
+            let sources = [fetch::Packs::new(t, &catalog.policy, None)];
+            match fetch::unpack(&sources, &catalog.policy, rec, scratch, &opts, &label).await {
+                Ok(u) => {
+                    ac.packs = packs_of(entry);
                     ac.problems =
-                        crate::archive::reader::compare_files(&rec.files, &rep.files, None);
+                        crate::archive::reader::compare_files(&u.index, &u.report.files, None);
                     if ac.problems.is_empty() {
                         let source = policy
                             .sources
@@ -252,6 +285,10 @@ async fn check_on_target(
                     }
                 }
                 Err(FetchError::Skip(e)) => ac.problems.push(e),
+                Err(FetchError::Damaged(e, read)) => {
+                    ac.problems.push(e);
+                    damaged.extend(read.failed);
+                }
                 Err(FetchError::Fatal(e)) => ac.problems.push(format!("scratch area: {e:#}")),
             }
             let _ = std::fs::remove_dir_all(&scratch.path);
@@ -273,12 +310,63 @@ async fn check_on_target(
                 t.name(),
                 m.id,
                 rec.name,
-                &rec.archive_hash[..16]
+                &rec.stream.blake3[..16]
             );
         }
         tc.archives.push(ac);
     }
+    record_damaged(state_dir, &policy.name, &damaged);
     tc
+}
+
+fn packs_of(entry: &crate::repo::Entry) -> usize {
+    entry.packs.len()
+}
+
+/// Remember packs that failed on a target (`sync` replaces them).
+pub fn record_damaged(state_dir: &std::path::Path, policy: &str, damaged: &[(String, String)]) {
+    if damaged.is_empty() {
+        return;
+    }
+    for (t, p) in damaged {
+        tracing::warn!("target {t}: pack {p} is damaged or unreadable there; `backupctl sync` replaces it from another target");
+    }
+    state::update(state_dir, policy, |s| {
+        for (t, p) in damaged {
+            s.damaged.entry(t.clone()).or_default().insert(p.clone());
+        }
+    });
+}
+
+/// `--read-all`: re-hash every pack target `st` holds for the policy.
+async fn read_all(catalog: &Catalog, st: &crate::repo::TargetState) -> PackCheck {
+    let mut pc = PackCheck {
+        target: st.name().to_string(),
+        packs: 0,
+        bytes: 0,
+        damaged: Vec::new(),
+        error: None,
+    };
+    let view = match &st.view {
+        Ok(v) => v,
+        Err(e) => {
+            pc.error = Some(e.clone());
+            return pc;
+        }
+    };
+    let mut names: Vec<Hash> = view.packs.keys().cloned().collect();
+    names.sort();
+    for n in names {
+        pc.packs += 1;
+        match fetch::pack(&st.target, &catalog.policy, &n).await {
+            Ok(b) => pc.bytes += b.len() as u64,
+            Err(e) => {
+                tracing::error!("verify --read-all target={}: pack {n}: {e}", st.name());
+                pc.damaged.push((n.to_string(), e));
+            }
+        }
+    }
+    pc
 }
 
 pub async fn verify_policy(
@@ -332,6 +420,7 @@ pub async fn verify_policy(
                 ti,
                 &scratch,
                 &o.display,
+                &cfg.state_dir,
             )
             .await;
             codes.push(match tc.result.as_str() {
@@ -361,6 +450,36 @@ pub async fn verify_policy(
         }
         snapshots.push(sc);
     }
+    let mut packs = Vec::new();
+    if o.read_all {
+        for st in &catalog.targets {
+            let pc = read_all(&catalog, st).await;
+            if let Some(e) = &pc.error {
+                problems.push(format!("--read-all: target {}: {e}", pc.target));
+                codes.push(ExitCode::Partial);
+            }
+            if !pc.damaged.is_empty() {
+                codes.push(ExitCode::Failure);
+                for (p, e) in &pc.damaged {
+                    problems.push(format!("target {}: pack {p}: {e}", pc.target));
+                }
+                let d: Vec<(String, String)> = pc
+                    .damaged
+                    .iter()
+                    .map(|(p, _)| (pc.target.clone(), p.clone()))
+                    .collect();
+                record_damaged(&cfg.state_dir, &policy.name, &d);
+            }
+            tracing::info!(
+                "verify --read-all target={} packs={} bytes={} damaged={}",
+                pc.target,
+                pc.packs,
+                pc.bytes,
+                pc.damaged.len()
+            );
+            packs.push(pc);
+        }
+    }
     let code = combine(codes);
     let result = match code {
         ExitCode::Success => "ok",
@@ -383,6 +502,7 @@ pub async fn verify_policy(
         policy: policy.name.clone(),
         result: result.into(),
         snapshots,
+        packs,
         problems,
     })
 }

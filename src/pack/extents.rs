@@ -37,6 +37,8 @@ pub fn name_of_path(path: &str) -> Option<&str> {
 /// An extent list refuses to grow past this many lines (a 100 GB source
 /// fragmented into 64 KiB runs is ~1.6 M lines).
 pub const MAX_EXTENTS: usize = 4 << 20;
+/// An extent list refuses to be larger than this many bytes.
+pub const MAX_LIST_BYTES: u64 = 512 << 20;
 
 /// Builds a list, coalescing a run that continues where the last one ended.
 #[derive(Debug, Default, Clone)]

@@ -18,7 +18,7 @@ use super::chunker::{ChunkKind, ChunkSink, Params, TarChunker};
 use super::extents::ExtentList;
 use super::format::{ChunkId, FrameEncoder, Kind, PackBuilder, PackIndex};
 use super::index::ChunkIndex;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io::{self, Write};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,15 @@ use std::sync::{Arc, Mutex};
 /// Receives every closed pack (name, bytes, index), in order.
 pub trait PackSink: Send {
     fn pack(&mut self, name: &str, bytes: Arc<Vec<u8>>, index: &PackIndex) -> io::Result<()>;
+}
+
+/// The sink after [`Shared::stop`]: packs can no longer be handed over.
+struct Closed;
+
+impl PackSink for Closed {
+    fn pack(&mut self, name: &str, _: Arc<Vec<u8>>, _: &PackIndex) -> io::Result<()> {
+        Err(io::Error::other(format!("pack {name} closed after the packer stopped")))
+    }
 }
 
 /// Statistics of one stream (or a whole run).
@@ -39,26 +48,6 @@ pub struct Stats {
     pub new_bytes: u64,
     /// Compressed bytes of the new chunks (what this stream adds to packs).
     pub stored_bytes: u64,
-}
-
-/// Where a chunk of the stream will be: known, or waiting for its pack.
-#[derive(Debug, Clone, Copy)]
-enum Slot {
-    Known {
-        pack: u32,
-        offset: u32,
-        clen: u32,
-    },
-    /// The n-th new chunk of the run.
-    Pending(u64),
-}
-
-/// A new chunk's place, once its pack closed.
-#[derive(Debug, Clone)]
-struct Placed {
-    pack: Arc<str>,
-    offset: u32,
-    clen: u32,
 }
 
 struct Job {
@@ -79,8 +68,9 @@ struct Done {
 /// State shared by the streams of one run.
 pub struct Shared {
     index: Mutex<ChunkIndex>,
-    /// New chunks seen this run: id -> sequence number.
-    pending_ids: Mutex<HashMap<ChunkId, u64>>,
+    /// New chunks submitted but not yet in a closed pack (once closed, the
+    /// chunk index knows them).
+    pending_ids: Mutex<HashSet<ChunkId>>,
     next_seq: Mutex<u64>,
     jobs: Mutex<Option<mpsc::SyncSender<Job>>>,
     assembler: Mutex<Assembler>,
@@ -97,13 +87,17 @@ struct Assembler {
     /// Frames that arrived ahead of their turn.
     early: BTreeMap<u64, Done>,
     next: u64,
-    placed: HashMap<u64, Placed>,
     sink: Box<dyn PackSink>,
     error: Option<String>,
 }
 
 impl Assembler {
-    fn take(&mut self, d: Done, index: &Mutex<ChunkIndex>) -> io::Result<()> {
+    fn take(
+        &mut self,
+        d: Done,
+        index: &Mutex<ChunkIndex>,
+        pending: &Mutex<HashSet<ChunkId>>,
+    ) -> io::Result<()> {
         self.early.insert(d.seq, d);
         while let Some(d) = self.early.remove(&self.next) {
             let frame = d.frame?;
@@ -111,13 +105,17 @@ impl Assembler {
             self.open.push(d.seq);
             self.next += 1;
             if self.builder.is_full() {
-                self.close(index)?;
+                self.close(index, pending)?;
             }
         }
         Ok(())
     }
 
-    fn close(&mut self, index: &Mutex<ChunkIndex>) -> io::Result<()> {
+    fn close(
+        &mut self,
+        index: &Mutex<ChunkIndex>,
+        pending: &Mutex<HashSet<ChunkId>>,
+    ) -> io::Result<()> {
         if self.builder.is_empty() {
             return Ok(());
         }
@@ -130,15 +128,12 @@ impl Assembler {
                 ci.add_new(e.id, &name, e.offset, e.clen);
             }
         }
-        for (seq, e) in std::mem::take(&mut self.open).into_iter().zip(&idx.entries) {
-            self.placed.insert(
-                seq,
-                Placed {
-                    pack: name.clone(),
-                    offset: e.offset,
-                    clen: e.clen,
-                },
-            );
+        self.open.clear();
+        {
+            let mut p = pending.lock().expect("pending");
+            for e in &idx.entries {
+                p.remove(&e.id);
+            }
         }
         self.sink.pack(&name, Arc::new(bytes), &idx)
     }
@@ -157,7 +152,7 @@ impl Shared {
         let job_rx = Arc::new(Mutex::new(job_rx));
         let shared = Arc::new(Shared {
             index: Mutex::new(index),
-            pending_ids: Mutex::new(HashMap::new()),
+            pending_ids: Mutex::new(HashSet::new()),
             next_seq: Mutex::new(0),
             jobs: Mutex::new(Some(job_tx)),
             assembler: Mutex::new(Assembler {
@@ -165,7 +160,6 @@ impl Shared {
                 open: Vec::new(),
                 early: BTreeMap::new(),
                 next: 0,
-                placed: HashMap::new(),
                 sink,
                 error: None,
             }),
@@ -212,7 +206,7 @@ impl Shared {
                 if a.error.is_some() {
                     continue;
                 }
-                if let Err(e) = a.take(d, &s.index) {
+                if let Err(e) = a.take(d, &s.index, &s.pending_ids) {
                     a.error = Some(e.to_string());
                 }
                 drop(a);
@@ -235,13 +229,26 @@ impl Shared {
         if let Some(e) = &a.error {
             return Err(io::Error::other(e.clone()));
         }
-        a.close(&self.index)
+        a.close(&self.index, &self.pending_ids)
     }
 
     /// Stop the workers after the last stream; every pack has been handed
     /// to the sink when this returns Ok.
     pub fn finish(self: &Arc<Self>) -> io::Result<()> {
-        self.flush_pack()?;
+        let flushed = self.flush_pack();
+        let stopped = self.stop();
+        flushed?;
+        stopped?;
+        match &self.assembler.lock().expect("assembler").error {
+            Some(e) => Err(io::Error::other(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Stop the workers and the collector (what is still queued is thrown
+    /// away). [`Shared::finish`] does this after the last pack; a run that
+    /// fails calls it itself, or the threads would wait forever.
+    pub fn stop(&self) -> io::Result<()> {
         drop(self.jobs.lock().expect("jobs").take());
         for w in std::mem::take(&mut *self.workers.lock().unwrap()) {
             let _ = w.join();
@@ -250,36 +257,22 @@ impl Shared {
             c.join()
                 .map_err(|_| io::Error::other("pack collector panicked"))??;
         }
-        match &self.assembler.lock().expect("assembler").error {
-            Some(e) => Err(io::Error::other(e.clone())),
-            None => Ok(()),
-        }
+        // Let go of the sink: whoever waits for its last pack (an upload
+        // queue, say) sees it end although streams still hold this state.
+        let mut a = self.assembler.lock().expect("assembler");
+        a.sink = Box::new(Closed);
+        Ok(())
     }
 
-    /// Where a sequence number's chunk went (after its pack closed).
-    fn placed(&self, seq: u64) -> Option<Placed> {
-        self.assembler
-            .lock()
-            .expect("assembler")
-            .placed
-            .get(&seq)
-            .cloned()
-    }
-
-    fn submit(&self, id: ChunkId, kind: Kind, data: &[u8]) -> io::Result<(Slot, bool)> {
-        if let Some(l) = self.index.lock().expect("index").get(&id) {
-            return Ok((
-                Slot::Known {
-                    pack: l.pack,
-                    offset: l.offset,
-                    clen: l.clen,
-                },
-                false,
-            ));
+    /// Queue a chunk for compression unless the targets or this run already
+    /// have it; true when it is new.
+    fn submit(&self, id: ChunkId, kind: Kind, data: &[u8]) -> io::Result<bool> {
+        if self.index.lock().expect("index").get(&id).is_some() {
+            return Ok(false);
         }
         let mut pending = self.pending_ids.lock().expect("pending");
-        if let Some(seq) = pending.get(&id) {
-            return Ok((Slot::Pending(*seq), false));
+        if !pending.insert(id) {
+            return Ok(false);
         }
         let seq = {
             let mut n = self.next_seq.lock().expect("seq");
@@ -287,7 +280,6 @@ impl Shared {
             *n += 1;
             s
         };
-        pending.insert(id, seq);
         drop(pending);
         let tx = self.jobs.lock().expect("jobs").clone();
         let tx = tx.ok_or_else(|| io::Error::other("packer finished"))?;
@@ -298,37 +290,43 @@ impl Shared {
             data: data.to_vec(),
         })
         .map_err(|_| io::Error::other("compression workers stopped"))?;
-        Ok((Slot::Pending(seq), true))
+        Ok(true)
     }
 
-    fn pack_name(&self, n: u32) -> String {
-        self.index.lock().expect("index").pack_name(n).to_string()
+    /// Where a chunk is, once its pack is closed.
+    fn locate(&self, id: &ChunkId) -> Option<(String, u32, u32)> {
+        let ci = self.index.lock().expect("index");
+        ci.get(id)
+            .map(|l| (ci.pack_name(l.pack).to_string(), l.offset, l.clen))
     }
+
 }
 
 /// Turns the stream's slots into an extent list, in order, as they resolve.
 struct Resolver {
-    queue: VecDeque<(Slot, u64)>,
+    /// Chunks in stream order, and whether this stream added them.
+    queue: VecDeque<(ChunkId, bool)>,
     list: ExtentList,
+    /// Compressed bytes of the chunks this stream added (known once placed).
+    stored: u64,
 }
 
 impl Resolver {
     fn drain(&mut self, shared: &Shared, all: bool) -> io::Result<()> {
-        while let Some((slot, _len)) = self.queue.front().copied() {
-            match slot {
-                Slot::Known { pack, offset, clen } => {
-                    let name = shared.pack_name(pack);
-                    self.list.push(&name, offset as u64, clen as u64);
-                }
-                Slot::Pending(seq) => match shared.placed(seq) {
-                    Some(p) => self.list.push(&p.pack, p.offset as u64, p.clen as u64),
-                    None if all => {
-                        return Err(io::Error::other(format!(
-                            "chunk {seq} was never placed in a pack"
-                        )))
+        while let Some((id, new)) = self.queue.front() {
+            match shared.locate(id) {
+                Some((pack, offset, clen)) => {
+                    self.list.push(&pack, offset as u64, clen as u64);
+                    if *new {
+                        self.stored += clen as u64;
                     }
-                    None => return Ok(()),
-                },
+                }
+                None if all => {
+                    return Err(io::Error::other(format!(
+                        "chunk {id:?} was never placed in a pack"
+                    )))
+                }
+                None => return Ok(()),
             }
             self.queue.pop_front();
         }
@@ -356,14 +354,14 @@ impl ChunkSink for StreamSink {
             kind.into()
         };
         self.hasher.update(data);
-        let (slot, new) = self.shared.submit(id, kind, data)?;
+        let new = self.shared.submit(id, kind, data)?;
         self.stats.chunks += 1;
         self.stats.bytes += data.len() as u64;
         if new {
             self.stats.new_chunks += 1;
             self.stats.new_bytes += data.len() as u64;
         }
-        self.resolver.queue.push_back((slot, data.len() as u64));
+        self.resolver.queue.push_back((id, new));
         if self.resolver.queue.len() > MAX_QUEUED {
             self.resolver.drain(&self.shared, false)?;
             if self.resolver.queue.len() > MAX_QUEUED {
@@ -406,6 +404,7 @@ impl Packer {
             resolver: Resolver {
                 queue: VecDeque::new(),
                 list: ExtentList::default(),
+                stored: 0,
             },
             stats: Stats::default(),
             hasher: blake3::Hasher::new(),
@@ -422,17 +421,46 @@ impl Packer {
     /// End of the stream: wait until its chunks are in closed packs (closing
     /// the open one) and return its extent list.
     pub fn finish(self) -> io::Result<Packed> {
+        let ended = self.end()?;
+        if !ended.sink.resolver.queue.is_empty() {
+            ended.sink.shared.flush_pack()?;
+        }
+        ended.resolve()
+    }
+
+    /// End of the stream without closing the open pack: its last chunks are
+    /// placed when the run's [`Shared::finish`] closes it, and
+    /// [`Ended::resolve`] then gives the extent list. (Several streams end
+    /// into one pack instead of one small pack each.)
+    pub fn end(self) -> io::Result<Ended> {
         let mut sink = self.chunker.finish()?;
         sink.resolver.drain(&sink.shared, false)?;
-        if !sink.resolver.queue.is_empty() {
-            sink.shared.flush_pack()?;
-            sink.resolver.drain(&sink.shared, true)?;
-        }
+        Ok(Ended { sink })
+    }
+}
+
+/// A stream whose last chunks may still be in the open pack.
+pub struct Ended {
+    sink: StreamSink,
+}
+
+impl Ended {
+    /// The extent list, once every chunk is in a closed pack (after
+    /// [`Shared::finish`]).
+    pub fn resolve(mut self) -> io::Result<Packed> {
+        self.sink.resolver.drain(&self.sink.shared, true)?;
+        let mut stats = self.sink.stats;
+        stats.stored_bytes = self.sink.resolver.stored;
         Ok(Packed {
-            extents: sink.resolver.list,
-            blake3: sink.hasher.finalize().to_hex().to_string(),
-            stats: sink.stats,
+            extents: self.sink.resolver.list,
+            blake3: self.sink.hasher.finalize().to_hex().to_string(),
+            stats,
         })
+    }
+
+    /// Bytes of the stream so far.
+    pub fn stats(&self) -> Stats {
+        self.sink.stats
     }
 }
 
@@ -449,6 +477,7 @@ impl Write for Packer {
 mod tests {
     use super::super::format::decode_frame;
     use super::*;
+    use std::collections::HashMap;
 
     type Packs = HashMap<String, (Arc<Vec<u8>>, PackIndex)>;
     #[derive(Clone, Default)]

@@ -14,7 +14,7 @@
 //! Reading and decompressing run on their own thread, ahead of the consumer
 //! (the tar unpacker) by a bounded number of chunks.
 
-use super::extents::{Extent, ExtentList};
+use super::extents::ExtentList;
 use super::format::{decode_frame, PackError, PackIndex};
 use std::io::{self, Read};
 use std::sync::mpsc;
@@ -51,22 +51,148 @@ impl From<ReadError> for io::Error {
     }
 }
 
-fn fetch_extent(src: &dyn PackSource, e: &Extent) -> Result<Vec<u8>, String> {
-    let idx = src.index(&e.pack)?;
-    let entries = idx
-        .covering(e.offset, e.len)
-        .map_err(|x: PackError| x.to_string())?;
-    let bytes = src.read(&e.pack, e.offset, e.len)?;
-    if bytes.len() as u64 != e.len {
-        return Err(format!("read {} bytes, expected {}", bytes.len(), e.len));
+/// One ranged read: consecutive frames of an extent, at most
+/// [`READ_MAX`] compressed and [`DECODED_MAX`] decompressed bytes (a frame
+/// larger than that is read alone), so memory stays bounded whatever the
+/// extent's length.
+const READ_MAX: u64 = 4 << 20;
+const DECODED_MAX: u64 = 8 << 20;
+
+/// Split the frames covering an extent into ranged reads.
+fn groups(entries: &[super::format::Entry]) -> Vec<&[super::format::Entry]> {
+    let mut out = Vec::new();
+    let (mut start, mut c, mut d) = (0, 0u64, 0u64);
+    for (i, e) in entries.iter().enumerate() {
+        if i > start && (c + e.clen as u64 > READ_MAX || d + e.len as u64 > DECODED_MAX) {
+            out.push(&entries[start..i]);
+            (start, c, d) = (i, 0, 0);
+        }
+        c += e.clen as u64;
+        d += e.len as u64;
     }
-    let mut out = Vec::with_capacity(entries.iter().map(|c| c.len as usize).sum());
-    for c in entries {
-        let at = (c.offset as u64 - e.offset) as usize;
+    if start < entries.len() {
+        out.push(&entries[start..]);
+    }
+    out
+}
+
+/// Read and check one group of frames of `pack` from `src`.
+fn fetch_group(
+    src: &dyn PackSource,
+    pack: &str,
+    group: &[super::format::Entry],
+) -> Result<Vec<u8>, String> {
+    let first = group.first().ok_or("empty read")?;
+    let offset = first.offset as u64;
+    let len: u64 = group.iter().map(|c| c.clen as u64).sum();
+    let bytes = src.read(pack, offset, len)?;
+    if bytes.len() as u64 != len {
+        return Err(format!("read {} bytes, expected {len}", bytes.len()));
+    }
+    let mut out = Vec::with_capacity(group.iter().map(|c| c.len as usize).sum());
+    for c in group {
+        let at = (c.offset as u64 - offset) as usize;
         let frame = &bytes[at..at + c.clen as usize];
         out.extend_from_slice(&decode_frame(frame, c, 0).map_err(|x| x.to_string())?);
     }
     Ok(out)
+}
+
+/// Which sources served a stream, and which packs failed on which source
+/// (damaged, missing or unreadable there), for the report and for `sync`.
+#[derive(Debug, Default, Clone)]
+pub struct ReadReport {
+    /// Sources that served extents, in first-use order.
+    pub served: Vec<String>,
+    /// (source, pack) pairs that failed, in order.
+    pub failed: Vec<(String, String)>,
+}
+
+impl ReadReport {
+    fn served_by(&mut self, name: &str) {
+        if !self.served.iter().any(|n| n == name) {
+            self.served.push(name.to_string());
+        }
+    }
+    fn failed_on(&mut self, name: &str, pack: &str) {
+        let p = (name.to_string(), pack.to_string());
+        if !self.failed.contains(&p) {
+            self.failed.push(p);
+        }
+    }
+}
+
+/// The extents of `list`, each from the first source that serves it
+/// intact, sent downstream in bounded pieces.
+fn read_extents(
+    list: &ExtentList,
+    sources: &[Arc<dyn PackSource>],
+    report: &std::sync::Mutex<ReadReport>,
+    tx: &mpsc::SyncSender<Result<Vec<u8>, ReadError>>,
+) {
+    for e in &list.extents {
+        let fail = |why: Vec<String>| ReadError::Extent {
+            pack: e.pack.clone(),
+            offset: e.offset,
+            len: e.len,
+            why: why.join("; "),
+        };
+        let mut why = Vec::new();
+        // The index is the same on every source (checked against the
+        // pack's name): take the first that serves it.
+        let mut idx = None;
+        for s in sources {
+            match s.index(&e.pack).and_then(|i| {
+                i.covering(e.offset, e.len)
+                    .map(|_| ())
+                    .map_err(|x: PackError| x.to_string())
+                    .map(|_| i)
+            }) {
+                Ok(i) => {
+                    idx = Some(i);
+                    break;
+                }
+                Err(x) => {
+                    report.lock().expect("report").failed_on(s.name(), &e.pack);
+                    why.push(format!("{}: {x}", s.name()));
+                }
+            }
+        }
+        let Some(idx) = idx else {
+            let _ = tx.send(Err(fail(why)));
+            return;
+        };
+        let entries = idx.covering(e.offset, e.len).expect("checked above");
+        for g in groups(entries) {
+            let mut got = None;
+            let mut why = why.clone();
+            for s in sources {
+                match fetch_group(s.as_ref(), &e.pack, g) {
+                    Ok(b) => {
+                        report.lock().expect("report").served_by(s.name());
+                        got = Some(b);
+                        break;
+                    }
+                    Err(x) => {
+                        tracing::warn!(
+                            "target {}: {} {}+{}: {x}; trying the next target",
+                            s.name(),
+                            super::extents::pack_path(&e.pack),
+                            g[0].offset,
+                            g.iter().map(|c| c.clen as u64).sum::<u64>()
+                        );
+                        report.lock().expect("report").failed_on(s.name(), &e.pack);
+                        why.push(format!("{}: {x}", s.name()));
+                    }
+                }
+            }
+            let msg = got.ok_or_else(|| fail(why));
+            let stop = msg.is_err();
+            if tx.send(msg).is_err() || stop {
+                return;
+            }
+        }
+    }
 }
 
 /// Reads a stream back from its extents.
@@ -78,58 +204,17 @@ pub struct StreamReader {
     total: u64,
     limit: u64,
     failed: Option<ReadError>,
-    /// Which source served each extent, for the report.
-    served: Arc<std::sync::Mutex<Vec<String>>>,
+    report: Arc<std::sync::Mutex<ReadReport>>,
 }
 
 impl StreamReader {
-    /// Read `list` from `sources` (tried in order per extent); the stream
+    /// Read `list` from `sources` (tried in order per read); the stream
     /// must not exceed `limit` bytes (the recorded size).
     pub fn new(list: ExtentList, sources: Vec<Arc<dyn PackSource>>, limit: u64) -> StreamReader {
-        let (tx, rx) = mpsc::sync_channel(4);
-        let served = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let served2 = served.clone();
-        std::thread::spawn(move || {
-            for e in &list.extents {
-                let mut why = Vec::new();
-                let mut got = None;
-                for s in &sources {
-                    match fetch_extent(s.as_ref(), e) {
-                        Ok(b) => {
-                            got = Some(b);
-                            let mut sv = served2.lock().expect("served");
-                            if !sv.iter().any(|n| n == s.name()) {
-                                sv.push(s.name().to_string());
-                            }
-                            break;
-                        }
-                        Err(x) => {
-                            tracing::warn!(
-                                "target {}: {} {}+{}: {x}; trying the next target",
-                                s.name(),
-                                super::extents::pack_path(&e.pack),
-                                e.offset,
-                                e.len
-                            );
-                            why.push(format!("{}: {x}", s.name()));
-                        }
-                    }
-                }
-                let msg = match got {
-                    Some(b) => Ok(b),
-                    None => Err(ReadError::Extent {
-                        pack: e.pack.clone(),
-                        offset: e.offset,
-                        len: e.len,
-                        why: why.join("; "),
-                    }),
-                };
-                let stop = msg.is_err();
-                if tx.send(msg).is_err() || stop {
-                    return;
-                }
-            }
-        });
+        let (tx, rx) = mpsc::sync_channel(2);
+        let report = Arc::new(std::sync::Mutex::new(ReadReport::default()));
+        let r = report.clone();
+        std::thread::spawn(move || read_extents(&list, &sources, &r, &tx));
         StreamReader {
             rx,
             cur: Vec::new(),
@@ -138,7 +223,7 @@ impl StreamReader {
             total: 0,
             limit,
             failed: None,
-            served,
+            report,
         }
     }
 
@@ -151,7 +236,13 @@ impl StreamReader {
 
     /// The targets that served extents, in first-use order.
     pub fn served(&self) -> Vec<String> {
-        self.served.lock().expect("served").clone()
+        self.report.lock().expect("report").served.clone()
+    }
+
+    /// A handle on what was served and what failed, that outlives the
+    /// reader.
+    pub fn report_handle(&self) -> Arc<std::sync::Mutex<ReadReport>> {
+        self.report.clone()
     }
 }
 

@@ -3,8 +3,10 @@
 //! snapshot, which are reachable, which snapshot "latest" or a prefix means).
 //!
 //! A snapshot is *complete* on a target when its authenticated manifest (see
-//! [`crate::trust`]) and every archive it names (with the recorded size) are
-//! there. Each target is judged by its own copies: a manifest one target
+//! [`crate::trust`]), the extent lists it names and every pack those lists
+//! reference are there. Lists are named by their BLAKE3 (which the signed
+//! manifest records), so each distinct list is read once, from any target,
+//! and checked against its name. Each target is judged by its own copies: a manifest one target
 //! serves never vouches for another target's. Nothing a target serves is
 //! parsed before its signature verifies against a trusted key.
 //!
@@ -25,10 +27,10 @@ pub struct TargetView {
     /// Snapshot id -> manifest size (names that are not snapshot ids are
     /// never used to build a key or printed raw: they land in `others`).
     pub snapshots: BTreeMap<SnapshotId, u64>,
-    /// archive hash -> size
-    pub archives: HashMap<Hash, u64>,
-    /// `.b3sums` by archive hash -> size
-    pub b3sums: HashMap<Hash, u64>,
+    /// pack name -> size
+    pub packs: HashMap<Hash, u64>,
+    /// extent list hash -> size
+    pub lists: HashMap<Hash, u64>,
     /// signatures by snapshot id -> size
     pub signatures: HashMap<SnapshotId, u64>,
     /// Anything else under the policy's prefix (never deleted).
@@ -47,11 +49,11 @@ impl TargetView {
                 Some(Key::Signature { policy: p, id }) if &p == policy => {
                     v.signatures.insert(id, o.size);
                 }
-                Some(Key::Archive { policy: p, hash }) if &p == policy => {
-                    v.archives.insert(hash, o.size);
+                Some(Key::Pack { policy: p, name }) if &p == policy => {
+                    v.packs.insert(name, o.size);
                 }
-                Some(Key::B3sums { policy: p, hash }) if &p == policy => {
-                    v.b3sums.insert(hash, o.size);
+                Some(Key::List { policy: p, hash }) if &p == policy => {
+                    v.lists.insert(hash, o.size);
                 }
                 _ => v.others.push(o),
             }
@@ -64,18 +66,18 @@ impl TargetView {
         SnapshotId::new(id).is_ok_and(|id| self.snapshots.contains_key(&id))
     }
 
-    /// Does this target hold archive `hash` with `size` bytes?
-    pub fn has_archive(&self, hash: &str, size: u64) -> bool {
-        Hash::new(hash).is_ok_and(|h| self.archives.get(&h) == Some(&size))
-    }
-
-    /// The archives of `m` missing here (or of another size), for messages.
-    pub fn missing_archives(&self, m: &Manifest) -> Vec<String> {
-        m.sources
-            .iter()
-            .filter(|s| !self.has_archive(&s.archive_hash, s.archive_size))
-            .map(|s| format!("{} ({})", s.name, &s.archive_hash[..12]))
-            .collect()
+    /// What of snapshot `e` is missing here (lists, packs), for messages.
+    pub fn missing(&self, e: &Entry) -> Vec<String> {
+        let mut out = Vec::new();
+        let lists = e.lists.iter().filter(|l| !self.lists.contains_key(*l)).count();
+        if lists > 0 {
+            out.push(format!("{lists} extent list(s)"));
+        }
+        let packs = e.packs.iter().filter(|p| !self.packs.contains_key(*p)).count();
+        if packs > 0 {
+            out.push(format!("{packs} pack(s)"));
+        }
+        out
     }
 }
 
@@ -94,9 +96,16 @@ pub struct Entry {
     pub digest: [u8; 32],
     /// Who signed it.
     pub signer: PublicKey,
+    /// The extent lists its sources name (stream and index of each).
+    pub lists: Vec<Hash>,
+    /// Every pack those lists reference.
+    pub packs: std::sync::Arc<std::collections::BTreeSet<Hash>>,
+    /// Every list could be read from some target: `packs` is all of them
+    /// (prune deletes no pack while this is false for a live snapshot).
+    pub packs_known: bool,
     /// Targets (policy order) where the snapshot is complete.
     pub complete_on: Vec<String>,
-    /// Targets holding the manifest but missing archives, with what is missing.
+    /// Targets holding the manifest but missing lists or packs, with what.
     pub incomplete_on: Vec<(String, String)>,
 }
 
@@ -220,6 +229,44 @@ pub async fn read_authentic(
     })
 }
 
+/// The packs an extent list references, read once from the first reachable
+/// target listing it and checked against its name.
+async fn list_packs(
+    states: &[TargetState],
+    policy: &PolicyName,
+    list: &Hash,
+    size: u64,
+    cache: &mut HashMap<Hash, std::sync::Arc<std::collections::BTreeSet<Hash>>>,
+) -> Result<std::sync::Arc<std::collections::BTreeSet<Hash>>, String> {
+    if let Some(p) = cache.get(list) {
+        return Ok(p.clone());
+    }
+    let mut why = Vec::new();
+    for st in states {
+        let Ok(v) = &st.view else { continue };
+        if !v.lists.contains_key(list) {
+            continue;
+        }
+        match fetch::list(&st.target, policy, list, size).await {
+            Ok(l) => {
+                let packs: std::collections::BTreeSet<Hash> = l
+                    .packs()
+                    .into_iter()
+                    .filter_map(|p| Hash::new(p).ok())
+                    .collect();
+                let packs = std::sync::Arc::new(packs);
+                cache.insert(list.clone(), packs.clone());
+                return Ok(packs);
+            }
+            Err(e) => why.push(format!("{}: {e}", st.name())),
+        }
+    }
+    if why.is_empty() {
+        why.push("on no reachable target".into());
+    }
+    Err(why.join("; "))
+}
+
 impl Catalog {
     /// List every target, read and authenticate every manifest on each (each
     /// target is judged by its own copies), and merge what authenticated.
@@ -283,6 +330,8 @@ impl Catalog {
         drop(reads);
 
         let mut entries = Vec::new();
+        let mut list_cache: HashMap<Hash, std::sync::Arc<std::collections::BTreeSet<Hash>>> =
+            HashMap::new();
         for (id, (_, a)) in first {
             let digest = a.digest;
             let m = match Manifest::parse(&a.bytes) {
@@ -308,6 +357,25 @@ impl Catalog {
                     continue;
                 }
             };
+            let lists: Vec<Hash> = m
+                .sources
+                .iter()
+                .flat_map(|s| s.streams())
+                .filter_map(|st| Hash::new(&st.list).ok())
+                .collect();
+            let mut packs = std::collections::BTreeSet::new();
+            let mut unreadable_list = None;
+            for (l, size) in m
+                .sources
+                .iter()
+                .flat_map(|s| s.streams())
+                .filter_map(|st| Hash::new(&st.list).ok().map(|h| (h, st.list_size)))
+            {
+                match list_packs(&states, policy, &l, size, &mut list_cache).await {
+                    Ok(ps) => packs.extend(ps.iter().cloned()),
+                    Err(e) => unreadable_list = Some(e),
+                }
+            }
             let mut complete_on = Vec::new();
             let mut incomplete_on = Vec::new();
             for st in &states {
@@ -326,12 +394,24 @@ impl Catalog {
                         "holds a different signed manifest for this id".to_string(),
                     )),
                     Some(_) => {
-                        let missing = v.missing_archives(&m);
-                        if missing.is_empty() {
+                        let e = Entry {
+                            id: id.clone(),
+                            manifest: m.clone(),
+                            digest,
+                            signer: a.signer,
+                            lists: lists.clone(),
+                            packs: std::sync::Arc::new(packs.clone()),
+                            packs_known: unreadable_list.is_none(),
+                            complete_on: Vec::new(),
+                            incomplete_on: Vec::new(),
+                        };
+                        let missing = v.missing(&e);
+                        if let Some(why) = &unreadable_list {
+                            incomplete_on.push((name, format!("extent list unreadable: {why}")));
+                        } else if missing.is_empty() {
                             complete_on.push(name);
                         } else {
-                            incomplete_on
-                                .push((name, format!("missing archives: {}", missing.join(", "))));
+                            incomplete_on.push((name, format!("missing {}", missing.join(", "))));
                         }
                     }
                 }
@@ -341,6 +421,9 @@ impl Catalog {
                 manifest: m,
                 digest,
                 signer: a.signer,
+                lists,
+                packs: std::sync::Arc::new(packs),
+                packs_known: unreadable_list.is_none(),
                 complete_on,
                 incomplete_on,
             });

@@ -1,11 +1,11 @@
-//! Making a snapshot visible on a target, once every archive it names is
-//! there: the one commit sequence `run` and `sync` both use.
+//! Making a snapshot visible on a target, once every pack it references is
+//! there: the one commit sequence `run`, `sync` and repacking use.
 //!
-//! Order: each archive's `.b3sums` (unless already there with the same
-//! size), the restore instructions, the signature, and the manifest last,
-//! so a crash at any point leaves no snapshot (and every earlier one
-//! intact). Not here: delivering the archives themselves (`run` writes them
-//! through [`crate::storage::Upload`], `sync` copies them).
+//! Order: each extent list (unless already there with the same size), the
+//! restore instructions, the signature, and the manifest last, so a crash at
+//! any point leaves no snapshot (and every earlier one intact). Not here:
+//! the packs themselves (`run` uploads them as they fill, `sync` and the
+//! catch-up copy them with [`super::transfer`]).
 
 use super::layout::{Hash, InvalidName, Key, PolicyName, SnapshotId};
 use crate::archive::Manifest;
@@ -14,27 +14,31 @@ use crate::storage::{DynBackend, ObjectKey, StorageResult};
 /// Everything written to commit one snapshot, prepared once for all targets.
 pub struct Commit {
     pub id: SnapshotId,
-    b3sums: Vec<(ObjectKey, Vec<u8>)>,
+    lists: Vec<(ObjectKey, Vec<u8>)>,
     signature: (ObjectKey, Vec<u8>),
     manifest: (ObjectKey, Vec<u8>),
 }
 
 impl Commit {
     /// `json`: the manifest's exact bytes (as signed); `signature`: its
-    /// signature file.
-    pub fn new(m: &Manifest, json: Vec<u8>, signature: Vec<u8>) -> Result<Commit, InvalidName> {
+    /// signature file; `lists`: the text of every extent list it names,
+    /// by hash (checked here against the hash).
+    pub fn new(
+        m: &Manifest,
+        json: Vec<u8>,
+        signature: Vec<u8>,
+        lists: Vec<(Hash, Vec<u8>)>,
+    ) -> Result<Commit, InvalidName> {
         let policy = PolicyName::new(&m.policy)?;
         let id = SnapshotId::new(&m.id)?;
-        let mut b3sums = Vec::new();
-        for rec in &m.sources {
-            let key = Key::B3sums {
+        let mut objects = Vec::new();
+        for (hash, text) in lists {
+            debug_assert_eq!(Hash::of(&blake3::hash(&text)), hash);
+            let key = Key::List {
                 policy: policy.clone(),
-                hash: Hash::new(&rec.archive_hash)?,
+                hash,
             };
-            b3sums.push((
-                key.object(),
-                crate::archive::manifest::b3sums(&rec.files).into_bytes(),
-            ));
+            objects.push((key.object(), text));
         }
         let signature_key = Key::Signature {
             policy: policy.clone(),
@@ -46,7 +50,7 @@ impl Commit {
         };
         Ok(Commit {
             id,
-            b3sums,
+            lists: objects,
             signature: (signature_key.object(), signature),
             manifest: (manifest_key.object(), json),
         })
@@ -54,9 +58,9 @@ impl Commit {
 
     /// Write the snapshot's small objects to `t`, manifest last.
     pub async fn apply(&self, t: &DynBackend) -> StorageResult<()> {
-        for (key, sums) in &self.b3sums {
-            if t.stat(key).await? != Some(sums.len() as u64) {
-                t.put_bytes(key, sums.clone()).await?;
+        for (key, text) in &self.lists {
+            if t.stat(key).await? != Some(text.len() as u64) {
+                t.put_bytes(key, text.clone()).await?;
             }
         }
         t.put_bytes(

@@ -5,10 +5,16 @@
 //! - [`signature`], [`manifest`]: the small objects, read bounded (what a
 //!   hostile target serves never reaches memory unbounded); authenticating
 //!   them is the catalog's job.
-//! - [`unpack`]: an archive streamed into an unpacker (restore, verify),
-//!   which checks the archive hash and the manifest's sizes as it goes.
-//! - [`download`]: an archive into a local file (sync), size-bounded and
-//!   hash-checked.
+//! - [`list`]: an extent list, bounded and checked against its name.
+//! - [`Packs`]: a target's packs as a [`crate::pack::reader::PackSource`]:
+//!   pack indexes checked against the pack's name (and cached locally by
+//!   name), ranged reads of frames.
+//! - [`unpack`]: a source's tar stream reassembled from its extents (every
+//!   chunk checked, each extent from the first target that serves it intact)
+//!   into an unpacker (restore, verify), which checks the stream's hash and
+//!   the file index's sizes as it goes.
+//! - [`pack`], [`list_bytes`]: whole objects for copying (sync, catch-up),
+//!   checked against their names.
 //! - [`first_intact`]: try targets in order until one serves intact bytes;
 //!   [`unpack_first_intact`] is restore's use of it.
 //!
@@ -18,11 +24,16 @@
 use super::catalog::{Catalog, Entry, Holding};
 use super::layout::{Hash, Key, PolicyName, SnapshotId};
 use crate::archive::beneath::Dir;
+use crate::archive::manifest::{FileRecord, StreamRef};
 use crate::archive::{self, Expected, ExtractError, ExtractOptions, Progress, SourceRecord};
 use crate::error::CodedError;
+use crate::pack::extents::ExtentList;
+use crate::pack::format::{decode_frame, PackIndex};
+use crate::pack::reader::{PackSource, ReadReport, StreamReader};
 use crate::storage::DynBackend;
+use std::collections::HashMap;
 use std::future::Future;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,6 +45,9 @@ pub const MAX_MANIFEST_BYTES: u64 = crate::archive::manifest::MAX_MANIFEST_BYTES
 pub enum FetchError {
     /// Try the next target.
     Skip(String),
+    /// The data read was refused (with which packs failed where): try the
+    /// next target.
+    Damaged(String, ReadReport),
     /// Stop: a local problem.
     Fatal(anyhow::Error),
 }
@@ -81,115 +95,320 @@ pub async fn manifest(
         .map_err(|e| e.to_string())
 }
 
-fn archive_key(policy: &PolicyName, hash: &str) -> Result<crate::storage::ObjectKey, String> {
-    let hash = Hash::new(hash).map_err(|e| e.to_string())?;
-    Ok(Key::Archive {
-        policy: policy.clone(),
-        hash,
-    }
-    .object())
+/// The extent list `hash` of `policy` from `t`: at most `size` bytes (what
+/// the signed manifest records), hashing to its name, parsed.
+pub async fn list(
+    t: &DynBackend,
+    policy: &PolicyName,
+    hash: &Hash,
+    size: u64,
+) -> Result<ExtentList, String> {
+    let bytes = list_bytes(t, policy, hash, size).await?;
+    ExtentList::parse(&bytes)
 }
 
-/// Fetch one archive from `t` and unpack it into the directory `dest`,
-/// checking the archive hash and, as it streams, the sizes the manifest
-/// records (see [`archive::Expected`]). The caller compares the files.
-pub async fn unpack(
+/// The bytes of extent list `hash`, bounded and checked against its name.
+pub async fn list_bytes(
     t: &DynBackend,
+    policy: &PolicyName,
+    hash: &Hash,
+    size: u64,
+) -> Result<Vec<u8>, String> {
+    let key = Key::List {
+        policy: policy.clone(),
+        hash: hash.clone(),
+    };
+    let limit = size.min(crate::pack::extents::MAX_LIST_BYTES);
+    let bytes = t
+        .get_limited(&key.object(), limit)
+        .await
+        .map_err(|e| e.to_string())?;
+    if Hash::of(&blake3::hash(&bytes)) != *hash {
+        return Err(format!("extent list {hash} does not hash to its name (damaged or altered)"));
+    }
+    Ok(bytes)
+}
+
+/// A whole pack from `t`, checked: its index hashes to its name, and every
+/// frame decompresses to its chunk id (what `sync` copies and `verify
+/// --read-all` re-hashes).
+pub async fn pack(t: &DynBackend, policy: &PolicyName, name: &Hash) -> Result<Vec<u8>, String> {
+    let key = Key::Pack {
+        policy: policy.clone(),
+        name: name.clone(),
+    };
+    let bytes = t
+        .get_limited(&key.object(), crate::pack::format::PACK_MAX)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = name.clone();
+    tokio::task::spawn_blocking(move || {
+        check_pack(&bytes, &name)?;
+        Ok(bytes)
+    })
+    .await
+    .expect("pack check panicked")
+}
+
+/// Every byte of a pack checked against its name.
+pub fn check_pack(bytes: &[u8], name: &Hash) -> Result<(), String> {
+    let idx = PackIndex::from_tail(bytes, bytes.len() as u64, name)
+        .map_err(|e| e.to_string())?
+        .map_err(|_| "pack shorter than its index".to_string())?;
+    for e in &idx.entries {
+        let f = &bytes[e.offset as usize..(e.offset + e.clen) as usize];
+        decode_frame(f, e, 0).map_err(|x| x.to_string())?;
+    }
+    Ok(())
+}
+
+/// Pack indexes are kept here, by name (they are checked against the name
+/// each time they are read, so the cache needs no trust).
+fn cache_path(cache: &Path, name: &str) -> PathBuf {
+    cache.join(&name[..2]).join(format!("{name}.idx"))
+}
+
+/// One target's packs, read from a blocking thread.
+pub struct Packs {
+    target: DynBackend,
+    policy: PolicyName,
+    runtime: tokio::runtime::Handle,
+    cache: Option<PathBuf>,
+    indexes: std::sync::Mutex<HashMap<String, Arc<PackIndex>>>,
+}
+
+impl Packs {
+    /// `cache`: a local directory for pack indexes (the state dir's cache).
+    pub fn new(target: &DynBackend, policy: &PolicyName, cache: Option<&Path>) -> Arc<Packs> {
+        Arc::new(Packs {
+            target: target.clone(),
+            policy: policy.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            cache: cache.map(Path::to_path_buf),
+            indexes: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn key(&self, name: &str) -> Result<crate::storage::ObjectKey, String> {
+        Ok(Key::Pack {
+            policy: self.policy.clone(),
+            name: Hash::new(name).map_err(|e| e.to_string())?,
+        }
+        .object())
+    }
+
+    /// The index of pack `name` (blocking; from the cache or the target).
+    pub fn index_blocking(&self, name: &str) -> Result<Arc<PackIndex>, String> {
+        if let Some(i) = self.indexes.lock().expect("indexes").get(name) {
+            return Ok(i.clone());
+        }
+        let idx = Arc::new(self.load_index(name)?);
+        self.indexes
+            .lock()
+            .expect("indexes")
+            .insert(name.to_string(), idx.clone());
+        Ok(idx)
+    }
+
+    /// The index of pack `name` from the local cache or the target (checked
+    /// against the name), not kept in memory (blocking).
+    pub fn load_index(&self, name: &str) -> Result<PackIndex, String> {
+        if let Some(c) = &self.cache {
+            if let Ok(b) = std::fs::read(cache_path(c, name)) {
+                if b.len() >= 8 {
+                    let len = u64::from_le_bytes(b[..8].try_into().unwrap());
+                    if let Ok(Ok(idx)) = PackIndex::from_tail(&b[8..], len, name) {
+                        return Ok(idx);
+                    }
+                }
+            }
+        }
+        let key = self.key(name)?;
+        let t = self.target.clone();
+        let (len, tail) = self.runtime.block_on(async move {
+            let len = t
+                .stat(&key)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "pack missing".to_string())?;
+            if len > crate::pack::format::PACK_MAX {
+                return Err("pack larger than any pack".to_string());
+            }
+            let mut want = len.min(64 << 10);
+            loop {
+                let tail = t
+                    .get_range(&key, len - want, want)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .read_to_end_bounded(want)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let hash = Hash::new(name).map_err(|e| e.to_string())?;
+                match PackIndex::from_tail(&tail, len, &hash).map_err(|e| e.to_string())? {
+                    Ok(_) => return Ok((len, tail)),
+                    Err(need) if (need as u64) > want && (need as u64) <= len => want = need as u64,
+                    Err(_) => return Err("malformed pack index".to_string()),
+                }
+            }
+        })?;
+        let idx = PackIndex::from_tail(&tail, len, name)
+            .map_err(|e| e.to_string())?
+            .map_err(|_| "short pack index".to_string())?;
+        if let Some(c) = &self.cache {
+            let p = cache_path(c, name);
+            if let Some(dir) = p.parent() {
+                let _ = crate::util::create_private_dir_all(dir);
+            }
+            let mut b = len.to_le_bytes().to_vec();
+            b.extend_from_slice(&tail);
+            let _ = std::fs::write(&p, b);
+        }
+        Ok(idx)
+    }
+}
+
+impl PackSource for Packs {
+    fn name(&self) -> &str {
+        self.target.name()
+    }
+    fn index(&self, pack: &str) -> Result<Arc<PackIndex>, String> {
+        self.index_blocking(pack)
+    }
+    fn read(&self, pack: &str, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+        let key = self.key(pack)?;
+        let t = self.target.clone();
+        self.runtime.block_on(async move {
+            let r = t
+                .get_range(&key, offset, len)
+                .await
+                .map_err(|e| e.to_string())?;
+            r.read_to_end_bounded(len).await.map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// A source's file index (its records, in stream order), reassembled from
+/// `sources` (tried in order per extent), bounded by the recorded size.
+pub async fn read_index(
+    sources: &[Arc<Packs>],
+    policy: &PolicyName,
+    rec: &SourceRecord,
+) -> Result<Vec<FileRecord>, String> {
+    let list = list_from(sources, policy, &rec.index).await?;
+    let srcs: Vec<Arc<dyn PackSource>> = sources
+        .iter()
+        .map(|p| p.clone() as Arc<dyn PackSource>)
+        .collect();
+    let (size, want) = (rec.index.size, rec.index.blake3.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut r = StreamReader::new(list, srcs, size);
+        let mut text = Vec::new();
+        r.read_to_end(&mut text).map_err(|e| e.to_string())?;
+        let (hash, len) = r.finish().map_err(|e| e.to_string())?;
+        if hash != want || len != size {
+            return Err("the file index does not match its hash in the manifest".to_string());
+        }
+        let mut out = Vec::new();
+        for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let rec: FileRecord = serde_json::from_slice(line)
+                .map_err(|e| format!("file index: invalid record: {e}"))?;
+            rec.path_bytes()?;
+            out.push(rec);
+        }
+        Ok(out)
+    })
+    .await
+    .expect("index task panicked")
+}
+
+/// A stream's extent list from the first of `sources` that serves it.
+async fn list_from(
+    sources: &[Arc<Packs>],
+    policy: &PolicyName,
+    st: &StreamRef,
+) -> Result<ExtentList, String> {
+    let hash = Hash::new(&st.list).map_err(|e| e.to_string())?;
+    let mut why = Vec::new();
+    for s in sources {
+        match list(&s.target, policy, &hash, st.list_size).await {
+            Ok(l) => return Ok(l),
+            Err(e) => why.push(format!("{}: {e}", s.target.name())),
+        }
+    }
+    Err(format!("extent list {hash}: {}", why.join("; ")))
+}
+
+/// Reassemble one source's tar stream from `sources` (tried in order for
+/// each extent) and unpack it into the directory `dest`, checking the
+/// stream's hash and the file index's sizes as it goes. Returns the report,
+/// the file index and the targets that served it. The caller compares files.
+pub async fn unpack(
+    sources: &[Arc<Packs>],
     policy: &PolicyName,
     record: &SourceRecord,
     dest: &Dir,
     opts: &ExtractOptions,
     label: &str,
-) -> Result<archive::ExtractReport, FetchError> {
+) -> Result<Unpack, FetchError> {
+    let index = read_index(sources, policy, record)
+        .await
+        .map_err(FetchError::Skip)?;
     let mut opts = opts.clone();
-    if opts.expect.is_none() {
-        opts.expect = Some(Arc::new(
-            Expected::from_record(record).map_err(FetchError::Skip)?,
-        ));
-    }
-    let key = archive_key(policy, &record.archive_hash).map_err(FetchError::Skip)?;
-    let stream = match t.get(&key).await {
-        Ok(s) => s,
-        Err(e) => return Err(FetchError::Skip(e.to_string())),
-    };
+    opts.expect = Some(Arc::new(
+        Expected::from_index(record, &index).map_err(FetchError::Skip)?,
+    ));
+    let list = list_from(sources, policy, &record.stream)
+        .await
+        .map_err(FetchError::Skip)?;
     let progress = Arc::new(Progress::default());
     opts.progress = Some(progress.clone());
     let bar = opts
         .display
         .task(label, Some(record.content_size), progress);
-    let reader = stream.into_blocking_read();
     let fd = dest
         .fd
         .try_clone()
         .map_err(|e| FetchError::Fatal(anyhow::anyhow!("{}: {e}", dest.path.display())))?;
-    let (hash, path) = (record.archive_hash.clone(), dest.path.clone());
+    let srcs: Vec<Arc<dyn PackSource>> = sources
+        .iter()
+        .map(|p| p.clone() as Arc<dyn PackSource>)
+        .collect();
+    let (hash, path, size) = (
+        record.stream.blake3.clone(),
+        dest.path.clone(),
+        record.stream.size,
+    );
     let res = tokio::task::spawn_blocking(move || {
         use std::os::fd::AsFd;
-        archive::extract(reader, Some(&hash), fd.as_fd(), &path, &opts)
+        let reader = StreamReader::new(list, srcs, size);
+        let read = reader.report_handle();
+        let r = archive::extract(reader, Some(&hash), fd.as_fd(), &path, &opts);
+        let read = read.lock().expect("report").clone();
+        (r, read)
     })
     .await
     .expect("extract task panicked");
     drop(bar);
     match res {
-        Ok(report) => Ok(report),
-        Err(ExtractError::Io { path, source }) => Err(FetchError::Fatal(anyhow::anyhow!(
+        (Ok(report), read) => Ok(Unpack {
+            report,
+            index,
+            read,
+        }),
+        (Err(ExtractError::Io { path, source }), _) => Err(FetchError::Fatal(anyhow::anyhow!(
             "writing {path}: {source}"
         ))),
-        Err(e) => Err(FetchError::Skip(e.to_string())),
+        (Err(e), read) => Err(FetchError::Damaged(e.to_string(), read)),
     }
 }
 
-/// Download `policy`'s archive `hash` from `t` into `dest`, checking its size
-/// and BLAKE3 on the way; a download that exceeds the recorded size stops at
-/// once.
-pub async fn download(
-    t: &DynBackend,
-    policy: &PolicyName,
-    hash: &Hash,
-    size: u64,
-    dest: &Path,
-) -> Result<(), String> {
-    let key = Key::Archive {
-        policy: policy.clone(),
-        hash: hash.clone(),
-    };
-    let stream = t.get(&key.object()).await.map_err(|e| e.to_string())?;
-    // One byte past the recorded size is enough to know it is exceeded.
-    let mut reader = stream.into_blocking_read().take(size.saturating_add(1));
-    let (dest, hash) = (dest.to_path_buf(), hash.clone());
-    tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let mut f = crate::util::create_private_file(&dest)
-            .map_err(|e| format!("creating {}: {e}", dest.display()))?;
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0u64;
-        loop {
-            let k = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(k) => k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("reading the archive failed: {e}")),
-            };
-            h.update(&buf[..k]);
-            n += k as u64;
-            if n > size {
-                return Err(format!(
-                    "damaged copy: the target serves more than the recorded {size} bytes"
-                ));
-            }
-            f.write_all(&buf[..k])
-                .map_err(|e| format!("writing {}: {e}", dest.display()))?;
-        }
-        let got = Hash::of(&h.finalize());
-        if n != size || got != hash {
-            return Err(format!(
-                "damaged copy: {n} bytes hashing to {got}, expected {size} bytes hashing to {hash}"
-            ));
-        }
-        Ok(())
-    })
-    .await
-    .expect("download task panicked")
+/// One source unpacked by [`unpack`].
+pub struct Unpack {
+    pub report: archive::ExtractReport,
+    /// The file index the files were checked against.
+    pub index: Vec<FileRecord>,
+    /// Which targets served it, and which packs failed where.
+    pub read: ReadReport,
 }
 
 /// What [`first_intact`] got, from which target, and the targets skipped
@@ -248,7 +467,7 @@ where
                     skipped,
                 })
             }
-            Err(FetchError::Skip(msg)) => {
+            Err(FetchError::Skip(msg) | FetchError::Damaged(msg, _)) => {
                 tracing::warn!("target {}: {what}: {msg}; trying the next target", t.name());
                 skipped.push((t.name().to_string(), msg));
             }
@@ -263,12 +482,67 @@ pub struct Unpacked {
     /// The fresh hidden directory (mode 0700) holding the files.
     pub dir: PathBuf,
     pub report: archive::ExtractReport,
+    /// (target, pack) pairs that failed and were read elsewhere.
+    pub damaged: Vec<(String, String)>,
 }
 
-/// Fetch and unpack one source's archive of snapshot `entry` from the first
-/// target (policy order) that holds the snapshot and serves intact bytes,
-/// into a fresh hidden directory (mode 0700) in `parent`, and check the
-/// files against the manifest (with `include`, only the selected ones).
+/// The targets holding `entry` complete, as pack sources (policy order),
+/// and the others with why they are not used.
+pub fn sources_for(
+    catalog: &Catalog,
+    entry: &Entry,
+    cache: Option<&Path>,
+) -> (Vec<Arc<Packs>>, Vec<(String, String)>) {
+    let mut sources = Vec::new();
+    let mut skipped = Vec::new();
+    for st in &catalog.targets {
+        let name = st.name().to_string();
+        match catalog.holding(st, entry) {
+            Holding::Holds if entry.is_complete_on(&name) => {
+                sources.push(Packs::new(&st.target, &catalog.policy, cache))
+            }
+            Holding::Holds => skipped.push((
+                name,
+                "holds the snapshot incompletely (see `list`)".to_string(),
+            )),
+            Holding::Unreachable(_) => skipped.push((name, "unreachable".to_string())),
+            Holding::NotUsed(Some(d)) => {
+                skipped.push((name, format!("its copy is not used: {}", d.reason)))
+            }
+            Holding::Absent | Holding::NotUsed(None) => {
+                skipped.push((name, "does not hold this snapshot".to_string()))
+            }
+        }
+    }
+    (sources, skipped)
+}
+
+/// The file index of source `rec` of `entry`, from the targets holding it
+/// complete (failing over per extent).
+pub async fn index_of(
+    catalog: &Catalog,
+    entry: &Entry,
+    rec: &SourceRecord,
+) -> anyhow::Result<Vec<FileRecord>> {
+    let (sources, skipped) = sources_for(catalog, entry, None);
+    if sources.is_empty() {
+        return Err(CodedError::failure(format!(
+            "source {}: no target holds the snapshot complete ({})",
+            rec.name,
+            Failover::why(&skipped)
+        ))
+        .into());
+    }
+    read_index(&sources, &catalog.policy, rec)
+        .await
+        .map_err(|e| CodedError::failure(format!("source {}: file index: {e}", rec.name)).into())
+}
+
+/// Unpack one source of snapshot `entry` into a fresh hidden directory (mode
+/// 0700) in `parent`, each extent from the first target (policy order) that
+/// holds the snapshot and serves it intact, and check the files against the
+/// file index (with `include`, only the selected ones). `target` is the
+/// first target that served it; `skipped` the targets not used, with why.
 pub async fn unpack_first_intact(
     catalog: &Catalog,
     entry: &Entry,
@@ -276,97 +550,75 @@ pub async fn unpack_first_intact(
     parent: &Dir,
     opts: &ExtractOptions,
     include: Option<&crate::archive::Include>,
+    cache: Option<&Path>,
 ) -> anyhow::Result<Fetched<Unpacked>> {
-    let mut opts = opts.clone();
-    opts.expect =
-        Some(Arc::new(Expected::from_record(rec).map_err(|e| {
-            CodedError::failure(format!("source {}: {e}", rec.name))
-        })?));
-    let candidates: Vec<_> = catalog
-        .targets
-        .iter()
-        .map(|st| {
-            let name = st.name().to_string();
-            match catalog.holding(st, entry) {
-                Holding::Holds => Ok(&st.target),
-                Holding::Unreachable(_) => Err((name, "unreachable".to_string())),
-                Holding::NotUsed(Some(d)) => {
-                    Err((name, format!("its copy is not used: {}", d.reason)))
-                }
-                Holding::Absent | Holding::NotUsed(None) => {
-                    Err((name, "does not hold this snapshot".to_string()))
-                }
-            }
-        })
-        .collect();
-    let attempt = |t: &DynBackend| {
-        let (t, opts) = (t.clone(), &opts);
-        async move {
-            let staging_dir = parent.create_fresh(".backupctl-restore-").map_err(|e| {
-                FetchError::Fatal(anyhow::anyhow!(
-                    "creating a staging directory in {}: {e}",
-                    parent.path.display()
-                ))
-            })?;
-            let dir = staging_dir.path.clone();
-            let r = unpack(&t, &catalog.policy, rec, &staging_dir, opts, &rec.name).await;
-            drop(staging_dir);
-            let r = r.and_then(|report| {
-                let problems = archive::reader::compare_files(&rec.files, &report.files, include);
-                if problems.is_empty() {
-                    Ok(report)
-                } else {
-                    Err(FetchError::Skip(format!(
-                        "files do not match the manifest: {}",
-                        problems.join("; ")
-                    )))
-                }
-            });
-            if r.is_err() {
-                let _ = std::fs::remove_dir_all(&dir);
-            }
-            r.map(|report| Unpacked { dir, report })
-        }
-    };
-    match first_intact(candidates, &format!("source {}", rec.name), attempt).await {
-        Ok(f) => Ok(f),
-        Err(Failover::Fatal(e)) => Err(e),
-        Err(Failover::Exhausted(skipped)) => Err(CodedError::failure(format!(
+    let (sources, mut skipped) = sources_for(catalog, entry, cache);
+    if sources.is_empty() {
+        return Err(CodedError::failure(format!(
             "source {}: no target could provide an intact copy ({})",
             rec.name,
             Failover::why(&skipped)
         ))
-        .into()),
+        .into());
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_download_larger_than_recorded_stops_at_the_recorded_size() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("t");
-        std::fs::create_dir_all(root.join("p/archives")).unwrap();
-        std::fs::write(root.join(crate::storage::MARKER_NAME), "{}\n").unwrap();
-        let hash = "a".repeat(64);
-        // 16 MiB served where 1000 bytes are recorded.
-        std::fs::write(
-            root.join(format!("p/archives/{hash}.tar.zst")),
-            vec![7u8; 16 << 20],
+    let staging_dir = parent.create_fresh(".backupctl-restore-").map_err(|e| {
+        anyhow::anyhow!(
+            "creating a staging directory in {}: {e}",
+            parent.path.display()
         )
-        .unwrap();
-        let spec = crate::config::FsTargetSpec {
-            path: root,
-            location: "here".into(),
-            create: false,
-        };
-        let t: DynBackend = std::sync::Arc::new(crate::storage::fs::FsBackend::new("t", &spec));
-        let dest = dir.path().join("download");
-        let (p, h) = (PolicyName::new("p").unwrap(), Hash::new(&hash).unwrap());
-        let e = download(&t, &p, &h, 1000, &dest).await.unwrap_err();
-        assert!(e.contains("more than the recorded 1000 bytes"), "{e}");
-        assert!(std::fs::metadata(&dest).unwrap().len() <= 1000);
+    })?;
+    let dir = staging_dir.path.clone();
+    let r = unpack(&sources, &catalog.policy, rec, &staging_dir, opts, &rec.name).await;
+    drop(staging_dir);
+    let r = match r {
+        Ok(u) => {
+            let problems = archive::reader::compare_files(&u.index, &u.report.files, include);
+            if problems.is_empty() {
+                Ok((u.report, u.read))
+            } else {
+                Err(FetchError::Skip(format!(
+                    "files do not match the file index: {}",
+                    problems.join("; ")
+                )))
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok((report, read)) => {
+            let target = read.served.first().cloned().unwrap_or_default();
+            for s in &sources {
+                if !read.served.iter().any(|n| n == s.target.name()) {
+                    skipped.push((s.target.name().to_string(), "not needed".to_string()));
+                }
+            }
+            Ok(Fetched {
+                value: Unpacked {
+                    dir,
+                    report,
+                    damaged: read.failed,
+                },
+                target,
+                skipped,
+            })
+        }
+        Err(FetchError::Fatal(e)) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+        Err(FetchError::Skip(msg) | FetchError::Damaged(msg, _)) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(CodedError::failure(format!(
+                "source {}: no target could provide an intact copy ({msg}{})",
+                rec.name,
+                if skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", Failover::why(&skipped))
+                }
+            ))
+            .into())
+        }
     }
 }
+

@@ -5,8 +5,8 @@
 //! ```text
 //! <root>/backupctl-target.json                the marker (see crate::storage)
 //! <root>/RESTORE-README.txt                   how to restore by hand
-//! <root>/<policy>/archives/<blake3>.tar.zst   one per source version
-//! <root>/<policy>/archives/<blake3>.b3sums    per-file hashes, b3sum --check format
+//! <root>/<policy>/packs/<hh>/<name>.pack      chunks (zstd frames) and their index
+//! <root>/<policy>/lists/<blake3>.extents      where a stream's chunks are (text)
 //! <root>/<policy>/snapshots/<id>.sig          its signature (written just before)
 //! <root>/<policy>/snapshots/<id>.json         the manifest, written last
 //! ```
@@ -102,7 +102,7 @@ name_type!(
     is_snapshot_id
 );
 name_type!(
-    /// A BLAKE3 digest in lowercase hex: what names an archive.
+    /// A BLAKE3 digest in lowercase hex: what names a pack or a list.
     Hash,
     "BLAKE3 hash",
     crate::archive::manifest::is_hash
@@ -166,11 +166,13 @@ pub enum Key {
         policy: PolicyName,
         id: SnapshotId,
     },
-    Archive {
+    /// A pack, named by the BLAKE3 of its index (see [`crate::pack::format`]).
+    Pack {
         policy: PolicyName,
-        hash: Hash,
+        name: Hash,
     },
-    B3sums {
+    /// An extent list, named by the BLAKE3 of its text.
+    List {
         policy: PolicyName,
         hash: Hash,
     },
@@ -191,8 +193,10 @@ impl Key {
             Key::RestoreReadme => RESTORE_FILE.to_string(),
             Key::Manifest { policy, id } => format!("{policy}/snapshots/{id}.json"),
             Key::Signature { policy, id } => format!("{policy}/snapshots/{id}.sig"),
-            Key::Archive { policy, hash } => format!("{policy}/archives/{hash}.tar.zst"),
-            Key::B3sums { policy, hash } => format!("{policy}/archives/{hash}.b3sums"),
+            Key::Pack { policy, name } => {
+                format!("{policy}/{}", crate::pack::extents::pack_path(name))
+            }
+            Key::List { policy, hash } => format!("{policy}/lists/{hash}.extents"),
             Key::Probe(hex) => format!(".backupctl-probe-{hex}"),
         };
         ObjectKey::new(s).expect("layout keys are valid")
@@ -212,6 +216,13 @@ impl Key {
         }
         let (policy, rest) = s.split_once('/')?;
         let policy = PolicyName::new(policy).ok()?;
+        if rest.starts_with("packs/") {
+            let name = crate::pack::extents::name_of_path(rest)?;
+            return Some(Key::Pack {
+                policy,
+                name: Hash::new(name).ok()?,
+            });
+        }
         let (dir, file) = rest.split_once('/')?;
         let (stem, ext) = file.split_once('.')?;
         match (dir, ext) {
@@ -223,11 +234,7 @@ impl Key {
                 policy,
                 id: SnapshotId::new(stem).ok()?,
             }),
-            ("archives", "tar.zst") => Some(Key::Archive {
-                policy,
-                hash: Hash::new(stem).ok()?,
-            }),
-            ("archives", "b3sums") => Some(Key::B3sums {
+            ("lists", "extents") => Some(Key::List {
                 policy,
                 hash: Hash::new(stem).ok()?,
             }),
@@ -239,11 +246,6 @@ impl Key {
 /// Every key of `policy`'s data.
 pub fn policy_prefix(policy: &PolicyName) -> Prefix {
     Prefix::new(format!("{policy}/")).expect("policy names are valid keys")
-}
-
-/// The directory archives are written into ([`crate::storage::Backend::upload`]).
-pub fn archives_dir(policy: &PolicyName) -> ObjectKey {
-    ObjectKey::new(format!("{policy}/archives")).expect("policy names are valid keys")
 }
 
 #[cfg(test)]
@@ -266,11 +268,11 @@ mod tests {
                 policy: p.clone(),
                 id: id.clone(),
             },
-            Key::Archive {
+            Key::Pack {
                 policy: p.clone(),
-                hash: h.clone(),
+                name: h.clone(),
             },
-            Key::B3sums {
+            Key::List {
                 policy: p.clone(),
                 hash: h.clone(),
             },
@@ -279,21 +281,22 @@ mod tests {
             assert_eq!(Key::parse(&k.object()), Some(k.clone()), "{k:?}");
         }
         assert_eq!(
-            Key::Archive {
+            Key::Pack {
                 policy: p.clone(),
-                hash: h.clone()
+                name: h.clone()
             }
             .object()
             .as_str(),
-            format!("shop/archives/{h}.tar.zst")
+            format!("shop/packs/ab/{h}.pack")
         );
         for stranger in [
             "shop/snapshots/latest.json",
             "shop/snapshots/20260101T000000Z-0123abcd.json.bak",
-            "shop/archives/ABAB.tar.zst",
+            "shop/lists/ABAB.extents",
+            "shop/packs/cd/ab.pack",
             "shop/other/x.json",
             ".shop/snapshots/20260101T000000Z-0123abcd.json",
-            "shop/archives/x/y.tar.zst",
+            "shop/lists/x/y.extents",
         ] {
             assert_eq!(Key::parse(&ObjectKey::new(stranger).unwrap()), None);
         }

@@ -7,6 +7,7 @@
 //! - [`fetch`]: the bounded, hash-checked downloads, with failover.
 //! - [`commit`]: the write sequence that makes a snapshot visible.
 //! - [`readme`]: the restore-by-hand instructions at every target's root.
+//! - [`transfer`]: copying packs and lists a target lacks from another.
 //!
 //! Storage mechanics (fs temporaries, S3 multipart) are [`crate::storage`]'s;
 //! the archive format is [`crate::archive`]'s; what a command does with all
@@ -17,6 +18,7 @@ pub mod commit;
 pub mod fetch;
 pub mod layout;
 pub mod readme;
+pub mod transfer;
 
 pub use catalog::{Catalog, Damaged, Entry, Holding, TargetState, TargetView};
 pub use commit::Commit;

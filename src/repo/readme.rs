@@ -1,6 +1,6 @@
 //! The plain-text restore instructions at every target's root
 //! ([`super::layout::RESTORE_FILE`]): how an operator restores with stock
-//! tools (zstd, tar, b3sum) and no backupctl. A CI test follows them
+//! tools (sh, tail, head, zstd, tar, b3sum) and no backupctl. A CI test follows them
 //! (`tests/deployment.rs`). When they are written is [`super::commit`]'s
 //! and `init`'s business.
 
@@ -16,41 +16,63 @@ directory (or bucket prefix); no local state from the backed-up machine is neede
 Layout
 ------
   <policy>/snapshots/<snapshot-id>.json    one manifest per snapshot (JSON):
-                                           time, host, and per source its archive
-                                           hash and the BLAKE3 of every file
+                                           time, host, and per source its
+                                           "stream" (the tar stream) and "index"
+                                           (one JSON line per file), each with
+                                           "blake3" (of the uncompressed stream)
+                                           and "list" (its extent list)
   <policy>/snapshots/<snapshot-id>.sig     its Ed25519 signature by the backup
                                            host's key (backupctl refuses manifests
                                            that are unsigned or signed by a key it
                                            does not trust; a manual restore can
                                            skip it)
-  <policy>/archives/<hash>.tar.zst         one plain tar archive, zstd-compressed,
-                                           per source and version; <hash> is the
-                                           BLAKE3 of the .tar.zst file itself
-  <policy>/archives/<hash>.b3sums          BLAKE3 of every file in that archive,
-                                           in `b3sum --check` format
+  <policy>/lists/<list>.extents            where a stream's compressed bytes are,
+                                           in order: one line "PACK OFFSET LENGTH"
+                                           per extent, PACK relative to <policy>/;
+                                           <list> is the BLAKE3 of the file
+  <policy>/packs/<hh>/<name>.pack          chunks shared by all snapshots: zstd
+                                           frames back to back, then the pack's
+                                           own index; <name> is the BLAKE3 of the
+                                           pack file
+
+The bytes an extent list names, concatenated in order, are whole zstd frames;
+decompressed, they are a plain tar stream.
 
 Snapshot ids start with the UTC time they were taken (YYYYMMDDTHHMMSSZ), so the
 newest manifest sorts last.
 
-Steps (tools: zstd, tar, b3sum; Debian/Ubuntu: apt-get install zstd tar b3sum)
+Steps (tools: sh, tail, head, zstd, tar, b3sum; apt-get install zstd b3sum)
 -----
-1. Pick a snapshot and find the archive of the source you need:
+0. On an S3-compatible target, first copy the policy's prefix to a local disk
+   with any S3 client, for example:
+     aws s3 sync s3://<bucket>/<prefix>/<policy>/ ./<policy>/ --endpoint-url <url>
+     (or: rclone copy remote:<bucket>/<prefix>/<policy> ./<policy>)
+
+1. Pick a snapshot and find the list of the source you need:
      ls <policy>/snapshots/
-     grep -E '"name"|"archive_hash"' <policy>/snapshots/<snapshot-id>.json
-   (each source block lists "name" and then its "archive_hash").
+     grep -E '"name"|"blake3"|"list"' <policy>/snapshots/<snapshot-id>.json
+   (each source block lists "name", then its "stream" with "blake3" and
+   "list", then its "index").
 
-2. Check the archive is intact; the printed hash must equal the file name:
-     b3sum <policy>/archives/<hash>.tar.zst
+2. Rebuild the tar stream, from inside <policy>/:
+     cd <policy>
+     while read p o l; do tail -c +$((o+1)) "$p" | head -c "$l"; done \
+       < lists/<list>.extents | zstd -dc > /restore/<source>.tar
 
-3. Unpack it into an empty directory:
+3. Check it: the printed hash must equal the stream's "blake3":
+     b3sum /restore/<source>.tar
+
+4. Unpack it into an empty directory:
      mkdir -p /restore/<source>
-     zstd -d -c <policy>/archives/<hash>.tar.zst | tar -xpf - -C /restore/<source>
-   (add --numeric-owner when running as root to restore ownership).
+     tar -xpf /restore/<source>.tar -C /restore/<source>
+   (add --numeric-owner when running as root to restore ownership). Steps 2
+   and 4 also work as one pipe: ... | zstd -dc | tar -xpf - -C /restore/<source>
 
-4. Check every file against its recorded BLAKE3:
-     cd /restore/<source> && b3sum --check /path/to/<policy>/archives/<hash>.b3sums
-   (b3sum cannot check names that are not valid UTF-8: they are left out of
-   .b3sums; the manifest lists them with "path_b64", their exact bytes in base64.)
+5. Optionally check every file: rebuild the source's "index" stream the same
+   way (its own list); each line is a JSON record with "path" and "blake3":
+     ... | zstd -dc | jq -r 'select(.type=="file") | "\(.blake3)  \(.path)"' \
+       > /restore/<source>.b3sums
+     cd /restore/<source> && b3sum --check /restore/<source>.b3sums
 
 Database sources hold dump files: PostgreSQL custom-format dumps (*.pgdump) load
 with pg_restore, plain dumps (*.sql) with psql or mysql, SQLite files (*.db)

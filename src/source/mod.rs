@@ -256,9 +256,12 @@ mod tests {
     use crate::config::{FilesSourceSpec, SqliteSourceSpec};
 
     fn record(kind: &str, database: Option<serde_json::Value>) -> SourceRecord {
+        let stream = serde_json::json!({
+            "size": 0, "blake3": "", "stored": 0, "list": "", "list_size": 0,
+        });
         serde_json::from_value(serde_json::json!({
-            "name": "app", "type": kind, "origin": "", "archive_hash": "", "archive_size": 0,
-            "tar_size": 0, "content_size": 0, "entries": 0, "files": [], "database": database,
+            "name": "app", "type": kind, "origin": "", "stream": stream, "index": stream,
+            "content_size": 0, "entries": 0, "files": 0, "database": database,
         }))
         .unwrap()
     }
