@@ -7,6 +7,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod v2;
+pub use v2::*;
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_backupctl"))
 }
@@ -266,17 +269,6 @@ pub fn b3sum(path: &Path) -> String {
         .expect("b3sum installed (apt-get install b3sum)");
     assert!(o.status.success());
     String::from_utf8(o.stdout).unwrap().trim().to_string()
-}
-
-/// The archive files (`*.tar.zst`) of a policy on an fs target.
-pub fn archives(target: &Path, policy: &str) -> Vec<PathBuf> {
-    let dir = target.join(policy).join("archives");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    v.retain(|p| p.to_string_lossy().ends_with(".tar.zst"));
-    v.sort();
-    v
 }
 
 /// The snapshot manifests of a policy on an fs target.
