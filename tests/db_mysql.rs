@@ -1,6 +1,7 @@
 //! MySQL/MariaDB sources against a real MariaDB (scripts/services/mariadb.sh),
 //! driving the backupctl binary; results checked with independent queries.
 
+mod common;
 mod db_common;
 use db_common::*;
 
@@ -156,7 +157,7 @@ fn mysql_corrupted_target_verify_and_failover() {
     let pw = [("TEST_MY_PW", my.password.as_str())];
     let o = s.run(&["run"], &pw);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    flip_bytes(&s.archives("a")[0]);
+    s.damage_stream("a", "wp");
     let o = verify(&s, &my, &["verify", "--json"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -255,10 +256,18 @@ fn mysql_unchanged_database_gives_identical_archives() {
         Some(&db),
         "CREATE EVENT nightly ON SCHEDULE EVERY 1 DAY DO DELETE FROM audit WHERE id < 0",
     );
+    // A large table of poorly compressible text, so that the dump is cut
+    // into many chunks and storing it again would be visible in bytes.
+    my.mysql(
+        Some(&db),
+        "CREATE TABLE bulk (id INT PRIMARY KEY, h TEXT) ENGINE=InnoDB;
+         INSERT INTO bulk SELECT seq, CONCAT(SHA2(seq, 512), SHA2(seq + 1000000, 512))
+           FROM seq_1_to_24000;",
+    );
     let s = DbSetup::new(&source(&my, &db), "");
     let pw = [("TEST_MY_PW", my.password.as_str())];
     s.assert_dedupes("wp", &pw, || {
-        my.mysql(Some(&db), "UPDATE posts SET title = 'changed' WHERE id = 7");
+        my.mysql(Some(&db), "UPDATE bulk SET h = 'changed' WHERE id = 12000");
     });
     // The dumps themselves (not just the tar around them): the same BLAKE3
     // recorded twice.

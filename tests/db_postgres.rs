@@ -2,6 +2,7 @@
 //! driving the backupctl binary; results checked with independent psql /
 //! pg_restore calls.
 
+mod common;
 mod db_common;
 use db_common::*;
 
@@ -309,7 +310,7 @@ fn pg_corrupted_target_is_reported_and_restore_fails_over() {
     let pw = [("TEST_PG_PW", pg.password.as_str())];
     let o = s.run(&["run"], &pw);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    flip_bytes(&s.archives("a")[0]);
+    s.damage_stream("a", "pgdb");
 
     let o = verify_args(&s, &pg, &["verify", "--json"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
@@ -487,10 +488,19 @@ fn pg_dedupe(format: &str) {
          CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42';
          SELECT lo_from_bytea(0, 'large object');",
     );
+    // A large table of poorly compressible text, so that the dump is cut
+    // into many chunks and storing it again would be visible in bytes.
+    pg.psql(
+        &db,
+        "CREATE TABLE bulk (id int PRIMARY KEY, h text);
+         INSERT INTO bulk SELECT i, encode(sha512(i::text::bytea), 'hex')
+             || encode(sha512((i + 1000000)::text::bytea), 'hex')
+           FROM generate_series(1, 24000) i;",
+    );
     let s = DbSetup::new(&source(&pg, &db, &format!("format = \"{format}\"")), "");
     let pw = [("TEST_PG_PW", pg.password.as_str())];
     s.assert_dedupes("pgdb", &pw, || {
-        pg.psql(&db, "UPDATE customers SET name = 'changed' WHERE id = 1");
+        pg.psql(&db, "UPDATE bulk SET h = 'changed' WHERE id = 12000");
     });
     drop_db(&pg, &db);
 }

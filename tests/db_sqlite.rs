@@ -2,6 +2,7 @@
 //! restored copy is checked with the system `sqlite3` CLI (independent of
 //! backupctl's bundled SQLite).
 
+mod common;
 mod db_common;
 use db_common::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -129,7 +130,7 @@ fn backup_while_writing(journal_mode: &str) {
     let o = s.run(&["verify"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     // A corrupted archive on one target is reported there only.
-    flip_bytes(&s.archives("a")[0]);
+    s.damage_stream("a", "app");
     let o = s.run(&["verify", "--json"], &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -163,7 +164,7 @@ fn sqlite_dedupe(journal_mode: &str) {
             "PRAGMA journal_mode = {journal_mode};
              CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, blob BLOB);
              CREATE INDEX items_name ON items (name);
-             WITH RECURSIVE i(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM i WHERE x < 3000)
+             WITH RECURSIVE i(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM i WHERE x < 25000)
                INSERT INTO items SELECT x, 'item ' || x, randomblob(200) FROM i;"
         ))
         .unwrap();
@@ -171,7 +172,7 @@ fn sqlite_dedupe(journal_mode: &str) {
     let s = DbSetup::new(&sqlite_source(&db), "");
     s.assert_dedupes("app", &[], || {
         let c = rusqlite::Connection::open(&db).unwrap();
-        c.execute("UPDATE items SET name = 'changed' WHERE id = 5", ())
+        c.execute("UPDATE items SET name = 'changed' WHERE id = 12000", ())
             .unwrap();
     });
 }

@@ -101,7 +101,24 @@ fn two_file_trees_in_one_policy_on_two_fs_targets() {
     assert_eq!(j[0]["status"], "complete", "{j}");
     for t in ["nas", "offsite"] {
         assert_eq!(snapshot_count(&s, t, "shop"), 1);
-        assert_eq!(archives(&root(&s, t), "shop").len(), 2);
+        // Two sources, each with a tar stream and an index stream, each
+        // rebuilt independently and matching the manifest's BLAKE3.
+        let r = root(&s, t);
+        let m = manifests(&r, "shop");
+        let mut want_lists = std::collections::BTreeSet::new();
+        for src in ["site", "uploads"] {
+            let tar = source_tar(&r, "shop", &m[0], src);
+            assert!(!tar.is_empty(), "{t}: empty {src} stream");
+            let rec = source_record(&manifest(&m[0]), src).clone();
+            want_lists.insert(rec["stream"]["list"].as_str().unwrap().to_string());
+            want_lists.insert(rec["index"]["list"].as_str().unwrap().to_string());
+        }
+        let got_lists: std::collections::BTreeSet<String> = lists(&r, "shop")
+            .iter()
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(got_lists, want_lists, "{t}: extent lists");
+        assert!(!packs(&r, "shop").is_empty(), "{t}: no packs");
         let out = s.path(&format!("restore-{t}"));
         let o = s.run(&[
             "restore",
@@ -458,7 +475,45 @@ fn sync_never_resurrects_what_prune_removed() {
     assert_eq!(snapshot_count(&s, "offsite", "shop"), 2);
     expect_code(&s.run(&["prune"]), 0);
     assert_eq!(snapshot_count(&s, "offsite", "shop"), 1);
-    assert_eq!(archives(&root(&s, "offsite"), "shop").len(), 1);
+    // What the removed snapshot alone used is gone from offsite too: only
+    // the kept snapshot's lists remain, and its packs are exactly the ones
+    // those lists name; both targets hold the same data again.
+    for t in ["nas", "offsite"] {
+        let r = root(&s, t);
+        let m = manifest(&manifests(&r, "shop")[0]);
+        let rec = source_record(&m, "site");
+        let keep: Vec<String> = ["stream", "index"]
+            .iter()
+            .map(|k| rec[k]["list"].as_str().unwrap().to_string())
+            .collect();
+        let mut got: Vec<String> = lists(&r, "shop")
+            .iter()
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        got.sort();
+        let mut want = keep.clone();
+        want.sort();
+        want.dedup();
+        assert_eq!(got, want, "{t}: lists after prune");
+        let mut want_packs: Vec<_> = keep
+            .iter()
+            .flat_map(|l| packs_of_list(&r, "shop", l))
+            .collect();
+        want_packs.sort();
+        want_packs.dedup();
+        assert_eq!(packs(&r, "shop"), want_packs, "{t}: packs after prune");
+        let tar = latest_tar(&r, "shop", "site");
+        let out = s.path(&format!("untar-{t}"));
+        untar(&tar, &out);
+        assert_eq!(std::fs::read_to_string(out.join("index.html")).unwrap(), "v2");
+    }
+    let rel = |t: &str| -> Vec<String> {
+        packs(&root(&s, t), "shop")
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(rel("nas"), rel("offsite"));
 }
 
 /// `--include` takes the same gitignore-style patterns as `exclude`, says
@@ -578,8 +633,16 @@ fn list_prefixes_times_and_failed_restores() {
 
     // Every copy damaged: the restore fails and leaves no destination.
     for t in ["nas", "offsite"] {
-        for a in archives(&root(&s, t), "beta") {
-            flip_byte(&a);
+        let r = root(&s, t);
+        let m = manifest(&manifests(&r, "beta")[0]);
+        let list = source_record(&m, "site")["stream"]["list"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let ps = packs_of_list(&r, "beta", &list);
+        assert!(!ps.is_empty());
+        for p in ps {
+            flip_byte(&p);
         }
     }
     let out = s.path("fails");
@@ -595,9 +658,11 @@ fn list_prefixes_times_and_failed_restores() {
     assert!(out.is_dir());
 }
 
-/// What a `kill -9` during `sync` leaves (its staging directory, a
-/// temporary beside the archives on an fs target) is cleaned by the next
-/// sync or run of that policy, as for a killed run.
+/// What a `kill -9` during `sync` leaves (temporaries beside the packs
+/// and extent lists on an fs target: sync holds what it copies in memory,
+/// it has no staging directory of its own) is cleaned by the next sync of
+/// that policy; what a killed run leaves in the staging area is cleaned by
+/// the next run, and neither stops the copy.
 #[test]
 fn leftovers_of_a_killed_sync_are_cleaned() {
     let s = Setup::new();
@@ -605,22 +670,280 @@ fn leftovers_of_a_killed_sync_are_cleaned() {
     let shop = tree(&s, "shop", &[("index.html", "v1")]);
     policy(&s, "shop", &["nas", "offsite"], "", &[("site", &shop)]);
     expect_code(&s.run(&["run"]), 0);
-    let staging = s.path("state/staging/shop/sync-0123abcd");
-    std::fs::create_dir_all(&staging).unwrap();
-    std::fs::write(staging.join("x.tar.zst"), "partial").unwrap();
-    let tmp = root(&s, "offsite").join("shop/archives/deadbeef.b3sums.tmp-0badf00d");
-    std::fs::write(&tmp, "partial").unwrap();
-    // The copy sync has to make writes into the archives directory.
-    for a in archives(&root(&s, "offsite"), "shop") {
-        std::fs::remove_file(a).unwrap();
+    let off = root(&s, "offsite");
+    let ps = packs(&off, "shop");
+    assert!(!ps.is_empty());
+    let pack_dir = ps[0].parent().unwrap().to_path_buf();
+    let tmp_pack = pack_dir.join(format!(
+        "{}.tmp-0badf00d",
+        ps[0].file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&tmp_pack, "partial").unwrap();
+    let tmp_list = off.join("shop/lists/deadbeef.extents.tmp-0badf00d");
+    std::fs::write(&tmp_list, "partial").unwrap();
+    // The copy sync has to make writes into those directories.
+    for p in ps.iter().chain(lists(&off, "shop").iter()) {
+        std::fs::remove_file(p).unwrap();
     }
-    let o = s.run(&["sync"]);
+    let o = s.run(&["sync", "--json"]);
     expect_code(&o, 0);
-    assert!(!staging.exists(), "sync staging left by a killed sync");
-    assert!(!tmp.exists(), "temporary left by a killed sync");
+    let j = json(&o);
+    assert_eq!(j[0]["copies"][0]["status"], "copied", "{j}");
+    assert!(!tmp_pack.exists(), "pack temporary left by a killed sync");
+    assert!(!tmp_list.exists(), "list temporary left by a killed sync");
     assert!(
         stderr(&o).contains("left by an interrupted"),
         "{}",
         stderr(&o)
     );
+    assert!(
+        !s.path("state/staging/shop").exists()
+            || files_under(&s.path("state/staging/shop")).is_empty(),
+        "sync stages nothing locally"
+    );
+    // The copy is whole: rebuilt independently and restored from offsite alone.
+    let tar = latest_tar(&off, "shop", "site");
+    let x = s.path("untarred");
+    untar(&tar, &x);
+    assert_eq!(std::fs::read_to_string(x.join("index.html")).unwrap(), "v1");
+    let out = s.path("from-offsite");
+    expect_code(
+        &s.run(&[
+            "restore",
+            "shop",
+            "--target",
+            "offsite",
+            "--to",
+            out.to_str().unwrap(),
+        ]),
+        0,
+    );
+    assert_same_tree(&shop, &out.join("site"));
+    // A killed run's staging directory goes with the next run.
+    let staging = s.path("state/staging/shop/20260101T000000Z-0123abcd");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join("0123.pack"), "partial").unwrap();
+    let o = s.run(&["run"]);
+    expect_code(&o, 0);
+    assert!(!staging.exists(), "staging left by a killed run");
+    assert!(
+        stderr(&o).contains("left by an interrupted"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Pack file names of a policy on an fs target.
+fn pack_names(target: &Path, policy: &str) -> std::collections::BTreeSet<String> {
+    packs(target, policy)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A pack the latest snapshot uses, damaged on the first target: restore
+/// still succeeds (from the other target) with identical bytes, `verify`
+/// fails naming the damaged target, `sync` replaces the pack with an intact
+/// copy (byte for byte the other target's), and `verify` passes again.
+#[test]
+fn a_pack_damaged_on_one_target_is_restored_around_reported_and_replaced() {
+    let s = Setup::new();
+    mounted_config(&s, &["nas", "offsite"]);
+    let site = s.path("www");
+    make_tree(&site);
+    policy(&s, "shop", &["nas", "offsite"], "", &[("site", &site)]);
+    expect_code(&s.run(&["run"]), 0);
+    let (nas, off) = (root(&s, "nas"), root(&s, "offsite"));
+    let m = manifest(manifests(&nas, "shop").last().unwrap());
+    let list = source_record(&m, "site")["stream"]["list"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let victim = packs_of_list(&nas, "shop", &list)[0].clone();
+    let twin = off.join(victim.strip_prefix(&nas).unwrap());
+    let good = std::fs::read(&twin).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), good, "same pack on both");
+    flip_byte(&victim);
+    assert_ne!(std::fs::read(&victim).unwrap(), good);
+    let pack_name = victim.file_stem().unwrap().to_string_lossy().into_owned();
+
+    // The damaged target alone cannot serve it...
+    let o = s.run(&[
+        "restore",
+        "shop",
+        "--target",
+        "nas",
+        "--to",
+        s.path("from-nas").to_str().unwrap(),
+    ]);
+    expect_code(&o, 1);
+    // ...but the restore fails over to offsite, byte-exact.
+    let out = s.path("restored");
+    let o = s.run(&["restore", "shop", "--to", out.to_str().unwrap()]);
+    expect_code(&o, 0);
+    assert_same_tree(&site, &out.join("site"));
+
+    // verify reports the damage on nas, and only there.
+    let o = s.run(&["verify", "shop", "--json"]);
+    assert_ne!(code(&o), 0, "verify passed over a damaged pack");
+    let j = json(&o);
+    assert_eq!(j[0]["result"], "failed", "{j}");
+    let per_target = |name: &str| -> String {
+        j[0]["snapshots"][0]["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {j}"))["result"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(per_target("nas"), "failed", "{j}");
+    assert_eq!(per_target("offsite"), "ok", "{j}");
+    let err = stderr(&o);
+    assert!(err.contains("target nas"), "{err}");
+    assert!(
+        err.contains(&pack_name) || err.contains(&pack_name[..16]),
+        "the damaged pack is named: {err}"
+    );
+
+    // sync puts the intact copy back on nas.
+    let o = s.run(&["sync", "--json"]);
+    expect_code(&o, 0);
+    let j = json(&o);
+    let repaired = j[0]["repaired"].as_array().cloned().unwrap_or_default();
+    assert!(
+        repaired
+            .iter()
+            .any(|r| r[0] == "nas" && r[1].as_str().unwrap().contains(&pack_name[..16])),
+        "{j}"
+    );
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        good,
+        "the damaged pack on nas is byte for byte offsite's again"
+    );
+    assert_eq!(b3sum(&victim), b3sum(&twin));
+    expect_code(&s.run(&["verify", "shop"]), 0);
+    // And nas alone serves the snapshot again.
+    let out = s.path("from-nas-again");
+    expect_code(
+        &s.run(&[
+            "restore",
+            "shop",
+            "--target",
+            "nas",
+            "--to",
+            out.to_str().unwrap(),
+        ]),
+        0,
+    );
+    assert_same_tree(&site, &out.join("site"));
+}
+
+/// A target that was down during a run gets, on the next run, the snapshot
+/// it missed and the packs that run uploaded to the others only (copied
+/// from the target that holds them); then it alone restores the source.
+#[test]
+fn a_target_that_was_down_gets_the_missed_snapshot_and_its_packs_next_run() {
+    let s = Setup::new();
+    mounted_config(&s, &["nas", "offsite"]);
+    let site = s.path("www");
+    make_tree(&site);
+    policy(
+        &s,
+        "shop",
+        &["nas", "offsite"],
+        "schedule = \"30 2 * * *\"",
+        &[("site", &site)],
+    );
+    let at = |now: &str, args: &[&str]| {
+        s.cmd()
+            .env("BACKUPCTL_NOW", now)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let (nas, off) = (root(&s, "nas"), root(&s, "offsite"));
+    expect_code(&at("2026-03-01T03:00:00Z", &["run", "--due"]), 0);
+    let before = pack_names(&nas, "shop");
+    assert_eq!(before, pack_names(&off, "shop"));
+
+    unplug(&s, "offsite");
+    // New data only the missed run uploads (incompressible, so new packs).
+    let noise: Vec<u8> = (0..600_000u32)
+        .map(|i| (i.wrapping_mul(2_246_822_519).rotate_left(13) >> 7) as u8)
+        .collect();
+    std::fs::write(site.join("data/new.bin"), &noise).unwrap();
+    std::fs::write(site.join("public/index.html"), "<h1>v2</h1>\n").unwrap();
+    let o = at("2026-03-02T03:00:00Z", &["run", "--due", "--json"]);
+    expect_code(&o, 3);
+    let missed_id = json(&o)[0]["snapshot"].as_str().unwrap().to_string();
+    let missed: std::collections::BTreeSet<String> = pack_names(&nas, "shop")
+        .difference(&before)
+        .cloned()
+        .collect();
+    assert!(!missed.is_empty(), "the missed run uploaded new packs");
+    plug(&s, "offsite");
+    assert_eq!(snapshot_count(&s, "offsite", "shop"), 1);
+    assert!(pack_names(&off, "shop").is_disjoint(&missed));
+
+    // The next run: nothing changed, so no new pack; offsite receives the
+    // missed packs from nas, then the missed snapshot too.
+    let o = at("2026-03-03T03:00:00Z", &["run", "--due", "--json"]);
+    expect_code(&o, 0);
+    let j = json(&o);
+    assert!(j[0]["snapshot"].is_string(), "a new snapshot: {j}");
+    assert_eq!(j[0]["status"], "complete", "{j}");
+    let t = |name: &str| {
+        j[0]["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(t("offsite")["packs_uploaded"], 0, "{j}");
+    assert_eq!(t("offsite")["packs_copied"], missed.len(), "{j}");
+    assert_eq!(t("nas")["packs_copied"], 0, "{j}");
+    assert_eq!(j[0]["catch_up"]["result"], "ok", "{j}");
+    assert_eq!(snapshot_count(&s, "offsite", "shop"), 3);
+    let ids = |r: &Path| -> Vec<String> {
+        manifests(r, "shop")
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(ids(&off), ids(&nas));
+    assert!(ids(&off).iter().any(|n| n.starts_with(&missed_id)));
+    assert_eq!(pack_names(&off, "shop"), pack_names(&nas, "shop"));
+    for p in &missed {
+        let hh = &p[..2];
+        let rel = format!("shop/packs/{hh}/{p}");
+        assert_eq!(
+            std::fs::read(off.join(&rel)).unwrap(),
+            std::fs::read(nas.join(&rel)).unwrap(),
+            "{rel} copied intact"
+        );
+    }
+    // Independently rebuilt from offsite: the missed snapshot's stream.
+    let missed_manifest = off.join(format!("shop/snapshots/{missed_id}.json"));
+    let tar = source_tar(&off, "shop", &missed_manifest, "site");
+    let x = s.path("untarred");
+    untar(&tar, &x);
+    assert_eq!(std::fs::read(x.join("data/new.bin")).unwrap(), noise);
+
+    // offsite alone (nas unplugged) restores the latest and the missed one.
+    unplug(&s, "nas");
+    for (snap, dir) in [(None, "latest"), (Some(missed_id.as_str()), "missed")] {
+        let out = s.path(&format!("from-offsite-{dir}"));
+        let mut args = vec!["restore", "shop"];
+        args.extend(snap);
+        args.extend(["--target", "offsite", "--to", out.to_str().unwrap()]);
+        let o = s.run(&args);
+        expect_code(&o, 0);
+        assert_same_tree(&site, &out.join("site"));
+    }
 }

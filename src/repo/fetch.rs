@@ -261,7 +261,9 @@ impl Packs {
             }
             let mut b = len.to_le_bytes().to_vec();
             b.extend_from_slice(&tail);
-            let _ = std::fs::write(&p, b);
+            // Private like everything in the state directory (0600).
+            let _ = crate::util::create_private_file(&p)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &b));
         }
         Ok(idx)
     }

@@ -32,8 +32,8 @@ Layout
                                            <list> is the BLAKE3 of the file
   <policy>/packs/<hh>/<name>.pack          chunks shared by all snapshots: zstd
                                            frames back to back, then the pack's
-                                           own index; <name> is the BLAKE3 of the
-                                           pack file
+                                           own index (a skippable frame); <name>
+                                           is the BLAKE3 of that index's payload
 
 The bytes an extent list names, concatenated in order, are whole zstd frames;
 decompressed, they are a plain tar stream.

@@ -206,17 +206,51 @@ impl DbSetup {
         }
     }
 
-    /// The single archive file of the policy on target `t`.
-    pub fn archives(&self, t: &str) -> Vec<PathBuf> {
-        let dir = self.path().join(format!("target-{t}/db/archives"));
-        std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.to_string_lossy().ends_with(".tar.zst"))
-                    .collect()
+    /// The fs target `t`'s root directory (`target-<t>`).
+    pub fn target(&self, t: &str) -> PathBuf {
+        self.path().join(format!("target-{t}"))
+    }
+
+    /// Every pack of policy `db` on target `t`.
+    pub fn packs(&self, t: &str) -> Vec<PathBuf> {
+        crate::common::packs(&self.target(t), "db")
+    }
+
+    /// Corrupt the tar stream of `source` in the newest snapshot on target
+    /// `t`: flip bytes in the middle of the largest extent its list names
+    /// (inside a zstd frame of the stream, not in a pack's index). Returns
+    /// the damaged pack.
+    pub fn damage_stream(&self, t: &str, source: &str) -> PathBuf {
+        let root = self.target(t);
+        let newest = crate::common::manifests(&root, "db")
+            .pop()
+            .expect("a snapshot on the target");
+        let m = crate::common::manifest(&newest);
+        let list = crate::common::source_record(&m, source)["stream"]["list"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let text = std::fs::read_to_string(crate::common::list_path(&root, "db", &list)).unwrap();
+        let (pack, off, len) = text
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (
+                    f[0].to_string(),
+                    f[1].parse::<usize>().unwrap(),
+                    f[2].parse::<usize>().unwrap(),
+                )
             })
-            .unwrap_or_default()
+            .max_by_key(|e| e.2)
+            .expect("a non-empty stream");
+        let path = root.join("db").join(pack);
+        let mut b = std::fs::read(&path).unwrap();
+        let mid = off + len / 2;
+        for x in &mut b[mid..(mid + 16).min(off + len)] {
+            *x ^= 0xff;
+        }
+        std::fs::write(&path, b).unwrap();
+        path
     }
 }
 
@@ -230,17 +264,6 @@ pub fn text(o: &Output) -> String {
     )
 }
 
-/// Flip bytes in the middle of a file.
-pub fn flip_bytes(p: &Path) {
-    let mut b = std::fs::read(p).unwrap();
-    let mid = b.len() / 2;
-    let end = mid + 16.min(b.len() - mid);
-    for x in &mut b[mid..end] {
-        *x ^= 0xff;
-    }
-    std::fs::write(p, b).unwrap();
-}
-
 // ---------------------------------------------------------------------------
 // Dumps that dedupe (issue 8).
 // ---------------------------------------------------------------------------
@@ -252,8 +275,9 @@ impl DbSetup {
         assert_eq!(o.status.code(), Some(0), "run at {time}: {}", text(&o));
     }
 
-    /// The `archive_hash` of source `source` in every snapshot of policy `db`,
-    /// oldest first, as `backupctl list --json` reports them.
+    /// The `archive_hash` (the tar stream's BLAKE3) of source `source` in
+    /// every snapshot of policy `db`, oldest first, as `backupctl list
+    /// --json` reports them.
     pub fn archive_hashes(&self, source: &str) -> Vec<String> {
         let o = self.run(&["list", "db", "--json"], &[]);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -283,30 +307,77 @@ impl DbSetup {
     /// Back up twice at two different instants (with `pause` in between,
     /// so that anything stamped with the wall clock differs too), call
     /// `change` (a one-row change), back up again; assert that the first two
-    /// archives of `source` are the same and the third differs. Returns the
-    /// three hashes.
+    /// tar streams of `source` are the same (BLAKE3 in the manifests) and
+    /// the third differs, and that the chunks are stored once: the unchanged
+    /// run adds no pack to either target, and the run after the one-row
+    /// change adds far fewer pack bytes than storing the dump again would.
+    /// Returns the three stream hashes.
     pub fn assert_dedupes(
         &self,
         source: &str,
         env: &[(&str, &str)],
         change: impl FnOnce(),
     ) -> Vec<String> {
+        let (a, b) = (self.target("a"), self.target("b"));
         self.run_at("2026-03-01T02:30:00+00:00", env);
+        let packs1 = (self.packs("a"), self.packs("b"));
+        let bytes1 = crate::common::pack_bytes(&a, "db");
+        assert!(!packs1.0.is_empty(), "no pack on target a");
         // Past a second boundary of the wall clock (pg_dump's header time has
         // one-second resolution).
         std::thread::sleep(std::time::Duration::from_millis(1100));
         self.run_at("2026-03-02T02:30:00+00:00", env);
+        assert_eq!(
+            (self.packs("a"), self.packs("b")),
+            packs1,
+            "an unchanged database added packs"
+        );
+        let bytes2 = crate::common::pack_bytes(&a, "db");
+        assert_eq!(bytes2, bytes1, "an unchanged database added pack bytes");
         change();
         self.run_at("2026-03-03T02:30:00+00:00", env);
-        let h = self.archive_hashes(source);
+        let bytes3 = crate::common::pack_bytes(&a, "db");
+
+        let h = crate::common::stream_hashes(&a, "db", source);
         assert_eq!(h.len(), 3, "three snapshots: {h:?}");
         assert_eq!(
             h[0], h[1],
-            "an unchanged database gave a different archive: {h:?}"
+            "an unchanged database gave a different tar stream: {h:?}"
         );
-        assert_ne!(h[1], h[2], "a one-row change gave the same archive: {h:?}");
-        // Stored once: two distinct archives on each target.
-        assert_eq!(self.archives("a").len(), 2, "{:?}", self.archives("a"));
+        assert_ne!(h[1], h[2], "a one-row change gave the same tar stream: {h:?}");
+        assert_eq!(
+            crate::common::stream_hashes(&b, "db", source),
+            h,
+            "target b holds other snapshots"
+        );
+        assert_eq!(self.archive_hashes(source), h, "list --json disagrees");
+        // Every snapshot's stream rebuilds (slice, zstd -dc) to the recorded
+        // BLAKE3 on both targets.
+        for t in [&a, &b] {
+            for m in crate::common::manifests(t, "db") {
+                crate::common::source_tar(t, "db", &m, source);
+            }
+        }
+
+        // Stored once, by bytes. The stream must be large enough for the
+        // comparison to mean something (many content-defined chunks).
+        let newest = crate::common::manifests(&a, "db").pop().unwrap();
+        let m = crate::common::manifest(&newest);
+        let stream = &crate::common::source_record(&m, source)["stream"];
+        let size = stream["size"].as_u64().unwrap();
+        let stored = stream["stored"].as_u64().unwrap();
+        assert!(
+            size >= 4 << 20 && stored >= 1 << 20,
+            "the dump is too small to show deduplication: {stream}"
+        );
+        let added = bytes3 - bytes2;
+        eprintln!("{source}: stream {size} bytes, {stored} stored; the one-row change added {added} pack bytes");
+        assert!(added > 0, "the one-row change stored nothing");
+        // Storing the dump whole again would add about `stored` bytes.
+        assert!(
+            added * 5 < stored,
+            "a one-row change added {added} pack bytes for a stream of {size} bytes ({stored} compressed): not deduplicated"
+        );
         h
     }
 }
@@ -317,11 +388,12 @@ impl DbSetup {
 
 impl DbSetup {
     /// Plant a snapshot of policy `db` on fs targets `targets`, the way an
-    /// attacker who can write there would: a real tar.zst made with Python's
-    /// tarfile and the zstd CLI holding `files` (name, bytes) at its root,
-    /// and a manifest whose source `source` of type `kind` has `database`
-    /// facts and correct file hashes (so loading is reached). The snapshot
-    /// is newer than any genuine one (2030). Returns the snapshot id.
+    /// attacker who can write there would: a real tar stream made with
+    /// Python's tarfile holding `files` (name, bytes) at its root, packed
+    /// into a pack with its extent list, and a manifest whose source
+    /// `source` of type `kind` has `database` facts and a file index with
+    /// correct hashes (so loading is reached). The snapshot is newer than
+    /// any genuine one (2030). Returns the snapshot id.
     pub fn plant(
         &self,
         targets: &[&str],
@@ -353,56 +425,41 @@ impl DbSetup {
             .status()
             .unwrap();
         assert!(st.success());
-        let zst = work.join("a.tar.zst");
-        let st = Command::new("zstd")
-            .args(["-q", "-f"])
-            .arg(&tar)
-            .arg("-o")
-            .arg(&zst)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let bytes = std::fs::read(&zst).unwrap();
-        let hash = blake3::hash(&bytes).to_hex().to_string();
-        let id = format!("20300101T000000Z-{}", db_hex(8));
-        let manifest = serde_json::json!({
-            "format": "backupctl-snapshot", "schema_version": 1, "policy": "db",
-            "id": id, "time": "2030-01-01T00:00:00Z", "host": "attacker",
-            "tool_version": "0", "sources": [{
-                "name": source, "type": kind, "origin": "planted",
-                "archive_hash": hash, "archive_size": bytes.len(),
-                "tar_size": std::fs::metadata(&tar).unwrap().len(),
-                "content_size": files.iter().map(|f| f.1.len()).sum::<usize>(),
-                "entries": files.len(),
-                "files": files.iter().map(|(name, data)| serde_json::json!({
-                    "path": name, "size": data.len(),
+        let tar = std::fs::read(&tar).unwrap();
+        // The index as tarfile wrote the entries (uid/gid/mtime 0).
+        let records: Vec<serde_json::Value> = files
+            .iter()
+            .map(|(name, data)| {
+                serde_json::json!({
+                    "path": name, "type": "file", "mode": 0o600, "uid": 0, "gid": 0,
+                    "mtime": 0, "size": data.len(),
                     "blake3": blake3::hash(data).to_hex().to_string(),
-                })).collect::<Vec<_>>(),
-                "database": database,
-            }]
-        });
+                })
+            })
+            .collect();
+        let id = format!("20300101T000000Z-{}", db_hex(8));
+        // Signed with the host's own key: loading safety is tested behind
+        // authentication (defence in depth).
+        let kp = self.path().join("state/keys/host.key");
+        let key = backupctl::trust::HostKey::load(&kp)
+            .unwrap_or_else(|_| backupctl::trust::HostKey::create(&kp).unwrap());
         for t in targets {
-            let root = self.path().join(format!("target-{t}"));
-            std::fs::create_dir_all(root.join("db/archives")).unwrap();
-            std::fs::create_dir_all(root.join("db/snapshots")).unwrap();
-            // An initialised target (what `backupctl init` writes).
-            let marker = root.join("backupctl-target.json");
-            if !marker.exists() {
-                std::fs::write(&marker, "{}\n").unwrap();
-            }
-            std::fs::write(root.join(format!("db/archives/{hash}.tar.zst")), &bytes).unwrap();
-            // Signed with the host's own key: loading safety is tested
-            // behind authentication (defence in depth).
-            let json = serde_json::to_vec_pretty(&manifest).unwrap();
-            let kp = self.path().join("state/keys/host.key");
-            let key = backupctl::trust::HostKey::load(&kp)
-                .unwrap_or_else(|_| backupctl::trust::HostKey::create(&kp).unwrap());
-            std::fs::write(
-                root.join(format!("db/snapshots/{id}.sig")),
-                key.sign_manifest("db", &id, &json),
-            )
-            .unwrap();
-            std::fs::write(root.join(format!("db/snapshots/{id}.json")), json).unwrap();
+            let planted = crate::common::Planted {
+                name: source.into(),
+                kind: kind.into(),
+                origin: "planted".into(),
+                tar: tar.clone(),
+                records: records.clone(),
+                database: Some(database.clone()),
+            };
+            crate::common::plant_snapshot(
+                &self.target(t),
+                "db",
+                &id,
+                "2030-01-01T00:00:00Z",
+                Some(&key),
+                &[planted],
+            );
         }
         let _ = std::fs::remove_dir_all(&work);
         id
