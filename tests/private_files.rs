@@ -38,6 +38,11 @@ fn loose(root: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Permission bits of a path (not following a symbolic link).
+fn mode_of(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
 fn sqlite_db(path: &Path) {
     let c = rusqlite::Connection::open(path).unwrap();
     c.execute_batch(
@@ -70,12 +75,33 @@ fn everything_written_is_private_even_with_umask_000() {
             src.display()
         ),
     );
-    // While the run is under way (the SQLite copy staged; archives being
-    // written into temporaries on the targets), record every mode there.
+    // More than one pack's worth of incompressible data, read before
+    // public/index.html: by then a pack is closed and on its way to both
+    // targets.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let big: Vec<u8> = (0..(20 << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(src.join("data/0-big.bin"), big).unwrap();
+    // While the run is under way (the SQLite copy staged; packs being
+    // written to the targets), record every mode there: at the SQLite copy,
+    // and at public/index.html, every 20 ms until a pack is on both targets
+    // (so a pack temporary is likely, though not certain, to be seen too).
     let log = s.path("modes-during-run.txt");
     let hook = format!(
-        "case \"$1:$3\" in sqlite-copy:|before-open:public/index.html) \
-         find '{state}' '{targets}' -printf '%m %p\\n' >> '{log}';; esac",
+        "rec() {{ find '{state}' '{targets}' -printf '%m %p\\n' >> '{log}' 2>/dev/null; }}\n\
+         packs() {{ find '{targets}' -name '*.pack' 2>/dev/null | wc -l; }}\n\
+         case \"$1:$3\" in\n\
+         sqlite-copy:) rec;;\n\
+         before-open:public/index.html)\n\
+           i=0; while [ \"$(packs)\" -lt 2 ] && [ $i -lt 3000 ]; do rec; sleep 0.02; i=$((i+1)); done\n\
+           rec;;\n\
+         esac\n",
         state = s.path("state").display(),
         targets = s.path("targets").display(),
         log = log.display()
@@ -83,21 +109,32 @@ fn everything_written_is_private_even_with_umask_000() {
     expect_code(&run_umask_000(&s, &["run"], Some(&hook)), 0);
     expect_code(&run_umask_000(&s, &["run"], None), 0);
     expect_code(&run_umask_000(&s, &["verify", "--all"], None), 0);
+    expect_code(&run_umask_000(&s, &["verify", "--read-all"], None), 0);
     expect_code(&run_umask_000(&s, &["prune"], None), 0);
     expect_code(&run_umask_000(&s, &["init", "gamma"], None), 0);
 
     let during = std::fs::read_to_string(&log).unwrap();
     for (what, needle) in [
         ("the SQLite copy", "/sqlite-"),
-        ("an archive temporary", "incoming.tmp-"),
+        ("a pack on alpha", "/targets/alpha/shop/packs/"),
+        ("a pack on beta", "/targets/beta/shop/packs/"),
         ("the lock file", "shop.lock"),
         ("the staging directory", "/staging/shop/"),
+        ("the pack index cache", "/cache/packs/shop"),
     ] {
         assert!(
             during.contains(needle),
             "{what} was seen during the run:\n{during}"
         );
     }
+    assert!(
+        during
+            .lines()
+            .any(|l| l.contains("/shop/packs/") && l.ends_with(".pack")),
+        "a whole pack was seen during the run:\n{during}"
+    );
+    let temporaries = during.lines().filter(|l| l.contains(".tmp-")).count();
+    eprintln!("pack temporaries seen during the run: {temporaries}");
     let loose_during: Vec<&str> = during
         .lines()
         .filter(|l| {
@@ -117,6 +154,57 @@ fn everything_written_is_private_even_with_umask_000() {
             "under {}",
             root.display()
         );
+    }
+    // Everything v2 keeps on a target exists, and is 0600 in 0700
+    // directories: packs, extent lists, signatures, manifests, the marker
+    // and the restore instructions.
+    for t in ["alpha", "beta"] {
+        let root = s.target_dir(t);
+        let mut files = vec![
+            root.join("backupctl-target.json"),
+            root.join("RESTORE-README.txt"),
+        ];
+        let (p, l, m) = (
+            packs(&root, "shop"),
+            lists(&root, "shop"),
+            manifests(&root, "shop"),
+        );
+        assert!(
+            !p.is_empty() && l.len() >= 2 && m.len() == 2,
+            "{t}: {p:?} {l:?} {m:?}"
+        );
+        files.extend(m.iter().map(|m| m.with_extension("sig")));
+        let mut dirs = vec![
+            root.clone(),
+            root.join("shop"),
+            root.join("shop/packs"),
+            root.join("shop/lists"),
+            root.join("shop/snapshots"),
+        ];
+        dirs.extend(p.iter().map(|p| p.parent().unwrap().to_path_buf()));
+        files.extend(p);
+        files.extend(l);
+        files.extend(m);
+        for f in &files {
+            assert_eq!(mode_of(f), 0o600, "{}", f.display());
+        }
+        for d in &dirs {
+            assert_eq!(mode_of(d), 0o700, "{}", d.display());
+        }
+    }
+    for f in ["backupctl-target.json", "RESTORE-README.txt"] {
+        assert_eq!(mode_of(&s.target_dir("gamma").join(f)), 0o600, "gamma {f}");
+    }
+    assert_eq!(mode_of(&s.target_dir("gamma")), 0o700);
+    // The pack index cache the second run filled.
+    let idx: Vec<_> = walkdir::WalkDir::new(s.path("state/cache/packs/shop"))
+        .into_iter()
+        .map(|e| e.unwrap().into_path())
+        .filter(|p| p.extension().is_some_and(|x| x == "idx"))
+        .collect();
+    assert!(!idx.is_empty(), "pack indexes cached");
+    for f in &idx {
+        assert_eq!(mode_of(f), 0o600, "{}", f.display());
     }
     // The source's modes are kept inside the archive, of course.
     let out = s.path("restored");

@@ -68,17 +68,34 @@ fn run_with_hook(s: &Setup, script: &str, limit: Duration) -> (Output, Duration)
     (child.wait_with_output().unwrap(), started.elapsed())
 }
 
-/// The decompressed tar stream of the one archive on target `t`.
+/// The tar stream of the one snapshot on target `t`, rebuilt from its packs
+/// (and checked against the manifest's BLAKE3).
 fn tar_bytes(s: &Setup) -> Vec<u8> {
-    let arch = archives(&s.target_dir("t"), "shop");
-    assert_eq!(arch.len(), 1, "{arch:?}");
-    let o = Command::new("zstd")
-        .args(["-d", "-c", "-q"])
-        .arg(&arch[0])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    o.stdout
+    let t = s.target_dir("t");
+    assert_eq!(manifests(&t, "shop").len(), 1);
+    latest_tar(&t, "shop", "site")
+}
+
+/// The file index records of the one snapshot on target `t`, and the raw
+/// index stream.
+fn index_records(s: &Setup) -> (Vec<serde_json::Value>, Vec<u8>) {
+    let t = s.target_dir("t");
+    let ms = manifests(&t, "shop");
+    assert_eq!(ms.len(), 1);
+    let m = manifest(&ms[0]);
+    let rec = source_record(&m, "site");
+    let raw = stream_from_list(&t, "shop", rec["index"]["list"].as_str().unwrap());
+    assert_eq!(
+        blake3::hash(&raw).to_hex().to_string(),
+        rec["index"]["blake3"].as_str().unwrap(),
+        "the index stream is what the manifest says"
+    );
+    let records = String::from_utf8(raw.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (records, raw)
 }
 
 fn contains(hay: &[u8], needle: &str) -> bool {
@@ -138,10 +155,25 @@ fn assert_swap_skipped(
             .is_empty(),
         "a swap is a change, not an unreadable file: {j}"
     );
-    // Not in the tar stream, not in the manifest's file list.
+    // Not in the tar stream, not in the file index, not in the manifest.
     let tar = tar_bytes(s);
     assert!(!contains(&tar, SECRET), "outside content in the archive");
+    let (records, raw) = index_records(s);
+    assert!(!contains(&raw, SECRET), "outside content in the file index");
+    let listed: Vec<&str> = records
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        listed.contains(&"a-first.txt") && listed.contains(&"zz-last.txt"),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.iter().any(|p| p.starts_with(swapped)),
+        "{swapped} is in the file index: {listed:?}"
+    );
     let manifest = std::fs::read_to_string(&manifests(&s.target_dir("t"), "shop")[0]).unwrap();
+    assert!(!manifest.contains(SECRET), "{manifest}");
     assert!(!manifest.contains(&format!("\"{swapped}")), "{manifest}");
     // The rest of the tree is there, unchanged.
     let restored = restore(s);
@@ -349,10 +381,11 @@ fn unreadable_files_make_the_snapshot_incomplete_exit_3() {
         m["sources"][0]["unreadable"],
         serde_json::json!(["private/", "secret.conf"])
     );
-    let files: Vec<&str> = m["sources"][0]["files"]
-        .as_array()
-        .unwrap()
+    assert_eq!(m["sources"][0]["files"], 5, "{m}");
+    let (records, _) = index_records(&s);
+    let files: Vec<&str> = records
         .iter()
+        .filter(|r| r["type"] == "file")
         .map(|f| f["path"].as_str().unwrap())
         .collect();
     assert_eq!(
@@ -365,6 +398,19 @@ fn unreadable_files_make_the_snapshot_incomplete_exit_3() {
             "zz-last.txt"
         ]
     );
+    // Nothing of what could not be read: the unreadable directory is kept
+    // only as an empty directory, the unreadable file not at all.
+    for r in &records {
+        let p = r["path"].as_str().unwrap();
+        assert!(
+            !p.starts_with("private/") && p != "secret.conf",
+            "{r} in the index"
+        );
+        if p == "private" {
+            assert_eq!(r["type"], "dir", "{r}");
+        }
+    }
+    assert!(!contains(&tar_bytes(&s), "root only"));
     // list: the field in --json, a marker for people.
     let o = s.run(&["list", "--json"]);
     expect_code(&o, 0);

@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 struct Site {
@@ -62,6 +63,31 @@ fn ids(root: &Path) -> Vec<String> {
         .iter()
         .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
         .collect()
+}
+
+/// The extent lists the manifests on `root` name (stream and index of
+/// every source), and the packs those lists reference.
+fn referenced(root: &Path) -> (BTreeSet<PathBuf>, BTreeSet<PathBuf>) {
+    let mut lists = BTreeSet::new();
+    let mut packs = BTreeSet::new();
+    for m in manifests(root, "shop") {
+        for src in manifest(&m)["sources"].as_array().unwrap() {
+            for st in ["stream", "index"] {
+                let l = src[st]["list"].as_str().unwrap();
+                lists.insert(list_path(root, "shop", l));
+                packs.extend(packs_of_list(root, "shop", l));
+            }
+        }
+    }
+    (lists, packs)
+}
+
+/// What is on `root` now: (lists, packs).
+fn stored(root: &Path) -> (BTreeSet<PathBuf>, BTreeSet<PathBuf>) {
+    (
+        lists(root, "shop").into_iter().collect(),
+        packs(root, "shop").into_iter().collect(),
+    )
 }
 
 fn restored(s: &Setup, args: &[&str]) -> (std::process::Output, PathBuf) {
@@ -148,6 +174,11 @@ fn planted_snapshots_are_never_restored_copied_or_counted() {
         genuine,
         "nothing planted reaches a"
     );
+    assert_eq!(
+        stored(&s.target_dir("a")),
+        referenced(&s.target_dir("a")),
+        "no planted list or pack reaches a"
+    );
     let j = json(&o);
     let problems = j[0]["problems"].to_string();
     assert!(problems.contains(&forged_id), "{problems}");
@@ -169,7 +200,20 @@ fn planted_snapshots_are_never_restored_copied_or_counted() {
     let out = stdout(&o);
     assert_ne!(code(&o), 0, "{out}");
     assert_eq!(ids(&s.target_dir("a")), genuine);
-    assert_eq!(archives(&s.target_dir("a"), "shop").len(), 1);
+    // The genuine snapshot's lists and packs are all still on a (and only
+    // they), and it still restores from a alone, byte for byte.
+    let a = s.target_dir("a");
+    let (want_lists, want_packs) = referenced(&a);
+    assert_eq!(want_lists.len(), 2, "a stream and an index list");
+    assert!(!want_packs.is_empty());
+    assert_eq!(stored(&a), (want_lists, want_packs), "{out}");
+    assert_eq!(
+        latest_tar(&a, "shop", "site"),
+        source_tar(&a, "shop", &manifests(&a, "shop")[0], "site")
+    );
+    let (o, out) = restored(&s, &["--target", "a"]);
+    expect_code(&o, 0);
+    assert_same_tree(&src, &out.join("site"));
 }
 
 /// Twelve manifest-only snapshots dated 2099 on one target, and a real id
@@ -205,31 +249,63 @@ fn a_future_flood_and_a_hijacked_id_delete_nothing_genuine() {
         );
         std::fs::write(a.join(format!("shop/snapshots/{id}.json")), fake).unwrap();
     }
-    // Hijack: the newest real id on a now references another archive.
+    // Hijack: the newest real id on a now references another extent list.
     let newest = a.join(format!("shop/snapshots/{}.json", before_a[2]));
     let text = std::fs::read_to_string(&newest).unwrap();
     let h: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let hash = h["sources"][0]["archive_hash"]
+    let hash = h["sources"][0]["stream"]["list"]
         .as_str()
         .unwrap()
         .to_string();
-    std::fs::write(&newest, text.replace(&hash, &"0".repeat(64))).unwrap();
+    let hijacked = text.replace(&hash, &"0".repeat(64));
+    assert_ne!(hijacked, text);
+    std::fs::write(&newest, hijacked).unwrap();
+    let a_before = stored(&a);
+    let b = s.target_dir("b");
+    let oldest_b = manifests(&b, "shop")[0].clone();
+    let oldest_stream = source_record(&manifest(&oldest_b), "site")["stream"]["list"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let o = s.run(&["prune", "--json"]);
     let j = json(&o);
     // b: decided from b's own manifests only, as if nothing was planted.
     let b_ids = ids(&s.target_dir("b"));
     assert_eq!(b_ids, before_b[1..].to_vec(), "{j}");
-    assert_eq!(archives(&s.target_dir("b"), "shop").len(), 2, "{j}");
-    // a: the planted and hijacked manifests block every archive deletion.
-    assert_eq!(archives(&a, "shop").len(), 3, "{j}");
+    // b holds exactly the lists and packs its remaining snapshots use: the
+    // pruned snapshot's own stream list went, nothing they need did.
+    assert_eq!(stored(&b), referenced(&b), "{j}");
+    assert!(!list_path(&b, "shop", &oldest_stream).exists(), "{j}");
+    // a: the planted and hijacked manifests block every list and pack
+    // deletion.
+    assert_eq!(stored(&a), a_before, "{j}");
     assert!(stderr(&o).contains("target a"), "{}", stderr(&o));
-    // Every genuine snapshot still restores from b.
-    for id in &b_ids {
+    // Every genuine snapshot left still restores from b, byte for byte.
+    for (id, want) in b_ids.iter().zip(["two", "three"]) {
         let out = s.path(&format!("r-{id}"));
         expect_code(
-            &s.run(&["restore", "shop", id, "--to", out.to_str().unwrap()]),
+            &s.run(&[
+                "restore",
+                "shop",
+                id,
+                "--target",
+                "b",
+                "--to",
+                out.to_str().unwrap(),
+            ]),
             0,
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.join("site/index.html")).unwrap(),
+            want
+        );
+        let m = b.join(format!("shop/snapshots/{id}.json"));
+        let dir = s.path(&format!("t-{id}"));
+        untar(&source_tar(&b, "shop", &m, "site"), &dir);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("index.html")).unwrap(),
+            want
         );
     }
 }

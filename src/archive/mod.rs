@@ -1,8 +1,11 @@
-//! The on-target format: one plain `.tar.zst` per source per snapshot, named by
-//! the BLAKE3 of its own bytes, plus a JSON manifest per snapshot.
+//! What a source becomes and how it comes back: a plain tar stream and a
+//! file index stream per source per snapshot (chunked into packs by
+//! [`crate::pack`]), described by a JSON manifest per snapshot.
 //!
-//! - [`writer`]: entries -> tar -> zstd -> BLAKE3, streamed to one sink.
-//! - [`reader`]: hash-checked, manifest-bounded, path-safe unpacking.
+//! - [`writer`]: entries -> the tar stream and the file index, streamed to
+//!   two sinks (the packers).
+//! - [`reader`]: hash-checked, manifest-bounded, path-safe unpacking of a tar
+//!   stream.
 //! - [`beneath`]: creating paths beneath a directory descriptor, never
 //!   through a symbolic link.
 //! - [`manifest`]: the snapshot manifest types.

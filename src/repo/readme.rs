@@ -69,8 +69,11 @@ Steps (tools: sh, tail, head, zstd, tar, b3sum; apt-get install zstd b3sum)
    and 4 also work as one pipe: ... | zstd -dc | tar -xpf - -C /restore/<source>
 
 5. Optionally check every file: rebuild the source's "index" stream the same
-   way (its own list); each line is a JSON record with "path" and "blake3":
-     ... | zstd -dc | jq -r 'select(.type=="file") | "\(.blake3)  \(.path)"' \
+   way (its own list); each line is a JSON record with "path" and "blake3"
+   (a name that is not UTF-8 is also given exactly, as base64, in "path_b64";
+   b3sum cannot name such a file, so this filter leaves it out):
+     ... | zstd -dc \
+       | jq -r 'select(.type=="file" and .path_b64 == null) | "\(.blake3)  \(.path)"' \
        > /restore/<source>.b3sums
      cd /restore/<source> && b3sum --check /restore/<source>.b3sums
 

@@ -67,7 +67,11 @@ pub fn list_path(target: &Path, policy: &str, list: &str) -> PathBuf {
 /// `zstd -dc`. The list's own name is checked with `b3sum` first.
 pub fn stream_from_list(target: &Path, policy: &str, list: &str) -> Vec<u8> {
     let path = list_path(target, policy, list);
-    assert_eq!(b3sum(&path), list, "extent list {list} is not what its name says");
+    assert_eq!(
+        b3sum(&path),
+        list,
+        "extent list {list} is not what its name says"
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     let mut compressed = Vec::new();
     for line in text.lines() {
@@ -260,11 +264,7 @@ pub fn plant_snapshot(
             }
             let index = plant_stream(root, policy, &index, 4);
             let files = s.records.iter().filter(|r| r["type"] == "file").count();
-            let content: u64 = s
-                .records
-                .iter()
-                .filter_map(|r| r["size"].as_u64())
-                .sum();
+            let content: u64 = s.records.iter().filter_map(|r| r["size"].as_u64()).sum();
             let mut v = serde_json::json!({
                 "name": s.name, "type": s.kind, "origin": s.origin,
                 "stream": stream, "index": index,
