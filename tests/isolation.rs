@@ -505,7 +505,10 @@ fn sync_never_resurrects_what_prune_removed() {
         let tar = latest_tar(&r, "shop", "site");
         let out = s.path(&format!("untar-{t}"));
         untar(&tar, &out);
-        assert_eq!(std::fs::read_to_string(out.join("index.html")).unwrap(), "v2");
+        assert_eq!(
+            std::fs::read_to_string(out.join("index.html")).unwrap(),
+            "v2"
+        );
     }
     let rel = |t: &str| -> Vec<String> {
         packs(&root(&s, t), "shop")

@@ -3,6 +3,7 @@
 //! parser, JSON logs and log files, completions, man pages and the systemd
 //! units. Everything drives the real binary.
 
+#[allow(unused_imports)] // common re-exports v2 helpers this file does not use
 mod common;
 
 use common::*;

@@ -2,6 +2,7 @@
 //! targets through the `TestTarget` trait so the same checks run against any
 //! backend: fs, and S3 (Garage on loopback, listed with an independent client).
 
+mod common;
 mod s3_common;
 mod sched_common;
 
@@ -10,6 +11,118 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 
 const POLICY: &str = "shop";
+
+/// A target whose objects the test can also read back (independently of
+/// backupctl: the file system, or its own S3 client).
+trait Target: TestTarget {
+    fn get(&self, key: &str) -> Vec<u8>;
+}
+
+impl Target for FsTestTarget {
+    fn get(&self, key: &str) -> Vec<u8> {
+        std::fs::read(self.root.join(key)).unwrap_or_else(|e| panic!("{key}: {e}"))
+    }
+}
+
+/// Pack names (`<name>` of `<policy>/packs/<hh>/<name>.pack`) in a listing.
+fn packs_in(keys: &BTreeSet<String>) -> BTreeSet<String> {
+    let prefix = format!("{POLICY}/packs/");
+    keys.iter()
+        .filter_map(|k| {
+            let (hh, file) = k.strip_prefix(&prefix)?.split_once('/')?;
+            let name = file.strip_suffix(".pack")?;
+            assert_eq!(&name[..2], hh, "{k}: pack outside its fan-out directory");
+            Some(name.to_string())
+        })
+        .collect()
+}
+
+/// Extent list hashes (`<policy>/lists/<hash>.extents`) in a listing.
+fn lists_in(keys: &BTreeSet<String>) -> BTreeSet<String> {
+    let prefix = format!("{POLICY}/lists/");
+    keys.iter()
+        .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(".extents"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The manifest of snapshot `id` on `t`.
+fn manifest_of(t: &dyn Target, id: &str) -> Value {
+    serde_json::from_slice(&t.get(&format!("{POLICY}/snapshots/{id}.json"))).unwrap()
+}
+
+/// The extent list of the "site" source's tar stream in snapshot `id`.
+fn stream_list(t: &dyn Target, id: &str) -> String {
+    manifest_of(t, id)["sources"][0]["stream"]["list"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// What snapshot `id` on `t` references, read from its manifest and its
+/// extent lists (each checked against its name with BLAKE3): (lists, packs).
+fn references(t: &dyn Target, id: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let m = manifest_of(t, id);
+    let (mut lists, mut packs) = (BTreeSet::new(), BTreeSet::new());
+    for src in m["sources"].as_array().unwrap() {
+        for stream in ["stream", "index"] {
+            let list = src[stream]["list"].as_str().unwrap().to_string();
+            let text = t.get(&format!("{POLICY}/lists/{list}.extents"));
+            assert_eq!(blake3::hash(&text).to_hex().to_string(), list);
+            for line in String::from_utf8(text).unwrap().lines() {
+                let path = line.split(' ').next().unwrap();
+                let name = path
+                    .strip_prefix("packs/")
+                    .and_then(|p| p.split_once('/'))
+                    .and_then(|(_, f)| f.strip_suffix(".pack"))
+                    .unwrap_or_else(|| panic!("extent line {line:?}"));
+                packs.insert(name.to_string());
+            }
+            lists.insert(list);
+        }
+    }
+    (lists, packs)
+}
+
+/// `t` holds exactly the lists and packs the snapshots `kept` reference:
+/// nothing they need is missing, nothing else is left.
+#[track_caller]
+fn assert_holds_exactly(t: &dyn Target, kept: &[&String]) {
+    let (mut lists, mut packs) = (BTreeSet::new(), BTreeSet::new());
+    for id in kept {
+        let (l, p) = references(t, id);
+        lists.extend(l);
+        packs.extend(p);
+    }
+    let keys = t.keys();
+    assert_eq!(lists_in(&keys), lists, "extent lists on {}", t.name());
+    assert_eq!(packs_in(&keys), packs, "packs on {}", t.name());
+}
+
+/// What an interrupted run leaves on `t`: a real pack and the extent list
+/// of a stream that no manifest names, plus a list (no manifest either)
+/// pointing into `kept_pack`, a pack a kept snapshot uses. Returns the keys.
+fn plant_orphans(t: &dyn Target, kept_pack: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    common::plant_stream(dir.path(), POLICY, b"an interrupted run's data", 2);
+    let mut keys = Vec::new();
+    for e in walkdir::WalkDir::new(dir.path()) {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            let rel = e.path().strip_prefix(dir.path()).unwrap();
+            let key = rel.to_string_lossy().into_owned();
+            t.put(&key, &std::fs::read(e.path()).unwrap());
+            keys.push(key);
+        }
+    }
+    let text = format!("packs/{}/{kept_pack}.pack 0 8\n", &kept_pack[..2]);
+    let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
+    let key = format!("{POLICY}/lists/{hash}.extents");
+    t.put(&key, text.as_bytes());
+    keys.push(key);
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    keys
+}
 
 /// `run --time`, returning (snapshot id, archive hash of the only source).
 fn run_at(s: &Setup, time: &str) -> (String, String) {
@@ -36,7 +149,8 @@ fn ids(v: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Restore `id` from `target` and return the bytes of site/index.html.
+/// Restore `id` from `target` alone and return the bytes of
+/// site/index.html (the unchanging file is checked too).
 fn restored_index(s: &Setup, id: &str, target: &str) -> Vec<u8> {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -51,12 +165,15 @@ fn restored_index(s: &Setup, id: &str, target: &str) -> Vec<u8> {
         target,
     ]);
     expect_code(&out, 0, "restore");
+    if let Ok(logo) = std::fs::read(to.join("site/static/logo.txt")) {
+        assert_eq!(logo, b"unchanging");
+    }
     std::fs::read(to.join("site").join("index.html")).unwrap()
 }
 
 /// The scenario: six snapshots over five days, three archive versions shared
 /// by several snapshots each; prune with daily = 3, then daily = 1.
-pub fn prune_end_to_end(s: &Setup, a: &dyn TestTarget, b: &dyn TestTarget) {
+fn prune_end_to_end(s: &Setup, a: &dyn Target, b: &dyn Target) {
     let targets = format!("targets = [{:?}, {:?}]\n", a.name(), b.name());
     s.policy(POLICY, &format!("{targets}[retention]\ndaily = 3\n"));
     s.write_source("static/logo.txt", b"unchanging");
@@ -70,7 +187,8 @@ pub fn prune_end_to_end(s: &Setup, a: &dyn TestTarget, b: &dyn TestTarget) {
     s.write_source("index.html", b"version three");
     let (id5a, h3) = run_at(s, "2026-01-05T02:30:00+01:00");
     let (id5b, h3b) = run_at(s, "2026-01-05T14:00:00+01:00");
-    // Unchanged sources share archives.
+    // Unchanged sources give the same stream, and share its extent list
+    // and packs.
     assert_eq!(
         (h1.as_str(), h2.as_str(), h3.as_str()),
         (&*h1b, &*h2b, &*h3b)
@@ -80,16 +198,28 @@ pub fn prune_end_to_end(s: &Setup, a: &dyn TestTarget, b: &dyn TestTarget) {
     for t in [a, b] {
         let keys = t.keys();
         assert_eq!(snapshot_ids(&keys, POLICY), all_ids, "{}", t.name());
-        assert_eq!(archive_hashes(&keys, POLICY), set(&[&h1, &h2, &h3]));
+        for (x, y) in [(&id1, &id2), (&id3, &id4), (&id5a, &id5b)] {
+            assert_eq!(references(t, x), references(t, y), "{x} and {y}");
+        }
+        for (id, h) in [(&id1, &h1), (&id3, &h2), (&id5b, &h3)] {
+            assert_eq!(manifest_of(t, id)["sources"][0]["stream"]["blake3"], **h);
+        }
+        assert_holds_exactly(t, &[&id1, &id3, &id5b]);
     }
+    let old_list = stream_list(a, &id1);
+    // Packs only version two's snapshots use (version one's pack is still
+    // referenced by later snapshots: chunks they share).
+    let two_only: BTreeSet<String> = references(a, &id3)
+        .1
+        .difference(&references(a, &id5b).1)
+        .cloned()
+        .collect();
+    assert!(!two_only.is_empty(), "version two added a pack of its own");
 
-    // An orphan left by an interrupted run: archive + b3sums, no manifest.
-    let orphan = "ab".repeat(32);
-    a.put(
-        &format!("{POLICY}/archives/{orphan}.tar.zst"),
-        b"interrupted upload",
-    );
-    a.put(&format!("{POLICY}/archives/{orphan}.b3sums"), b"x");
+    // Orphans left by an interrupted run: a pack and extent lists that no
+    // manifest names (one of them pointing into a pack still in use).
+    let kept_pack = references(a, &id5b).1.into_iter().next().unwrap();
+    let orphans = plant_orphans(a, &kept_pack);
 
     // --dry-run: the decision, and nothing deleted anywhere.
     let (before_a, before_b) = (a.keys(), b.keys());
@@ -128,23 +258,19 @@ pub fn prune_end_to_end(s: &Setup, a: &dyn TestTarget, b: &dyn TestTarget) {
             "snapshots on {}",
             t.name()
         );
-        // h1 was referenced only by removed snapshots; h3 survives because the
-        // kept 14:00 snapshot still references it although 02:30 is gone.
-        assert_eq!(
-            archive_hashes(&keys, POLICY),
-            set(&[&h2, &h3]),
-            "archives on {}",
-            t.name()
-        );
-        for h in [&h2, &h3] {
-            assert!(keys.contains(&format!("{POLICY}/archives/{h}.b3sums")));
-        }
-        for h in [&h1, &orphan] {
-            assert!(!keys.contains(&format!("{POLICY}/archives/{h}.b3sums")));
+        // Version one's stream was referenced only by removed snapshots; h3
+        // survives because the kept 14:00 snapshot still references it
+        // although 02:30 is gone. Orphans go; what is kept is whole.
+        assert_holds_exactly(t, &[&id3, &id4, &id5b]);
+        assert!(!lists_in(&keys).contains(&old_list), "{}", t.name());
+        assert!(packs_in(&keys).contains(&kept_pack));
+        for k in &orphans {
+            assert!(!keys.contains(k), "orphan {k} left on {}", t.name());
         }
         assert!(keys.iter().any(|k| k.contains("RESTORE")));
-        // Kept snapshots still restore, byte for byte.
+        // Every kept snapshot still restores, byte for byte, from each target.
         assert_eq!(restored_index(s, &id3, t.name()), b"version two");
+        assert_eq!(restored_index(s, &id4, t.name()), b"version two");
         assert_eq!(restored_index(s, &id5b, t.name()), b"version three");
     }
 
@@ -155,7 +281,8 @@ pub fn prune_end_to_end(s: &Setup, a: &dyn TestTarget, b: &dyn TestTarget) {
     for t in [a, b] {
         let keys = t.keys();
         assert_eq!(snapshot_ids(&keys, POLICY), set(&[&id5b]));
-        assert_eq!(archive_hashes(&keys, POLICY), set(&[&h3]));
+        assert_holds_exactly(t, &[&id5b]);
+        assert!(packs_in(&keys).is_disjoint(&two_only), "{}", t.name());
         assert_eq!(restored_index(s, &id5b, t.name()), b"version three");
     }
     // Nothing left to do: a second prune is a no-op.
@@ -166,7 +293,7 @@ pub fn prune_end_to_end(s: &Setup, a: &dyn TestTarget, b: &dyn TestTarget) {
 
 /// One target down: the other is pruned, the down one is untouched and
 /// reported (exit 3), and the next prune catches up.
-pub fn prune_with_target_down(s: &Setup, a: &dyn TestTarget, b: &dyn TestTarget) {
+fn prune_with_target_down(s: &Setup, a: &dyn Target, b: &dyn Target) {
     s.policy(
         POLICY,
         &format!(
@@ -198,7 +325,12 @@ pub fn prune_with_target_down(s: &Setup, a: &dyn TestTarget, b: &dyn TestTarget)
     assert_eq!(status(b.name()), "unreachable");
     let ka = a.keys();
     assert_eq!(snapshot_ids(&ka, POLICY), set(&[&made[2].0]));
-    assert_eq!(archive_hashes(&ka, POLICY), set(&[&made[2].1]));
+    assert_holds_exactly(a, &[&made[2].0]);
+    assert_eq!(
+        manifest_of(a, &made[2].0)["sources"][0]["stream"]["blake3"],
+        made[2].1
+    );
+    assert_eq!(restored_index(s, &made[2].0, a.name()), b"three");
 
     b.set_down(false);
     assert_eq!(b.keys(), before_b, "nothing may change on the down target");
@@ -208,7 +340,8 @@ pub fn prune_with_target_down(s: &Setup, a: &dyn TestTarget, b: &dyn TestTarget)
     expect_code(&out, 0, "prune after the target is back");
     let kb = b.keys();
     assert_eq!(snapshot_ids(&kb, POLICY), set(&[&made[2].0]));
-    assert_eq!(archive_hashes(&kb, POLICY), set(&[&made[2].1]));
+    assert_holds_exactly(b, &[&made[2].0]);
+    assert_eq!(restored_index(s, &made[2].0, b.name()), b"three");
 }
 
 fn fs_pair(s: &Setup) -> (FsTestTarget, FsTestTarget) {
@@ -245,16 +378,28 @@ fn fs_unreadable_manifest_keeps_archives_on_its_target() {
     let (id2, h2) = run_at(&s, "2026-03-02T00:00:00Z");
     let damaged = format!("{POLICY}/snapshots/20260301T120000Z-0badf00d.json");
     b.put(&damaged, b"{ not a manifest");
+    let before_b = b.keys();
+    let (old_lists, old_packs) = references(&b, &id1);
 
     let out = s.run(&["prune", "--json"]);
     expect_code(&out, 3, "prune with an unreadable manifest on b");
     let (ka, kb) = (a.keys(), b.keys());
     assert_eq!(snapshot_ids(&ka, POLICY), set(&[&id2]));
-    assert_eq!(archive_hashes(&ka, POLICY), set(&[&h2]));
-    // b: the forgotten snapshot's manifest is gone, but no archive is deleted.
+    assert_holds_exactly(&a, &[&id2]);
+    assert!(lists_in(&ka).is_disjoint(&old_lists));
+    assert_eq!(manifest_of(&a, &id2)["sources"][0]["stream"]["blake3"], h2);
+    assert_ne!(h1, h2);
+    // b: the forgotten snapshot's manifest is gone, but no extent list and
+    // no pack is deleted (the unreadable one may reference any).
     assert!(!snapshot_ids(&kb, POLICY).contains(&id1));
     assert!(kb.contains(&damaged), "the unknown snapshot is left alone");
-    assert_eq!(archive_hashes(&kb, POLICY), set(&[&h1, &h2]));
+    assert_eq!(lists_in(&kb), lists_in(&before_b));
+    assert_eq!(packs_in(&kb), packs_in(&before_b));
+    assert!(old_lists.is_subset(&lists_in(&kb)));
+    assert!(old_packs.is_subset(&packs_in(&kb)));
+    for t in ["a", "b"] {
+        assert_eq!(restored_index(&s, &id2, t), b"new");
+    }
     assert!(stderr(&out).contains("0badf00d"), "{}", stderr(&out));
 }
 
@@ -329,6 +474,12 @@ impl S3TestTarget {
             key_vars,
             garage: Some(garage),
         })
+    }
+}
+
+impl Target for S3TestTarget {
+    fn get(&self, key: &str) -> Vec<u8> {
+        self.env.get(&format!("{}{key}", self.prefix))
     }
 }
 

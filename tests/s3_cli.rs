@@ -51,12 +51,25 @@ impl Setup {
         self.env.list_keys(&self.prefix)
     }
 
-    fn archive_key(&self) -> String {
-        self.keys()
+    /// The pack keys on offsite.
+    fn pack_keys(&self) -> Vec<String> {
+        s3_common::pack_keys(&self.keys(), &self.prefix, "site")
+    }
+
+    /// The key of a pack the tar stream of snapshot `id` uses on offsite.
+    fn stream_pack_key(&self, id: &str) -> String {
+        let m = self.env.manifest(&self.prefix, "site", id);
+        let list = m["sources"][0]["stream"]["list"].as_str().unwrap();
+        self.env
+            .packs_of_list(&self.prefix, "site", list)
             .into_iter()
-            .map(|(k, _)| k)
-            .find(|k| k.ends_with(".tar.zst"))
-            .expect("an archive on s3")
+            .next()
+            .expect("the stream uses a pack")
+    }
+
+    /// The fs target's file for S3 key `key` (same layout below the root).
+    fn fs_twin(&self, key: &str) -> PathBuf {
+        self.fs_root().join(key.strip_prefix(&self.prefix).unwrap())
     }
 
     fn fs_root(&self) -> PathBuf {
@@ -114,24 +127,48 @@ fn mixed_fs_and_s3_round_trip() {
         .unwrap()
         .to_string();
 
-    // Independently: the layout under the prefix, and the archive's BLAKE3.
+    // Independently: the layout under the prefix; the tar stream rebuilt
+    // from the S3 objects alone (extents sliced out of the packs, `zstd
+    // -dc`) has the BLAKE3 `run` reported, and extracts to the source.
     let keys = s.keys();
     let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+    let (lists, packs) = s.env.references(&s.prefix, "site", &id);
+    assert_eq!(lists.len(), 2, "a stream and an index list: {lists:?}");
+    assert!(!packs.is_empty());
     for want in [
         format!("{}RESTORE-README.txt", s.prefix),
         format!("{}site/snapshots/{id}.json", s.prefix),
-        format!("{}site/archives/{hash}.tar.zst", s.prefix),
-        format!("{}site/archives/{hash}.b3sums", s.prefix),
-    ] {
+        format!("{}site/snapshots/{id}.sig", s.prefix),
+    ]
+    .into_iter()
+    .chain(lists.iter().cloned())
+    .chain(packs.iter().cloned())
+    {
         assert!(names.contains(&want.as_str()), "{want} not in {names:?}");
     }
-    let archive = s
-        .env
-        .get(&format!("{}site/archives/{hash}.tar.zst", s.prefix));
-    assert_eq!(b3sum_of(&archive, s.tmp.path()), hash);
-    // Same bytes as the fs copy.
-    let fs_copy = std::fs::read(s.fs_root().join(format!("site/archives/{hash}.tar.zst"))).unwrap();
-    assert_eq!(archive, fs_copy);
+    for p in &packs {
+        let rest = p.strip_prefix(&format!("{}site/packs/", s.prefix)).unwrap();
+        let (hh, file) = rest.split_once('/').unwrap();
+        assert!(file.starts_with(hh) && file.ends_with(".pack"), "{p}");
+    }
+    let tar = s.env.source_tar(&s.prefix, "site", &id, "site");
+    assert_eq!(s3_common::b3sum_bytes(&tar), hash);
+    let x = s.tmp.path().join("untarred");
+    s3_common::untar(&tar, &x);
+    assert_eq!(
+        s3_common::tree_contents(&x),
+        s3_common::tree_contents(&s.src)
+    );
+    // Same packs and lists, byte for byte, as the fs copy.
+    for k in lists.iter().chain(s.pack_keys().iter()) {
+        let obj = s.env.get(k);
+        assert_eq!(obj, std::fs::read(s.fs_twin(k)).unwrap(), "{k}");
+    }
+    assert_eq!(
+        s.pack_keys(),
+        packs,
+        "every pack on offsite is one the snapshot uses"
+    );
     assert!(s.env.multipart_uploads(&s.prefix).is_empty());
 
     let o = s.run(&["list", "--json"]);
@@ -156,13 +193,23 @@ fn mixed_fs_and_s3_round_trip() {
         .collect();
     assert_eq!(results, vec![("local", "ok"), ("offsite", "ok")]);
 
-    // Unchanged source: the archive is not uploaded again.
+    // Unchanged source: no pack is uploaded again; the new snapshot uses
+    // the same lists and packs.
+    let before = s.pack_keys();
     let o = s.run(&["run", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(r[0]["targets"][1]["name"], "offsite");
-    assert_eq!(r[0]["targets"][1]["archives_already_present"], 1);
-    assert_eq!(r[0]["targets"][1]["uploaded_bytes"], 0);
+    assert_eq!(r[0]["sources"][0]["archive_hash"], hash.as_str());
+    assert_eq!(r[0]["sources"][0]["new_chunks"], 0, "{r}");
+    let off = &r[0]["targets"][1];
+    assert_eq!(off["name"], "offsite");
+    assert_eq!(off["archives_already_present"], packs.len(), "{r}");
+    assert_eq!(off["packs_uploaded"], 0, "{r}");
+    assert_eq!(off["packs_copied"], 0, "{r}");
+    assert_eq!(off["uploaded_bytes"], 0);
+    assert_eq!(s.pack_keys(), before);
+    let id2 = r[0]["snapshot"].as_str().unwrap();
+    assert_eq!(s.env.references(&s.prefix, "site", id2), (lists, packs));
 }
 
 #[test]
@@ -176,33 +223,51 @@ fn sync_copies_what_a_target_lacks_or_holds_truncated() {
     let o = s.run(&["run", "--time", "2026-01-31T02:30:00+01:00"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 
-    // offsite loses a manifest and the archive (both snapshots share it);
-    // local gets the archive truncated.
+    // offsite loses a manifest and a pack (both snapshots use it); local
+    // gets that pack truncated.
     let keys = s.keys();
-    let manifest = keys
+    let manifests = s3_common::manifest_keys(&keys, &s.prefix, "site");
+    assert_eq!(manifests.len(), 2);
+    let manifest = manifests[0].clone();
+    let ids: Vec<String> = manifests
         .iter()
-        .map(|(k, _)| k.clone())
-        .find(|k| k.contains("/snapshots/") && k.ends_with(".json"))
-        .unwrap();
-    let archive = s.archive_key();
+        .map(|k| {
+            k.rsplit('/')
+                .next()
+                .unwrap()
+                .trim_end_matches(".json")
+                .to_string()
+        })
+        .collect();
+    let pack = s.stream_pack_key(&ids[0]);
+    assert_eq!(s.stream_pack_key(&ids[1]), pack, "the snapshots share it");
+    let good = s.env.get(&pack);
     s.env.delete(&manifest);
-    s.env.delete(&archive);
-    let hash = archive
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .trim_end_matches(".tar.zst");
-    let local_archive = s.fs_root().join(format!("site/archives/{hash}.tar.zst"));
-    let full = std::fs::read(&local_archive).unwrap();
-    std::fs::write(&local_archive, &full[..full.len() / 2]).unwrap();
+    s.env.delete(&pack);
+    let local_pack = s.fs_twin(&pack);
+    let full = std::fs::read(&local_pack).unwrap();
+    assert_eq!(full, good);
+    std::fs::write(&local_pack, &full[..full.len() / 2]).unwrap();
 
-    // Now neither target holds a complete copy of anything: nothing to copy from.
+    // Now neither target holds an intact copy of the pack: nothing to copy
+    // from, the truncated copy is refused (checked against its name) and
+    // never written to offsite.
     let o = s.run(&["sync"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("complete on no reachable target"));
+    let short = &pack.rsplit('/').next().unwrap()[..16];
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("no intact copy of pack {short}")) && out.contains("local:"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !s.keys().iter().any(|(k, _)| k == &pack || k == &manifest),
+        "nothing copied from a damaged copy"
+    );
 
     // Repair local, then sync offsite from it.
-    std::fs::write(&local_archive, &full).unwrap();
+    std::fs::write(&local_pack, &full).unwrap();
     let before = s.keys();
     let o = s.run(&["sync", "--dry-run", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -217,11 +282,22 @@ fn sync_copies_what_a_target_lacks_or_holds_truncated() {
     let o = s.run(&["sync", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let keys: Vec<String> = s.keys().into_iter().map(|(k, _)| k).collect();
-    assert!(
-        keys.contains(&manifest) && keys.contains(&archive),
-        "{keys:?}"
+    assert!(keys.contains(&manifest) && keys.contains(&pack), "{keys:?}");
+    let copied = s.env.get(&pack);
+    assert_eq!(copied, good, "the pack is back, byte for byte");
+    assert_eq!(
+        b3sum_of(&copied, s.tmp.path()),
+        b3sum_of(&full, s.tmp.path())
     );
-    assert_eq!(b3sum_of(&s.env.get(&archive), s.tmp.path()), hash);
+    // Everything both snapshots reference is on offsite again.
+    for id in &ids {
+        let (lists, packs) = s.env.references(&s.prefix, "site", id);
+        for k in lists.iter().chain(packs.iter()) {
+            assert!(keys.contains(k), "{k} missing after sync");
+        }
+        let tar = s.env.source_tar(&s.prefix, "site", id, "site");
+        assert!(!tar.is_empty());
+    }
 
     // A second sync has nothing to do.
     let o = s.run(&["sync", "--json"]);
@@ -301,8 +377,13 @@ fn restore_fails_over_from_a_corrupted_s3_copy() {
     let s = Setup::new(env, &["offsite", "local"], "part_size_mib = 5");
     let o = s.run(&["run"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    // Flip bytes in the middle of the archive object, through the S3 API.
-    let key = s.archive_key();
+    // Flip bytes in the middle of a pack the snapshot's tar stream uses,
+    // through the S3 API.
+    let o = s.run(&["list", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let l: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = l[0]["snapshots"][0]["id"].as_str().unwrap().to_string();
+    let key = s.stream_pack_key(&id);
     let mut data = s.env.get(&key);
     let mid = data.len() / 2;
     for b in &mut data[mid..mid + 16] {
@@ -310,18 +391,33 @@ fn restore_fails_over_from_a_corrupted_s3_copy() {
     }
     s.env.put(&key, data);
 
+    // The restore is byte-exact: the damaged extent is read from local
+    // instead (failover is per extent), and the damage on offsite is named.
     let o = restore_and_compare(&s, &[]);
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("from target local"),
-        "{}",
-        text(&o)
-    );
+    let pack_name = key
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .trim_end_matches(".pack")
+        .to_string();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.lines()
-            .any(|l| l.contains("offsite") && l.contains("trying the next target")),
+        err.lines().any(|l| l.contains("offsite")
+            && l.contains(&pack_name)
+            && l.contains("trying the next target")),
         "{err}"
     );
+    // offsite alone cannot serve it.
+    let to = s.tmp.path().join("offsite-only");
+    let o = s.run(&[
+        "restore",
+        "site",
+        "--target",
+        "offsite",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
 
     let o = s.run(&["verify", "--all"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));

@@ -73,6 +73,19 @@ impl Setup {
     }
 }
 
+/// The files under an fs target's root as an S3 listing under `prefix`.
+fn files_as_keys(root: &std::path::Path, prefix: &str) -> Vec<(String, i64)> {
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let rel = e.path().strip_prefix(root).unwrap().to_string_lossy();
+            (format!("{prefix}{rel}"), e.metadata().unwrap().len() as i64)
+        })
+        .collect()
+}
+
 #[test]
 fn server_stopped_mid_upload_then_sync_completes() {
     let Some(s) = Setup::new(
@@ -127,15 +140,30 @@ fn server_stopped_mid_upload_then_sync_completes() {
     s.garage.restart();
     let keys = s.garage.env.list_keys(&s.prefix);
     assert!(
-        !keys
-            .iter()
-            .any(|(k, _)| k.contains("/snapshots/") && k.ends_with(".json")),
-        "no snapshot may be visible on s3: {keys:?}"
+        !keys.iter().any(|(k, _)| k.contains("/snapshots/")),
+        "no snapshot (manifest or signature) may be visible on s3: {keys:?}"
     );
+    // Whatever packs or lists did land are whole: byte for byte the fs
+    // target's copies (an interrupted multipart upload never shows).
+    let fs_root = s.tmp.path().join("fs-target");
+    for (k, _) in &keys {
+        if k.ends_with(".pack") || k.ends_with(".extents") {
+            let rel = k.strip_prefix(&s.prefix).unwrap();
+            assert_eq!(
+                s.garage.env.get(k),
+                std::fs::read(fs_root.join(rel)).unwrap(),
+                "{k} is not a complete copy"
+            );
+        }
+    }
+    let fs_packs = s3_common::pack_keys(&files_as_keys(&fs_root, &s.prefix), &s.prefix, "site");
     assert!(
-        !keys.iter().any(|(k, _)| k.ends_with(".tar.zst")),
-        "{keys:?}"
+        s3_common::pack_keys(&keys, &s.prefix, "site").len() < fs_packs.len(),
+        "the outage stopped the pack uploads"
     );
+    // The fs target's copy restores on its own, and its tar stream is what
+    // its manifest says.
+    s.restore_and_compare(&["--target", "local"]);
     let o = s.run(&["list", "--json"]);
     let l: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
@@ -159,6 +187,28 @@ fn server_stopped_mid_upload_then_sync_completes() {
             .any(|(k, _)| k.contains("/snapshots/") && k.ends_with(".json")),
         "{keys:?}"
     );
+    // offsite now holds every pack, identical to the fs target's.
+    assert_eq!(
+        s3_common::pack_keys(&keys, &s.prefix, "site"),
+        fs_packs,
+        "the packs on offsite after sync"
+    );
+    let id = snaps[0]
+        .as_ref()
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .trim_end_matches(".json")
+        .to_string();
+    let (_, used) = s.garage.env.references(&s.prefix, "site", &id);
+    for k in &used {
+        let rel = k.strip_prefix(&s.prefix).unwrap();
+        assert_eq!(
+            s.garage.env.get(k),
+            std::fs::read(fs_root.join(rel)).unwrap(),
+            "{k}"
+        );
+    }
 
     let o = s.run(&["verify", "--all", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -242,17 +292,45 @@ fn one_gib_archive_uploads_with_bounded_memory() {
         .unwrap();
     eprintln!("peak RSS for a 1 GiB upload: {} MiB", kb / 1024);
     assert!(kb < 200 * 1024, "peak RSS {kb} kB is over 200 MB");
-    // The object is there, complete (size as recorded), and no upload lingers.
+    // Every pack the stream's extents use is there, complete (at least as
+    // long as its extents reach), the extents cover the compressed size
+    // `run` reported, and no upload lingers.
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let hash = r[0]["sources"][0]["archive_hash"].as_str().unwrap();
+    let id = r[0]["snapshot"].as_str().unwrap();
     let size = r[0]["sources"][0]["archive_size"].as_i64().unwrap();
     assert!(size > 1 << 30, "incompressible: {size}");
-    let keys = s.garage.env.list_keys(&s.prefix);
+    let env = &s.garage.env;
+    let keys: std::collections::BTreeMap<String, i64> =
+        env.list_keys(&s.prefix).into_iter().collect();
+    let m = env.manifest(&s.prefix, "site", id);
     assert!(
-        keys.contains(&(format!("{}site/archives/{hash}.tar.zst", s.prefix), size)),
-        "{keys:?}"
+        m["sources"][0]["stream"]["size"].as_u64().unwrap() > 1 << 30,
+        "the tar stream holds the whole file"
     );
-    assert!(s.garage.env.multipart_uploads(&s.prefix).is_empty());
+    let list = m["sources"][0]["stream"]["list"].as_str().unwrap();
+    let text = env.list_text(&s.prefix, "site", list);
+    let mut covered = 0i64;
+    let mut reach: std::collections::BTreeMap<String, i64> = Default::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let (off, len): (i64, i64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+        covered += len;
+        let end = reach
+            .entry(format!("{}site/{}", s.prefix, f[0]))
+            .or_default();
+        *end = (*end).max(off + len);
+    }
+    assert_eq!(covered, size, "the extents cover archive_size");
+    assert!(
+        reach.len() >= 32,
+        "1 GiB in packs of at most 64 MiB: {reach:?}"
+    );
+    for (k, end) in &reach {
+        let got = keys.get(k).unwrap_or_else(|| panic!("{k} missing"));
+        assert!(got >= end, "{k}: {got} bytes, extents reach {end}");
+        assert!(*got <= 64 << 20, "{k}: {got} bytes, over PACK_MAX");
+    }
+    assert!(env.multipart_uploads(&s.prefix).is_empty());
 }
 
 /// A TCP relay to the S3 server that, once armed, cuts every connection whose

@@ -400,3 +400,186 @@ pub fn tree_contents(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>>
     walk(root, root, &mut out);
     out
 }
+
+// ---------------------------------------------------------------------------
+// Format v2 on an S3 target, read independently (the SDK, `b3sum`, `zstd`):
+// `<prefix><policy>/packs/<hh>/<name>.pack`, `<prefix><policy>/lists/<hash>.extents`,
+// `<prefix><policy>/snapshots/<id>.{sig,json}`. `prefix` ends with '/' (or is empty).
+// ---------------------------------------------------------------------------
+
+/// `b3sum` (the system tool) of bytes.
+pub fn b3sum_bytes(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("b3sum")
+        .arg("--no-names")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("b3sum installed (scripts/install-deps.sh installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let w = std::thread::spawn(move || stdin.write_all(&data));
+    let o = child.wait_with_output().unwrap();
+    w.join().unwrap().unwrap();
+    assert!(o.status.success(), "b3sum failed");
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// Decompress concatenated zstd frames with the `zstd` CLI.
+pub fn zstd_decompress(compressed: Vec<u8>) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("zstd")
+        .args(["-d", "-c", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("zstd installed");
+    let mut stdin = child.stdin.take().unwrap();
+    let w = std::thread::spawn(move || stdin.write_all(&compressed));
+    let o = child.wait_with_output().unwrap();
+    let _ = w.join().unwrap();
+    assert!(o.status.success(), "zstd -dc failed");
+    o.stdout
+}
+
+/// The pack keys of a policy in a listing (`(key, size)` pairs).
+pub fn pack_keys(keys: &[(String, i64)], prefix: &str, policy: &str) -> Vec<String> {
+    let p = format!("{prefix}{policy}/packs/");
+    let mut v: Vec<String> = keys
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with(&p) && k.ends_with(".pack"))
+        .cloned()
+        .collect();
+    v.sort();
+    v
+}
+
+/// The extent list keys of a policy in a listing.
+pub fn list_keys_of(keys: &[(String, i64)], prefix: &str, policy: &str) -> Vec<String> {
+    let p = format!("{prefix}{policy}/lists/");
+    let mut v: Vec<String> = keys
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with(&p) && k.ends_with(".extents"))
+        .cloned()
+        .collect();
+    v.sort();
+    v
+}
+
+/// The manifest keys (`.json`) of a policy in a listing, oldest first.
+pub fn manifest_keys(keys: &[(String, i64)], prefix: &str, policy: &str) -> Vec<String> {
+    let p = format!("{prefix}{policy}/snapshots/");
+    let mut v: Vec<String> = keys
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with(&p) && k.ends_with(".json"))
+        .cloned()
+        .collect();
+    v.sort();
+    v
+}
+
+impl S3Env {
+    /// A manifest, parsed.
+    pub fn manifest(&self, prefix: &str, policy: &str, id: &str) -> serde_json::Value {
+        let data = self.get(&format!("{prefix}{policy}/snapshots/{id}.json"));
+        serde_json::from_slice(&data).expect("manifest JSON")
+    }
+
+    /// The text of extent list `list`, checked against its name with `b3sum`.
+    pub fn list_text(&self, prefix: &str, policy: &str, list: &str) -> String {
+        let text = self.get(&format!("{prefix}{policy}/lists/{list}.extents"));
+        assert_eq!(
+            b3sum_bytes(&text),
+            list,
+            "extent list {list} is not what its name says"
+        );
+        String::from_utf8(text).unwrap()
+    }
+
+    /// The pack keys extent list `list` names.
+    pub fn packs_of_list(&self, prefix: &str, policy: &str, list: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .list_text(prefix, policy, list)
+            .lines()
+            .map(|l| format!("{prefix}{policy}/{}", l.split(' ').next().unwrap()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The stream extent list `list` describes, rebuilt as RESTORE-README
+    /// says: each extent sliced out of its pack object, concatenated, `zstd -dc`.
+    pub fn stream_from_list(&self, prefix: &str, policy: &str, list: &str) -> Vec<u8> {
+        let text = self.list_text(prefix, policy, list);
+        let mut packs: std::collections::HashMap<String, Vec<u8>> = Default::default();
+        let mut compressed = Vec::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            assert_eq!(f.len(), 3, "extent line {line:?}");
+            let bytes = packs
+                .entry(f[0].to_string())
+                .or_insert_with(|| self.get(&format!("{prefix}{policy}/{}", f[0])));
+            let (o, l): (usize, usize) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+            compressed.extend_from_slice(&bytes[o..o + l]);
+        }
+        zstd_decompress(compressed)
+    }
+
+    /// The tar stream of `source` in snapshot `id`, checked against the
+    /// manifest's BLAKE3 with `b3sum`.
+    pub fn source_tar(&self, prefix: &str, policy: &str, id: &str, source: &str) -> Vec<u8> {
+        let m = self.manifest(prefix, policy, id);
+        let rec = m["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == source)
+            .unwrap_or_else(|| panic!("no source {source} in {m}"))
+            .clone();
+        let tar = self.stream_from_list(prefix, policy, rec["stream"]["list"].as_str().unwrap());
+        assert_eq!(
+            b3sum_bytes(&tar),
+            rec["stream"]["blake3"].as_str().unwrap(),
+            "the rebuilt tar stream of {source} is not what the manifest says"
+        );
+        tar
+    }
+
+    /// The lists and packs snapshot `id` references (keys).
+    pub fn references(&self, prefix: &str, policy: &str, id: &str) -> (Vec<String>, Vec<String>) {
+        let m = self.manifest(prefix, policy, id);
+        let (mut lists, mut packs) = (Vec::new(), Vec::new());
+        for s in m["sources"].as_array().unwrap() {
+            for k in ["stream", "index"] {
+                let l = s[k]["list"].as_str().unwrap();
+                lists.push(format!("{prefix}{policy}/lists/{l}.extents"));
+                packs.extend(self.packs_of_list(prefix, policy, l));
+            }
+        }
+        lists.sort();
+        lists.dedup();
+        packs.sort();
+        packs.dedup();
+        (lists, packs)
+    }
+}
+
+/// Extract a tar stream with the system `tar` into `dest` (created).
+pub fn untar(tar: &[u8], dest: &Path) {
+    use std::io::Write;
+    std::fs::create_dir_all(dest).unwrap();
+    let mut child = Command::new("tar")
+        .arg("-xf")
+        .arg("-")
+        .arg("-C")
+        .arg(dest)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(tar).unwrap();
+    assert!(child.wait().unwrap().success(), "tar -x failed");
+}
