@@ -34,10 +34,12 @@ state_dir = "state"
 type = "fs"
 path = "target-one"
 location = "bench"
+create = true
 [targets.two]
 type = "fs"
 path = "target-two"
 location = "bench-2"
+create = true
 TOML
 cat > "$RUN/cfg/policies/bench.toml" <<TOML
 targets = ["one"]

@@ -46,6 +46,7 @@ state_dir = "state"
 type = "fs"
 path = "target-one"
 location = "bench"
+create = true
 TOML
 cat > "$RUN/cfg/policies/site.toml" <<TOML
 targets = ["one"]

@@ -41,7 +41,7 @@ T
 }
 {
   echo "state_dir = \"$W/state\""
-  for d in one two sync; do printf '[targets.dir-%s]\ntype = "fs"\npath = "%s"\nlocation = "office"\n' "$d" "$W/t-$d"; done
+  for d in one two sync; do printf '[targets.dir-%s]\ntype = "fs"\npath = "%s"\nlocation = "office"\ncreate = true\n' "$d" "$W/t-$d"; done
   s3target s3-two "$RUN/two/"
   s3target s3-sync "$RUN/sync/"
 } > "$W/conf/backupctl.toml"

@@ -21,9 +21,10 @@
 //!   after the first target is lost.
 //!
 //! Every check is independent of backupctl: trees are compared by hash lists
-//! computed here (BLAKE3 of the content, permission bits, mtimes), archives are
-//! hashed with `b3sum` (or the `blake3` crate for S3 objects), and table
-//! contents are read with `psql`, `mariadb` and `sqlite3`.
+//! computed here (BLAKE3 of the content, permission bits, mtimes), extent
+//! lists are hashed with `b3sum` (or the `blake3` crate for S3 objects), tar
+//! streams are rebuilt from the packs by slicing and `zstd -dc` and hashed,
+//! and table contents are read with `psql`, `mariadb` and `sqlite3`.
 
 mod common;
 mod db_common;
@@ -31,7 +32,9 @@ mod s3_common;
 
 use backupctl::retention::{self, RetentionPolicy};
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Weekday};
-use common::{assert_hash_list, assert_same_tree, b3sums, files_under, hash_list, HashList, Mount};
+use common::{
+    assert_hash_list, assert_same_tree, b3sums, files_under, hash_list, list_path, HashList, Mount,
+};
 use db_common::{db_hex, sqlite3, DbServer};
 use s3_common::S3Env;
 use std::collections::{BTreeMap, BTreeSet};
@@ -597,8 +600,11 @@ struct Taken {
     time: DateTime<FixedOffset>,
     /// Source name -> what it held.
     state: BTreeMap<String, SourceState>,
-    /// Source name -> archive hash (from the manifest).
-    archives: BTreeMap<String, String>,
+    /// Source name -> BLAKE3 of its tar stream (from the manifest).
+    streams: BTreeMap<String, String>,
+    /// Source name -> its stream's and its index's extent lists, with the
+    /// BLAKE3 the manifest records for each.
+    lists: BTreeMap<String, [(String, String); 2]>,
     /// Taken while the offsite disk was unplugged.
     while_unplugged: bool,
 }
@@ -1096,33 +1102,40 @@ fn a_month_of_operation() {
                     let time = DateTime::parse_from_rfc3339(man["time"].as_str().unwrap()).unwrap();
                     assert_eq!(time, now, "{id}: recorded time");
                     assert_eq!(time.offset(), now.offset(), "{id}: recorded offset");
-                    let archives: BTreeMap<String, String> = man["sources"]
+                    let streams: BTreeMap<String, String> = man["sources"]
                         .as_array()
                         .unwrap()
                         .iter()
                         .map(|s| {
                             (
                                 s["name"].as_str().unwrap().to_string(),
-                                s["archive_hash"].as_str().unwrap().to_string(),
+                                s["stream"]["blake3"].as_str().unwrap().to_string(),
                             )
                         })
                         .collect();
-                    // Unchanged sources give the same archive as last time.
+                    let lists = source_lists(&man);
+                    // Unchanged sources give the same tar stream as last
+                    // time, stored in the same extents.
                     if let Some(prev) = p.taken.last() {
                         if !changed.get(p.name).copied().unwrap_or(false) {
                             assert_eq!(
-                                archives, prev.archives,
-                                "{now}: policy {}: nothing changed since {}, yet the archives differ",
+                                streams, prev.streams,
+                                "{now}: policy {}: nothing changed since {}, yet the tar streams differ",
+                                p.name, prev.id
+                            );
+                            assert_eq!(
+                                lists, prev.lists,
+                                "{now}: policy {}: nothing changed since {}, yet the extent lists differ",
                                 p.name, prev.id
                             );
                         } else {
-                            for (s, h) in &archives {
+                            for (s, h) in &streams {
                                 let same_state =
                                     prev.state[s] == day_or_app(&day_states, &app_state, p.name)[s];
                                 if !same_state {
                                     assert_ne!(
-                                        h, &prev.archives[s],
-                                        "{now}: policy {}: source {s} changed, same archive",
+                                        h, &prev.streams[s],
+                                        "{now}: policy {}: source {s} changed, same tar stream",
                                         p.name
                                     );
                                 }
@@ -1134,7 +1147,8 @@ fn a_month_of_operation() {
                         id: id.clone(),
                         time,
                         state: day_or_app(&day_states, &app_state, p.name).clone(),
-                        archives,
+                        streams,
+                        lists,
                         while_unplugged: unplugged,
                     });
                     p.kept.insert(id.clone());
@@ -1222,7 +1236,8 @@ fn a_month_of_operation() {
             }
             if catch_up_tick {
                 // (c) the unplugged days are complete on the disk now: every
-                // one that retention keeps is there, with all its archives.
+                // one that retention keeps is there, with all its lists and
+                // the packs they name, rebuilding to the recorded streams.
                 for p in &m.pols {
                     for t in p.taken.iter().filter(|t| t.while_unplugged) {
                         if !p.kept.contains(&t.id) {
@@ -1235,10 +1250,7 @@ fn a_month_of_operation() {
                             "{} missing on offsite",
                             t.id
                         );
-                        for h in t.archives.values() {
-                            let a = root.join(format!("{}/archives/{h}.tar.zst", p.name));
-                            assert_eq!(&common::b3sum(&a), h, "{}", a.display());
-                        }
+                        check_streams(&root, p.name, t);
                     }
                 }
                 // Nothing left for sync to do.
@@ -1320,39 +1332,59 @@ fn a_month_of_operation() {
     assert!(unplugged_kept > 0, "some unplugged days are still kept");
 
     // (d) Nothing unreferenced anywhere: each target holds exactly the
-    // markers, the kept manifests (identical on every target) and the
-    // archives they reference, each hashing to its name.
+    // markers, the kept manifests (identical on every target), the extent
+    // lists they reference (each hashing to its name) and the packs those
+    // lists name (each named by the BLAKE3 of its index); every kept stream
+    // rebuilds from the packs to the BLAKE3 its manifest records.
     let checks_started = Instant::now();
     let mut expected_keys = BTreeSet::from([
         "backupctl-target.json".to_string(),
         "RESTORE-README.txt".to_string(),
     ]);
+    let nas = m.nas.root();
     for p in &m.pols {
         for id in &p.kept {
             expected_keys.insert(format!("{}/snapshots/{id}.json", p.name));
             expected_keys.insert(format!("{}/snapshots/{id}.sig", p.name));
-            for h in p.get(id).archives.values() {
-                expected_keys.insert(format!("{}/archives/{h}.tar.zst", p.name));
-                expected_keys.insert(format!("{}/archives/{h}.b3sums", p.name));
+            for pair in p.get(id).lists.values() {
+                for (list, _) in pair {
+                    expected_keys.insert(format!("{}/lists/{list}.extents", p.name));
+                    // The list's text is fixed by its name (checked below on
+                    // every target); the packs it names, from the first.
+                    for pack in common::packs_of_list(&nas, p.name, list) {
+                        let rel = pack.strip_prefix(&nas).unwrap();
+                        expected_keys.insert(rel.to_string_lossy().into_owned());
+                    }
+                }
             }
         }
     }
+    assert!(expected_keys.iter().any(|k| k.ends_with(".pack")));
     for t in ["nas", "offsite"] {
         let root = m.root(t);
         assert_eq!(files_under(&root), expected_keys, "files on target {t}");
-        let all: Vec<PathBuf> = expected_keys
+        let lists: Vec<PathBuf> = expected_keys
             .iter()
-            .filter(|k| k.ends_with(".tar.zst"))
+            .filter(|k| k.ends_with(".extents"))
             .map(|k| root.join(k))
             .collect();
-        for (path, h) in b3sums(&all) {
+        for (path, h) in b3sums(&lists) {
             let name = path.file_name().unwrap().to_string_lossy();
             assert_eq!(
-                name.strip_suffix(".tar.zst").unwrap(),
+                name.strip_suffix(".extents").unwrap(),
                 h,
                 "{}",
                 path.display()
             );
+        }
+        for k in expected_keys.iter().filter(|k| k.ends_with(".pack")) {
+            let data = std::fs::read(root.join(k)).unwrap();
+            assert_eq!(pack_name(&data), pack_stem(k), "{t}: {k}");
+        }
+        for p in &m.pols {
+            for id in &p.kept {
+                check_streams(&root, p.name, p.get(id));
+            }
         }
     }
     let s3_keys: BTreeSet<String> = svc
@@ -1363,10 +1395,17 @@ fn a_month_of_operation() {
         .collect();
     assert_eq!(s3_keys, expected_keys, "objects on target cloud");
     assert_eq!(svc.s3.multipart_uploads(&m.prefix), Vec::<String>::new());
-    for k in expected_keys.iter().filter(|k| !k.ends_with(".b3sums")) {
+    for k in &expected_keys {
         let data = svc.s3.get(&format!("{}{k}", m.prefix));
-        if let Some(h) = k.rsplit('/').next().unwrap().strip_suffix(".tar.zst") {
+        if let Some(h) = k.rsplit('/').next().unwrap().strip_suffix(".extents") {
             assert_eq!(blake3::hash(&data).to_hex().as_str(), h, "cloud: {k}");
+        } else if k.ends_with(".pack") {
+            assert_eq!(pack_name(&data), pack_stem(k), "cloud: {k}");
+            // The same bytes as the pack whose streams rebuilt above.
+            assert!(
+                std::fs::read(nas.join(k)).unwrap() == data,
+                "pack {k} differs between cloud and nas"
+            );
         } else if k.contains("/snapshots/") {
             for t in ["nas", "offsite"] {
                 assert!(
@@ -1454,31 +1493,96 @@ fn a_month_of_operation() {
         let last = DateTime::parse_from_rfc3339(run["last_success"].as_str().unwrap()).unwrap();
         assert_eq!(last, p.taken.last().unwrap().time, "{s}");
     }
-    // And by hand, as RESTORE-README.txt says: zstd, tar and b3sum only.
+    // And by hand, as RESTORE-README.txt says: sh, tail, head, zstd, tar
+    // and b3sum only, from inside <target>/<policy>/.
     {
         let shop = m.pol("shop");
         let last = shop.taken.last().unwrap();
         let root = m.offsite.root();
-        let h = &last.archives["site"];
-        let archive = root.join(format!("shop/archives/{h}.tar.zst"));
-        assert_eq!(&common::b3sum(&archive), h);
-        let out = m.d.path("by-hand/site");
+        let readme = std::fs::read_to_string(root.join("RESTORE-README.txt")).unwrap();
+        let slice = r#"while read p o l; do tail -c +$((o+1)) "$p" | head -c "$l"; done \"#;
+        for line in [
+            slice,
+            "< lists/<list>.extents | zstd -dc > /restore/<source>.tar",
+            "b3sum /restore/<source>.tar",
+            "... | zstd -dc | tar -xpf - -C /restore/<source>",
+        ] {
+            assert!(readme.contains(line), "RESTORE-README.txt lacks {line:?}");
+        }
+        let slice = slice.trim_end_matches('\\').trim_end();
+        // Step 5's filter, exactly as the README gives it.
+        let jq = readme
+            .lines()
+            .find_map(|l| {
+                let from = l.find("jq -r '")?;
+                let to = l.rfind('\'')?;
+                Some(&l[from..=to])
+            })
+            .expect("RESTORE-README.txt gives a jq filter for step 5");
+        // Step 1: the newest manifest, and the site's stream in it.
+        let newest = common::manifests(&root, "shop").pop().unwrap();
+        assert_eq!(
+            newest.file_stem().unwrap().to_string_lossy(),
+            last.id,
+            "the newest manifest sorts last"
+        );
+        let man = read_json(&newest);
+        let rec = common::source_record(&man, "site");
+        let list = rec["stream"]["list"].as_str().unwrap();
+        let blake = rec["stream"]["blake3"].as_str().unwrap();
+        assert_eq!(blake, last.streams["site"]);
+        let policy_dir = root.join("shop");
+        let work = m.d.path("by-hand");
+        std::fs::create_dir_all(&work).unwrap();
+        // Steps 2 and 3: rebuild the tar stream into a file, b3sum it.
+        let tar = work.join("site.tar");
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{slice} < lists/\"$1\".extents | zstd -dc > \"$2\""
+            ))
+            .args(["sh", list, tar.to_str().unwrap()])
+            .current_dir(&policy_dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "rebuild the stream: {}", text(&o));
+        assert_eq!(common::b3sum(&tar), blake, "b3sum of the rebuilt stream");
+        // Step 4, as one pipe.
+        let out = work.join("site");
         std::fs::create_dir_all(&out).unwrap();
         let o = Command::new("sh")
             .arg("-c")
-            .arg("zstd -d -c \"$1\" | tar -xpf - -C \"$2\"")
-            .args(["sh", archive.to_str().unwrap(), out.to_str().unwrap()])
+            .arg(format!(
+                "{slice} < lists/\"$1\".extents | zstd -dc | tar -xpf - -C \"$2\""
+            ))
+            .args(["sh", list, out.to_str().unwrap()])
+            .current_dir(&policy_dir)
             .output()
             .unwrap();
-        assert!(o.status.success(), "zstd | tar: {}", text(&o));
+        assert!(o.status.success(), "slice | zstd | tar: {}", text(&o));
+        assert_hash_list(last.state["site"].tree.as_ref().unwrap(), &out, "by hand");
+        // Step 5: every file against the index stream, with jq and b3sum.
+        let index = rec["index"]["list"].as_str().unwrap();
+        let sums = work.join("site.b3sums");
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{slice} < lists/\"$1\".extents | zstd -dc | {jq} > \"$2\""
+            ))
+            .args(["sh", index, sums.to_str().unwrap()])
+            .current_dir(&policy_dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "index | jq: {}", text(&o));
+        let n = std::fs::read_to_string(&sums).unwrap().lines().count();
+        assert_eq!(n as u64, rec["files"].as_u64().unwrap(), "index lines");
         let o = Command::new("b3sum")
             .arg("--check")
-            .arg(root.join(format!("shop/archives/{h}.b3sums")))
+            .arg(&sums)
             .current_dir(&out)
             .output()
             .unwrap();
         assert!(o.status.success(), "b3sum --check: {}", text(&o));
-        assert_hash_list(last.state["site"].tree.as_ref().unwrap(), &out, "by hand");
     }
     let dr_secs = dr_started.elapsed().as_secs_f64();
 
@@ -1521,4 +1625,83 @@ fn day_or_app<'a>(
     } else {
         &day[policy]
     }
+}
+
+/// Per source of a manifest: its stream's and its index's extent lists, each
+/// with the BLAKE3 the manifest records for the stream.
+fn source_lists(man: &serde_json::Value) -> BTreeMap<String, [(String, String); 2]> {
+    man["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let pair = ["stream", "index"].map(|k| {
+                (
+                    s[k]["list"].as_str().unwrap().to_string(),
+                    s[k]["blake3"].as_str().unwrap().to_string(),
+                )
+            });
+            (s["name"].as_str().unwrap().to_string(), pair)
+        })
+        .collect()
+}
+
+/// Snapshot `t` of `policy` is whole on the fs target at `root`: its
+/// manifest is there, every extent list it references hashes to its name,
+/// and every stream and index rebuilds from the packs (slices, `zstd -dc`)
+/// to the BLAKE3 recorded when it was taken.
+#[track_caller]
+fn check_streams(root: &Path, policy: &str, t: &Taken) {
+    assert!(
+        root.join(format!("{policy}/snapshots/{}.json", t.id))
+            .is_file(),
+        "{} missing on {}",
+        t.id,
+        root.display()
+    );
+    for (source, pair) in &t.lists {
+        for (list, want) in pair {
+            assert!(
+                list_path(root, policy, list).is_file(),
+                "{}: list {list} of {source} missing on {}",
+                t.id,
+                root.display()
+            );
+            let data = common::stream_from_list(root, policy, list);
+            assert_eq!(
+                blake3::hash(&data).to_hex().as_str(),
+                want,
+                "{}: a stream of {source} on {} does not rebuild",
+                t.id,
+                root.display()
+            );
+        }
+        assert_eq!(pair[0].1, t.streams[source]);
+    }
+}
+
+/// The name a pack's bytes give it: the BLAKE3 of its index payload (the
+/// bytes before the 12-byte tail "u32 LE payload length | BCPKEND2").
+fn pack_name(data: &[u8]) -> String {
+    let n = data.len();
+    assert!(n >= 12 && &data[n - 8..] == b"BCPKEND2", "not a pack");
+    let plen = u32::from_le_bytes(data[n - 12..n - 8].try_into().unwrap()) as usize;
+    let payload = &data[n - 12 - plen..n - 12];
+    assert!(payload.starts_with(b"BCPKIDX2"), "not a pack index");
+    blake3::hash(payload).to_hex().to_string()
+}
+
+/// The name part of a pack key `<policy>/packs/<hh>/<name>.pack`.
+fn pack_stem(key: &str) -> &str {
+    let name = key
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .strip_suffix(".pack")
+        .unwrap();
+    assert!(
+        key.ends_with(&format!("packs/{}/{name}.pack", &name[..2])),
+        "{key}"
+    );
+    name
 }

@@ -201,11 +201,16 @@ pub fn render_restore(r: &ops::restore::RestoreResult) -> String {
     let mut s = String::new();
     for src in &r.sources {
         s.push_str(&format!(
-            "restored {} of snapshot {} ({}) from target {}: {} files, {} -> {}\n",
+            "restored {} of snapshot {} ({}) from target {}{}: {} files, {} -> {}\n",
             src.name,
             r.snapshot,
             short_time(&r.time),
             src.target,
+            if src.also_from.is_empty() {
+                String::new()
+            } else {
+                format!(" (ranges it could not serve intact from {})", src.also_from.join(", "))
+            },
             src.files,
             backupctl::util::human_bytes(src.bytes),
             src.path

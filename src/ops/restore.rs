@@ -38,7 +38,10 @@ pub struct RestoreOptions {
 #[derive(Debug, Serialize)]
 pub struct RestoredSource {
     pub name: String,
+    /// The target that served the stream (its first range, at least).
     pub target: String,
+    /// Other targets that served ranges the first could not serve intact.
+    pub also_from: Vec<String>,
     pub path: String,
     pub files: usize,
     pub bytes: u64,
@@ -201,6 +204,7 @@ async fn restore_into(
                     dir: staging,
                     report: rep,
                     damaged,
+                    served,
                 },
             target: tname,
             skipped,
@@ -230,8 +234,10 @@ async fn restore_into(
             rep.files.len(),
             final_dir.display()
         );
+        let also_from = served.into_iter().filter(|t| *t != tname).collect();
         result.sources.push(RestoredSource {
             name: rec.name.clone(),
+            also_from,
             target: tname,
             path: final_dir.display().to_string(),
             files: rep.files.len(),

@@ -486,6 +486,9 @@ pub struct Unpacked {
     pub report: archive::ExtractReport,
     /// (target, pack) pairs that failed and were read elsewhere.
     pub damaged: Vec<(String, String)>,
+    /// Every target that served part of the stream, in first-use order
+    /// (extents fail over one by one; the first is [`Fetched::target`]).
+    pub served: Vec<String>,
 }
 
 /// The targets holding `entry` complete, as pack sources (policy order),
@@ -599,6 +602,7 @@ pub async fn unpack_first_intact(
                     dir,
                     report,
                     damaged: read.failed,
+                    served: read.served.clone(),
                 },
                 target,
                 skipped,

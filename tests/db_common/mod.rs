@@ -344,7 +344,10 @@ impl DbSetup {
             h[0], h[1],
             "an unchanged database gave a different tar stream: {h:?}"
         );
-        assert_ne!(h[1], h[2], "a one-row change gave the same tar stream: {h:?}");
+        assert_ne!(
+            h[1], h[2],
+            "a one-row change gave the same tar stream: {h:?}"
+        );
         assert_eq!(
             crate::common::stream_hashes(&b, "db", source),
             h,
