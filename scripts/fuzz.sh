@@ -16,8 +16,9 @@
 #
 # Each target runs as one job (the machine's cores are shared). New corpus
 # entries go to fuzz/target/corpus/<target> (not committed); the committed
-# seeds (fuzz/corpus/<target>) and past findings (fuzz/regressions/<target>)
-# are read as well. A crash, panic, timeout or memory blow-up is saved to
+# seeds (fuzz/corpus/<target>) are read as well, and past findings
+# (fuzz/regressions/<target>)
+# are replayed first. A crash, panic, timeout or memory blow-up is saved to
 # fuzz/artifacts/<target>/ and makes the script exit 1 once every target ran;
 # reproduce one with `RUSTC_BOOTSTRAP=1 cargo fuzz run -O -a -s none <target>
 # <file>` (or run fuzz/target/<host>/release/<target> <file>), then copy it to
@@ -38,7 +39,9 @@ if [[ -z ${TMPDIR:-} && -d /dev/shm && -w /dev/shm ]]; then
   export TMPDIR=/dev/shm
 fi
 
-declare -A max_len=([config]=8192 [manifest]=16384 [archive_zst]=65536 [archive_tar]=65536)
+# archive_tar stays small: a tar of N bytes can be a directory N/2 levels deep,
+# which is correct but slow to make, and such inputs would crowd the corpus.
+declare -A max_len=([config]=8192 [manifest]=16384 [archive_zst]=65536 [archive_tar]=12288)
 
 command -v cargo-fuzz >/dev/null || {
   echo "fuzz.sh: cargo-fuzz is missing: cargo install cargo-fuzz --locked" >&2
@@ -59,11 +62,16 @@ for t in "${targets[@]}"; do
   log=fuzz/target/fuzz-$t.log
   echo "fuzz.sh: $t for ${seconds}s (log: $log)" >&2
   rc=0
+  # Past findings first, each run once (they may be larger than max_len).
+  regressions=(fuzz/regressions/$t/*)
+  if [[ -e ${regressions[0]} ]]; then
+    "$bin_dir/$t" -artifact_prefix="$artifacts/" "${regressions[@]}" >"$log" 2>&1 || rc=$?
+  fi
   # The binary `cargo fuzz run` would start, without rebuilding between targets.
-  "$bin_dir/$t" "$work" "fuzz/corpus/$t" "fuzz/regressions/$t" \
+  ((rc == 0)) && "$bin_dir/$t" "$work" "fuzz/corpus/$t" \
     -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
     -max_len="${max_len[$t]}" -print_final_stats=1 \
-    -artifact_prefix="$artifacts/" >"$log" 2>&1 || rc=$?
+    -artifact_prefix="$artifacts/" >>"$log" 2>&1 || rc=$?
   after=$(find "$artifacts" -type f | wc -l)
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
