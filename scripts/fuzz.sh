@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Fuzz the parsers of everything backupctl reads from storage targets and
-# from its configuration (fuzz/, README "Fuzzing"). Not run in CI.
+# from its configuration (fuzz/, README "Fuzzing"). Not run in CI. Targets
+# (format v2): config, manifest (manifests, signatures, file index records,
+# listings), pack (extent lists, pack indexes, frames, the stream reader),
+# archive_tar (the tar unpacker).
 #
 #   scripts/fuzz.sh              every target for 300 s, one after another
 #   scripts/fuzz.sh 1200         every target for 20 minutes
@@ -28,12 +31,12 @@ cd "$(dirname "$0")/.."
 
 seconds=${1:-300}
 shift || true
-all=(config manifest archive_zst archive_tar)
+all=(config manifest pack archive_tar)
 targets=("${@:-${all[@]}}")
 sanitizer=${FUZZ_SANITIZER:-none}
 export RUSTC_BOOTSTRAP=1
 flags=(-O -a -s "$sanitizer")
-# The archive targets extract into a fresh directory per input: on tmpfs,
+# archive_tar extracts into a fresh directory per input: on tmpfs,
 # deep trees cost microseconds instead of disk writes.
 if [[ -z ${TMPDIR:-} && -d /dev/shm && -w /dev/shm ]]; then
   export TMPDIR=/dev/shm
@@ -41,7 +44,7 @@ fi
 
 # archive_tar stays small: a tar of N bytes can be a directory N/2 levels deep,
 # which is correct but slow to make, and such inputs would crowd the corpus.
-declare -A max_len=([config]=8192 [manifest]=16384 [archive_zst]=65536 [archive_tar]=12288)
+declare -A max_len=([config]=8192 [manifest]=16384 [pack]=65536 [archive_tar]=12288)
 
 command -v cargo-fuzz >/dev/null || {
   echo "fuzz.sh: cargo-fuzz is missing: cargo install cargo-fuzz --locked" >&2

@@ -1,27 +1,38 @@
-//! Fuzzes what a storage target serves before a snapshot is used: the
-//! manifest parser ([`Manifest::parse`]), signature files
-//! ([`Trust::verify`]), target listings ([`TargetView::from_listing`]) and
-//! the name and snapshot-id validators every key is built from.
+//! Fuzzes what a storage target serves before a snapshot is used (format
+//! v2): the manifest parser ([`Manifest::parse`], schema 2), signature files
+//! ([`Trust::verify`]), file index records (the JSON lines of a source's
+//! index stream, parsed as `repo::fetch::read_index` does), target listings
+//! ([`TargetView::from_listing`] over [`Key::parse`]) and the name,
+//! snapshot-id, hash, object-key and pack-path validators every key is built
+//! from.
 //!
 //! Proves, for any bytes: nothing panics; a manifest that parses is valid in
 //! every field later used to build a key or path (policy and source names,
-//! the id, archive hashes, non-UTF-8 file names), survives a serialise and
-//! parse round trip unchanged, and the sums, bounds and listings derived from
-//! it can be computed; a signature file that is not a genuine signature by a
-//! trusted key never verifies (the input used as a signature), while the
-//! harness's own signature over the input verifies and stops verifying once
-//! one byte, the id or the policy changes; the validators accept only names
-//! that are one plain path component, and a listing sorts only keys under
-//! the policy's prefix into snapshots and archives.
+//! the id, the streams' hashes and extent-list names, the lists' recorded
+//! sizes), survives a serialise and parse round trip unchanged, and the sums
+//! and bounds derived from it can be computed; a signature file that is not a
+//! genuine signature by a trusted key never verifies (the input used as a
+//! signature), while the harness's own signature over the input verifies and
+//! stops verifying once one byte, the id or the policy changes; file index
+//! records that parse give exact path bytes, bounds ([`Expected`]), `b3sum`
+//! lines and comparisons without panicking; the validators accept only names
+//! that are one plain path component (object keys: only plain relative
+//! components); and a listing sorts into snapshots, signatures, packs and
+//! lists only keys of the policy's own layout, each of which rebuilds to
+//! exactly the key listed.
 #![no_main]
 
-use backupctl::archive::manifest::{b3sums, is_hash};
+use backupctl::archive::manifest::{b3sums, is_hash, FileRecord};
+use backupctl::archive::reader::{compare_files, name_problem};
 use backupctl::archive::{Expected, Manifest};
 use backupctl::config::is_valid_name;
-use backupctl::repo::{self, is_snapshot_id, TargetView};
-use backupctl::target::ObjectInfo;
+use backupctl::pack::extents::{name_of_path, pack_path, MAX_LIST_BYTES};
+use backupctl::repo::catalog::TargetView;
+use backupctl::repo::{is_snapshot_id, Hash, Key, PolicyName, SnapshotId};
+use backupctl::storage::{ObjectInfo, ObjectKey};
 use backupctl::trust::{AuthError, HostKey, Trust};
 use libfuzzer_sys::fuzz_target;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
@@ -57,43 +68,75 @@ fn check_names(s: &str) {
     if is_valid_name(s) {
         one_component(s);
         assert!(s.is_ascii() && !s.starts_with('.'));
+        assert!(PolicyName::new(s).is_ok());
     }
     if is_snapshot_id(s) {
         assert!(is_valid_name(s), "{s:?}");
         assert_eq!(s.len(), 25);
+        assert!(SnapshotId::new(s).is_ok());
     }
     if is_hash(s) {
         assert!(is_valid_name(s));
+        assert!(Hash::new(s).is_ok());
+    }
+    if let Some(name) = name_of_path(s) {
+        assert!(is_hash(name), "{s:?}");
+        assert_eq!(pack_path(name), s);
+    }
+    if let Ok(k) = ObjectKey::new(s) {
+        // Relative, plain components only: below an fs root or an S3 prefix.
+        assert!(!s.starts_with('/') && !s.chars().any(char::is_control), "{s:?}");
+        for c in Path::new(k.as_str()).components() {
+            assert!(matches!(c, Component::Normal(_)), "{s:?}");
+        }
+        assert_eq!(k.as_str(), s);
     }
 }
 
+fn components(k: &ObjectKey) -> usize {
+    Path::new(k.as_str()).components().count()
+}
+
 fn check_manifest(m: &Manifest) {
-    assert!(is_valid_name(&m.policy) && is_snapshot_id(&m.id));
+    let policy = PolicyName::new(&m.policy).expect("policy checked by parse");
+    let id = SnapshotId::new(&m.id).expect("id checked by parse");
     for key in [
-        repo::manifest_key(&m.policy, &m.id),
-        repo::signature_key(&m.policy, &m.id),
+        Key::Manifest {
+            policy: policy.clone(),
+            id: id.clone(),
+        },
+        Key::Signature {
+            policy: policy.clone(),
+            id: id.clone(),
+        },
     ] {
-        assert_eq!(Path::new(&key).components().count(), 3, "{key}");
+        let obj = key.object();
+        assert_eq!(components(&obj), 3, "{obj}");
+        assert_eq!(Key::parse(&obj), Some(key));
     }
     for s in &m.sources {
-        assert!(is_valid_name(&s.name) && is_hash(&s.archive_hash));
+        assert!(is_valid_name(&s.name));
         assert!(!s.origin.chars().any(char::is_control));
         for w in &s.warnings {
             assert!(!w.chars().any(char::is_control), "{w:?}");
         }
-        let key = repo::archive_key(&m.policy, &s.archive_hash);
-        assert_eq!(Path::new(&key).components().count(), 3, "{key}");
-        let e = Expected::from_record(s).expect("paths checked by parse");
-        assert!(e.files.len() <= s.files.len());
-        for f in &s.files {
-            let raw = f.path_bytes().expect("checked by parse");
-            assert!(e.size_of(&raw).is_some());
-            let _ = backupctl::archive::reader::name_problem(Path::new(OsStr::from_bytes(&raw)));
+        for st in s.streams() {
+            assert!(is_hash(&st.blake3));
+            assert!(st.list_size <= MAX_LIST_BYTES);
+            let hash = Hash::new(&st.list).expect("list name checked by parse");
+            let key = Key::List {
+                policy: policy.clone(),
+                hash,
+            };
+            let obj = key.object();
+            assert_eq!(components(&obj), 3, "{obj}");
+            assert_eq!(Key::parse(&obj), Some(key));
         }
-        let _ = b3sums(&s.files);
+        let e = Expected::from_index(s, &[]).expect("no records");
+        assert_eq!(e.tar_size, s.stream.size);
     }
     // What `list` shows for a snapshot.
-    let _ = (m.total_archive_size(), m.total_content_size());
+    let _ = (m.total_stored(), m.total_content_size());
     let _ = backupctl::util::short_time(&m.time.to_rfc3339());
     // A parsed manifest serialises and parses back to itself (the free-form
     // `database` facts aside: floats in JSON need not round-trip exactly).
@@ -106,6 +149,38 @@ fn check_manifest(m: &Manifest) {
         m
     };
     assert_eq!(strip(&back), strip(m));
+}
+
+/// The input as a file index stream: one JSON record per line, as
+/// `read_index` parses it, then what restore and verify do with the records.
+fn check_index(data: &[u8], m: Option<&Manifest>) {
+    let mut records = Vec::new();
+    for line in data.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let Ok(rec) = serde_json::from_slice::<FileRecord>(line) else {
+            continue;
+        };
+        let Ok(raw) = rec.path_bytes() else {
+            continue;
+        };
+        let _ = name_problem(Path::new(OsStr::from_bytes(&raw)));
+        records.push(rec);
+    }
+    if records.is_empty() {
+        return;
+    }
+    let _ = b3sums(&records);
+    if let Some(src) = m.and_then(|m| m.sources.first()) {
+        let e = Expected::from_index(src, &records).expect("paths checked above");
+        for f in records.iter().filter(|f| f.is_file()) {
+            assert!(e.size_of(&f.path_bytes().unwrap()).is_some());
+        }
+    }
+    let got: HashMap<Vec<u8>, (u64, String)> = records
+        .iter()
+        .take(1)
+        .map(|f| (f.path_bytes().unwrap().into_owned(), (f.size, f.blake3.clone())))
+        .collect();
+    let _ = compare_files(&records, &got, None);
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -128,6 +203,8 @@ fuzz_target!(|data: &[u8]| {
         Err(AuthError::Unsigned) => unreachable!(),
     }
     let _ = trust.verify(policy, id, b"{}", Some(data));
+
+    check_index(data, parsed.as_ref().ok());
 
     // A genuine signature over the input, and what must break it (for one
     // input in eight: signing and verifying dominate the run time).
@@ -157,26 +234,72 @@ fuzz_target!(|data: &[u8]| {
     check_listing(data);
 });
 
-/// The validators, on every line of the input; the lines as a listing.
+/// The validators, on every line of the input; the lines that are object
+/// keys as a listing of policy `shop`.
 fn check_listing(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let mut listing = Vec::new();
     for (n, line) in text.lines().enumerate().take(64) {
         check_names(line);
         check_names(line.trim_matches(|c: char| c == '"' || c == ',' || c.is_whitespace()));
-        listing.push(ObjectInfo {
-            key: line.to_string(),
-            size: n as u64,
+        if let Ok(key) = ObjectKey::new(line) {
+            if let Some(k) = Key::parse(&key) {
+                // One object per key: what is deleted or read by the typed
+                // key is exactly the object listed.
+                assert_eq!(k.object(), key, "{line:?}");
+            }
+            listing.push(ObjectInfo {
+                key,
+                size: n as u64,
+            });
+        }
+    }
+    let listed: HashSet<ObjectKey> = listing.iter().map(|o| o.key.clone()).collect();
+    let shop = PolicyName::new("shop").unwrap();
+    let n = listing.len();
+    let v = TargetView::from_listing(&shop, listing);
+    let mut classified = 0;
+    let mut own = |key: Key| {
+        let obj = key.object();
+        assert!(obj.as_str().starts_with("shop/"), "{obj}");
+        assert!(listed.contains(&obj), "{obj} was not listed");
+        classified += 1;
+    };
+    for id in v.snapshots.keys() {
+        own(Key::Manifest {
+            policy: shop.clone(),
+            id: id.clone(),
         });
     }
-    let v = TargetView::from_listing("shop", listing);
-    for s in &v.snapshots {
-        assert!(is_snapshot_id(s));
+    for id in v.signatures.keys() {
+        own(Key::Signature {
+            policy: shop.clone(),
+            id: id.clone(),
+        });
     }
-    for h in v.archives.keys() {
-        assert!(is_hash(h));
+    for name in v.packs.keys() {
+        own(Key::Pack {
+            policy: shop.clone(),
+            name: name.clone(),
+        });
     }
-    for o in v.others.keys() {
-        assert!(o.starts_with("shop/"), "{o:?}");
+    for hash in v.lists.keys() {
+        own(Key::List {
+            policy: shop.clone(),
+            hash: hash.clone(),
+        });
+    }
+    // Nothing listed is lost: classified (duplicates merged) or kept aside.
+    assert!(classified + v.others.len() <= n);
+    for o in &v.others {
+        assert!(
+            !matches!(
+                Key::parse(&o.key),
+                Some(Key::Manifest { ref policy, .. } | Key::Signature { ref policy, .. }
+                    | Key::Pack { ref policy, .. } | Key::List { ref policy, .. }) if *policy == shop
+            ),
+            "{} left out",
+            o.key
+        );
     }
 }
