@@ -242,6 +242,82 @@ impl Dir {
     }
 }
 
+/// Remove the directory `path` and everything in it (a symbolic link or file
+/// at `path` is removed itself, never followed). Unlike
+/// `std::fs::remove_dir_all`, which recurses once per level, this keeps one
+/// descriptor and no recursion however deep the tree is: an archive can make
+/// a tree tens of thousands of levels deep, enough to overflow a thread's
+/// stack in std's remover (and abort the process). It climbs back with
+/// `".."`, checked to be the directory it came from, and gives every
+/// directory mode 0700 first (a restored 0500 or 0000 directory is still
+/// ours to empty).
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    use rustix::fs::{AtFlags, FileType};
+    if !std::fs::symlink_metadata(path)?.is_dir() {
+        return std::fs::remove_file(path);
+    }
+    /// Unlink what is not a directory in `fd`; return the subdirectories.
+    fn clear(fd: BorrowedFd<'_>) -> io::Result<Vec<CString>> {
+        let _ = fchmod(fd, 0o700);
+        let mut subdirs = Vec::new();
+        let mut files = Vec::new();
+        for ent in rustix::fs::Dir::read_from(fd)? {
+            let ent = ent?;
+            let name = ent.file_name();
+            if matches!(name.to_bytes(), b"." | b"..") {
+                continue;
+            }
+            let is_dir = match ent.file_type() {
+                FileType::Directory => true,
+                FileType::Unknown => {
+                    kind_at(fd, OsStr::from_bytes(name.to_bytes()))? == libc::S_IFDIR
+                }
+                _ => false,
+            };
+            if is_dir {
+                subdirs.push(name.to_owned());
+            } else {
+                files.push(name.to_owned());
+            }
+        }
+        for f in files {
+            rustix::fs::unlinkat(fd, f.as_c_str(), AtFlags::empty())?;
+        }
+        Ok(subdirs)
+    }
+    let id = |fd: BorrowedFd<'_>| -> io::Result<(u64, u64)> {
+        let st = rustix::fs::fstat(fd)?;
+        Ok((st.st_dev, st.st_ino))
+    };
+    let mut cur: OwnedFd = Dir::open_nofollow(path)?.fd;
+    let mut pending = clear(cur.as_fd())?;
+    // Per level above the current one: the current directory's name in it,
+    // its identity, and its subdirectories still to remove.
+    let mut above: Vec<(CString, (u64, u64), Vec<CString>)> = Vec::new();
+    loop {
+        if let Some(sub) = pending.pop() {
+            let fd = open_dir_at(cur.as_fd(), OsStr::from_bytes(sub.to_bytes()))?;
+            above.push((sub, id(cur.as_fd())?, std::mem::take(&mut pending)));
+            cur = fd;
+            pending = clear(cur.as_fd())?;
+        } else if let Some((name, parent_id, rest)) = above.pop() {
+            let up = open_dir_at(cur.as_fd(), OsStr::new(".."))?;
+            if id(up.as_fd())? != parent_id {
+                return Err(io::Error::other(
+                    "a directory was moved while being removed",
+                ));
+            }
+            rustix::fs::unlinkat(up.as_fd(), name.as_c_str(), AtFlags::REMOVEDIR)?;
+            cur = up;
+            pending = rest;
+        } else {
+            break;
+        }
+    }
+    drop(cur);
+    std::fs::remove_dir(path)
+}
+
 /// `fchmod` on a descriptor.
 pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     retry(|| unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) })?;
@@ -406,4 +482,55 @@ pub fn open_beneath(root: BorrowedFd<'_>, rel: &Path) -> io::Result<File> {
         other => io::Error::other(format!("{}: {other:?}", rel.display())),
     })?;
     open_file_at(dir, leaf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found writing the fuzz harness: after a hostile archive made a tree
+    /// 20,000 levels deep (directories need no manifest entry), removing
+    /// the scratch or staging directory with std's recursive remover
+    /// overflowed the stack and aborted verify or restore. `remove_tree`
+    /// empties it on a small stack, opens what it must, and follows no link.
+    #[test]
+    fn remove_tree_handles_deep_trees_on_a_small_stack() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("keep"), b"k").unwrap();
+        let top = tmp.path().join("tree");
+        std::fs::create_dir(&top).unwrap();
+        let mut fd = Dir::open(&top).unwrap().fd;
+        for level in 0..5_000 {
+            if level % 1000 == 0 {
+                create_file_at(fd.as_fd(), OsStr::new("f"), 0o600).unwrap();
+                symlink_at(outside.as_os_str(), fd.as_fd(), OsStr::new("l")).unwrap();
+                mkdir_at(fd.as_fd(), OsStr::new("side"), 0o700).unwrap();
+            }
+            mkdir_at(fd.as_fd(), OsStr::new("a"), 0o700).unwrap();
+            let next = open_dir_at(fd.as_fd(), OsStr::new("a")).unwrap();
+            if level == 4_000 {
+                fchmod(fd.as_fd(), 0o500).unwrap();
+            }
+            fd = next;
+        }
+        fchmod(fd.as_fd(), 0).unwrap();
+        drop(fd);
+        let t = top.clone();
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || remove_tree(&t))
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+        assert!(!top.exists());
+        assert_eq!(std::fs::read(outside.join("keep")).unwrap(), b"k");
+        // A file or a link is removed itself.
+        let l = tmp.path().join("link");
+        std::os::unix::fs::symlink(&outside, &l).unwrap();
+        remove_tree(&l).unwrap();
+        assert!(outside.join("keep").exists() && !l.exists());
+    }
 }

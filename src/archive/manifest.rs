@@ -302,8 +302,13 @@ impl Manifest {
             .fold(0, u64::saturating_add)
     }
 
+    /// Recorded sizes are the manifest's word: sums saturate (an
+    /// overflowing sum panicked in checked builds, wrapped otherwise).
     pub fn total_content_size(&self) -> u64 {
-        self.sources.iter().map(|s| s.content_size).sum()
+        self.sources
+            .iter()
+            .map(|s| s.content_size)
+            .fold(0, u64::saturating_add)
     }
 }
 
@@ -370,6 +375,25 @@ mod tests {
         // b3sum cannot check the non-UTF-8 ones: left out of .b3sums.
         let sums = b3sums(&[a, u.clone()]);
         assert_eq!(sums, format!("h  {}\n", u.path));
+    }
+
+    /// Two sources whose recorded sizes add up past u64::MAX made `list`'s
+    /// totals overflow (a panic in checked builds); found with the manifest
+    /// fuzz target.
+    #[test]
+    fn totals_of_huge_recorded_sizes_saturate() {
+        let stream = serde_json::json!({"size": 1, "blake3": "", "stored": u64::MAX,
+            "list": "", "list_size": 0});
+        let src = |n: &str| serde_json::json!({"name": n, "type": "files", "origin": "/",
+            "stream": stream, "index": stream, "content_size": u64::MAX, "entries": 1,
+            "files": 1});
+        let m: Manifest = serde_json::from_value(serde_json::json!({
+            "format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "policy": "p",
+            "id": "20260101T000000Z-00000000", "time": "2026-01-01T00:00:00Z", "host": "h",
+            "tool_version": "0", "sources": [src("a"), src("b")]}))
+        .unwrap();
+        assert_eq!(m.total_stored(), u64::MAX);
+        assert_eq!(m.total_content_size(), u64::MAX);
     }
 
     #[test]

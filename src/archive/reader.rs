@@ -39,9 +39,9 @@ use super::beneath::{self, Cursor, WalkError};
 use super::manifest::{FileRecord, SourceRecord};
 use super::writer::Progress;
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -454,14 +454,93 @@ struct Pending {
     pax: Option<Vec<u8>>,
 }
 
+/// The directories an extraction walked, as a tree in which each node holds
+/// only its own name: memory stays linear in the archive however deep its
+/// paths are (a set of full paths holds every prefix of each, quadratic in
+/// the depth: a 1 MiB long name of "a/a/a/..." would need 250 GiB).
+struct DirTree {
+    /// Node 0 is the destination itself.
+    nodes: Vec<DirNode>,
+}
+
+struct DirNode {
+    name: OsString,
+    parent: usize,
+    children: HashMap<OsString, usize>,
+    /// The metadata of its archive entry, if it had one.
+    meta: Option<DirMeta>,
+    /// Made by this extraction (then it gets the default metadata when the
+    /// archive has no entry for it).
+    created: bool,
+}
+
+impl DirTree {
+    fn new() -> DirTree {
+        DirTree {
+            nodes: vec![DirNode {
+                name: OsString::new(),
+                parent: 0,
+                children: HashMap::new(),
+                meta: None,
+                created: false,
+            }],
+        }
+    }
+
+    /// The node of the directory `comps`, adding the missing ones; `created`
+    /// holds the depths (ascending) this extraction just made.
+    fn record(&mut self, comps: &[&OsStr], created: &[usize]) -> usize {
+        let mut cur = 0;
+        let mut made = created.iter().peekable();
+        for (depth, name) in comps.iter().enumerate() {
+            cur = match self.nodes[cur].children.get(*name) {
+                Some(&i) => i,
+                None => {
+                    let i = self.nodes.len();
+                    self.nodes.push(DirNode {
+                        name: name.to_os_string(),
+                        parent: cur,
+                        children: HashMap::new(),
+                        meta: None,
+                        created: false,
+                    });
+                    self.nodes[cur].children.insert(name.to_os_string(), i);
+                    i
+                }
+            };
+            if made.next_if_eq(&&depth).is_some() {
+                self.nodes[cur].created = true;
+            }
+        }
+        cur
+    }
+
+    /// The path of node `i` (for messages).
+    fn path(&self, mut i: usize) -> PathBuf {
+        let mut names = Vec::new();
+        while i != 0 {
+            names.push(self.nodes[i].name.as_os_str());
+            i = self.nodes[i].parent;
+        }
+        names.iter().rev().collect()
+    }
+}
+
+/// A directory's identity, to check one reopened through "..".
+fn dev_ino(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok((st.st_dev, st.st_ino))
+}
+
 struct Unpacker<'a> {
     root: BorrowedFd<'a>,
     dest: &'a Path,
     cursor: Cursor<'a>,
     opts: &'a ExtractOptions,
-    /// Explicit directory entries, then directories created on the way.
-    dirs: HashMap<PathBuf, DirMeta>,
-    implicit: HashSet<PathBuf>,
+    /// Every directory walked, with its entry's metadata when it had one.
+    tree: DirTree,
+    /// Scratch: the depths the last walk created.
+    made: Vec<usize>,
     root_meta: Option<DirMeta>,
     report: ExtractReport,
     buf: Vec<u8>,
@@ -503,8 +582,8 @@ impl<'a> Unpacker<'a> {
             dest,
             cursor: Cursor::new(root),
             opts,
-            dirs: HashMap::new(),
-            implicit: HashSet::new(),
+            tree: DirTree::new(),
+            made: Vec::new(),
             root_meta: None,
             report: ExtractReport::default(),
             buf: vec![0; 256 << 10],
@@ -581,13 +660,13 @@ impl<'a> Unpacker<'a> {
     ) -> Result<(BorrowedFd<'_>, &'r OsStr), ExtractError> {
         let comps: Vec<&OsStr> = rel.iter().collect();
         let (leaf, dirs) = comps.split_last().expect("non-empty path");
-        let implicit = &mut self.implicit;
+        let made = &mut self.made;
+        made.clear();
         let fd = self
             .cursor
-            .dir(dirs, true, &mut |d| {
-                implicit.insert(dirs[..=d].iter().collect());
-            })
+            .dir(dirs, true, &mut |d| made.push(d))
             .map_err(|e| walk_error(self.dest, rel, dirs, e))?;
+        self.tree.record(dirs, made);
         Ok((fd, leaf))
     }
 
@@ -691,20 +770,17 @@ impl<'a> Unpacker<'a> {
                     return Ok(());
                 }
                 let comps: Vec<&OsStr> = rel.iter().collect();
-                let implicit = &mut self.implicit;
+                let made = &mut self.made;
+                made.clear();
                 self.cursor
-                    .dir(&comps, true, &mut |d| {
-                        implicit.insert(comps[..=d].iter().collect());
-                    })
+                    .dir(&comps, true, &mut |d| made.push(d))
                     .map_err(|e| walk_error(self.dest, &rel, &comps, e))?;
-                self.dirs.insert(
-                    rel,
-                    DirMeta {
-                        mode,
-                        mtime: Some(mtime),
-                        owner,
-                    },
-                );
+                let node = self.tree.record(&comps, made);
+                self.tree.nodes[node].meta = Some(DirMeta {
+                    mode,
+                    mtime: Some(mtime),
+                    owner,
+                });
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let key = rel.as_os_str().as_bytes().to_vec();
@@ -851,22 +927,22 @@ impl<'a> Unpacker<'a> {
 
     /// Apply directory metadata (children before parents, the root last)
     /// and return the report. Called once the archive hash has been checked.
+    ///
+    /// The tree is walked depth first with at most [`KEEP_OPEN`] descriptors
+    /// open; a directory whose descriptor was closed is reopened from its
+    /// child as ".." (checked to be the same directory), before the child's
+    /// own mode can forbid that: each directory costs a constant number of
+    /// calls however deep it is.
     fn finish(mut self) -> Result<ExtractReport, ExtractError> {
+        const KEEP_OPEN: usize = 64;
         let default = DirMeta {
             mode: 0o777 & !self.umask,
             mtime: None,
             owner: None,
         };
-        for p in std::mem::take(&mut self.implicit) {
-            self.dirs.entry(p).or_insert(default);
-        }
-        let mut dirs: Vec<(PathBuf, DirMeta)> = self.dirs.drain().collect();
-        // Descending component order: every directory before its parent, and
-        // each subtree together (the cursor reuses open ancestors).
-        dirs.sort_by(|a, b| b.0.iter().cmp(a.0.iter()));
         let preserve = self.opts.preserve_owner;
         let mut failures = 0;
-        let mut apply = |fd: BorrowedFd<'_>, rel: &Path, d: &DirMeta| -> Result<(), ExtractError> {
+        let mut apply = |fd: BorrowedFd<'_>, d: &DirMeta| -> io::Result<()> {
             let restored = match d.owner {
                 Some((uid, gid)) if preserve => {
                     let ok = beneath::fchown(fd, uid, gid).is_ok();
@@ -878,23 +954,78 @@ impl<'a> Unpacker<'a> {
                 _ => false,
             };
             let mode = if restored { d.mode } else { d.mode & !SETID };
-            beneath::fchmod(fd, mode).map_err(|e| write_error(self.dest, rel, e))?;
+            beneath::fchmod(fd, mode)?;
             if let Some(t) = d.mtime {
-                beneath::set_fd_mtime(fd, t).map_err(|e| write_error(self.dest, rel, e))?;
+                beneath::set_fd_mtime(fd, t)?;
             }
             Ok(())
         };
-        for (rel, d) in &dirs {
-            let comps: Vec<&OsStr> = rel.iter().collect();
-            let fd = self
-                .cursor
-                .dir(&comps, false, &mut |_| {})
-                .map_err(|e| walk_error(self.dest, rel, &comps, e))?;
-            apply(fd, rel, d)?;
+        struct Frame {
+            node: usize,
+            /// None for the root (`self.root`) and for ancestors closed
+            /// to bound the descriptors in use.
+            fd: Option<OwnedFd>,
+            id: (u64, u64),
+            children: Vec<usize>,
+            next: usize,
+        }
+        let tree = std::mem::replace(&mut self.tree, DirTree::new());
+        let (dest, root) = (self.dest, self.root);
+        let err = |i: usize, e: io::Error| write_error(dest, &tree.path(i), e);
+        let children = |i: usize| tree.nodes[i].children.values().copied().collect();
+        let mut stack = vec![Frame {
+            node: 0,
+            fd: None,
+            id: (0, 0),
+            children: children(0),
+            next: 0,
+        }];
+        while let Some(top) = stack.last_mut() {
+            if let Some(&child) = top.children.get(top.next) {
+                top.next += 1;
+                let parent = top.fd.as_ref().map_or(root, |f| f.as_fd());
+                let fd = beneath::open_dir_at(parent, &tree.nodes[child].name)
+                    .map_err(|e| err(child, e))?;
+                let id = dev_ino(fd.as_fd()).map_err(|e| err(child, e))?;
+                if stack.len() > KEEP_OPEN {
+                    let far = stack.len() - KEEP_OPEN;
+                    stack[far].fd = None;
+                }
+                stack.push(Frame {
+                    node: child,
+                    fd: Some(fd),
+                    id,
+                    children: children(child),
+                    next: 0,
+                });
+                continue;
+            }
+            // Every child done: this directory's turn, then its parent's.
+            let frame = stack.pop().expect("the top frame");
+            let Some(fd) = frame.fd else {
+                break; // the root: applied below
+            };
+            if let Some(parent) = stack.last_mut() {
+                if parent.node != 0 && parent.fd.is_none() {
+                    let up = beneath::open_dir_at(fd.as_fd(), OsStr::new(".."))
+                        .map_err(|e| err(parent.node, e))?;
+                    if dev_ino(up.as_fd()).map_err(|e| err(parent.node, e))? != parent.id {
+                        return Err(ExtractError::Unsafe(format!(
+                            "{}: a directory was moved during extraction",
+                            tree.path(parent.node).display()
+                        )));
+                    }
+                    parent.fd = Some(up);
+                }
+            }
+            let node = &tree.nodes[frame.node];
+            if let Some(d) = node.meta.or(node.created.then_some(default)) {
+                apply(fd.as_fd(), &d).map_err(|e| err(frame.node, e))?;
+            }
         }
         if self.opts.apply_root {
             let d = self.root_meta.unwrap_or(default);
-            apply(self.root, Path::new(""), &d)?;
+            apply(self.root, &d).map_err(|e| write_error(self.dest, Path::new(""), e))?;
         }
         self.report.owner_failures += failures;
         if self.report.owner_failures > 0 {
@@ -920,9 +1051,10 @@ fn parse_pax_time(s: &str) -> Option<filetime::FileTime> {
         nanos = format!("{digits:0<9}").parse().ok()?;
     }
     if s.starts_with('-') && nanos > 0 {
-        // "-1.25" is 1.25 s before the epoch: -2 s + 0.75 s.
+        // "-1.25" is 1.25 s before the epoch: -2 s + 0.75 s (none before
+        // the first representable second).
         return Some(filetime::FileTime::from_unix_time(
-            secs - 1,
+            secs.checked_sub(1)?,
             1_000_000_000 - nanos,
         ));
     }
@@ -1006,6 +1138,115 @@ mod tests {
         assert_eq!((t.unix_seconds(), t.nanoseconds()), (5, 1));
         let t = parse_pax_time("-7").unwrap();
         assert_eq!((t.unix_seconds(), t.nanoseconds()), (-7, 0));
+    }
+
+    /// A pax mtime with a fraction just after the smallest i64 second
+    /// overflowed computing the second before it (a panic that ended
+    /// restore; fuzz/regressions/archive_tar/pax-mtime-min).
+    #[test]
+    fn pax_times_at_the_ends_of_the_range() {
+        assert!(parse_pax_time("-9223372036854775808.5").is_none());
+        let t = parse_pax_time("-9223372036854775808").unwrap();
+        assert_eq!(t.unix_seconds(), i64::MIN);
+        let t = parse_pax_time("9223372036854775807.999999999").unwrap();
+        assert_eq!((t.unix_seconds(), t.nanoseconds()), (i64::MAX, 999_999_999));
+    }
+
+    /// Extract `tar` (compressed here) with a manifest listing `files`.
+    fn extract_tar(
+        tar: &[u8],
+        files: &[(&[u8], u64)],
+        dest: &Path,
+    ) -> Result<ExtractReport, ExtractError> {
+        let zst = zstd::bulk::compress(tar, 1).unwrap();
+        let expect = Expected {
+            archive_size: zst.len() as u64,
+            tar_size: tar.len() as u64,
+            files: files.iter().map(|(p, s)| (p.to_vec(), *s)).collect(),
+        };
+        let opts = ExtractOptions {
+            apply_root: true,
+            expect: Some(Arc::new(expect)),
+            ..Default::default()
+        };
+        let dir = beneath::Dir::open(dest).unwrap();
+        let hash = blake3::hash(&zst).to_hex().to_string();
+        extract(&zst[..], Some(&hash), dir.fd.as_fd(), dest, &opts)
+    }
+
+    /// A tar of `(path, is_dir, mode, data)` entries (GNU long names).
+    fn tar_of(entries: &[(&str, bool, u32, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, dir, mode, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(if *dir {
+                tar::EntryType::Directory
+            } else {
+                tar::EntryType::Regular
+            });
+            h.set_mode(*mode);
+            h.set_mtime(1_000_000_000);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// Every directory an entry's path created was remembered by its full
+    /// path, and its metadata applied by walking down from the nearest of 64
+    /// open ancestors: memory and time quadratic in a path's depth, before
+    /// the archive's hash is checked. A 1 MiB long name ("a/a/a/...", 512 Ki
+    /// levels) needs 250 GiB (fuzz/regressions/archive_tar/deep-*).
+    #[test]
+    fn deep_paths_cost_linear_memory_and_time() {
+        // std's remove_dir_all (dropping the temporary directory) recurses
+        // once per level: give it the stack 20,000 levels need.
+        std::thread::Builder::new()
+            .stack_size(512 << 20)
+            .spawn(deep_paths)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    fn deep_paths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = format!("{}f", "a/".repeat(20_000));
+        let mid = format!("{}/", "a/".repeat(100));
+        let tar = tar_of(&[
+            (&deep, false, 0o640, b"x"),
+            (&mid, true, 0o750, b""),
+            ("a/b", true, 0o500, b""),
+        ]);
+        let start = std::time::Instant::now();
+        let rep = extract_tar(&tar, &[(deep.as_bytes(), 1)], tmp.path()).unwrap();
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(rep.files.len(), 1);
+        // Every level got its mode: the listed ones theirs, the others the default.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| {
+            std::fs::metadata(tmp.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode(mid.trim_end_matches('/')), 0o750);
+        assert_eq!(mode("a/b"), 0o500);
+        assert_eq!(mode("a"), 0o777 & !current_umask());
+        let deepest = deep.trim_end_matches("/f");
+        let dir = beneath::Dir::open(tmp.path()).unwrap();
+        let f = beneath::open_beneath(dir.fd.as_fd(), Path::new(&deep)).unwrap();
+        assert_eq!(f.metadata().unwrap().permissions().mode() & 0o777, 0o640);
+        let comps: Vec<&OsStr> = Path::new(deepest).iter().collect();
+        let mut c = Cursor::new(dir.fd.as_fd());
+        let fd = c.dir(&comps, false, &mut |_| {}).unwrap();
+        let st = rustix::fs::fstat(fd).unwrap();
+        assert_eq!(st.st_mode & 0o7777, 0o777 & !current_umask());
     }
 
     #[test]

@@ -142,7 +142,60 @@ impl Config {
     /// Load and validate the configuration and every policy.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = read_file(path)?;
-        let raw: RawConfig = toml::from_str(&text).map_err(|e| toml_error(path, &text, "", e))?;
+        let (mut cfg, policies_dir_set) = Config::parse_main(path, &text)?;
+        if cfg.policies_dir.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&cfg.policies_dir)
+                .map_err(|e| {
+                    ConfigError::new(
+                        cfg.policies_dir.display(),
+                        "",
+                        format!("cannot read policies directory: {e}"),
+                    )
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                .collect();
+            files.sort();
+            for file in files {
+                // The name is checked before the file is read.
+                let loaded = policy_name(&file).and_then(|_| {
+                    let text = read_file(&file)?;
+                    cfg.parse_policy(&file, &text)
+                });
+                cfg.insert_policy(&file, loaded);
+            }
+        } else if policies_dir_set {
+            return Err(ConfigError::new(
+                path.display(),
+                "policies_dir",
+                format!("{} is not a directory", cfg.policies_dir.display()),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// The configuration in `text` (the file `path`) and the policies in
+    /// `policies` (each its file path and text), validated as [`Config::load`]
+    /// validates them, without reading or writing anything: `policies_dir`
+    /// is not listed (the policies given are the ones there), and whether
+    /// source paths exist is left to [`Policy::missing_paths`], as in `load`.
+    pub fn from_texts<'a>(
+        path: &Path,
+        text: &str,
+        policies: impl IntoIterator<Item = (&'a Path, &'a str)>,
+    ) -> Result<Config, ConfigError> {
+        let (mut cfg, _) = Config::parse_main(path, text)?;
+        for (file, text) in policies {
+            let loaded = policy_name(file).and_then(|_| cfg.parse_policy(file, text));
+            cfg.insert_policy(file, loaded);
+        }
+        Ok(cfg)
+    }
+
+    /// `backupctl.toml` alone (no policies yet), and whether it set
+    /// `policies_dir`.
+    fn parse_main(path: &Path, text: &str) -> Result<(Config, bool), ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(path, text, "", e))?;
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let dir = abs
             .parent()
@@ -182,56 +235,43 @@ impl Config {
             targets.insert(name, spec);
         }
 
-        let mut policies = BTreeMap::new();
-        let mut broken = BTreeMap::new();
-        if policies_dir.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&policies_dir)
-                .map_err(|e| {
-                    ConfigError::new(
-                        policies_dir.display(),
-                        "",
-                        format!("cannot read policies directory: {e}"),
-                    )
-                })?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
-                .collect();
-            files.sort();
-            for file in files {
-                match Policy::load(&file, &dir, &targets, &state_dir) {
-                    Ok(policy) => {
-                        policies.insert(policy.name.clone(), policy);
-                    }
-                    Err(e) => {
-                        let stem = file
-                            .file_stem()
-                            .map(|s| s.to_string_lossy().into_owned())
-                            .unwrap_or_default();
-                        broken.insert(stem, e);
-                    }
-                }
-            }
-        } else if raw.policies_dir.is_some() {
-            return Err(ConfigError::new(
-                path.display(),
-                "policies_dir",
-                format!("{} is not a directory", policies_dir.display()),
-            ));
-        }
+        Ok((
+            Config {
+                path: abs,
+                dir,
+                state_dir,
+                policies_dir,
+                key_file,
+                key_file_configured,
+                pinned_keys: trust,
+                targets,
+                policies: BTreeMap::new(),
+                broken: BTreeMap::new(),
+                notify,
+            },
+            raw.policies_dir.is_some(),
+        ))
+    }
 
-        Ok(Config {
-            path: abs,
-            dir,
-            state_dir,
-            policies_dir,
-            key_file,
-            key_file_configured,
-            pinned_keys: trust,
-            targets,
-            policies,
-            broken,
-            notify,
-        })
+    fn parse_policy(&self, file: &Path, text: &str) -> Result<Policy, ConfigError> {
+        Policy::parse(file, text, &self.dir, &self.targets, &self.state_dir)
+    }
+
+    /// File a policy that loaded, or its error under the file's stem: a
+    /// broken policy fails on its own.
+    fn insert_policy(&mut self, file: &Path, loaded: Result<Policy, ConfigError>) {
+        match loaded {
+            Ok(policy) => {
+                self.policies.insert(policy.name.clone(), policy);
+            }
+            Err(e) => {
+                let stem = file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                self.broken.insert(stem, e);
+            }
+        }
     }
 
     /// Keys whose snapshots are trusted: the pinned ones and this host's own
@@ -375,21 +415,28 @@ fn validate_name(file: &Path, key: &str, name: &str) -> Result<(), ConfigError> 
     }
 }
 
+/// A policy's name: its file's stem, checked like every name.
+fn policy_name(file: &Path) -> Result<String, ConfigError> {
+    let name = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    validate_name(file, "(file name)", &name)?;
+    Ok(name)
+}
+
 impl Policy {
-    fn load(
+    /// The policy in `text` (the file `file`); reads nothing.
+    fn parse(
         file: &Path,
+        text: &str,
         dir: &Path,
         targets: &BTreeMap<String, TargetSpec>,
         state_dir: &Path,
     ) -> Result<Policy, ConfigError> {
-        let name = file
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_string();
-        validate_name(file, "(file name)", &name)?;
-        let text = read_file(file)?;
-        let raw: RawPolicy = toml::from_str(&text).map_err(|e| toml_error(file, &text, "", e))?;
+        let name = policy_name(file)?;
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| toml_error(file, text, "", e))?;
         let fd = file.display();
 
         let (schedule, schedule_text) = match raw.schedule {

@@ -430,7 +430,7 @@ impl Plan<'_> {
                             continue;
                         }
                     }
-                    r.bytes_freed += size;
+                    r.bytes_freed = r.bytes_freed.saturating_add(size);
                     match &key {
                         Key::Pack { name, .. } if is_pack => {
                             r.archives_deleted.push(name.to_string())
@@ -460,7 +460,7 @@ impl Plan<'_> {
                         continue;
                     }
                 }
-                r.bytes_freed += size;
+                r.bytes_freed = r.bytes_freed.saturating_add(size);
                 r.others_deleted.push(key.to_string());
             }
         }

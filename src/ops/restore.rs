@@ -122,7 +122,7 @@ pub async fn restore(
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", o.to.display()))?;
     let res = restore_into(&catalog, entry, policy, &chosen, o, include, &cfg.state_dir).await;
     if res.is_err() && created {
-        let _ = std::fs::remove_dir_all(&o.to);
+        let _ = crate::archive::beneath::remove_tree(&o.to);
     }
     res
 }

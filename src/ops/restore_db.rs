@@ -86,7 +86,7 @@ pub async fn restore_into_database(
     })
     .await
     .expect("restore task panicked");
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = crate::archive::beneath::remove_tree(&dir);
     let load = loaded.map_err(|e| {
         e.context(format!(
             "source {} of snapshot {} from target {tname}",

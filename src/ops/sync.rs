@@ -417,7 +417,7 @@ fn note(c: &mut SnapshotCopy, obj: &Object, bytes: u64, from: Option<&str>) {
             c.archives.push(hash.to_string());
         }
     }
-    c.bytes += bytes;
+    c.bytes = c.bytes.saturating_add(bytes);
     if let Some(f) = from {
         if !c.from.iter().any(|x| x == f) {
             c.from.push(f.to_string());

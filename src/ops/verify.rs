@@ -291,7 +291,7 @@ async fn check_on_target(
                 }
                 Err(FetchError::Fatal(e)) => ac.problems.push(format!("scratch area: {e:#}")),
             }
-            let _ = std::fs::remove_dir_all(&scratch.path);
+            let _ = crate::archive::beneath::remove_tree(&scratch.path);
         }
         if !ac.problems.is_empty() {
             ac.result = "failed".into();

@@ -619,3 +619,47 @@ impl Catalog {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::ObjectKey;
+
+    fn obj(key: &str, size: u64) -> ObjectInfo {
+        ObjectInfo {
+            key: ObjectKey::new(key).unwrap(),
+            size,
+        }
+    }
+
+    /// A listing is the target's word: keys outside `<policy>/` (shorter
+    /// than the prefix, ending inside a multi-byte character where the
+    /// prefix would end, or another policy's) are not this policy's. The
+    /// v1 reader sliced every key at the prefix length and panicked (found
+    /// with the manifest fuzz target).
+    #[test]
+    fn listing_keys_outside_the_policy_prefix_are_ignored() {
+        let id = "20260101T000000Z-0123abcd";
+        let hash = "ab".repeat(32);
+        let shop = PolicyName::new("shop").unwrap();
+        let v = TargetView::from_listing(
+            &shop,
+            vec![
+                obj("x", 1),
+                obj("shoéé/snapshots/x.json", 2),
+                obj(&format!("blog/snapshots/{id}.json"), 3),
+                obj(&format!("shop/snapshots/{id}.json"), 4),
+                obj(&format!("shop/packs/ab/{hash}.pack"), 5),
+                obj(&format!("shop/packs/cd/{hash}.pack"), 6),
+                obj(&format!("shop/lists/{hash}.extents"), 7),
+                obj("shop/stray", 8),
+            ],
+        );
+        let ids: Vec<&str> = v.snapshots.keys().map(|i| i.as_str()).collect();
+        assert_eq!(ids, [id]);
+        assert_eq!(v.packs.len(), 1);
+        assert_eq!(v.packs.values().next(), Some(&5));
+        assert_eq!(v.lists.values().next(), Some(&7));
+        assert_eq!(v.others.len(), 5);
+    }
+}

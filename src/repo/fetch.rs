@@ -609,11 +609,11 @@ pub async fn unpack_first_intact(
             })
         }
         Err(FetchError::Fatal(e)) => {
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = crate::archive::beneath::remove_tree(&dir);
             Err(e)
         }
         Err(FetchError::Skip(msg) | FetchError::Damaged(msg, _)) => {
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = crate::archive::beneath::remove_tree(&dir);
             Err(CodedError::failure(format!(
                 "source {}: no target could provide an intact copy ({msg}{})",
                 rec.name,
