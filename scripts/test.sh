@@ -27,7 +27,7 @@ for name in "${services[@]}"; do
   echo "test.sh: starting $name" >&2
   "scripts/services/$name.sh" start
   # shellcheck disable=SC1090
-  source "target/services/$name.env"
+  source ".services/$name.env"
 done
 # From here on a test whose service is missing fails instead of skipping.
 export BACKUPCTL_TEST_REQUIRE_SERVICES=1

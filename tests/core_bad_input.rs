@@ -1,7 +1,7 @@
 //! Issue 2: every bad-input case exits 2 with a message naming the file, the
 //! key and what is expected, and writes nothing.
 
-mod common;
+use crate::common;
 use common::*;
 
 struct Case {

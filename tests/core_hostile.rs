@@ -9,7 +9,7 @@
 //! index (so the pack's name, the list and the signed manifest all still
 //! agree and only the frames lie); hostile extent lists are written by hand.
 
-mod common;
+use crate::common;
 use backupctl::pack::format::{Entry, FrameEncoder, Kind, PackBuilder, PackIndex};
 use common::*;
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! Issue 2: round trips, the archive format by hand, determinism, failover,
 //! verify finding damage, and the restore destination rules.
 
-mod common;
+use crate::common;
 use common::*;
 use std::path::Path;
 use std::process::Command;

@@ -1,8 +1,7 @@
 //! MySQL/MariaDB sources against a real MariaDB (scripts/services/mariadb.sh),
 //! driving the backupctl binary; results checked with independent queries.
 
-mod common;
-mod db_common;
+use crate::db_common;
 use db_common::*;
 
 fn make_db(my: &DbServer, rows: u32) -> String {

@@ -2,8 +2,7 @@
 //! driving the backupctl binary; results checked with independent psql /
 //! pg_restore calls.
 
-mod common;
-mod db_common;
+use crate::db_common;
 use db_common::*;
 
 /// Creates a database with a few kinds of objects and data.

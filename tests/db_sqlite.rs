@@ -2,8 +2,7 @@
 //! restored copy is checked with the system `sqlite3` CLI (independent of
 //! backupctl's bundled SQLite).
 
-mod common;
-mod db_common;
+use crate::db_common;
 use db_common::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -26,9 +26,9 @@
 //! streams are rebuilt from the packs by slicing and `zstd -dc` and hashed,
 //! and table contents are read with `psql`, `mariadb` and `sqlite3`.
 
-mod common;
-mod db_common;
-mod s3_common;
+use crate::common;
+use crate::db_common;
+use crate::s3_common;
 
 use backupctl::retention::{self, RetentionPolicy};
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Weekday};

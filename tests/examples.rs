@@ -2,7 +2,7 @@
 //! and `policies/*.toml` at the repository root) pass `backupctl check` once
 //! their paths point at directories that exist, and say what the docs say.
 
-mod sched_common;
+use crate::sched_common;
 
 use sched_common::*;
 use std::path::Path;
@@ -100,7 +100,7 @@ fn example_config_and_policies_pass_check() {
 // configuration accepts, and the demo's steps work.
 // ---------------------------------------------------------------------------
 
-mod db_common;
+use crate::db_common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 //! targets that are not there, quiet cron output, catching up a target that
 //! missed a night, and the restore details operators rely on.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::Path;

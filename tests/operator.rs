@@ -4,7 +4,7 @@
 //! units. Everything drives the real binary.
 
 #[allow(unused_imports)] // common re-exports v2 helpers this file does not use
-mod common;
+use crate::common;
 
 use common::*;
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! it runs as (0600 files, 0700 directories) whatever the umask, and no other
 //! user can open (and so `flock`) a policy's lock file.
 
-mod common;
+use crate::common;
 use common::*;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;

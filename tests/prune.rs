@@ -2,9 +2,9 @@
 //! targets through the `TestTarget` trait so the same checks run against any
 //! backend: fs, and S3 (Garage on loopback, listed with an independent client).
 
-mod common;
-mod s3_common;
-mod sched_common;
+use crate::common;
+use crate::s3_common;
+use crate::sched_common;
 
 use sched_common::*;
 use serde_json::Value;

@@ -4,7 +4,7 @@
 //! restored bytes against the source, objects listed and hashed through the
 //! S3 API directly and `b3sum`.
 
-mod s3_common;
+use crate::s3_common;
 
 use s3_common::{run_cli, text, S3Env};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! restore while the first target is down, and a 1 GiB upload with bounded
 //! memory.
 
-mod s3_common;
+use crate::s3_common;
 
 use s3_common::{run_cli, text, Garage};
 use std::io::Write;

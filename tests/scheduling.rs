@@ -3,7 +3,7 @@
 //! policy lock between real processes (contention, waiting, a stale lock left
 //! by a killed process), and the daemon (a run, and SIGTERM mid-run).
 
-mod sched_common;
+use crate::sched_common;
 
 use sched_common::*;
 use std::path::Path;

@@ -4,8 +4,8 @@
 //! wrote — directory targets, the S3 bucket prefix, the state directory,
 //! restores — is searched for each secret.
 
-mod db_common;
-mod s3_common;
+use crate::db_common;
+use crate::s3_common;
 
 use db_common::DbServer;
 use std::path::Path;

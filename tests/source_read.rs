@@ -5,7 +5,7 @@
 //! its open, through the debug-only `BACKUPCTL_TEST_HOOK` (see
 //! `backupctl::util::test_hook`), so the tests are deterministic.
 
-mod common;
+use crate::common;
 use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //! is also checked independently: on the file system, or through the S3 API
 //! with a client of its own.
 
-mod s3_common;
+use crate::s3_common;
 
 use backupctl::config::{FsTargetSpec, S3TargetSpec};
 use backupctl::storage::fs::FsBackend;

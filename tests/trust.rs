@@ -4,7 +4,7 @@
 //! counted by prune, and each is reported naming its target; a machine that
 //! trusts no key refuses with the line to add.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::collections::BTreeSet;

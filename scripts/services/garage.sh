@@ -6,8 +6,8 @@
 #   scripts/services/garage.sh stop  [DIR]   stop it (data and config are kept)
 #   scripts/services/garage.sh wipe  [DIR]   stop it and delete DIR
 #
-# DIR defaults to target/services/garage (the shared instance; its variables
-# also go to target/services/garage.env). Tests that stop the server mid-run
+# DIR defaults to .services/garage (the shared instance; its variables
+# also go to .services/garage.env). Tests that stop the server mid-run
 # start a private instance in their own DIR, so parallel tests don't interfere.
 # `start` on a DIR that was started before reuses its config: same port, same
 # key, same data (a test can stop and restart "the same" server).
@@ -18,10 +18,10 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cmd=${1:-}
-DIR=${2:-$ROOT/target/services/garage}
+DIR=${2:-$ROOT/.services/garage}
 mkdir -p "$(dirname "$DIR")"
 DIR=$(cd "$(dirname "$DIR")" && pwd)/$(basename "$DIR")
-SHARED=$ROOT/target/services/garage
+SHARED=$ROOT/.services/garage
 GARAGE=${GARAGE_BIN:-$(command -v garage || echo "$HOME/.cargo/bin/garage")}
 CONF=$DIR/garage.toml
 PIDFILE=$DIR/garage.pid
@@ -110,7 +110,7 @@ export BACKUPCTL_TEST_S3_KEY_ID=$KEY_ID
 export BACKUPCTL_TEST_S3_SECRET=$SECRET
 export BACKUPCTL_TEST_GARAGE_DIR=$DIR
 ENV
-  [[ $DIR == "$SHARED" ]] && cp "$DIR/env" "$ROOT/target/services/garage.env"
+  [[ $DIR == "$SHARED" ]] && cp "$DIR/env" "$ROOT/.services/garage.env"
   log "ready: http://127.0.0.1:$S3_PORT bucket $BUCKET (pid $(cat "$PIDFILE"), dir $DIR)"
 }
 
@@ -127,6 +127,6 @@ stop() {
 case $cmd in
   start) start ;;
   stop) stop ;;
-  wipe) stop; rm -rf "$DIR"; [[ $DIR == "$SHARED" ]] && rm -f "$ROOT/target/services/garage.env"; true ;;
+  wipe) stop; rm -rf "$DIR"; [[ $DIR == "$SHARED" ]] && rm -f "$ROOT/.services/garage.env"; true ;;
   *) echo "usage: $0 start|stop|wipe [DIR]" >&2; exit 2 ;;
 esac

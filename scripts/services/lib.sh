@@ -1,8 +1,8 @@
 # Shared helpers for scripts/services/*.sh (sourced, not run).
-# A service lives in target/services/<name>/ and writes target/services/<name>.env.
+# A service lives in .services/<name>/ and writes .services/<name>.env.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-SERVICES=$ROOT/target/services
+SERVICES=$ROOT/.services
 
 # A free TCP port on 127.0.0.1 (the kernel picks it; tiny race until the server binds).
 free_port() {

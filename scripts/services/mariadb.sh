@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Test MariaDB server: `start` (or restart) on a free 127.0.0.1 port with a fresh
-# data directory in target/services/mariadb/, `stop` to kill it. Writes
-# target/services/mariadb.env with BACKUPCTL_TEST_MYSQL_{HOST,PORT,USER,PASSWORD}.
+# data directory in .services/mariadb/, `stop` to kill it. Writes
+# .services/mariadb.env with BACKUPCTL_TEST_MYSQL_{HOST,PORT,USER,PASSWORD}.
 # The `backup` user has all privileges (with grant option) and a password.
 # Uses Debian's packages (mariadb-server, mariadb-client); no system service.
 set -euo pipefail

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Test PostgreSQL server: `start` (or restart) on a free 127.0.0.1 port with a fresh
-# data directory in target/services/postgres/, `stop` to kill it. Writes
-# target/services/postgres.env with BACKUPCTL_TEST_PG_{HOST,PORT,USER,PASSWORD}.
+# data directory in .services/postgres/, `stop` to kill it. Writes
+# .services/postgres.env with BACKUPCTL_TEST_PG_{HOST,PORT,USER,PASSWORD}.
 # The `backup` role is a superuser with a password (scram-sha-256 over TCP).
 # Uses Debian's packages (postgresql, postgresql-client); no system service.
 set -euo pipefail

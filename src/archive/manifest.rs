@@ -384,9 +384,11 @@ mod tests {
     fn totals_of_huge_recorded_sizes_saturate() {
         let stream = serde_json::json!({"size": 1, "blake3": "", "stored": u64::MAX,
             "list": "", "list_size": 0});
-        let src = |n: &str| serde_json::json!({"name": n, "type": "files", "origin": "/",
+        let src = |n: &str| {
+            serde_json::json!({"name": n, "type": "files", "origin": "/",
             "stream": stream, "index": stream, "content_size": u64::MAX, "entries": 1,
-            "files": 1});
+            "files": 1})
+        };
         let m: Manifest = serde_json::from_value(serde_json::json!({
             "format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "policy": "p",
             "id": "20260101T000000Z-00000000", "time": "2026-01-01T00:00:00Z", "host": "h",

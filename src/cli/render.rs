@@ -209,7 +209,10 @@ pub fn render_restore(r: &ops::restore::RestoreResult) -> String {
             if src.also_from.is_empty() {
                 String::new()
             } else {
-                format!(" (ranges it could not serve intact from {})", src.also_from.join(", "))
+                format!(
+                    " (ranges it could not serve intact from {})",
+                    src.also_from.join(", ")
+                )
             },
             src.files,
             backupctl::util::human_bytes(src.bytes),

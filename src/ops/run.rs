@@ -295,8 +295,7 @@ async fn target_worker(
                 holders,
             } => {
                 for name in copy {
-                    let from: Vec<&DynBackend> =
-                        holders.get(&name).into_iter().flatten().collect();
+                    let from: Vec<&DynBackend> = holders.get(&name).into_iter().flatten().collect();
                     match transfer::copy(&policy, &Object::Pack(name), &from, &[&t]).await {
                         Ok(c) => match c.puts.into_iter().next().unwrap_or(Ok(())) {
                             Ok(()) => {
@@ -411,24 +410,22 @@ async fn known_chunks(catalog: &Catalog, cache: &Path) -> (ChunkIndex, Holders) 
             (name.to_string(), srcs)
         })
         .collect();
-    let jobs = work.into_iter().map(|(name, srcs)| {
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let mut why = Vec::new();
-                for s in &srcs {
-                    match s.load_index(&name) {
-                        Ok(i) => return Ok((name, i)),
-                        Err(e) => {
-                            use crate::pack::reader::PackSource;
-                            why.push(format!("{}: {e}", s.name()))
-                        }
+    let jobs = work.into_iter().map(|(name, srcs)| async move {
+        tokio::task::spawn_blocking(move || {
+            let mut why = Vec::new();
+            for s in &srcs {
+                match s.load_index(&name) {
+                    Ok(i) => return Ok((name, i)),
+                    Err(e) => {
+                        use crate::pack::reader::PackSource;
+                        why.push(format!("{}: {e}", s.name()))
                     }
                 }
-                Err((name, why.join("; ")))
-            })
-            .await
-            .expect("index task panicked")
-        }
+            }
+            Err((name, why.join("; ")))
+        })
+        .await
+        .expect("index task panicked")
     });
     use futures::stream::StreamExt;
     let mut loaded: Vec<_> = futures::stream::iter(jobs)

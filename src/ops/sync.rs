@@ -247,9 +247,7 @@ pub async fn sync_policy(
             let lacking: Vec<usize> = needers
                 .iter()
                 .enumerate()
-                .filter(|(i, t)| {
-                    copies[*i].error.is_none() && !have[t.name()].contains(&held(obj))
-                })
+                .filter(|(i, t)| copies[*i].error.is_none() && !have[t.name()].contains(&held(obj)))
                 .map(|(i, _)| i)
                 .collect();
             if lacking.is_empty() {

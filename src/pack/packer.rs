@@ -33,7 +33,9 @@ struct Closed;
 
 impl PackSink for Closed {
     fn pack(&mut self, name: &str, _: Arc<Vec<u8>>, _: &PackIndex) -> io::Result<()> {
-        Err(io::Error::other(format!("pack {name} closed after the packer stopped")))
+        Err(io::Error::other(format!(
+            "pack {name} closed after the packer stopped"
+        )))
     }
 }
 
@@ -299,7 +301,6 @@ impl Shared {
         ci.get(id)
             .map(|l| (ci.pack_name(l.pack).to_string(), l.offset, l.clen))
     }
-
 }
 
 /// Turns the stream's slots into an extent list, in order, as they resolve.

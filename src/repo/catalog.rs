@@ -69,11 +69,19 @@ impl TargetView {
     /// What of snapshot `e` is missing here (lists, packs), for messages.
     pub fn missing(&self, e: &Entry) -> Vec<String> {
         let mut out = Vec::new();
-        let lists = e.lists.iter().filter(|l| !self.lists.contains_key(*l)).count();
+        let lists = e
+            .lists
+            .iter()
+            .filter(|l| !self.lists.contains_key(*l))
+            .count();
         if lists > 0 {
             out.push(format!("{lists} extent list(s)"));
         }
-        let packs = e.packs.iter().filter(|p| !self.packs.contains_key(*p)).count();
+        let packs = e
+            .packs
+            .iter()
+            .filter(|p| !self.packs.contains_key(*p))
+            .count();
         if packs > 0 {
             out.push(format!("{packs} pack(s)"));
         }

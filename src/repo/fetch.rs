@@ -124,7 +124,9 @@ pub async fn list_bytes(
         .await
         .map_err(|e| e.to_string())?;
     if Hash::of(&blake3::hash(&bytes)) != *hash {
-        return Err(format!("extent list {hash} does not hash to its name (damaged or altered)"));
+        return Err(format!(
+            "extent list {hash} does not hash to its name (damaged or altered)"
+        ));
     }
     Ok(bytes)
 }
@@ -573,7 +575,15 @@ pub async fn unpack_first_intact(
         )
     })?;
     let dir = staging_dir.path.clone();
-    let r = unpack(&sources, &catalog.policy, rec, &staging_dir, opts, &rec.name).await;
+    let r = unpack(
+        &sources,
+        &catalog.policy,
+        rec,
+        &staging_dir,
+        opts,
+        &rec.name,
+    )
+    .await;
     drop(staging_dir);
     let r = match r {
         Ok(u) => {
@@ -627,4 +637,3 @@ pub async fn unpack_first_intact(
         }
     }
 }
-

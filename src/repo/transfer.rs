@@ -15,7 +15,10 @@ use crate::storage::DynBackend;
 pub enum Object {
     Pack(Hash),
     /// An extent list, at most `size` bytes (what the signed manifest says).
-    List { hash: Hash, size: u64 },
+    List {
+        hash: Hash,
+        size: u64,
+    },
 }
 
 impl Object {

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 // ---------------------------------------------------------------------------
 
 /// The service's variables from the environment, else from
-/// `target/services/<service>.env`. Missing: skip (None) with a note, or
+/// `.services/<service>.env`. Missing: skip (None) with a note, or
 /// panic when BACKUPCTL_TEST_REQUIRE_SERVICES=1.
 pub fn service_env(service: &str, vars: &[&str]) -> Option<HashMap<String, String>> {
     let mut found: HashMap<String, String> = vars
@@ -19,7 +19,7 @@ pub fn service_env(service: &str, vars: &[&str]) -> Option<HashMap<String, Strin
         .collect();
     if found.len() < vars.len() {
         let file = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target/services")
+            .join(".services")
             .join(format!("{service}.env"));
         if let Ok(text) = std::fs::read_to_string(&file) {
             found.clear();

@@ -45,7 +45,7 @@ pub fn service_available(service: &str, vars: &[&str]) -> bool {
         return true;
     }
     let msg = format!(
-        "{service} not available ({missing:?} unset): start it with scripts/services/{service}.sh start and source target/services/{service}.env"
+        "{service} not available ({missing:?} unset): start it with scripts/services/{service}.sh start and source .services/{service}.env"
     );
     if services_required() {
         panic!("BACKUPCTL_TEST_REQUIRE_SERVICES=1 but {msg}");
