@@ -6,6 +6,7 @@
 //! library knows nothing of any of it.
 
 pub mod args;
+pub mod commands;
 pub mod contrib;
 pub mod daemon;
 pub mod each;

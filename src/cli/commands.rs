@@ -1,0 +1,335 @@
+//! One handler per command that needs the configuration: options from the
+//! command line in, the operation run (through the per-policy loop where
+//! there are policies), the result shown, the exit code out.
+
+use super::args;
+use super::each::{for_each_policy, Locking, Outcome, Plan};
+use super::output::{self as report, print_json, say};
+use super::render::*;
+use backupctl::config::Config;
+use backupctl::error::ExitCode;
+use backupctl::observe::Observe;
+use backupctl::ops::due::Job;
+use backupctl::ops::{self, Coded};
+use tokio_util::sync::CancellationToken;
+
+/// `check`: configuration, targets and sources, without writing.
+pub async fn check(cfg: &Config, a: &args::CheckArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let r = ops::check::check(cfg).await;
+    let code = r.exit_code();
+    Show {
+        json: a.json,
+        quiet,
+    }
+    .one(&r, code, render_check);
+    for e in &r.errors {
+        eprintln!("error: {e}");
+    }
+    Ok(code)
+}
+
+/// `init`: write the marker on fs targets.
+pub async fn init(cfg: &Config, a: &args::InitArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let r = ops::init::init(cfg, &a.targets).await?;
+    let code = r.exit_code();
+    Show {
+        json: a.json,
+        quiet,
+    }
+    .one(&r, code, render_init);
+    Ok(code)
+}
+
+/// `run`: back up each policy (or the due ones), then prune with `--prune`.
+pub async fn run(cfg: &Config, a: &args::RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let cancel = cancel_on_signal();
+    let opts = ops::run::RunOptions {
+        display: report::display(),
+        time: a.time,
+        dry_run: a.dry_run,
+        cancel: Some(cancel.clone()),
+    };
+    let opts = &opts;
+    let prune = a.prune;
+    let plan = Plan {
+        names: &a.policies,
+        due: a.due.then_some(Job::Run),
+        locking: locking("run", a.dry_run, a.wait),
+        cancel: Some(cancel),
+        op: Some("run"),
+    };
+    let o = for_each_policy(cfg, &plan, move |p, d| {
+        Box::pin(async move { ops::run::run_step(cfg, p, d.as_ref(), opts, prune).await })
+    })
+    .await?;
+    write_metrics(cfg, &a.metrics, &o).await;
+    Ok(Show {
+        json: a.json,
+        quiet,
+    }
+    .outcome(&o, render_run_step))
+}
+
+/// `prune`: apply retention on every target.
+pub async fn prune(cfg: &Config, a: &args::PruneArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let opts = ops::prune::PruneOptions { dry_run: a.dry_run };
+    let opts = &opts;
+    let plan = Plan {
+        names: &a.policies,
+        locking: locking("prune", a.dry_run, a.wait),
+        op: Some("prune"),
+        ..Default::default()
+    };
+    let o = for_each_policy(cfg, &plan, move |p, _| {
+        Box::pin(ops::prune::prune_policy(cfg, p, opts))
+    })
+    .await?;
+    write_metrics(cfg, &a.metrics, &o).await;
+    Ok(Show {
+        json: a.json,
+        quiet,
+    }
+    .outcome(&o, render_prune))
+}
+
+/// `verify`: re-hash and test-restore sampled snapshots.
+pub async fn verify(cfg: &Config, a: &args::VerifyArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let opts = ops::verify::VerifyOptions {
+        display: report::display(),
+        all: a.all,
+        sample: a.sample,
+        target: a.target.clone(),
+        read_all: a.read_all,
+    };
+    let opts = &opts;
+    let plan = Plan {
+        names: &a.policies,
+        due: a.due.then_some(Job::Verify),
+        op: Some("verify"),
+        ..Default::default()
+    };
+    let o = for_each_policy(cfg, &plan, move |p, _| {
+        Box::pin(ops::verify::verify_policy(cfg, p, opts))
+    })
+    .await?;
+    write_metrics(cfg, &a.metrics, &o).await;
+    Ok(Show {
+        json: a.json,
+        quiet,
+    }
+    .outcome(&o, render_verify))
+}
+
+/// `sync`: copy what a target lacks and repair damage.
+pub async fn sync(cfg: &Config, a: &args::SyncArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let opts = ops::sync::SyncOptions {
+        dry_run: a.dry_run,
+        abort_uploads_older_than: a.abort_uploads_older_than,
+        only_targets: None,
+    };
+    let opts = &opts;
+    let plan = Plan {
+        names: &a.policies,
+        locking: locking("sync", a.dry_run, a.wait),
+        op: Some("sync"),
+        ..Default::default()
+    };
+    let o = for_each_policy(cfg, &plan, move |p, _| {
+        Box::pin(ops::sync::sync_policy(cfg, p, opts))
+    })
+    .await?;
+    write_metrics(cfg, &a.metrics, &o).await;
+    Ok(Show {
+        json: a.json,
+        quiet,
+    }
+    .outcome(&o, render_sync))
+}
+
+/// `list`: the snapshots of each policy.
+pub async fn list(cfg: &Config, a: &args::ListArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let plan = Plan {
+        names: &a.policies,
+        ..Default::default()
+    };
+    let o = for_each_policy(cfg, &plan, move |p, _| {
+        Box::pin(ops::list::list_policy(cfg, p))
+    })
+    .await?;
+    Ok(Show {
+        json: a.json,
+        quiet,
+    }
+    .outcome(&o, render_list))
+}
+
+/// `schedule`: when each policy runs next.
+pub async fn schedule(
+    cfg: &Config,
+    a: &args::ScheduleArgs,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
+    let now = backupctl::clock::now();
+    let o = for_each_policy(cfg, &Plan::default(), move |p, _| {
+        Box::pin(ops::schedule::policy_schedule(cfg, p, now))
+    })
+    .await?;
+    Ok(Show {
+        json: a.json,
+        quiet,
+    }
+    .outcome(&o, render_schedule))
+}
+
+/// `notify test`: send a test event to every notifier.
+pub async fn notify_test(
+    cfg: &Config,
+    a: &args::NotifyTestArgs,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
+    let r = ops::notify_test::notify_test(cfg, a.policy.as_deref()).await?;
+    let code = r.exit_code();
+    Show {
+        json: a.json,
+        quiet,
+    }
+    .one(&r, code, render_notify_test);
+    Ok(code)
+}
+
+/// `daemon`: run the schedules until stopped.
+pub async fn daemon(cfg: &Config, a: &args::DaemonArgs, _quiet: bool) -> anyhow::Result<ExitCode> {
+    let cancel = cancel_on_signal();
+    let opts = ops::daemon::DaemonOptions {
+        prune: !a.no_prune,
+        metrics_file: a.metrics.metrics_file.clone(),
+    };
+    let (o, c) = (&opts, cancel.clone());
+    ops::daemon::run_daemon(cfg, &opts, cancel, async move |policy, job| {
+        super::daemon::execute(cfg, o, policy, job, &c).await
+    })
+    .await?;
+    Ok(ExitCode::Success)
+}
+
+/// `restore`: files into `--to`, or a database with `--into-database`.
+pub async fn restore(cfg: &Config, a: &args::RestoreArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let policy = cfg.policy(&a.policy)?;
+    let show = Show {
+        json: a.json,
+        quiet,
+    };
+    if let Some(into) = &a.into_database {
+        let opts = ops::restore_db::RestoreDbOptions {
+            snapshot: a.snapshot.clone(),
+            source: a.source.clone().unwrap_or_default(),
+            into: into.clone(),
+            database: a.database.clone(),
+            target: a.target.clone(),
+            force: a.force,
+        };
+        let r = ops::restore_db::restore_into_database(cfg, policy, &opts).await?;
+        show.one(&r, ExitCode::Success, render_restore_db);
+        return Ok(ExitCode::Success);
+    }
+    let opts = ops::restore::RestoreOptions {
+        display: report::display(),
+        snapshot: a.snapshot.clone(),
+        to: a.to.clone().expect("clap requires --to"),
+        source: a.source.clone(),
+        target: a.target.clone(),
+        include: a.include.clone(),
+        force: a.force,
+        no_same_owner: a.no_same_owner,
+    };
+    if a.allow_external_links {
+        tracing::warn!(
+            "--allow-external-links is deprecated and has no effect: symbolic links are \
+             always restored as they were and never followed while restoring"
+        );
+    }
+    let (r, code) = ops::restore::restore(cfg, policy, &opts).await?;
+    show.one(&r, code, render_restore);
+    Ok(code)
+}
+
+/// How a command's results are shown: JSON, or text (none on success
+/// with `-q`).
+#[derive(Clone, Copy)]
+pub struct Show {
+    pub json: bool,
+    pub quiet: bool,
+}
+
+impl Show {
+    /// Print an outcome of the per-policy loop; returns its exit code.
+    pub fn outcome<T: serde::Serialize + Coded>(
+        self,
+        o: &Outcome<T>,
+        render: impl Fn(&T) -> String,
+    ) -> ExitCode {
+        if self.json {
+            print_json(&o.results);
+        } else {
+            for r in &o.results {
+                if !self.quiet || r.exit_code() != ExitCode::Success {
+                    say(render(r));
+                }
+            }
+        }
+        for f in &o.failures {
+            eprintln!("error: policy {}: {}", f.policy, f.error);
+        }
+        o.exit_code()
+    }
+
+    /// Print a single result.
+    pub fn one<T: serde::Serialize>(self, r: &T, code: ExitCode, render: impl Fn(&T) -> String) {
+        if self.json {
+            print_json(r);
+        } else if !self.quiet || code != ExitCode::Success {
+            say(render(r));
+        }
+    }
+}
+
+/// Take the policy lock for steps that write, not for dry runs.
+fn locking(op: &'static str, dry_run: bool, wait: Option<std::time::Duration>) -> Option<Locking> {
+    (!dry_run).then_some(Locking::Take { op, wait })
+}
+
+/// `--metrics-file`: refresh the policies that acted, write every policy's
+/// metrics. A file that cannot be written is an error message, not a
+/// changed exit code.
+async fn write_metrics<T: Observe>(cfg: &Config, m: &args::MetricsArgs, o: &Outcome<T>) {
+    let Some(path) = &m.metrics_file else {
+        return;
+    };
+    let mut names: Vec<String> = o
+        .results
+        .iter()
+        .filter_map(|r| r.summary())
+        .map(|s| s.policy)
+        .collect();
+    names.sort();
+    names.dedup();
+    if let Err(e) = backupctl::metrics::write(cfg, &names, path).await {
+        eprintln!("error: --metrics-file {}: {e}", path.display());
+    }
+}
+
+/// A token cancelled by the first SIGTERM or SIGINT; a second one exits at once.
+fn cancel_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        ops::daemon::shutdown_signal().await;
+        tracing::warn!(
+            "stopping: finishing or aborting the current step (signal again to exit now)"
+        );
+        t.cancel();
+        ops::daemon::shutdown_signal().await;
+        std::process::exit(ExitCode::Failure.code());
+    });
+    token
+}
