@@ -45,7 +45,7 @@ use crate::storage::DynBackend;
 use anyhow::Context;
 use chrono::{DateTime, FixedOffset};
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -631,26 +631,7 @@ pub async fn run_policy(
         id,
         time.to_rfc3339()
     );
-    // Per policy: under the policy lock anything already here was left by a
-    // run that was killed, and is removed.
-    let policy_staging = cfg.state_dir.join("staging").join(&policy.name);
-    if let Ok(entries) = std::fs::read_dir(&policy_staging) {
-        for e in entries.flatten() {
-            tracing::warn!(
-                "removing {}, left by an interrupted run",
-                e.path().display()
-            );
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-    let staging = policy_staging.join(&id);
-    let cache = pack_cache(&cfg.state_dir, &policy.name);
-    crate::util::private_dir(&cfg.state_dir)
-        .and_then(|_| crate::util::private_dir(&cfg.state_dir.join("staging")))
-        .and_then(|_| crate::util::private_dir(&policy_staging))
-        .and_then(|_| crate::util::create_private_dir_all(&staging))
-        .and_then(|_| crate::util::create_private_dir_all(&cache))
-        .with_context(|| format!("creating staging directory {}", staging.display()))?;
+    let (staging, cache) = prepare_staging(cfg, policy, &id)?;
     let _cleanup = RemoveOnDrop(staging.clone());
 
     // What the targets hold.
@@ -665,31 +646,7 @@ pub async fn run_policy(
         holders.len()
     );
 
-    let mut lanes = Vec::new();
-    let mut workers = Vec::new();
-    for st in &catalog.targets {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let lane = Lane {
-            tx,
-            queued: Arc::new(AtomicU64::new(0)),
-            failed: Arc::new(AtomicBool::new(false)),
-        };
-        let mut start = Outcome::default();
-        if let Err(e) = &st.view {
-            tracing::error!("target {} failed: {e}", st.name());
-            lane.failed.store(true, Ordering::SeqCst);
-            start.error = Some(e.clone());
-        }
-        workers.push(tokio::spawn(target_worker(
-            st.target.clone(),
-            pname.clone(),
-            rx,
-            (lane.queued.clone(), lane.failed.clone()),
-            opts.cancel.clone(),
-            start,
-        )));
-        lanes.push(lane);
-    }
+    let (lanes, workers) = start_lanes(&catalog, &pname, opts);
     let created = Arc::new(Mutex::new(Vec::new()));
     let fanout = Fanout {
         lanes: lanes.clone(),
@@ -699,31 +656,12 @@ pub async fn run_policy(
     let shared = Shared::start(index, policy.compression_level, Box::new(fanout));
     let stopper = StopOnDrop(shared.clone());
 
-    let mut sources = Vec::new();
-    let mut read = Vec::new();
-    let mut failed_source = None;
-    let mut aborted = false;
-    for spec in &policy.sources {
-        if cancelled(opts) {
-            aborted = true;
-            break;
-        }
-        let r = read_source(spec, &shared, &staging, &cfg.state_dir, opts).await;
-        if cancelled(opts) {
-            aborted = true;
-            break;
-        }
-        match r {
-            Ok(r) => read.push((spec, r)),
-            Err(e) => {
-                let msg = format!("source {}: {e:#}", spec.name());
-                tracing::error!("{msg}");
-                sources.push(SourceResult::failed(spec, msg.clone()));
-                failed_source = Some(msg);
-                break;
-            }
-        }
-    }
+    let Sources {
+        results: mut sources,
+        read,
+        mut failed_source,
+        aborted,
+    } = read_sources(cfg, policy, &shared, &staging, opts).await;
     // The last pack closes; every stream's extents resolve.
     let finished = if failed_source.is_none() && !aborted {
         let s = shared.clone();
@@ -763,49 +701,20 @@ pub async fn run_policy(
     let stored_bytes = sources.iter().map(|s| s.stored_bytes).sum();
     let mut present = vec![0usize; catalog.targets.len()];
     if failed_source.is_none() && !aborted {
-        let manifest = Manifest {
-            format: crate::archive::manifest::FORMAT_NAME.into(),
-            schema_version: crate::archive::manifest::SCHEMA_VERSION,
-            policy: policy.name.clone(),
-            id: id.clone(),
+        let commit = Pending {
+            policy,
+            id: &id,
             time,
-            host: crate::util::hostname(),
-            tool_version: env!("CARGO_PKG_VERSION").into(),
-            sources: std::mem::take(&mut records),
+            key: &key,
+            records,
+            lists,
         };
-        let json = manifest.to_json();
-        // A manifest every reader would refuse would record a snapshot that
-        // cannot be restored: fail the run instead.
-        if let Err(e) = crate::archive::manifest::check_size(json.len()) {
-            let msg = format!("the snapshot's manifest is {} bytes: {e}", json.len());
-            tracing::error!("{msg}");
-            failed_source = Some(msg);
-        } else {
-            let sig = key.sign_manifest(&policy.name, &id, &json);
-            match Commit::new(&manifest, json, sig, std::mem::take(&mut lists)) {
-                Ok(commit) => {
-                    let commit = Arc::new(commit);
-                    let created: std::collections::HashSet<Hash> =
-                        created.lock().expect("created").iter().cloned().collect();
-                    for (i, (st, lane)) in catalog.targets.iter().zip(&lanes).enumerate() {
-                        let Ok(v) = &st.view else { continue };
-                        let copy: Vec<Hash> = referenced
-                            .iter()
-                            .filter(|p| !created.contains(*p) && !v.packs.contains_key(*p))
-                            .cloned()
-                            .collect();
-                        present[i] = referenced
-                            .iter()
-                            .filter(|p| !created.contains(*p) && v.packs.contains_key(*p))
-                            .count();
-                        let _ = lane.tx.send(Job::Commit {
-                            commit: commit.clone(),
-                            copy,
-                            holders: holders.clone(),
-                        });
-                    }
-                }
-                Err(e) => failed_source = Some(format!("the snapshot's manifest: {e}")),
+        let created: HashSet<Hash> = created.lock().expect("created").iter().cloned().collect();
+        match commit.send(&catalog, &lanes, &referenced, &created, &holders) {
+            Ok(p) => present = p,
+            Err(e) => {
+                tracing::error!("{e}");
+                failed_source = Some(e);
             }
         }
     }
@@ -821,7 +730,157 @@ pub async fn run_policy(
         })
         .collect();
     let committed = outcomes.iter().filter(|o| o.committed).count();
-    let tresults: Vec<TargetResult> = targets
+    let tresults = target_results(&targets, outcomes, present);
+
+    let mut result = RunResult {
+        policy: policy.name.clone(),
+        snapshot: None,
+        time,
+        status: "failed".into(),
+        dry_run: false,
+        sources,
+        targets: tresults,
+        stored_bytes,
+        warnings,
+        error: None,
+        duration_seconds: 0.0,
+    };
+
+    let interrupted = aborted || (failed_source.is_none() && committed == 0 && cancelled(opts));
+    conclude(&mut result, &id, interrupted, failed_source, committed);
+    result.duration_seconds = started.elapsed().as_secs_f64();
+    record_state(cfg, policy, &result, now_local);
+    tracing::info!(
+        "run policy={} status={} stored={} seconds={:.1}",
+        policy.name,
+        result.status,
+        result.stored_bytes,
+        result.duration_seconds
+    );
+    Ok(result)
+}
+
+/// The run's private staging directory (and the pack-index cache), after
+/// removing what a killed run left: under the policy lock, anything in the
+/// policy's staging directory is a leftover.
+fn prepare_staging(cfg: &Config, policy: &Policy, id: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    // Per policy: under the policy lock anything already here was left by a
+    // run that was killed, and is removed.
+    let policy_staging = cfg.state_dir.join("staging").join(&policy.name);
+    if let Ok(entries) = std::fs::read_dir(&policy_staging) {
+        for e in entries.flatten() {
+            tracing::warn!(
+                "removing {}, left by an interrupted run",
+                e.path().display()
+            );
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let staging = policy_staging.join(id);
+    let cache = pack_cache(&cfg.state_dir, &policy.name);
+    crate::util::private_dir(&cfg.state_dir)
+        .and_then(|_| crate::util::private_dir(&cfg.state_dir.join("staging")))
+        .and_then(|_| crate::util::private_dir(&policy_staging))
+        .and_then(|_| crate::util::create_private_dir_all(&staging))
+        .and_then(|_| crate::util::create_private_dir_all(&cache))
+        .with_context(|| format!("creating staging directory {}", staging.display()))?;
+    Ok((staging, cache))
+}
+
+/// One lane and one delivery worker per target; a target whose listing
+/// failed starts failed (it receives nothing).
+fn start_lanes(
+    catalog: &Catalog,
+    pname: &PolicyName,
+    opts: &RunOptions,
+) -> (Vec<Lane>, Vec<tokio::task::JoinHandle<Outcome>>) {
+    let mut lanes = Vec::new();
+    let mut workers = Vec::new();
+    for st in &catalog.targets {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let lane = Lane {
+            tx,
+            queued: Arc::new(AtomicU64::new(0)),
+            failed: Arc::new(AtomicBool::new(false)),
+        };
+        let mut start = Outcome::default();
+        if let Err(e) = &st.view {
+            tracing::error!("target {} failed: {e}", st.name());
+            lane.failed.store(true, Ordering::SeqCst);
+            start.error = Some(e.clone());
+        }
+        workers.push(tokio::spawn(target_worker(
+            st.target.clone(),
+            pname.clone(),
+            rx,
+            (lane.queued.clone(), lane.failed.clone()),
+            opts.cancel.clone(),
+            start,
+        )));
+        lanes.push(lane);
+    }
+    (lanes, workers)
+}
+
+/// What reading a policy's sources gave: the sources read, the results of
+/// those that failed, the first failure, and whether a signal stopped it.
+struct Sources<'a> {
+    results: Vec<SourceResult>,
+    read: Vec<(&'a SourceSpec, Read)>,
+    failed_source: Option<String>,
+    aborted: bool,
+}
+
+/// Read every source once, in order, into the run's packs; stop at the
+/// first failure or signal.
+async fn read_sources<'a>(
+    cfg: &Config,
+    policy: &'a Policy,
+    shared: &Arc<Shared>,
+    staging: &Path,
+    opts: &RunOptions,
+) -> Sources<'a> {
+    let mut sources = Vec::new();
+    let mut read = Vec::new();
+    let mut failed_source = None;
+    let mut aborted = false;
+    for spec in &policy.sources {
+        if cancelled(opts) {
+            aborted = true;
+            break;
+        }
+        let r = read_source(spec, shared, staging, &cfg.state_dir, opts).await;
+        if cancelled(opts) {
+            aborted = true;
+            break;
+        }
+        match r {
+            Ok(r) => read.push((spec, r)),
+            Err(e) => {
+                let msg = format!("source {}: {e:#}", spec.name());
+                tracing::error!("{msg}");
+                sources.push(SourceResult::failed(spec, msg.clone()));
+                failed_source = Some(msg);
+                break;
+            }
+        }
+    }
+    Sources {
+        results: sources,
+        read,
+        failed_source,
+        aborted,
+    }
+}
+
+/// Each target's result from its worker's outcome; `present` is how many
+/// referenced packs it already held.
+fn target_results(
+    targets: &[DynBackend],
+    outcomes: Vec<Outcome>,
+    present: Vec<usize>,
+) -> Vec<TargetResult> {
+    targets
         .iter()
         .zip(outcomes)
         .zip(present)
@@ -843,27 +902,84 @@ pub async fn run_policy(
                 ..TargetResult::new(t, status)
             }
         })
-        .collect();
+        .collect()
+}
 
-    let mut result = RunResult {
-        policy: policy.name.clone(),
-        snapshot: None,
-        time,
-        status: "failed".into(),
-        dry_run: false,
-        sources,
-        targets: tresults,
-        stored_bytes,
-        warnings,
-        error: None,
-        duration_seconds: 0.0,
-    };
+/// A snapshot whose sources are all read: the manifest is built, checked and
+/// signed, and each healthy target's lane gets its commit (with the packs to
+/// copy from other targets first).
+struct Pending<'a> {
+    policy: &'a Policy,
+    id: &'a str,
+    time: DateTime<FixedOffset>,
+    key: &'a crate::trust::HostKey,
+    records: Vec<SourceRecord>,
+    lists: Vec<(Hash, Vec<u8>)>,
+}
 
-    if aborted || (failed_source.is_none() && committed == 0 && cancelled(opts)) {
+impl Pending<'_> {
+    /// Queue the commit on every listed target; per target, how many of
+    /// the referenced packs it already held.
+    fn send(
+        self,
+        catalog: &Catalog,
+        lanes: &[Lane],
+        referenced: &BTreeSet<Hash>,
+        created: &HashSet<Hash>,
+        holders: &Arc<Holders>,
+    ) -> Result<Vec<usize>, String> {
+        let manifest = Manifest {
+            format: crate::archive::manifest::FORMAT_NAME.into(),
+            schema_version: crate::archive::manifest::SCHEMA_VERSION,
+            policy: self.policy.name.clone(),
+            id: self.id.to_string(),
+            time: self.time,
+            host: crate::util::hostname(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            sources: self.records,
+        };
+        let json = manifest.to_json();
+        // A manifest every reader would refuse would record a snapshot that
+        // cannot be restored: fail the run instead.
+        crate::archive::manifest::check_size(json.len())
+            .map_err(|e| format!("the snapshot's manifest is {} bytes: {e}", json.len()))?;
+        let sig = self.key.sign_manifest(&self.policy.name, self.id, &json);
+        let commit = Commit::new(&manifest, json, sig, self.lists)
+            .map_err(|e| format!("the snapshot's manifest: {e}"))?;
+        let commit = Arc::new(commit);
+        let mut present = vec![0usize; catalog.targets.len()];
+        for (i, (st, lane)) in catalog.targets.iter().zip(lanes).enumerate() {
+            let Ok(v) = &st.view else { continue };
+            let (held, copy): (Vec<&Hash>, Vec<&Hash>) = referenced
+                .iter()
+                .filter(|p| !created.contains(*p))
+                .partition(|p| v.packs.contains_key(*p));
+            present[i] = held.len();
+            let _ = lane.tx.send(Job::Commit {
+                commit: commit.clone(),
+                copy: copy.into_iter().cloned().collect(),
+                holders: holders.clone(),
+            });
+        }
+        Ok(present)
+    }
+}
+
+/// The run's status from what happened: interrupted before any manifest,
+/// a source failed (nothing recorded), or the snapshot is on `committed`
+/// of the targets.
+fn conclude(
+    result: &mut RunResult,
+    id: &str,
+    interrupted: bool,
+    failed_source: Option<String>,
+    committed: usize,
+) {
+    if interrupted {
         tracing::warn!(
             "run policy={} snapshot={id}: interrupted before the manifest was written; \
              no snapshot is recorded (packs already sent are removed by the next prune)",
-            policy.name
+            result.policy
         );
         result.status = "aborted".into();
         result.error = Some(
@@ -891,21 +1007,11 @@ pub async fn run_policy(
         }
         .into();
         if ok > 0 {
-            result.snapshot = Some(id.clone());
+            result.snapshot = Some(id.to_string());
         } else {
             result.error = Some("the snapshot could not be stored on any target".into());
         }
     }
-    result.duration_seconds = started.elapsed().as_secs_f64();
-    record_state(cfg, policy, &result, now_local);
-    tracing::info!(
-        "run policy={} status={} stored={} seconds={:.1}",
-        policy.name,
-        result.status,
-        result.stored_bytes,
-        result.duration_seconds
-    );
-    Ok(result)
 }
 
 /// Where a policy's pack indexes are cached (by pack name; each is checked
