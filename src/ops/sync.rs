@@ -118,6 +118,136 @@ async fn authentic_copy(
     ))
 }
 
+/// Per target name, the objects it holds.
+type Holdings = HashMap<String, HashSet<Object>>;
+
+/// Per reachable target, the packs and lists it holds.
+fn holdings(catalog: &Catalog) -> Holdings {
+    let mut have: Holdings = HashMap::new();
+    for s in catalog.reachable() {
+        if let Ok(v) = &s.view {
+            let objs = v
+                .packs
+                .keys()
+                .map(|h| Object::Pack(h.clone()))
+                .chain(v.lists.keys().map(|h| Object::List {
+                    hash: h.clone(),
+                    size: 0,
+                }))
+                .collect();
+            have.insert(s.name().to_string(), objs);
+        }
+    }
+    have
+}
+
+/// Copy snapshot `entry` onto `needers` from `sources` (targets where it is
+/// complete): lists, then packs, each to the targets lacking it, then the
+/// authentic manifest through the one commit sequence. One record per
+/// target; `have` learns what was copied.
+async fn copy_snapshot(
+    cfg: &Config,
+    catalog: &Catalog,
+    entry: &Entry,
+    needers: &[&DynBackend],
+    sources: &[&DynBackend],
+    have: &mut Holdings,
+    o: &SyncOptions,
+) -> Vec<SnapshotCopy> {
+    let m = &entry.manifest;
+    let mut copies: Vec<SnapshotCopy> = needers
+        .iter()
+        .map(|t| SnapshotCopy {
+            snapshot: m.id.clone(),
+            target: t.name().to_string(),
+            from: Vec::new(),
+            archives: Vec::new(),
+            packs: 0,
+            lists: 0,
+            bytes: 0,
+            status: if o.dry_run { "would copy" } else { "copied" }.into(),
+            error: None,
+        })
+        .collect();
+    // Lists first (small), then packs, each to the targets lacking it.
+    let mut objects: Vec<Object> = Vec::new();
+    for st in m.sources.iter().flat_map(|r| r.streams()) {
+        if let Ok(hash) = Hash::new(&st.list) {
+            let obj = Object::List {
+                hash,
+                size: st.list_size,
+            };
+            if !objects.contains(&obj) {
+                objects.push(obj);
+            }
+        }
+    }
+    objects.extend(entry.packs.iter().cloned().map(Object::Pack));
+    for obj in &objects {
+        let lacking: Vec<usize> = needers
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| copies[*i].error.is_none() && !have[t.name()].contains(&held(obj)))
+            .map(|(i, _)| i)
+            .collect();
+        if lacking.is_empty() {
+            continue;
+        }
+        if o.dry_run {
+            for i in lacking {
+                note(&mut copies[i], obj, 0, None);
+            }
+            continue;
+        }
+        let to: Vec<&DynBackend> = lacking.iter().map(|&i| needers[i]).collect();
+        match transfer::copy(&catalog.policy, obj, sources, &to).await {
+            Ok(c) => {
+                for (&i, r) in lacking.iter().zip(c.puts) {
+                    match r {
+                        Ok(()) => {
+                            note(&mut copies[i], obj, c.bytes, Some(&c.from));
+                            have.get_mut(needers[i].name())
+                                .expect("reachable")
+                                .insert(held(obj));
+                        }
+                        Err(e) => {
+                            copies[i].status = "failed".into();
+                            copies[i].error = Some(e);
+                        }
+                    }
+                }
+            }
+            Err(why) => {
+                for i in lacking {
+                    copies[i].status = "failed".into();
+                    copies[i].error = Some(why.clone());
+                }
+            }
+        }
+    }
+    if !o.dry_run {
+        let commit = authentic_copy(cfg, sources, catalog, entry)
+            .await
+            .and_then(|(json, sig)| {
+                Commit::new(m, json, sig, Vec::new()).map_err(|e| e.to_string())
+            });
+        for (i, t) in needers.iter().enumerate() {
+            if copies[i].error.is_some() {
+                continue;
+            }
+            let r = match &commit {
+                Ok(c) => c.apply(t).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.clone()),
+            };
+            if let Err(e) = r {
+                copies[i].status = "failed".into();
+                copies[i].error = Some(e);
+            }
+        }
+    }
+    copies
+}
+
 pub async fn sync_policy(
     cfg: &Config,
     policy: &Policy,
@@ -152,21 +282,7 @@ pub async fn sync_policy(
         }
     }
     // What each target holds (updated as we copy).
-    let mut have: HashMap<String, HashSet<Object>> = HashMap::new();
-    for s in catalog.reachable() {
-        if let Ok(v) = &s.view {
-            let objs = v
-                .packs
-                .keys()
-                .map(|h| Object::Pack(h.clone()))
-                .chain(v.lists.keys().map(|h| Object::List {
-                    hash: h.clone(),
-                    size: 0,
-                }))
-                .collect();
-            have.insert(s.name().to_string(), objs);
-        }
-    }
+    let mut have = holdings(&catalog);
     let mut copied_any = false;
     let mut failed_any = false;
     if !o.dry_run {
@@ -215,96 +331,7 @@ pub async fn sync_policy(
             failed_any = true;
             continue;
         }
-        let mut copies: Vec<SnapshotCopy> = needers
-            .iter()
-            .map(|t| SnapshotCopy {
-                snapshot: m.id.clone(),
-                target: t.name().to_string(),
-                from: Vec::new(),
-                archives: Vec::new(),
-                packs: 0,
-                lists: 0,
-                bytes: 0,
-                status: if o.dry_run { "would copy" } else { "copied" }.into(),
-                error: None,
-            })
-            .collect();
-        // Lists first (small), then packs, each to the targets lacking it.
-        let mut objects: Vec<Object> = Vec::new();
-        for st in m.sources.iter().flat_map(|r| r.streams()) {
-            if let Ok(hash) = Hash::new(&st.list) {
-                let obj = Object::List {
-                    hash,
-                    size: st.list_size,
-                };
-                if !objects.contains(&obj) {
-                    objects.push(obj);
-                }
-            }
-        }
-        objects.extend(entry.packs.iter().cloned().map(Object::Pack));
-        for obj in &objects {
-            let lacking: Vec<usize> = needers
-                .iter()
-                .enumerate()
-                .filter(|(i, t)| copies[*i].error.is_none() && !have[t.name()].contains(&held(obj)))
-                .map(|(i, _)| i)
-                .collect();
-            if lacking.is_empty() {
-                continue;
-            }
-            if o.dry_run {
-                for i in lacking {
-                    note(&mut copies[i], obj, 0, None);
-                }
-                continue;
-            }
-            let to: Vec<&DynBackend> = lacking.iter().map(|&i| needers[i]).collect();
-            match transfer::copy(&catalog.policy, obj, &sources, &to).await {
-                Ok(c) => {
-                    for (&i, r) in lacking.iter().zip(c.puts) {
-                        match r {
-                            Ok(()) => {
-                                note(&mut copies[i], obj, c.bytes, Some(&c.from));
-                                have.get_mut(needers[i].name())
-                                    .expect("reachable")
-                                    .insert(held(obj));
-                            }
-                            Err(e) => {
-                                copies[i].status = "failed".into();
-                                copies[i].error = Some(e);
-                            }
-                        }
-                    }
-                }
-                Err(why) => {
-                    for i in lacking {
-                        copies[i].status = "failed".into();
-                        copies[i].error = Some(why.clone());
-                    }
-                }
-            }
-        }
-        if !o.dry_run {
-            let commit = authentic_copy(cfg, &sources, &catalog, entry)
-                .await
-                .and_then(|(json, sig)| {
-                    Commit::new(m, json, sig, Vec::new()).map_err(|e| e.to_string())
-                });
-            for (i, t) in needers.iter().enumerate() {
-                if copies[i].error.is_some() {
-                    continue;
-                }
-                let r = match &commit {
-                    Ok(c) => c.apply(t).await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.clone()),
-                };
-                if let Err(e) = r {
-                    copies[i].status = "failed".into();
-                    copies[i].error = Some(e);
-                }
-            }
-        }
+        let copies = copy_snapshot(cfg, &catalog, entry, &needers, &sources, &mut have, o).await;
         for c in copies {
             match &c.error {
                 Some(e) => {
