@@ -390,39 +390,7 @@ impl Plan<'_> {
                     r.status = "incomplete".into();
                 }
             } else {
-                let packs: HashSet<&crate::repo::Hash> =
-                    live.iter().flat_map(|e| e.packs.iter()).collect();
-                let lists: HashSet<&crate::repo::Hash> =
-                    live.iter().flat_map(|e| e.lists.iter()).collect();
-                // Lists first: a list names packs, so once it is gone
-                // nothing points into a pack about to go.
-                let mut dead: Vec<(Key, u64, bool)> = view
-                    .lists
-                    .iter()
-                    .filter(|(h, _)| !lists.contains(h))
-                    .map(|(h, &size)| {
-                        let k = Key::List {
-                            policy: policy(),
-                            hash: h.clone(),
-                        };
-                        (k, size, false)
-                    })
-                    .collect();
-                dead.sort_by_key(|a| a.0.object());
-                let mut dead_packs: Vec<(Key, u64, bool)> = view
-                    .packs
-                    .iter()
-                    .filter(|(h, _)| !packs.contains(h))
-                    .map(|(h, &size)| {
-                        let k = Key::Pack {
-                            policy: policy(),
-                            name: h.clone(),
-                        };
-                        (k, size, true)
-                    })
-                    .collect();
-                dead_packs.sort_by_key(|a| a.0.object());
-                dead.extend(dead_packs);
+                let dead = unreferenced(view, &live, self.policy);
                 for (key, size, is_pack) in dead {
                     if !self.dry_run {
                         if let Err(e) = t.delete(&key.object()).await {
@@ -440,19 +408,7 @@ impl Plan<'_> {
                 }
             }
             // Signatures without their manifest.
-            let mut stray: Vec<(crate::storage::ObjectKey, u64)> = view
-                .signatures
-                .iter()
-                .filter(|(id, _)| !remaining.contains(id) && !forgotten.contains(id))
-                .map(|(id, &s)| {
-                    let k = Key::Signature {
-                        policy: policy(),
-                        id: id.clone(),
-                    };
-                    (k.object(), s)
-                })
-                .collect();
-            stray.sort();
+            let stray = stray_signatures(view, &remaining, &forgotten, self.policy);
             for (key, size) in stray {
                 if !self.dry_run {
                     if let Err(e) = t.delete(&key).await {
@@ -482,4 +438,70 @@ impl Plan<'_> {
         );
         r
     }
+}
+
+/// The lists, then the packs, on a target that no snapshot in `live`
+/// references (lists first: once a list is gone nothing points into a pack
+/// about to go), each with its listed size and whether it is a pack.
+fn unreferenced(
+    view: &crate::repo::TargetView,
+    live: &[&crate::repo::Entry],
+    policy: &crate::repo::PolicyName,
+) -> Vec<(Key, u64, bool)> {
+    let packs: HashSet<&crate::repo::Hash> = live.iter().flat_map(|e| e.packs.iter()).collect();
+    let lists: HashSet<&crate::repo::Hash> = live.iter().flat_map(|e| e.lists.iter()).collect();
+    // Lists first: a list names packs, so once it is gone
+    // nothing points into a pack about to go.
+    let mut dead: Vec<(Key, u64, bool)> = view
+        .lists
+        .iter()
+        .filter(|(h, _)| !lists.contains(h))
+        .map(|(h, &size)| {
+            let k = Key::List {
+                policy: policy.clone(),
+                hash: h.clone(),
+            };
+            (k, size, false)
+        })
+        .collect();
+    dead.sort_by_key(|a| a.0.object());
+    let mut dead_packs: Vec<(Key, u64, bool)> = view
+        .packs
+        .iter()
+        .filter(|(h, _)| !packs.contains(h))
+        .map(|(h, &size)| {
+            let k = Key::Pack {
+                policy: policy.clone(),
+                name: h.clone(),
+            };
+            (k, size, true)
+        })
+        .collect();
+    dead_packs.sort_by_key(|a| a.0.object());
+    dead.extend(dead_packs);
+    dead
+}
+
+/// Signatures on a target whose manifest is gone (neither remaining nor
+/// forgotten by this prune), sorted.
+fn stray_signatures(
+    view: &crate::repo::TargetView,
+    remaining: &[&SnapshotId],
+    forgotten: &HashSet<&SnapshotId>,
+    policy: &crate::repo::PolicyName,
+) -> Vec<(crate::storage::ObjectKey, u64)> {
+    let mut stray: Vec<(crate::storage::ObjectKey, u64)> = view
+        .signatures
+        .iter()
+        .filter(|(id, _)| !remaining.contains(id) && !forgotten.contains(id))
+        .map(|(id, &s)| {
+            let k = Key::Signature {
+                policy: policy.clone(),
+                id: id.clone(),
+            };
+            (k.object(), s)
+        })
+        .collect();
+    stray.sort();
+    stray
 }
