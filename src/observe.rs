@@ -15,6 +15,7 @@
 use crate::config::Config;
 use crate::error::ExitCode;
 use crate::notify::{self, Event, EventKind, TargetStatus};
+use crate::ops::run::TargetStatus as TS;
 use crate::ops::Coded;
 
 /// One policy's step, summarised.
@@ -115,14 +116,14 @@ impl Observe for crate::ops::run::RunStep {
             if r.dry_run {
                 return None;
             }
-            s.status = r.status.clone();
+            s.status = r.status.to_string();
             s.snapshot = r.snapshot.clone();
             s.targets = r
                 .targets
                 .iter()
                 .map(|t| TargetStatus {
                     name: t.name.clone(),
-                    status: t.status.clone(),
+                    status: t.status.to_string(),
                 })
                 .collect();
             s.bytes_read = Some(r.sources.iter().map(|x| x.content_size).sum());
@@ -132,11 +133,11 @@ impl Observe for crate::ops::run::RunStep {
                 join_errors(
                     r.targets
                         .iter()
-                        .filter_map(|t| t.error.as_deref().filter(|_| t.status != "complete")),
+                        .filter_map(|t| t.error.as_deref().filter(|_| t.status != TS::Complete)),
                 )
                 .map(|e| format!("target(s) failed: {e}"))
             });
-            if r.status == "incomplete" && s.error.is_none() {
+            if r.status == crate::ops::run::RunStatus::Incomplete && s.error.is_none() {
                 let n: usize = r.sources.iter().map(|x| x.unreadable.len()).sum();
                 s.error = Some(format!(
                     "{n} source files or directories could not be read and are not in the snapshot"
@@ -176,7 +177,7 @@ impl Observe for crate::ops::run::RunStep {
                 cfg,
                 &policy,
                 &crate::metrics::RunMetrics {
-                    status: &r.status,
+                    status: r.status.as_str(),
                     time: r.time,
                     bytes_read: r.sources.iter().map(|x| x.content_size).sum(),
                     bytes_stored: r.targets.iter().map(|t| t.uploaded_bytes).sum(),
@@ -185,10 +186,10 @@ impl Observe for crate::ops::run::RunStep {
                         .targets
                         .iter()
                         .map(|t| {
-                            let up = match t.status.as_str() {
-                                "complete" => Some(true),
-                                "failed" => Some(false),
-                                _ => None,
+                            let up = match t.status {
+                                TS::Complete => Some(true),
+                                TS::Failed => Some(false),
+                                TS::Aborted | TS::Skipped => None,
                             };
                             (t.name.clone(), up)
                         })

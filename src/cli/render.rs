@@ -137,12 +137,13 @@ pub fn render_run(r: &ops::run::RunResult) -> String {
     if let Some(e) = &r.error {
         s.push_str(&format!("  error: {e}\n"));
     }
-    match r.status.as_str() {
-        "partial" => {
+    use backupctl::ops::run::{RunStatus, TargetStatus};
+    match r.status {
+        RunStatus::Partial => {
             let missed: Vec<&str> = r
                 .targets
                 .iter()
-                .filter(|t| t.status != "complete")
+                .filter(|t| t.status != TargetStatus::Complete)
                 .map(|t| t.name.as_str())
                 .collect();
             s.push_str(&format!(
@@ -151,12 +152,12 @@ pub fn render_run(r: &ops::run::RunResult) -> String {
                 r.policy
             ));
         }
-        "incomplete" => s.push_str(&format!(
+        RunStatus::Incomplete => s.push_str(&format!(
             "  to do: make the files above readable by the user backupctl runs as (or exclude \
              them); the snapshot was recorded without them (`backupctl list {} --json` lists them)\n",
             r.policy
         )),
-        "failed" => s.push_str(&format!(
+        RunStatus::Failed => s.push_str(&format!(
             "  to do: fix the cause above, then `backupctl run {}`; nothing was recorded, earlier snapshots are untouched\n",
             r.policy
         )),

@@ -116,12 +116,79 @@ impl SourceResult {
     }
 }
 
+/// How a run went (JSON: `complete`, `incomplete`, `partial`, `failed`,
+/// `aborted`, `dry-run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStatus {
+    /// Stored on every target.
+    Complete,
+    /// Stored on every target, but some source files could not be read
+    /// (see the sources' `unreadable`).
+    Incomplete,
+    /// Stored on some targets only.
+    Partial,
+    Failed,
+    /// Interrupted before any manifest was written.
+    Aborted,
+    DryRun,
+}
+
+/// How a run went on one target (JSON: `complete`, `failed`, `aborted`,
+/// `skipped` for a dry run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetStatus {
+    Complete,
+    Failed,
+    Aborted,
+    Skipped,
+}
+
+macro_rules! status_names {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            /// The name, as in JSON output and logs.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+status_names!(RunStatus {
+    Complete => "complete",
+    Incomplete => "incomplete",
+    Partial => "partial",
+    Failed => "failed",
+    Aborted => "aborted",
+    DryRun => "dry-run",
+});
+
+status_names!(TargetStatus {
+    Complete => "complete",
+    Failed => "failed",
+    Aborted => "aborted",
+    Skipped => "skipped",
+});
+
+impl RunStatus {
+    /// A snapshot was recorded on every target (unreadable files aside).
+    pub fn everywhere(self) -> bool {
+        matches!(self, RunStatus::Complete | RunStatus::Incomplete)
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct TargetResult {
     pub name: String,
     pub location: String,
-    /// "complete", "failed", "aborted" or "skipped" (dry run)
-    pub status: String,
+    pub status: TargetStatus,
     /// Pack bytes written to this target (uploaded and copied).
     pub uploaded_bytes: u64,
     /// Packs written to this target: `packs_uploaded + packs_copied`.
@@ -137,11 +204,11 @@ pub struct TargetResult {
 }
 
 impl TargetResult {
-    fn new(t: &DynBackend, status: &str) -> TargetResult {
+    fn new(t: &DynBackend, status: TargetStatus) -> TargetResult {
         TargetResult {
             name: t.name().into(),
             location: t.location().into(),
-            status: status.into(),
+            status,
             uploaded_bytes: 0,
             archives_uploaded: 0,
             archives_already_present: 0,
@@ -157,11 +224,7 @@ pub struct RunResult {
     pub policy: String,
     pub snapshot: Option<String>,
     pub time: DateTime<FixedOffset>,
-    /// "complete", "incomplete" (stored on every target, but some source
-    /// files could not be read: see the sources' `unreadable`), "partial"
-    /// (stored on some targets only), "failed", "aborted" (interrupted
-    /// before any manifest was written) or "dry-run"
-    pub status: String,
+    pub status: RunStatus,
     pub dry_run: bool,
     pub sources: Vec<SourceResult>,
     pub targets: Vec<TargetResult>,
@@ -175,10 +238,10 @@ pub struct RunResult {
 
 impl RunResult {
     pub fn exit_code(&self) -> ExitCode {
-        match self.status.as_str() {
-            "complete" | "dry-run" => ExitCode::Success,
-            "partial" | "incomplete" => ExitCode::Partial,
-            _ => ExitCode::Failure,
+        match self.status {
+            RunStatus::Complete | RunStatus::DryRun => ExitCode::Success,
+            RunStatus::Partial | RunStatus::Incomplete => ExitCode::Partial,
+            RunStatus::Failed | RunStatus::Aborted => ExitCode::Failure,
         }
     }
 }
@@ -736,7 +799,7 @@ pub async fn run_policy(
         policy: policy.name.clone(),
         snapshot: None,
         time,
-        status: "failed".into(),
+        status: RunStatus::Failed,
         dry_run: false,
         sources,
         targets: tresults,
@@ -886,11 +949,11 @@ fn target_results(
         .zip(present)
         .map(|((t, o), present)| {
             let status = if o.committed {
-                "complete"
+                TargetStatus::Complete
             } else if o.error.is_some() {
-                "failed"
+                TargetStatus::Failed
             } else {
-                "aborted"
+                TargetStatus::Aborted
             };
             TargetResult {
                 uploaded_bytes: o.uploaded_bytes,
@@ -981,7 +1044,7 @@ fn conclude(
              no snapshot is recorded (packs already sent are removed by the next prune)",
             result.policy
         );
-        result.status = "aborted".into();
+        result.status = RunStatus::Aborted;
         result.error = Some(
             "interrupted by a signal before the snapshot was recorded; nothing was recorded".into(),
         );
@@ -989,7 +1052,7 @@ fn conclude(
         result.error = Some(format!("{msg}; no snapshot was recorded"));
         for t in &mut result.targets {
             if t.error.is_none() {
-                t.status = "failed".into();
+                t.status = TargetStatus::Failed;
                 t.error = Some("not recorded: a source failed".into());
             }
         }
@@ -997,15 +1060,14 @@ fn conclude(
         let ok = committed;
         let unreadable = result.sources.iter().any(|s| !s.unreadable.is_empty());
         result.status = if ok == result.targets.len() && unreadable {
-            "incomplete"
+            RunStatus::Incomplete
         } else if ok == result.targets.len() {
-            "complete"
+            RunStatus::Complete
         } else if ok > 0 {
-            "partial"
+            RunStatus::Partial
         } else {
-            "failed"
-        }
-        .into();
+            RunStatus::Failed
+        };
         if ok > 0 {
             result.snapshot = Some(id.to_string());
         } else {
@@ -1093,14 +1155,14 @@ fn source_record(
 /// The run's outcome in the policy's state (what `run --due` and `status`
 /// read).
 fn record_state(cfg: &Config, policy: &Policy, result: &RunResult, now: DateTime<FixedOffset>) {
-    let status = result.status.clone();
+    let status = result.status;
     let snap = result.snapshot.clone();
     let err = result.error.clone();
-    let missed: Vec<String> = if status == "partial" {
+    let missed: Vec<String> = if status == RunStatus::Partial {
         result
             .targets
             .iter()
-            .filter(|t| t.status != "complete")
+            .filter(|t| t.status != TargetStatus::Complete)
             .map(|t| t.name.clone())
             .collect()
     } else {
@@ -1109,15 +1171,15 @@ fn record_state(cfg: &Config, policy: &Policy, result: &RunResult, now: DateTime
     state::update(&cfg.state_dir, &policy.name, |st| {
         st.run.missed_targets.extend(missed);
         st.run.last_attempt = Some(now);
-        st.run.last_result = Some(if status == "complete" {
+        st.run.last_result = Some(if status == RunStatus::Complete {
             "success".into()
         } else {
-            status.clone()
+            status.to_string()
         });
         st.run.last_message = err;
         // An incomplete snapshot is done as far as the schedule goes:
         // retrying does not make unreadable files readable.
-        if matches!(status.as_str(), "complete" | "partial" | "incomplete") {
+        if status.everywhere() || status == RunStatus::Partial {
             st.run.last_success = Some(now);
             st.run.last_snapshot = snap;
         }
@@ -1151,12 +1213,12 @@ fn dry_run(
         policy: policy.name.clone(),
         snapshot: None,
         time,
-        status: "dry-run".into(),
+        status: RunStatus::DryRun,
         dry_run: true,
         sources,
         targets: targets
             .iter()
-            .map(|t| TargetResult::new(t, "skipped"))
+            .map(|t| TargetResult::new(t, TargetStatus::Skipped))
             .collect(),
         stored_bytes: 0,
         warnings,
@@ -1254,10 +1316,7 @@ pub async fn run_step(
     }
     // Stored on every target (an incomplete snapshot lacks unreadable files,
     // which waiting would not change; never pruning would fill the targets).
-    let complete = step
-        .run
-        .as_ref()
-        .is_some_and(|r| matches!(r.status.as_str(), "complete" | "incomplete"));
+    let complete = step.run.as_ref().is_some_and(|r| r.status.everywhere());
     if prune && !opts.dry_run && step.run.is_some() {
         if complete && !cancelled(opts) {
             match crate::ops::prune::prune_policy(cfg, policy, &Default::default()).await {
