@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::error::ExitCode;
 use crate::notify::{self, Event, EventKind, TargetStatus};
 use crate::ops::run::TargetStatus as TS;
+use crate::ops::sync::CopyStatus;
 use crate::ops::Coded;
 
 /// One policy's step, summarised.
@@ -147,13 +148,13 @@ impl Observe for crate::ops::run::RunStep {
             s.status = format!("catch-up {}", c.result);
         }
         if let Some(c) = &self.catch_up {
-            s.catch_up = Some(c.result.clone());
+            s.catch_up = Some(c.result.to_string());
             if c.exit_code() != ExitCode::Success && s.error.is_none() {
                 s.error = join_errors(c.problems.iter().map(String::as_str));
             }
         }
         if let Some(p) = &self.prune {
-            s.prune = Some(p.result.clone());
+            s.prune = Some(p.result.to_string());
         }
         if let Some(e) = &self.prune_error {
             s.prune = Some("failed".into());
@@ -253,7 +254,7 @@ impl Observe for crate::ops::prune::PruneResult {
         let status = if self.dry_run {
             "dry-run"
         } else {
-            &self.result
+            self.result.as_str()
         };
         let mut s = Summary::new("prune", &self.policy, status);
         s.targets = self
@@ -261,7 +262,7 @@ impl Observe for crate::ops::prune::PruneResult {
             .iter()
             .map(|t| TargetStatus {
                 name: t.name.clone(),
-                status: t.status.clone(),
+                status: t.status.to_string(),
             })
             .collect();
         s.error = join_errors(self.targets.iter().filter_map(|t| t.error.as_deref()));
@@ -272,7 +273,12 @@ impl Observe for crate::ops::prune::PruneResult {
         let up: Vec<(String, bool)> = self
             .targets
             .iter()
-            .map(|t| (t.name.clone(), t.status != "unreachable"))
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.status != crate::ops::prune::PruneStatus::Unreachable,
+                )
+            })
             .collect();
         crate::metrics::record_targets(cfg, &self.policy, 0, &up);
     }
@@ -280,15 +286,15 @@ impl Observe for crate::ops::prune::PruneResult {
 
 impl Observe for crate::ops::sync::SyncResult {
     fn summary(&self) -> Option<Summary> {
-        let mut s = Summary::new("sync", &self.policy, &self.result);
+        let mut s = Summary::new("sync", &self.policy, self.result.as_str());
         let mut targets: Vec<TargetStatus> = Vec::new();
         for c in &self.copies {
             match targets.iter_mut().find(|t| t.name == c.target) {
-                Some(t) if c.status == "failed" => t.status = "failed".into(),
+                Some(t) if c.status == CopyStatus::Failed => t.status = "failed".into(),
                 Some(_) => {}
                 None => targets.push(TargetStatus {
                     name: c.target.clone(),
-                    status: if c.status == "failed" {
+                    status: if c.status == CopyStatus::Failed {
                         "failed".into()
                     } else {
                         "synced".into()
@@ -320,10 +326,10 @@ impl Observe for crate::ops::sync::SyncResult {
             .map(|(t, _)| (t.clone(), false))
             .collect();
         for c in &self.copies {
-            let ok = match c.status.as_str() {
-                "copied" => true,
-                "failed" => false,
-                _ => continue,
+            let ok = match c.status {
+                CopyStatus::Copied => true,
+                CopyStatus::Failed => false,
+                CopyStatus::WouldCopy => continue,
             };
             match up.iter_mut().find(|(n, _)| n == &c.target) {
                 Some((_, u)) => *u &= ok,
@@ -339,7 +345,7 @@ impl crate::ops::sync::SyncResult {
     pub fn stored_bytes(&self) -> u64 {
         self.copies
             .iter()
-            .filter(|c| c.status == "copied")
+            .filter(|c| c.status == CopyStatus::Copied)
             .map(|c| c.bytes)
             .sum()
     }

@@ -255,7 +255,7 @@ pub fn render_prune(r: &ops::prune::PruneResult) -> String {
         } else {
             ""
         },
-        r.result.to_uppercase()
+        r.result.as_str().to_uppercase()
     );
     for k in &r.keep {
         s.push_str(&format!(
@@ -270,8 +270,8 @@ pub fn render_prune(r: &ops::prune::PruneResult) -> String {
     }
     let verb = if r.dry_run { "would delete" } else { "deleted" };
     for t in &r.targets {
-        match t.status.as_str() {
-            "unreachable" => s.push_str(&format!(
+        match t.status {
+            ops::prune::PruneStatus::Unreachable => s.push_str(&format!(
                 "  target {}: UNREACHABLE: {}\n",
                 t.name,
                 t.error.as_deref().unwrap_or("")

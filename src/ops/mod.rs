@@ -1,6 +1,24 @@
 //! One module per command. Each returns a result that the CLI renders (text
 //! or `--json`) and an [`ExitCode`].
 
+/// `as_str` and `Display` for a status enum, with the names its serde
+/// attributes give it (JSON output, logs and text share one spelling).
+macro_rules! status_names {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl $t {
+            /// The name, as in JSON output and logs.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),* }
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 pub mod check;
 pub mod daemon;
 pub mod due;
@@ -167,5 +185,34 @@ pub async fn policy_lock(
         ))
         .into()),
         Err(e) => Err(anyhow::Error::new(e).context(format!("policy {policy}: cannot {op}"))),
+    }
+}
+
+/// A policy step's overall result for `prune` and `sync` (JSON: `ok`,
+/// `partial`, `failed`, `dry-run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Ok,
+    /// Done on some targets, or with problems left for a person.
+    Partial,
+    Failed,
+    DryRun,
+}
+
+status_names!(Verdict {
+    Ok => "ok",
+    Partial => "partial",
+    Failed => "failed",
+    DryRun => "dry-run",
+});
+
+impl Verdict {
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            Verdict::Ok | Verdict::DryRun => ExitCode::Success,
+            Verdict::Partial => ExitCode::Partial,
+            Verdict::Failed => ExitCode::Failure,
+        }
     }
 }

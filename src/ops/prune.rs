@@ -27,6 +27,7 @@
 
 use crate::config::{Config, Policy};
 use crate::error::{CodedError, ExitCode};
+use crate::ops::Verdict;
 use crate::repo::{Catalog, Key, PolicyName, SnapshotId, TargetState};
 use crate::retention;
 use chrono::Utc;
@@ -56,13 +57,32 @@ pub struct RemoveItem {
     pub time: String,
 }
 
+/// What prune did on one target (JSON: `pruned`, `dry-run` and
+/// `unreachable` with nothing deleted, `incomplete` with manifests removed
+/// but packs kept because some manifest could not be authenticated or
+/// read, `failed` when deletions failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PruneStatus {
+    Pruned,
+    DryRun,
+    Unreachable,
+    Incomplete,
+    Failed,
+}
+
+status_names!(PruneStatus {
+    Pruned => "pruned",
+    DryRun => "dry-run",
+    Unreachable => "unreachable",
+    Incomplete => "incomplete",
+    Failed => "failed",
+});
+
 #[derive(Debug, Serialize)]
 pub struct TargetPrune {
     pub name: String,
-    /// "pruned", "dry-run" (nothing deleted), "unreachable" (nothing deleted),
-    /// "incomplete" (manifests removed, archives kept: unreadable manifests),
-    /// or "failed" (some deletions failed).
-    pub status: String,
+    pub status: PruneStatus,
     /// Snapshot ids whose manifests were (dry run: would be) deleted.
     pub manifests_deleted: Vec<String>,
     /// Packs deleted (dry run: would be): no remaining snapshot on this
@@ -90,8 +110,7 @@ pub struct PruneResult {
     /// counted (exit 1 so someone looks).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub future: Vec<RemoveItem>,
-    /// "ok", "partial" or "failed".
-    pub result: String,
+    pub result: Verdict,
 }
 
 /// How far ahead of now a snapshot may be dated (clocks of several hosts
@@ -103,9 +122,9 @@ impl PruneResult {
         if !self.future.is_empty() {
             return ExitCode::Failure;
         }
-        match self.result.as_str() {
-            "ok" => ExitCode::Success,
-            "partial" => ExitCode::Partial,
+        match self.result {
+            Verdict::Ok | Verdict::DryRun => ExitCode::Success,
+            Verdict::Partial => ExitCode::Partial,
             _ => ExitCode::Failure,
         }
     }
@@ -207,14 +226,14 @@ pub async fn prune_policy(
 
     let done = tresults
         .iter()
-        .filter(|t| t.status == "pruned" || t.status == "dry-run")
+        .filter(|t| matches!(t.status, PruneStatus::Pruned | PruneStatus::DryRun))
         .count();
     let result = if done == tresults.len() {
-        "ok"
-    } else if done > 0 || tresults.iter().any(|t| t.status == "incomplete") {
-        "partial"
+        Verdict::Ok
+    } else if done > 0 || tresults.iter().any(|t| t.status == PruneStatus::Incomplete) {
+        Verdict::Partial
     } else {
-        "failed"
+        Verdict::Failed
     };
     Ok(PruneResult {
         policy: policy.name.clone(),
@@ -224,7 +243,7 @@ pub async fn prune_policy(
         targets: tresults,
         warnings,
         future,
-        result: result.into(),
+        result,
     })
 }
 
@@ -274,7 +293,11 @@ impl Plan<'_> {
         let t = &st.target;
         let mut r = TargetPrune {
             name: t.name().to_string(),
-            status: if self.dry_run { "dry-run" } else { "pruned" }.into(),
+            status: if self.dry_run {
+                PruneStatus::DryRun
+            } else {
+                PruneStatus::Pruned
+            },
             manifests_deleted: Vec::new(),
             archives_deleted: Vec::new(),
             others_deleted: Vec::new(),
@@ -290,7 +313,7 @@ impl Plan<'_> {
                     self.policy,
                     t.name()
                 );
-                r.status = "unreachable".into();
+                r.status = PruneStatus::Unreachable;
                 r.error = Some(format!(
                     "{e}; nothing deleted here, left for the next prune"
                 ));
@@ -309,7 +332,7 @@ impl Plan<'_> {
             match decide(self.catalog, &counted, self.retention, self.now) {
                 Ok(d) => d.remove.iter().map(|&k| &entries[counted[k]].id).collect(),
                 Err(id) => {
-                    r.status = "failed".into();
+                    r.status = PruneStatus::Failed;
                     r.error = Some(format!(
                         "retention would remove the newest snapshot {id} here; nothing deleted"
                     ));
@@ -369,8 +392,8 @@ impl Plan<'_> {
             );
             tracing::warn!("prune policy={} target={}: {w}", self.policy, t.name());
             r.warnings.push(w);
-            if r.status == "pruned" {
-                r.status = "incomplete".into();
+            if r.status == PruneStatus::Pruned {
+                r.status = PruneStatus::Incomplete;
             }
         } else {
             let live: Vec<&crate::repo::Entry> = remaining
@@ -386,8 +409,8 @@ impl Plan<'_> {
                 );
                 tracing::warn!("prune policy={} target={}: {w}", self.policy, t.name());
                 r.warnings.push(w);
-                if r.status == "pruned" {
-                    r.status = "incomplete".into();
+                if r.status == PruneStatus::Pruned {
+                    r.status = PruneStatus::Incomplete;
                 }
             } else {
                 let dead = unreferenced(view, &live, self.policy);
@@ -424,7 +447,7 @@ impl Plan<'_> {
             for e in &errors {
                 tracing::error!("prune policy={} target={}: {e}", self.policy, t.name());
             }
-            r.status = "failed".into();
+            r.status = PruneStatus::Failed;
             r.error = Some(errors.join("; "));
         }
         tracing::info!(

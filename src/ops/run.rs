@@ -145,22 +145,6 @@ pub enum TargetStatus {
     Skipped,
 }
 
-macro_rules! status_names {
-    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
-        impl $t {
-            /// The name, as in JSON output and logs.
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$v => $s),* }
-            }
-        }
-        impl std::fmt::Display for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
 status_names!(RunStatus {
     Complete => "complete",
     Incomplete => "incomplete",

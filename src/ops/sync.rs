@@ -17,6 +17,7 @@
 
 use crate::config::{Config, Policy};
 use crate::error::ExitCode;
+use crate::ops::Verdict;
 use crate::repo::catalog::read_authentic;
 use crate::repo::transfer::{self, Object};
 use crate::repo::{Catalog, Commit, Entry, Hash};
@@ -45,6 +46,24 @@ impl Default for SyncOptions {
     }
 }
 
+/// One snapshot's copy to one target (JSON: `copied`, `would copy` for a
+/// dry run, `failed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CopyStatus {
+    #[serde(rename = "copied")]
+    Copied,
+    #[serde(rename = "would copy")]
+    WouldCopy,
+    #[serde(rename = "failed")]
+    Failed,
+}
+
+status_names!(CopyStatus {
+    Copied => "copied",
+    WouldCopy => "would copy",
+    Failed => "failed",
+});
+
 #[derive(Debug, Serialize)]
 pub struct SnapshotCopy {
     pub snapshot: String,
@@ -56,16 +75,14 @@ pub struct SnapshotCopy {
     pub packs: usize,
     pub lists: usize,
     pub bytes: u64,
-    /// "copied", "would copy" or "failed"
-    pub status: String,
+    pub status: CopyStatus,
     pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct SyncResult {
     pub policy: String,
-    /// "ok", "partial", "failed" or "dry-run"
-    pub result: String,
+    pub result: Verdict,
     pub dry_run: bool,
     pub copies: Vec<SnapshotCopy>,
     /// Snapshots some target lacks that retention no longer keeps: not
@@ -84,11 +101,7 @@ pub struct SyncResult {
 
 impl SyncResult {
     pub fn exit_code(&self) -> ExitCode {
-        match self.result.as_str() {
-            "ok" | "dry-run" => ExitCode::Success,
-            "partial" => ExitCode::Partial,
-            _ => ExitCode::Failure,
-        }
+        self.result.exit_code()
     }
 }
 
@@ -165,7 +178,11 @@ async fn copy_snapshot(
             packs: 0,
             lists: 0,
             bytes: 0,
-            status: if o.dry_run { "would copy" } else { "copied" }.into(),
+            status: if o.dry_run {
+                CopyStatus::WouldCopy
+            } else {
+                CopyStatus::Copied
+            },
             error: None,
         })
         .collect();
@@ -211,7 +228,7 @@ async fn copy_snapshot(
                                 .insert(held(obj));
                         }
                         Err(e) => {
-                            copies[i].status = "failed".into();
+                            copies[i].status = CopyStatus::Failed;
                             copies[i].error = Some(e);
                         }
                     }
@@ -219,7 +236,7 @@ async fn copy_snapshot(
             }
             Err(why) => {
                 for i in lacking {
-                    copies[i].status = "failed".into();
+                    copies[i].status = CopyStatus::Failed;
                     copies[i].error = Some(why.clone());
                 }
             }
@@ -240,7 +257,7 @@ async fn copy_snapshot(
                 Err(e) => Err(e.clone()),
             };
             if let Err(e) = r {
-                copies[i].status = "failed".into();
+                copies[i].status = CopyStatus::Failed;
                 copies[i].error = Some(e);
             }
         }
@@ -256,7 +273,7 @@ pub async fn sync_policy(
     let catalog = crate::ops::load_catalog(cfg, policy, None).await?;
     let mut res = SyncResult {
         policy: policy.name.clone(),
-        result: "ok".into(),
+        result: Verdict::Ok,
         dry_run: o.dry_run,
         copies: Vec::new(),
         not_retained: Vec::new(),
@@ -394,19 +411,18 @@ pub async fn sync_policy(
         }
     }
     res.result = if o.dry_run {
-        "dry-run"
+        Verdict::DryRun
     } else if failed_any {
         if copied_any {
-            "partial"
+            Verdict::Partial
         } else {
-            "failed"
+            Verdict::Failed
         }
     } else if !res.unreachable.is_empty() {
-        "partial"
+        Verdict::Partial
     } else {
-        "ok"
-    }
-    .into();
+        Verdict::Ok
+    };
     Ok(res)
 }
 
