@@ -209,30 +209,27 @@ impl Observe for crate::ops::run::RunStep {
 
 impl Observe for crate::ops::verify::VerifyResult {
     fn summary(&self) -> Option<Summary> {
-        let mut s = Summary::new("verify", &self.policy, &self.result);
+        let mut s = Summary::new("verify", &self.policy, self.result.as_str());
         s.snapshot = self.snapshots.first().map(|x| x.id.clone());
-        let rank = |r: &str| match r {
-            "ok" => 0,
-            "missing" => 1,
-            "unreachable" => 2,
-            _ => 3,
-        };
-        let mut worst: Vec<TargetStatus> = Vec::new();
+        // Per target, its worst result over the snapshots checked.
+        let mut worst: Vec<(String, crate::ops::verify::CheckStatus)> = Vec::new();
         for sc in &self.snapshots {
             for t in &sc.targets {
-                match worst.iter_mut().find(|w| w.name == t.target) {
-                    Some(w) if rank(&t.result) > rank(&w.status) => w.status = t.result.clone(),
-                    Some(_) => {}
-                    None => worst.push(TargetStatus {
-                        name: t.target.clone(),
-                        status: t.result.clone(),
-                    }),
+                match worst.iter_mut().find(|w| w.0 == t.target) {
+                    Some(w) => w.1 = w.1.max(t.result),
+                    None => worst.push((t.target.clone(), t.result)),
                 }
             }
         }
-        s.targets = worst;
+        s.targets = worst
+            .into_iter()
+            .map(|(name, r)| TargetStatus {
+                name,
+                status: r.to_string(),
+            })
+            .collect();
         s.error = join_errors(self.problems.iter().map(String::as_str));
-        s.event = (self.result != "ok").then_some(EventKind::VerifyFailed);
+        s.event = (self.result != crate::ops::Verdict::Ok).then_some(EventKind::VerifyFailed);
         Some(s)
     }
 
@@ -241,7 +238,10 @@ impl Observe for crate::ops::verify::VerifyResult {
         for sc in &self.snapshots {
             for t in &sc.targets {
                 if !up.iter().any(|(n, _)| n == &t.target) {
-                    up.push((t.target.clone(), t.result != "unreachable"));
+                    up.push((
+                        t.target.clone(),
+                        t.result != crate::ops::verify::CheckStatus::Unreachable,
+                    ));
                 }
             }
         }

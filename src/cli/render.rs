@@ -167,7 +167,11 @@ pub fn render_run(r: &ops::run::RunResult) -> String {
 }
 
 pub fn render_verify(r: &ops::verify::VerifyResult) -> String {
-    let mut s = format!("policy {}: {}\n", r.policy, r.result.to_uppercase());
+    let mut s = format!(
+        "policy {}: {}\n",
+        r.policy,
+        r.result.as_str().to_uppercase()
+    );
     for snap in &r.snapshots {
         s.push_str(&format!(
             "  snapshot {} ({})\n",

@@ -25,6 +25,7 @@ use crate::archive::beneath::Dir;
 use crate::archive::ExtractOptions;
 use crate::config::{Config, Policy, SourceSpec};
 use crate::error::{ConfigError, ExitCode};
+use crate::ops::Verdict;
 use crate::ops::{combine, load_catalog, state};
 use crate::repo::fetch::{self, FetchError};
 use crate::repo::{Catalog, Hash, Holding, Key};
@@ -55,6 +56,25 @@ pub struct PackCheck {
     pub error: Option<String>,
 }
 
+/// How one snapshot checked out on one target (JSON: `ok`, `failed`,
+/// `missing` when the target lacks it, `unreachable`). Variants are in
+/// order of how bad they are, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckStatus {
+    Ok,
+    Missing,
+    Unreachable,
+    Failed,
+}
+
+status_names!(CheckStatus {
+    Ok => "ok",
+    Missing => "missing",
+    Unreachable => "unreachable",
+    Failed => "failed",
+});
+
 #[derive(Debug, Serialize)]
 pub struct ArchiveCheck {
     pub source: String,
@@ -62,16 +82,15 @@ pub struct ArchiveCheck {
     pub archive: String,
     /// Packs its streams were read from (every extent).
     pub packs: usize,
-    /// "ok" or "failed"
-    pub result: String,
+    /// `ok` or `failed`.
+    pub result: CheckStatus,
     pub problems: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct TargetCheck {
     pub target: String,
-    /// "ok", "failed", "missing" (snapshot not on this target) or "unreachable"
-    pub result: String,
+    pub result: CheckStatus,
     pub error: Option<String>,
     pub archives: Vec<ArchiveCheck>,
 }
@@ -86,8 +105,8 @@ pub struct SnapshotCheck {
 #[derive(Debug, Serialize)]
 pub struct VerifyResult {
     pub policy: String,
-    /// "ok", "failed" or "partial"
-    pub result: String,
+    /// `ok`, `failed` or `partial`.
+    pub result: Verdict,
     pub snapshots: Vec<SnapshotCheck>,
     /// `--read-all`: every pack of every target.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -97,11 +116,7 @@ pub struct VerifyResult {
 
 impl VerifyResult {
     pub fn exit_code(&self) -> ExitCode {
-        match self.result.as_str() {
-            "ok" => ExitCode::Success,
-            "partial" => ExitCode::Partial,
-            _ => ExitCode::Failure,
-        }
+        self.result.exit_code()
     }
 }
 
@@ -198,26 +213,26 @@ async fn check_on_target(
     let t = &st.target;
     let mut tc = TargetCheck {
         target: t.name().to_string(),
-        result: "ok".into(),
+        result: CheckStatus::Ok,
         error: None,
         archives: Vec::new(),
     };
     // This target's own manifest must have authenticated and be this one.
     let problem = match catalog.holding(st, entry) {
         Holding::Holds => None,
-        Holding::Unreachable(e) => Some(("unreachable", e.to_string())),
+        Holding::Unreachable(e) => Some((CheckStatus::Unreachable, e.to_string())),
         Holding::Absent => Some((
-            "missing",
+            CheckStatus::Missing,
             "snapshot not on this target (backupctl sync copies it)".to_string(),
         )),
-        Holding::NotUsed(Some(d)) => Some(("failed", format!("manifest: {}", d.reason))),
+        Holding::NotUsed(Some(d)) => Some((CheckStatus::Failed, format!("manifest: {}", d.reason))),
         Holding::NotUsed(None) => Some((
-            "failed",
+            CheckStatus::Failed,
             "manifest differs from the authentic copy".to_string(),
         )),
     };
     if let Some((result, error)) = problem {
-        tc.result = result.into();
+        tc.result = result;
         tc.error = Some(error);
         return tc;
     }
@@ -245,7 +260,7 @@ async fn check_on_target(
                 })
                 .unwrap_or_default(),
             packs: 0,
-            result: "ok".into(),
+            result: CheckStatus::Ok,
             problems: Vec::new(),
         };
         let scratch = match scratch_root.create_fresh("verify-") {
@@ -294,8 +309,8 @@ async fn check_on_target(
             let _ = crate::archive::beneath::remove_tree(&scratch.path);
         }
         if !ac.problems.is_empty() {
-            ac.result = "failed".into();
-            tc.result = "failed".into();
+            ac.result = CheckStatus::Failed;
+            tc.result = CheckStatus::Failed;
             for p in &ac.problems {
                 tracing::error!(
                     "verify target={} snapshot={} source={}: {p}",
@@ -423,12 +438,12 @@ pub async fn verify_policy(
                 &cfg.state_dir,
             )
             .await;
-            codes.push(match tc.result.as_str() {
-                "ok" => ExitCode::Success,
-                "failed" => ExitCode::Failure,
-                _ => ExitCode::Partial,
+            codes.push(match tc.result {
+                CheckStatus::Ok => ExitCode::Success,
+                CheckStatus::Failed => ExitCode::Failure,
+                CheckStatus::Missing | CheckStatus::Unreachable => ExitCode::Partial,
             });
-            if tc.result != "ok" {
+            if tc.result != CheckStatus::Ok {
                 problems.push(format!(
                     "snapshot {} on target {}: {}{}",
                     m.id,
@@ -442,7 +457,7 @@ pub async fn verify_policy(
             }
             sc.targets.push(tc);
         }
-        if sc.targets.iter().all(|t| t.result == "ok") {
+        if sc.targets.iter().all(|t| t.result == CheckStatus::Ok) {
             let id = m.id.clone();
             state::update(&cfg.state_dir, &policy.name, |s| {
                 s.verified.insert(id, now);
@@ -482,25 +497,24 @@ pub async fn verify_policy(
     }
     let code = combine(codes);
     let result = match code {
-        ExitCode::Success => "ok",
-        ExitCode::Partial => "partial",
-        _ => "failed",
+        ExitCode::Success => Verdict::Ok,
+        ExitCode::Partial => Verdict::Partial,
+        _ => Verdict::Failed,
     };
-    let r = result.to_string();
     state::update(&cfg.state_dir, &policy.name, |s| {
         s.verify.last_attempt = Some(now);
-        s.verify.last_result = Some(if r == "ok" {
+        s.verify.last_result = Some(if result == Verdict::Ok {
             "success".into()
         } else {
-            r.clone()
+            result.to_string()
         });
-        if r != "failed" {
+        if result != Verdict::Failed {
             s.verify.last_success = Some(now);
         }
     });
     Ok(VerifyResult {
         policy: policy.name.clone(),
-        result: result.into(),
+        result,
         snapshots,
         packs,
         problems,
