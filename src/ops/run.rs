@@ -343,14 +343,11 @@ async fn target_worker(
             } => {
                 for name in copy {
                     let from: Vec<&DynBackend> = holders.get(&name).into_iter().flatten().collect();
-                    match transfer::copy(&policy, &Object::Pack(name), &from, &[&t]).await {
-                        Ok(c) => match c.puts.into_iter().next().unwrap_or(Ok(())) {
-                            Ok(()) => {
-                                o.packs_copied += 1;
-                                o.uploaded_bytes += c.bytes;
-                            }
-                            Err(e) => fail(&mut o, e),
-                        },
+                    match transfer::copy_to(&policy, &Object::Pack(name), &from, &t).await {
+                        Ok(bytes) => {
+                            o.packs_copied += 1;
+                            o.uploaded_bytes += bytes;
+                        }
                         Err(e) => fail(&mut o, e),
                     }
                     if o.error.is_some() {
@@ -425,20 +422,7 @@ impl PackSink for Fanout {
 /// targets holding it. A pack whose index no holder serves intact is left
 /// out (its chunks are stored again).
 async fn known_chunks(catalog: &Catalog, cache: &Path) -> (ChunkIndex, Holders) {
-    let mut holders: Holders = HashMap::new();
-    for e in &catalog.entries {
-        for st in &catalog.targets {
-            if !e.is_complete_on(st.name()) {
-                continue;
-            }
-            for p in e.packs.iter() {
-                let h = holders.entry(p.clone()).or_default();
-                if !h.iter().any(|t| t.name() == st.name()) {
-                    h.push(st.target.clone());
-                }
-            }
-        }
-    }
+    let mut holders: Holders = catalog.pack_holders();
     let sources: HashMap<String, Arc<fetch::Packs>> = catalog
         .targets
         .iter()

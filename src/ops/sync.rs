@@ -476,6 +476,7 @@ async fn repair_damaged(
 ) -> (Vec<(String, String)>, Vec<String>) {
     let damaged = crate::ops::state::load(&cfg.state_dir, catalog.policy.as_str()).damaged;
     let (mut repaired, mut problems) = (Vec::new(), Vec::new());
+    let holders = catalog.pack_holders();
     for (target, packs) in &damaged {
         let Some(st) = catalog
             .reachable()
@@ -485,24 +486,15 @@ async fn repair_damaged(
         };
         for p in packs {
             let Ok(name) = Hash::new(p) else { continue };
-            // Holders: other reachable targets on which a snapshot using the
-            // pack is complete.
-            let from: Vec<&DynBackend> = catalog
-                .reachable()
-                .filter(|s| s.name() != target)
-                .filter(|s| {
-                    catalog
-                        .entries
-                        .iter()
-                        .any(|e| e.packs.contains(&name) && e.is_complete_on(s.name()))
-                })
-                .map(|s| &s.target)
+            // From the other targets on which a snapshot using it is complete.
+            let from: Vec<&DynBackend> = holders
+                .get(&name)
+                .into_iter()
+                .flatten()
+                .filter(|t| t.name() != target)
                 .collect();
-            let r = transfer::copy(&catalog.policy, &Object::Pack(name), &from, &[&st.target])
-                .await
-                .and_then(|c| c.puts.into_iter().next().unwrap_or(Ok(())));
-            match r {
-                Ok(()) => {
+            match transfer::copy_to(&catalog.policy, &Object::Pack(name), &from, &st.target).await {
+                Ok(_) => {
                     tracing::info!("sync target={target}: replaced damaged pack {p}");
                     repaired.push((target.clone(), p.clone()));
                 }

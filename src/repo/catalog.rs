@@ -626,6 +626,24 @@ impl Catalog {
             .map(|s| &s.target)
             .collect()
     }
+
+    /// Per pack that an authentic snapshot references, the targets (in
+    /// policy order) on which such a snapshot is complete: where the pack
+    /// can be copied from.
+    pub fn pack_holders(&self) -> HashMap<Hash, Vec<DynBackend>> {
+        let mut holders: HashMap<Hash, Vec<DynBackend>> = HashMap::new();
+        for st in self.reachable() {
+            for e in self.entries.iter().filter(|e| e.is_complete_on(st.name())) {
+                for p in e.packs.iter() {
+                    let h = holders.entry(p.clone()).or_default();
+                    if !h.iter().any(|t| t.name() == st.name()) {
+                        h.push(st.target.clone());
+                    }
+                }
+            }
+        }
+        holders
+    }
 }
 
 #[cfg(test)]

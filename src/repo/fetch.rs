@@ -215,19 +215,25 @@ impl Packs {
     /// The index of pack `name` from the local cache or the target (checked
     /// against the name), not kept in memory (blocking).
     pub fn load_index(&self, name: &str) -> Result<PackIndex, String> {
+        // The name is validated before it names a cache file or a key.
+        let hash = Hash::new(name).map_err(|e| e.to_string())?;
         if let Some(c) = &self.cache {
-            if let Ok(b) = std::fs::read(cache_path(c, name)) {
+            if let Ok(b) = std::fs::read(cache_path(c, &hash)) {
                 if b.len() >= 8 {
                     let len = u64::from_le_bytes(b[..8].try_into().unwrap());
-                    if let Ok(Ok(idx)) = PackIndex::from_tail(&b[8..], len, name) {
+                    if let Ok(Ok(idx)) = PackIndex::from_tail(&b[8..], len, &hash) {
                         return Ok(idx);
                     }
                 }
             }
         }
-        let key = self.key(name)?;
+        let key = Key::Pack {
+            policy: self.policy.clone(),
+            name: hash.clone(),
+        }
+        .object();
         let t = self.target.clone();
-        let (len, tail) = self.runtime.block_on(async move {
+        let (len, tail, idx) = self.runtime.block_on(async move {
             let len = t
                 .stat(&key)
                 .await
@@ -245,17 +251,13 @@ impl Packs {
                     .read_to_end_bounded(want)
                     .await
                     .map_err(|e| e.to_string())?;
-                let hash = Hash::new(name).map_err(|e| e.to_string())?;
                 match PackIndex::from_tail(&tail, len, &hash).map_err(|e| e.to_string())? {
-                    Ok(_) => return Ok((len, tail)),
+                    Ok(idx) => return Ok((len, tail, idx)),
                     Err(need) if (need as u64) > want && (need as u64) <= len => want = need as u64,
                     Err(_) => return Err("malformed pack index".to_string()),
                 }
             }
         })?;
-        let idx = PackIndex::from_tail(&tail, len, name)
-            .map_err(|e| e.to_string())?
-            .map_err(|_| "short pack index".to_string())?;
         if let Some(c) = &self.cache {
             let p = cache_path(c, name);
             if let Some(dir) = p.parent() {

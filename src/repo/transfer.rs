@@ -100,3 +100,18 @@ pub async fn copy(
         puts,
     })
 }
+
+/// [`copy`] to one target: the bytes written, or why not.
+pub async fn copy_to(
+    policy: &PolicyName,
+    obj: &Object,
+    from: &[&DynBackend],
+    to: &DynBackend,
+) -> Result<u64, String> {
+    let c = copy(policy, obj, from, &[to]).await?;
+    c.puts
+        .into_iter()
+        .next()
+        .unwrap_or(Ok(()))
+        .map(|()| c.bytes)
+}
