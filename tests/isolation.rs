@@ -950,3 +950,104 @@ fn a_target_that_was_down_gets_the_missed_snapshot_and_its_packs_next_run() {
         assert_same_tree(&site, &out.join("site"));
     }
 }
+
+/// `verify --read-all` reads every pack, not only those of the sampled
+/// snapshots: a pack only an older snapshot uses, damaged on one target,
+/// passes a sampled verify of the newest snapshot unseen, and is named by
+/// `--read-all` on that target alone.
+#[test]
+fn read_all_finds_damage_no_sampled_snapshot_reads() {
+    let s = Setup::new();
+    mounted_config(&s, &["nas", "offsite"]);
+    // Incompressible, distinct content on each day, so day 2 shares no
+    // content chunk with day 1.
+    let bytes = |seed: u64| -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..(2 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    };
+    let site = s.path("www");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("day1.bin"), bytes(1)).unwrap();
+    policy(&s, "shop", &["nas", "offsite"], "", &[("site", &site)]);
+    expect_code(&s.run(&["run", "--time", "2026-03-01T02:00:00+00:00"]), 0);
+    std::fs::remove_file(site.join("day1.bin")).unwrap();
+    std::fs::write(site.join("day2.bin"), bytes(2)).unwrap();
+    expect_code(&s.run(&["run", "--time", "2026-03-02T02:00:00+00:00"]), 0);
+
+    let nas = root(&s, "nas");
+    let ms = manifests(&nas, "shop");
+    assert_eq!(ms.len(), 2);
+    let packs_of = |m: &Path| -> std::collections::BTreeSet<std::path::PathBuf> {
+        let m = manifest(m);
+        let rec = source_record(&m, "site");
+        ["stream", "index"]
+            .iter()
+            .flat_map(|k| packs_of_list(&nas, "shop", rec[k]["list"].as_str().unwrap()))
+            .collect()
+    };
+    // The bytes of day1.bin: the largest extent of day 1's stream. Day 2
+    // shares no content with it (only, perhaps, the tar end chunk).
+    let day1 = manifest(&ms[0]);
+    let list = source_record(&day1, "site")["stream"]["list"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = std::fs::read_to_string(list_path(&nas, "shop", &list)).unwrap();
+    let (pack, off, len) = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (
+                f[0].to_string(),
+                f[1].parse::<usize>().unwrap(),
+                f[2].parse::<usize>().unwrap(),
+            )
+        })
+        .max_by_key(|e| e.2)
+        .unwrap();
+    assert!(
+        len > 1 << 20,
+        "day1.bin's content is one large extent: {text}"
+    );
+    let victim = nas.join("shop").join(&pack);
+    let mut b = std::fs::read(&victim).unwrap();
+    b[off + len / 2] ^= 0xff;
+    std::fs::write(&victim, b).unwrap();
+    let name = victim.file_stem().unwrap().to_string_lossy().into_owned();
+
+    // A sampled verify of the newest snapshot never reads it.
+    let o = s.run(&["verify", "shop", "--sample", "1", "--json"]);
+    expect_code(&o, 0);
+    assert_eq!(
+        json(&o)[0]["snapshots"][0]["id"],
+        ms[1].file_stem().unwrap().to_str().unwrap()
+    );
+
+    // --read-all does, on nas only.
+    let o = s.run(&["verify", "shop", "--sample", "1", "--read-all", "--json"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let j = json(&o);
+    let packs = j[0]["packs"].as_array().unwrap();
+    let on = |t: &str| packs.iter().find(|p| p["target"] == t).unwrap().clone();
+    let damaged: Vec<String> = on("nas")["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d[0].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(damaged, std::slice::from_ref(&name), "{j}");
+    assert!(
+        on("offsite")["damaged"].as_array().unwrap().is_empty(),
+        "{j}"
+    );
+    let total = packs_of(&ms[0]).union(&packs_of(&ms[1])).count() as u64;
+    assert_eq!(on("offsite")["packs"], total, "every pack read: {j}");
+    assert!(stderr(&o).contains(&name[..16]), "{}", stderr(&o));
+}

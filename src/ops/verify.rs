@@ -371,9 +371,20 @@ async fn read_all(catalog: &Catalog, st: &crate::repo::TargetState) -> PackCheck
     };
     let mut names: Vec<Hash> = view.packs.keys().cloned().collect();
     names.sort();
-    for n in names {
+    // Two packs in flight (at most 2 x PACK_MAX in memory): one downloads
+    // while the other is hashed. The futures own what they use.
+    use futures::stream::StreamExt;
+    let mut checks = futures::stream::iter(names.into_iter().map(|n| {
+        let (t, policy) = (st.target.clone(), catalog.policy.clone());
+        async move {
+            let r = fetch::pack(&t, &policy, &n).await;
+            (n, r)
+        }
+    }))
+    .buffered(2);
+    while let Some((n, r)) = checks.next().await {
         pc.packs += 1;
-        match fetch::pack(&st.target, &catalog.policy, &n).await {
+        match r {
             Ok(b) => pc.bytes += b.len() as u64,
             Err(e) => {
                 tracing::error!("verify --read-all target={}: pack {n}: {e}", st.name());
