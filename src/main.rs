@@ -11,7 +11,7 @@
 mod cli;
 
 use backupctl::config::{self, Config};
-use backupctl::error::{exit_code_for, ExitCode};
+use backupctl::error::ExitCode;
 use clap::Parser;
 use cli::args::{Cli, Command};
 use cli::commands;
@@ -39,7 +39,7 @@ fn main() {
     let code = match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            let code = exit_code_for(&e);
+            let code = e.exit_code();
             eprintln!("error: {e:#}");
             code
         }
@@ -50,7 +50,7 @@ fn main() {
     std::process::exit(code.code());
 }
 
-fn load(cli: &Cli) -> anyhow::Result<Config> {
+fn load(cli: &Cli) -> backupctl::error::Result<Config> {
     let path = config::locate(cli.config.as_deref())?;
     Ok(Config::load(&path)?)
 }
@@ -99,7 +99,7 @@ fn standalone(cli: &Cli) -> Option<ExitCode> {
     Some(ExitCode::Success)
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn dispatch(cli: Cli) -> backupctl::error::Result<ExitCode> {
     if let Command::Key(k) = &cli.command {
         return key_command(&cli, k);
     }
@@ -110,7 +110,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     for k in &cli.trust {
         let key = k
             .parse()
-            .map_err(|e| backupctl::error::CodedError::usage(format!("--trust: {e}")))?;
+            .map_err(|e| backupctl::error::Error::usage(format!("--trust: {e}")))?;
         cfg.pinned_keys.add(key);
     }
     let cfg = &cfg;
@@ -137,7 +137,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// `key init` and `key fingerprint`: with `--key-file` they need no
 /// configuration (a fresh machine, a key made before the config).
-fn key_command(cli: &Cli, k: &cli::args::KeyCommand) -> anyhow::Result<ExitCode> {
+fn key_command(cli: &Cli, k: &cli::args::KeyCommand) -> backupctl::error::Result<ExitCode> {
     use backupctl::trust::{HostKey, KeyError};
     use cli::args::KeyCommand;
     let (KeyCommand::Init(a) | KeyCommand::Fingerprint(a)) = k;
@@ -149,7 +149,7 @@ fn key_command(cli: &Cli, k: &cli::args::KeyCommand) -> anyhow::Result<ExitCode>
         KeyCommand::Init(_) => match HostKey::create(&path) {
             Ok(key) => key,
             Err(e @ KeyError::Exists { .. }) => {
-                return Err(backupctl::error::CodedError::usage(e.to_string()).into())
+                return Err(backupctl::error::Error::usage(e.to_string()))
             }
             Err(e) => return Err(e.into()),
         },

@@ -538,3 +538,163 @@ fn s3_prune_with_the_s3_target_down() {
     s.write_config(&[a.config_snippet(), b.config_snippet()]);
     prune_with_target_down(&s, &a, &b);
 }
+
+/// `run --time T` started in the background (stdout captured).
+fn spawn_run(s: &Setup, time: &str) -> std::process::Child {
+    s.cmd()
+        .args(["run", POLICY, "--time", time, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Restore `id` (from any target) into a fresh directory and return it.
+fn restore_to(s: &Setup, id: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let to = s.path().join(format!("whole-{n}-{id}"));
+    let out = s.run(&["restore", POLICY, id, "--to", to.to_str().unwrap()]);
+    expect_code(&out, 0, &format!("restore {id}"));
+    to.join("site")
+}
+
+/// A prune that starts while a run is writing never deletes what the run
+/// builds on. The run dedups against a pack that only the oldest snapshot
+/// references and that `last = 1` would delete; without `--wait` the prune
+/// is refused (the policy lock), with it the prune waits, then keeps the new
+/// snapshot, whose every byte restores.
+#[test]
+fn prune_beside_a_running_run_deletes_nothing_it_needs() {
+    let s = Setup::new();
+    let (a, b) = fs_pair(&s);
+    s.policy(POLICY, "targets = [\"a\", \"b\"]\n[retention]\nlast = 1\n");
+    // Big enough to fill packs that hold nothing else.
+    let shared = random_bytes(40 << 20);
+    s.write_source("shared.bin", &shared);
+    s.write_source("index.html", b"one");
+    let (id1, _) = run_at(&s, "2026-03-01T00:00:00Z");
+    // Day 2 drops shared.bin: only snapshot 1 references its chunks.
+    std::fs::remove_file(s.source.join("shared.bin")).unwrap();
+    s.write_source("index.html", b"two");
+    let (id2, _) = run_at(&s, "2026-03-02T00:00:00Z");
+    let (_, packs1) = references(&a, &id1);
+    let (_, packs2) = references(&a, &id2);
+    let only1: BTreeSet<String> = packs1.difference(&packs2).cloned().collect();
+    assert!(!only1.is_empty(), "snapshot 1 has packs of its own");
+
+    // Day 3: shared.bin is back (its chunks are found in snapshot 1's packs)
+    // beside a large new file that keeps the run busy.
+    s.write_source("shared.bin", &shared);
+    s.write_source("big.bin", &random_bytes(256 << 20));
+    s.write_source("index.html", b"three");
+    let staging = s.state.join("staging").join(POLICY);
+    let run = spawn_run(&s, "2026-03-03T00:00:00Z");
+    wait_for(60, "the run's staging directory", || {
+        std::fs::read_dir(&staging)
+            .ok()
+            .and_then(|mut d| d.next())
+            .map(|_| ())
+    });
+    let refused = s.run(&["prune", "--json"]);
+    expect_code(&refused, 1, "prune while the run holds the lock");
+    assert!(stderr(&refused).contains("--wait"), "{}", stderr(&refused));
+    assert!(
+        only1.is_subset(&packs_in(&a.keys())),
+        "nothing deleted by the refused prune"
+    );
+    let waiting = s
+        .cmd()
+        .args(["prune", "--wait", "5m", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = run.wait_with_output().unwrap();
+    expect_code(&run, 0, "the run beside a prune");
+    let id3 = stdout_json(&run)[0]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pruned = waiting.wait_with_output().unwrap();
+    expect_code(&pruned, 0, "prune after waiting for the run");
+    for t in [&a as &dyn Target, &b] {
+        assert_eq!(
+            snapshot_ids(&t.keys(), POLICY),
+            set(&[&id3]),
+            "{}",
+            t.name()
+        );
+        assert_holds_exactly(t, &[&id3]);
+    }
+    let site = restore_to(&s, &id3);
+    assert_eq!(std::fs::read(site.join("shared.bin")).unwrap(), shared);
+    assert_eq!(std::fs::read(site.join("index.html")).unwrap(), b"three");
+    let v = s.run(&["verify", POLICY, "--all"]);
+    expect_code(&v, 0, "verify after the prune");
+}
+
+/// `kill -9` at any moment of a prune loses nothing that remains listed:
+/// prunes are killed after growing delays; after each, every snapshot still
+/// listed verifies on every target and restores byte for byte, and a final
+/// prune and run finish the job.
+#[test]
+fn a_prune_killed_at_any_moment_leaves_every_listed_snapshot_whole() {
+    let s = Setup::new();
+    let (a, b) = fs_pair(&s);
+    s.policy(POLICY, "targets = [\"a\", \"b\"]\n[retention]\nlast = 1\n");
+    // Eight snapshots, each with a file of its own (packs of their own) and
+    // a common one.
+    let common = random_bytes(1 << 20);
+    s.write_source("common.bin", &common);
+    let mut contents = Vec::new();
+    for day in 1..=8 {
+        let own = random_bytes(2 << 20);
+        s.write_source("own.bin", &own);
+        s.write_source("index.html", format!("day {day}").as_bytes());
+        let (id, _) = run_at(&s, &format!("2026-03-{day:02}T00:00:00Z"));
+        contents.push((id, own));
+    }
+    for delay_ms in [1u64, 5, 15, 40, 100] {
+        let mut child = s
+            .cmd()
+            .args(["prune", "-q"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        signal(child.id(), libc::SIGKILL);
+        let _ = child.wait();
+        let listed = stdout_json(&s.run(&["list", POLICY, "--json"]));
+        let listed: Vec<String> = listed[0]["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect();
+        assert!(!listed.is_empty(), "the newest snapshot is never lost");
+        let v = s.run(&["verify", POLICY, "--all"]);
+        expect_code(
+            &v,
+            0,
+            &format!("verify after a prune killed at {delay_ms} ms"),
+        );
+        let newest = listed.iter().max().unwrap();
+        let (_, own) = contents.iter().find(|(id, _)| id == newest).unwrap();
+        let site = restore_to(&s, newest);
+        assert_eq!(&std::fs::read(site.join("own.bin")).unwrap(), own);
+        assert_eq!(std::fs::read(site.join("common.bin")).unwrap(), common);
+    }
+    let out = s.run(&["prune", "--json"]);
+    expect_code(&out, 0, "a prune after the killed ones");
+    let newest = &contents.last().unwrap().0;
+    for t in [&a as &dyn Target, &b] {
+        assert_eq!(snapshot_ids(&t.keys(), POLICY), set(&[newest]));
+        assert_holds_exactly(t, &[newest]);
+    }
+    s.write_source("index.html", b"after");
+    run_at(&s, "2026-03-09T00:00:00Z");
+    let v = s.run(&["verify", POLICY, "--all"]);
+    expect_code(&v, 0, "verify after the next run");
+}

@@ -14,7 +14,11 @@ use backupctl::ops::{self, Coded};
 use tokio_util::sync::CancellationToken;
 
 /// `check`: configuration, targets and sources, without writing.
-pub async fn check(cfg: &Config, a: &args::CheckArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+pub async fn check(
+    cfg: &Config,
+    a: &args::CheckArgs,
+    quiet: bool,
+) -> backupctl::error::Result<ExitCode> {
     let r = ops::check::check(cfg).await;
     let code = r.exit_code();
     Show {
@@ -29,7 +33,11 @@ pub async fn check(cfg: &Config, a: &args::CheckArgs, quiet: bool) -> anyhow::Re
 }
 
 /// `init`: write the marker on fs targets.
-pub async fn init(cfg: &Config, a: &args::InitArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+pub async fn init(
+    cfg: &Config,
+    a: &args::InitArgs,
+    quiet: bool,
+) -> backupctl::error::Result<ExitCode> {
     let r = ops::init::init(cfg, &a.targets).await?;
     let code = r.exit_code();
     Show {
@@ -41,7 +49,11 @@ pub async fn init(cfg: &Config, a: &args::InitArgs, quiet: bool) -> anyhow::Resu
 }
 
 /// `run`: back up each policy (or the due ones), then prune with `--prune`.
-pub async fn run(cfg: &Config, a: &args::RunArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    cfg: &Config,
+    a: &args::RunArgs,
+    quiet: bool,
+) -> backupctl::error::Result<ExitCode> {
     let cancel = cancel_on_signal();
     let opts = ops::run::RunOptions {
         display: report::display(),
@@ -71,7 +83,11 @@ pub async fn run(cfg: &Config, a: &args::RunArgs, quiet: bool) -> anyhow::Result
 }
 
 /// `prune`: apply retention on every target.
-pub async fn prune(cfg: &Config, a: &args::PruneArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+pub async fn prune(
+    cfg: &Config,
+    a: &args::PruneArgs,
+    quiet: bool,
+) -> backupctl::error::Result<ExitCode> {
     let opts = ops::prune::PruneOptions { dry_run: a.dry_run };
     let opts = &opts;
     let plan = Plan {
@@ -93,7 +109,11 @@ pub async fn prune(cfg: &Config, a: &args::PruneArgs, quiet: bool) -> anyhow::Re
 }
 
 /// `verify`: re-hash and test-restore sampled snapshots.
-pub async fn verify(cfg: &Config, a: &args::VerifyArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+pub async fn verify(
+    cfg: &Config,
+    a: &args::VerifyArgs,
+    quiet: bool,
+) -> backupctl::error::Result<ExitCode> {
     let opts = ops::verify::VerifyOptions {
         display: report::display(),
         all: a.all,
@@ -121,7 +141,11 @@ pub async fn verify(cfg: &Config, a: &args::VerifyArgs, quiet: bool) -> anyhow::
 }
 
 /// `sync`: copy what a target lacks and repair damage.
-pub async fn sync(cfg: &Config, a: &args::SyncArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+pub async fn sync(
+    cfg: &Config,
+    a: &args::SyncArgs,
+    quiet: bool,
+) -> backupctl::error::Result<ExitCode> {
     let opts = ops::sync::SyncOptions {
         dry_run: a.dry_run,
         abort_uploads_older_than: a.abort_uploads_older_than,
@@ -147,7 +171,11 @@ pub async fn sync(cfg: &Config, a: &args::SyncArgs, quiet: bool) -> anyhow::Resu
 }
 
 /// `list`: the snapshots of each policy.
-pub async fn list(cfg: &Config, a: &args::ListArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+pub async fn list(
+    cfg: &Config,
+    a: &args::ListArgs,
+    quiet: bool,
+) -> backupctl::error::Result<ExitCode> {
     let plan = Plan {
         names: &a.policies,
         ..Default::default()
@@ -168,7 +196,7 @@ pub async fn schedule(
     cfg: &Config,
     a: &args::ScheduleArgs,
     quiet: bool,
-) -> anyhow::Result<ExitCode> {
+) -> backupctl::error::Result<ExitCode> {
     let now = backupctl::clock::now();
     let o = for_each_policy(cfg, &Plan::default(), move |p, _| {
         Box::pin(ops::schedule::policy_schedule(cfg, p, now))
@@ -186,7 +214,7 @@ pub async fn notify_test(
     cfg: &Config,
     a: &args::NotifyTestArgs,
     quiet: bool,
-) -> anyhow::Result<ExitCode> {
+) -> backupctl::error::Result<ExitCode> {
     let r = ops::notify_test::notify_test(cfg, a.policy.as_deref()).await?;
     let code = r.exit_code();
     Show {
@@ -198,7 +226,11 @@ pub async fn notify_test(
 }
 
 /// `daemon`: run the schedules until stopped.
-pub async fn daemon(cfg: &Config, a: &args::DaemonArgs, _quiet: bool) -> anyhow::Result<ExitCode> {
+pub async fn daemon(
+    cfg: &Config,
+    a: &args::DaemonArgs,
+    _quiet: bool,
+) -> backupctl::error::Result<ExitCode> {
     let cancel = cancel_on_signal();
     let opts = ops::daemon::DaemonOptions {
         prune: !a.no_prune,
@@ -213,7 +245,11 @@ pub async fn daemon(cfg: &Config, a: &args::DaemonArgs, _quiet: bool) -> anyhow:
 }
 
 /// `restore`: files into `--to`, or a database with `--into-database`.
-pub async fn restore(cfg: &Config, a: &args::RestoreArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+pub async fn restore(
+    cfg: &Config,
+    a: &args::RestoreArgs,
+    quiet: bool,
+) -> backupctl::error::Result<ExitCode> {
     let policy = cfg.policy(&a.policy)?;
     let show = Show {
         json: a.json,

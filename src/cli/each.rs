@@ -10,7 +10,7 @@
 //! that names an unknown policy fails the whole command.
 
 use backupctl::config::{Config, Policy};
-use backupctl::error::{exit_code_for, ExitCode};
+use backupctl::error::ExitCode;
 use backupctl::ops::due::{self, Decision, Job};
 use backupctl::ops::{combine, policy_lock, Coded};
 use futures::future::BoxFuture;
@@ -83,7 +83,7 @@ pub async fn for_each_policy<'c, T, F>(
     mut step: F,
 ) -> Result<Outcome<T>, backupctl::error::ConfigError>
 where
-    F: FnMut(&'c Policy, Option<Decision>) -> BoxFuture<'c, anyhow::Result<T>>,
+    F: FnMut(&'c Policy, Option<Decision>) -> BoxFuture<'c, backupctl::error::Result<T>>,
     T: backupctl::observe::Observe,
 {
     let sel = cfg.selection(plan.names)?;
@@ -102,14 +102,14 @@ where
             code: ExitCode::Usage,
         });
     }
-    let fail = |out: &mut Outcome<T>, policy: &str, e: anyhow::Error, mark: u64| {
+    let fail = |out: &mut Outcome<T>, policy: &str, e: backupctl::error::Error, mark: u64| {
         let error = format!("{e:#}");
         tracing::debug!("policy {policy}: {error}");
         backupctl::observe::failed(cfg, plan.op, policy, &error, mark);
         out.failures.push(PolicyFailure {
             policy: policy.to_string(),
             error,
-            code: exit_code_for(&e),
+            code: e.exit_code(),
         });
     };
     for p in sel.policies {

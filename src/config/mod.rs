@@ -289,7 +289,7 @@ impl Config {
     /// file must exist (`backupctl key init`); without it, a key is created
     /// under the state directory on first use, and how to pin it is printed
     /// once.
-    pub fn signing_key(&self) -> anyhow::Result<crate::trust::HostKey> {
+    pub fn signing_key(&self) -> crate::error::Result<crate::trust::HostKey> {
         use crate::trust::HostKey;
         match HostKey::load(&self.key_file) {
             Ok(k) => Ok(k),

@@ -74,7 +74,7 @@ pub async fn run_daemon<'c>(
     opts: &DaemonOptions,
     cancel: CancellationToken,
     mut execute: impl AsyncFnMut(&'c Policy, Job),
-) -> anyhow::Result<()> {
+) -> crate::error::Result<()> {
     let now = crate::clock::now();
     tracing::info!(
         "daemon: started (pid {}), {} policies",

@@ -139,7 +139,7 @@ impl Decision {
 pub async fn newest_on_targets(
     cfg: &Config,
     policy: &Policy,
-) -> anyhow::Result<Option<DateTime<FixedOffset>>> {
+) -> crate::error::Result<Option<DateTime<FixedOffset>>> {
     // A decision, not a command: the run that follows warns and checks trust.
     let catalog = open_catalog(cfg, policy, None).await?;
     Ok(catalog.entries.iter().map(|e| e.manifest.time).max())
@@ -151,7 +151,7 @@ pub async fn decide(
     policy: &Policy,
     job: Job,
     now: DateTime<FixedOffset>,
-) -> anyhow::Result<Decision> {
+) -> crate::error::Result<Decision> {
     let mut d = Decision::not_due(policy, job);
     d.schedule = None;
     let st = state::load(&cfg.state_dir, &policy.name);

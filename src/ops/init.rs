@@ -8,7 +8,7 @@
 //! refused.
 
 use crate::config::Config;
-use crate::error::{CodedError, ExitCode};
+use crate::error::ExitCode;
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -55,7 +55,7 @@ async fn init_one(cfg: &Config, name: &str) -> InitResult {
             crate::repo::readme::restore_instructions().into_bytes(),
         )
         .await?;
-        anyhow::Ok(fresh)
+        Ok::<_, crate::error::Error>(fresh)
     }
     .await;
     match res {
@@ -67,14 +67,13 @@ async fn init_one(cfg: &Config, name: &str) -> InitResult {
 }
 
 /// Initialise the named targets (all when `names` is empty).
-pub async fn init(cfg: &Config, names: &[String]) -> anyhow::Result<InitReport> {
+pub async fn init(cfg: &Config, names: &[String]) -> crate::error::Result<InitReport> {
     for n in names {
         if !cfg.targets.contains_key(n) {
-            return Err(CodedError::usage(format!(
+            return Err(crate::error::Error::usage(format!(
                 "unknown target {n:?}: defined targets are {}",
                 cfg.targets.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-            .into());
+            )));
         }
     }
     let chosen: Vec<&String> = if names.is_empty() {

@@ -62,7 +62,7 @@ pub struct PolicyListing {
     pub damaged: Vec<crate::repo::Damaged>,
 }
 
-pub async fn list_policy(cfg: &Config, policy: &Policy) -> anyhow::Result<PolicyListing> {
+pub async fn list_policy(cfg: &Config, policy: &Policy) -> crate::error::Result<PolicyListing> {
     let catalog = crate::ops::load_catalog(cfg, policy, None).await?;
     Ok(listing(&catalog))
 }

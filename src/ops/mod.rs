@@ -35,7 +35,7 @@ pub mod sync;
 pub mod verify;
 
 use crate::config::{Config, Policy};
-use crate::error::{CodedError, ExitCode};
+use crate::error::ExitCode;
 use crate::lock::{Lock, LockError};
 use crate::repo::{Catalog, PolicyName};
 use crate::storage::{self, DynBackend};
@@ -66,15 +66,14 @@ pub async fn open_targets(
     cfg: &Config,
     policy: &Policy,
     only: Option<&str>,
-) -> anyhow::Result<Vec<DynBackend>> {
+) -> crate::error::Result<Vec<DynBackend>> {
     let mut out = Vec::new();
     if let Some(name) = only {
         if !cfg.targets.contains_key(name) {
-            return Err(crate::error::CodedError::usage(format!(
+            return Err(crate::error::Error::usage(format!(
                 "unknown target {name:?}: defined targets are {}",
                 cfg.targets.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-            .into());
+            )));
         }
         if !policy.targets.iter().any(|t| t == name) {
             tracing::warn!(
@@ -97,7 +96,7 @@ pub async fn open_catalog(
     cfg: &Config,
     policy: &Policy,
     only: Option<&str>,
-) -> anyhow::Result<Catalog> {
+) -> crate::error::Result<Catalog> {
     let targets = open_targets(cfg, policy, only).await?;
     Ok(Catalog::load(&PolicyName::of(policy), &targets, &cfg.trust()).await)
 }
@@ -110,7 +109,7 @@ pub async fn load_catalog(
     cfg: &Config,
     policy: &Policy,
     only: Option<&str>,
-) -> anyhow::Result<Catalog> {
+) -> crate::error::Result<Catalog> {
     let catalog = open_catalog(cfg, policy, only).await?;
     for (t, e) in catalog.unreachable() {
         tracing::warn!("target {t} unreachable, skipping it: {e}");
@@ -155,7 +154,7 @@ pub async fn policy_lock(
     policy: &str,
     op: &str,
     wait: Option<Duration>,
-) -> anyhow::Result<Lock> {
+) -> crate::error::Result<Lock> {
     let (dir, name, op_s) = (cfg.state_dir.clone(), policy.to_string(), op.to_string());
     let res = tokio::task::spawn_blocking(move || Lock::acquire(&dir, &name, &op_s, wait))
         .await
@@ -175,16 +174,17 @@ pub async fn policy_lock(
             );
             Ok(lock)
         }
-        Err(e @ LockError::Held { .. }) => Err(CodedError::failure(format!(
+        Err(e @ LockError::Held { .. }) => Err(crate::error::Error::failure(format!(
             "policy {policy}: cannot {op}: {e}{}",
             if wait.is_some() {
                 " (gave up waiting)"
             } else {
                 "; pass --wait [DURATION] to wait for it"
             }
-        ))
-        .into()),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("policy {policy}: cannot {op}"))),
+        ))),
+        Err(e) => {
+            Err(crate::error::Error::from(e).context(format!("policy {policy}: cannot {op}")))
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! changing the check's state), commands `BACKUPCTL_EVENT=test`.
 
 use crate::config::{Config, Policy};
-use crate::error::{CodedError, ExitCode};
+use crate::error::ExitCode;
 use crate::notify::{self, Delivery, Event, EventKind, NotifySpec};
 use serde::Serialize;
 
@@ -36,7 +36,10 @@ fn test_event(policy: Option<&str>) -> Event {
     ev
 }
 
-pub async fn notify_test(cfg: &Config, policy: Option<&str>) -> anyhow::Result<NotifyTestReport> {
+pub async fn notify_test(
+    cfg: &Config,
+    policy: Option<&str>,
+) -> crate::error::Result<NotifyTestReport> {
     let policies: Vec<&Policy> = match policy {
         Some(name) => vec![cfg.policy(name)?],
         None => cfg.policies.values().collect(),
@@ -49,15 +52,14 @@ pub async fn notify_test(cfg: &Config, policy: Option<&str>) -> anyhow::Result<N
         }
     }
     if jobs.is_empty() {
-        return Err(CodedError::failure(format!(
+        return Err(crate::error::Error::failure(format!(
             "no notifiers are configured ([[notify]] in {}{})",
             cfg.path.display(),
             match policy {
                 Some(p) => format!(" or in policy {p}"),
                 None => " or in a policy".into(),
             }
-        ))
-        .into());
+        )));
     }
     let notifiers =
         futures::future::join_all(jobs.iter().map(|(s, ev)| notify::deliver_now(s, ev))).await;

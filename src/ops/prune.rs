@@ -26,7 +26,7 @@
 //! policy is run from one host).
 
 use crate::config::{Config, Policy};
-use crate::error::{CodedError, ExitCode};
+use crate::error::ExitCode;
 use crate::ops::Verdict;
 use crate::repo::{Catalog, Key, PolicyName, SnapshotId, TargetState};
 use crate::retention;
@@ -96,6 +96,26 @@ pub struct TargetPrune {
     pub error: Option<String>,
 }
 
+impl TargetPrune {
+    /// Nothing done yet on target `name`.
+    fn new(name: &str, dry_run: bool) -> TargetPrune {
+        TargetPrune {
+            name: name.to_string(),
+            status: if dry_run {
+                PruneStatus::DryRun
+            } else {
+                PruneStatus::Pruned
+            },
+            manifests_deleted: Vec::new(),
+            archives_deleted: Vec::new(),
+            others_deleted: Vec::new(),
+            bytes_freed: 0,
+            warnings: Vec::new(),
+            error: None,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct PruneResult {
     pub policy: String,
@@ -135,14 +155,13 @@ pub async fn prune_policy(
     cfg: &Config,
     policy: &Policy,
     opts: &PruneOptions,
-) -> anyhow::Result<PruneResult> {
+) -> crate::error::Result<PruneResult> {
     if policy.retention.is_empty() {
         // Config loading refuses this already; never delete everything.
-        return Err(CodedError::usage(format!(
+        return Err(crate::error::Error::usage(format!(
             "policy {}: no retention rule set; refusing to prune",
             policy.name
-        ))
-        .into());
+        )));
     }
     let catalog = crate::ops::load_catalog(cfg, policy, None).await?;
     let now = crate::clock::now();
@@ -182,23 +201,7 @@ pub async fn prune_policy(
         .map(|d| format!("{d}; not counted, and no pack is deleted on that target"))
         .collect();
     for &i in &future {
-        let (f, id, p) = (item(i), catalog.entries[i].id.clone(), &catalog.policy);
-        let w = format!(
-            "snapshot {} is dated {}, in the future (a host clock set wrong?): kept and not \
-             counted by retention; if it is wrong, delete {} and {} on every target",
-            f.id,
-            f.time,
-            Key::Manifest {
-                policy: p.clone(),
-                id: id.clone()
-            }
-            .object(),
-            Key::Signature {
-                policy: p.clone(),
-                id
-            }
-            .object(),
-        );
+        let w = future_warning(&catalog, i);
         tracing::error!("prune policy={}: {w}", policy.name);
         warnings.push(w);
     }
@@ -224,17 +227,7 @@ pub async fn prune_policy(
     let tresults =
         futures::future::join_all(catalog.targets.iter().map(|st| plan.on_target(st))).await;
 
-    let done = tresults
-        .iter()
-        .filter(|t| matches!(t.status, PruneStatus::Pruned | PruneStatus::DryRun))
-        .count();
-    let result = if done == tresults.len() {
-        Verdict::Ok
-    } else if done > 0 || tresults.iter().any(|t| t.status == PruneStatus::Incomplete) {
-        Verdict::Partial
-    } else {
-        Verdict::Failed
-    };
+    let result = verdict(&tresults);
     Ok(PruneResult {
         policy: policy.name.clone(),
         dry_run: opts.dry_run,
@@ -247,11 +240,10 @@ pub async fn prune_policy(
     })
 }
 
-fn newest_refused(policy: &str, id: &str) -> anyhow::Error {
-    CodedError::failure(format!(
+fn newest_refused(policy: &str, id: &str) -> crate::error::Error {
+    crate::error::Error::failure(format!(
         "policy {policy}: retention would remove the newest snapshot {id}; refusing to prune"
     ))
-    .into()
 }
 
 /// Retention over the entries `idx` (indices into `catalog.entries`); Err
@@ -278,6 +270,45 @@ fn decide(
     Ok(d)
 }
 
+/// What to say about snapshot `i`, dated in the future: kept, not counted,
+/// and which two files to delete if it is wrong.
+fn future_warning(catalog: &Catalog, i: usize) -> String {
+    let e = &catalog.entries[i];
+    let p = &catalog.policy;
+    format!(
+        "snapshot {} is dated {}, in the future (a host clock set wrong?): kept and not \
+         counted by retention; if it is wrong, delete {} and {} on every target",
+        e.manifest.id,
+        e.manifest.time.to_rfc3339(),
+        Key::Manifest {
+            policy: p.clone(),
+            id: e.id.clone()
+        }
+        .object(),
+        Key::Signature {
+            policy: p.clone(),
+            id: e.id.clone()
+        }
+        .object(),
+    )
+}
+
+/// The policy's verdict from its targets': every one pruned (or dry run)
+/// is ok; some, or one incomplete, partial; none failed.
+fn verdict(targets: &[TargetPrune]) -> Verdict {
+    let done = targets
+        .iter()
+        .filter(|t| matches!(t.status, PruneStatus::Pruned | PruneStatus::DryRun))
+        .count();
+    if done == targets.len() {
+        Verdict::Ok
+    } else if done > 0 || targets.iter().any(|t| t.status == PruneStatus::Incomplete) {
+        Verdict::Partial
+    } else {
+        Verdict::Failed
+    }
+}
+
 /// What to delete: decided on each target from its own manifests.
 struct Plan<'a> {
     policy: &'a PolicyName,
@@ -288,23 +319,15 @@ struct Plan<'a> {
     dry_run: bool,
 }
 
+/// Deletions on one target that failed (the rest go on).
+type Errors = Vec<String>;
+
 impl Plan<'_> {
+    /// Prune one target: decide from its own snapshots, forget the removed
+    /// ones, then delete what nothing remaining references.
     async fn on_target(&self, st: &TargetState) -> TargetPrune {
         let t = &st.target;
-        let mut r = TargetPrune {
-            name: t.name().to_string(),
-            status: if self.dry_run {
-                PruneStatus::DryRun
-            } else {
-                PruneStatus::Pruned
-            },
-            manifests_deleted: Vec::new(),
-            archives_deleted: Vec::new(),
-            others_deleted: Vec::new(),
-            bytes_freed: 0,
-            warnings: Vec::new(),
-            error: None,
-        };
+        let mut r = TargetPrune::new(t.name(), self.dry_run);
         let view = match &st.view {
             Ok(v) => v,
             Err(e) => {
@@ -320,34 +343,74 @@ impl Plan<'_> {
                 return r;
             }
         };
-        // This target's own authenticated snapshots, and what it decides.
         let entries = &self.catalog.entries;
         let own = self.catalog.held_by(st);
+        let remove = match self.removals(&own) {
+            Ok(remove) => remove,
+            Err(id) => {
+                r.status = PruneStatus::Failed;
+                r.error = Some(format!(
+                    "retention would remove the newest snapshot {id} here; nothing deleted"
+                ));
+                return r;
+            }
+        };
+        let known: HashMap<&SnapshotId, &crate::repo::Entry> =
+            own.iter().map(|&i| (&entries[i].id, &entries[i])).collect();
+        let mut errors = Errors::new();
+        let (remaining, forgotten) = self.forget(st, view, &remove, &mut r, &mut errors).await;
+        match self.live(&remaining, &known) {
+            Err(w) => {
+                tracing::warn!("prune policy={} target={}: {w}", self.policy, t.name());
+                r.warnings.push(w);
+                if r.status == PruneStatus::Pruned {
+                    r.status = PruneStatus::Incomplete;
+                }
+                // An unreadable extent list still lets stray signatures go;
+                // a snapshot without an authentic manifest stops everything.
+                if remaining.iter().all(|id| known.contains_key(*id)) {
+                    self.delete_stray(st, view, &remaining, &forgotten, &mut r, &mut errors)
+                        .await;
+                }
+            }
+            Ok(live) => {
+                self.delete_unreferenced(st, view, &live, &mut r, &mut errors)
+                    .await;
+                self.delete_stray(st, view, &remaining, &forgotten, &mut r, &mut errors)
+                    .await;
+            }
+        }
+        self.conclude(t.name(), r, errors)
+    }
+
+    /// The snapshots this target's own retention removes (snapshots dated
+    /// beyond the clock limit never count); the newest's id if retention
+    /// would remove it.
+    fn removals(&self, own: &[usize]) -> Result<HashSet<&SnapshotId>, String> {
+        let entries = &self.catalog.entries;
         let counted: Vec<usize> = own
             .iter()
             .copied()
             .filter(|&i| entries[i].manifest.time <= self.limit)
             .collect();
-        let remove: HashSet<&SnapshotId> =
-            match decide(self.catalog, &counted, self.retention, self.now) {
-                Ok(d) => d.remove.iter().map(|&k| &entries[counted[k]].id).collect(),
-                Err(id) => {
-                    r.status = PruneStatus::Failed;
-                    r.error = Some(format!(
-                        "retention would remove the newest snapshot {id} here; nothing deleted"
-                    ));
-                    return r;
-                }
-            };
-        let known: HashMap<&SnapshotId, &crate::repo::Entry> =
-            own.iter().map(|&i| (&entries[i].id, &entries[i])).collect();
-        let mut errors = Vec::new();
-        let policy = || self.policy.clone();
+        let d = decide(self.catalog, &counted, self.retention, self.now)?;
+        Ok(d.remove.iter().map(|&k| &entries[counted[k]].id).collect())
+    }
 
-        // 1. Manifests of forgotten snapshots (each snapshot vanishes at
-        //    once), then their signatures.
-        let mut remaining: Vec<&SnapshotId> = Vec::new();
-        let mut forgotten: HashSet<&SnapshotId> = HashSet::new();
+    /// Step 1: delete the manifests of the removed snapshots (each vanishes
+    /// at once), then their signatures. Returns the snapshots remaining on
+    /// the target and those forgotten.
+    async fn forget<'v>(
+        &self,
+        st: &TargetState,
+        view: &'v crate::repo::TargetView,
+        remove: &HashSet<&SnapshotId>,
+        r: &mut TargetPrune,
+        errors: &mut Errors,
+    ) -> (Vec<&'v SnapshotId>, HashSet<&'v SnapshotId>) {
+        let t = &st.target;
+        let mut remaining = Vec::new();
+        let mut forgotten = HashSet::new();
         for id in view.snapshots.keys() {
             if !remove.contains(id) {
                 remaining.push(id);
@@ -355,7 +418,7 @@ impl Plan<'_> {
             }
             if !self.dry_run {
                 let manifest = Key::Manifest {
-                    policy: policy(),
+                    policy: self.policy.clone(),
                     id: id.clone(),
                 };
                 if let Err(e) = t.delete(&manifest.object()).await {
@@ -364,7 +427,7 @@ impl Plan<'_> {
                     continue;
                 }
                 let signature = Key::Signature {
-                    policy: policy(),
+                    policy: self.policy.clone(),
                     id: id.clone(),
                 };
                 let _ = t.delete(&signature.object()).await;
@@ -377,83 +440,102 @@ impl Plan<'_> {
             forgotten.insert(id);
             r.manifests_deleted.push(id.to_string());
         }
+        (remaining, forgotten)
+    }
 
-        // 2. Archives no remaining snapshot on this target references.
+    /// The remaining snapshots whose references are known, or why no pack
+    /// may be deleted on this target: a snapshot without an authentic
+    /// manifest here, or one whose extent lists could not be read.
+    fn live<'e>(
+        &self,
+        remaining: &[&SnapshotId],
+        known: &HashMap<&SnapshotId, &'e crate::repo::Entry>,
+    ) -> Result<Vec<&'e crate::repo::Entry>, String> {
         let blind: Vec<&str> = remaining
             .iter()
             .filter(|id| !known.contains_key(*id))
             .map(|id| id.as_str())
             .collect();
         if !blind.is_empty() {
-            let w = format!(
+            return Err(format!(
                 "snapshot(s) {} have no authentic manifest here: no pack is deleted on this \
                  target until they are repaired or removed",
                 blind.join(", ")
-            );
-            tracing::warn!("prune policy={} target={}: {w}", self.policy, t.name());
-            r.warnings.push(w);
-            if r.status == PruneStatus::Pruned {
-                r.status = PruneStatus::Incomplete;
-            }
-        } else {
-            let live: Vec<&crate::repo::Entry> = remaining
-                .iter()
-                .filter_map(|id| known.get(id))
-                .copied()
-                .collect();
-            if let Some(e) = live.iter().find(|e| !e.packs_known) {
-                let w = format!(
-                    "the extent lists of snapshot {} could not be read: no pack is deleted on \
-                     this target until they can",
-                    e.id
-                );
-                tracing::warn!("prune policy={} target={}: {w}", self.policy, t.name());
-                r.warnings.push(w);
-                if r.status == PruneStatus::Pruned {
-                    r.status = PruneStatus::Incomplete;
-                }
-            } else {
-                let dead = unreferenced(view, &live, self.policy);
-                for (key, size, is_pack) in dead {
-                    if !self.dry_run {
-                        if let Err(e) = t.delete(&key.object()).await {
-                            errors.push(format!("deleting {}: {e}", key.object()));
-                            continue;
-                        }
-                    }
-                    r.bytes_freed = r.bytes_freed.saturating_add(size);
-                    match &key {
-                        Key::Pack { name, .. } if is_pack => {
-                            r.archives_deleted.push(name.to_string())
-                        }
-                        _ => r.others_deleted.push(key.object().to_string()),
-                    }
+            ));
+        }
+        let live: Vec<&crate::repo::Entry> = remaining
+            .iter()
+            .filter_map(|id| known.get(id))
+            .copied()
+            .collect();
+        if let Some(e) = live.iter().find(|e| !e.packs_known) {
+            return Err(format!(
+                "the extent lists of snapshot {} could not be read: no pack is deleted on \
+                 this target until they can",
+                e.id
+            ));
+        }
+        Ok(live)
+    }
+
+    /// Step 2: the lists and packs that no snapshot in `live` references.
+    async fn delete_unreferenced(
+        &self,
+        st: &TargetState,
+        view: &crate::repo::TargetView,
+        live: &[&crate::repo::Entry],
+        r: &mut TargetPrune,
+        errors: &mut Errors,
+    ) {
+        for (key, size, is_pack) in unreferenced(view, live, self.policy) {
+            if !self.dry_run {
+                if let Err(e) = st.target.delete(&key.object()).await {
+                    errors.push(format!("deleting {}: {e}", key.object()));
+                    continue;
                 }
             }
-            // Signatures without their manifest.
-            let stray = stray_signatures(view, &remaining, &forgotten, self.policy);
-            for (key, size) in stray {
-                if !self.dry_run {
-                    if let Err(e) = t.delete(&key).await {
-                        errors.push(format!("deleting {key}: {e}"));
-                        continue;
-                    }
-                }
-                r.bytes_freed = r.bytes_freed.saturating_add(size);
-                r.others_deleted.push(key.to_string());
+            r.bytes_freed = r.bytes_freed.saturating_add(size);
+            match &key {
+                Key::Pack { name, .. } if is_pack => r.archives_deleted.push(name.to_string()),
+                _ => r.others_deleted.push(key.object().to_string()),
             }
         }
+    }
+
+    /// Signatures left without their manifest.
+    async fn delete_stray(
+        &self,
+        st: &TargetState,
+        view: &crate::repo::TargetView,
+        remaining: &[&SnapshotId],
+        forgotten: &HashSet<&SnapshotId>,
+        r: &mut TargetPrune,
+        errors: &mut Errors,
+    ) {
+        for (key, size) in stray_signatures(view, remaining, forgotten, self.policy) {
+            if !self.dry_run {
+                if let Err(e) = st.target.delete(&key).await {
+                    errors.push(format!("deleting {key}: {e}"));
+                    continue;
+                }
+            }
+            r.bytes_freed = r.bytes_freed.saturating_add(size);
+            r.others_deleted.push(key.to_string());
+        }
+    }
+
+    /// A failed deletion fails the target; the summary line is logged.
+    fn conclude(&self, target: &str, mut r: TargetPrune, errors: Errors) -> TargetPrune {
         if !errors.is_empty() {
             for e in &errors {
-                tracing::error!("prune policy={} target={}: {e}", self.policy, t.name());
+                tracing::error!("prune policy={} target={target}: {e}", self.policy);
             }
             r.status = PruneStatus::Failed;
             r.error = Some(errors.join("; "));
         }
         tracing::info!(
-            "prune policy={} target={} status={} manifests={} archives={} freed={}",
+            "prune policy={} target={target} status={} manifests={} archives={} freed={}",
             self.policy,
-            t.name(),
             r.status,
             r.manifests_deleted.len(),
             r.archives_deleted.len(),

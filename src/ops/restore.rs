@@ -14,7 +14,7 @@
 use crate::archive::beneath::Dir;
 use crate::archive::{self, ExtractOptions, SourceRecord};
 use crate::config::{Config, Policy};
-use crate::error::{CodedError, ExitCode};
+use crate::error::ExitCode;
 use crate::ops::load_catalog;
 use crate::repo::{fetch, Catalog, Entry};
 use serde::Serialize;
@@ -69,28 +69,26 @@ pub async fn restore(
     cfg: &Config,
     policy: &Policy,
     o: &RestoreOptions,
-) -> anyhow::Result<(RestoreResult, ExitCode)> {
+) -> crate::error::Result<(RestoreResult, ExitCode)> {
     if o.to.exists() && !o.to.is_dir() {
-        return Err(CodedError::usage(format!(
+        return Err(crate::error::Error::usage(format!(
             "--to {}: exists and is not a directory",
             o.to.display()
-        ))
-        .into());
+        )));
     }
     if o.to.exists() && !dir_is_empty(&o.to) && !o.force {
-        return Err(CodedError::usage(format!(
+        return Err(crate::error::Error::usage(format!(
             "--to {}: directory is not empty; choose an empty directory or pass --force (existing source directories are moved aside, not deleted)",
             o.to.display()
-        ))
-        .into());
+        )));
     }
-    let include = crate::archive::Include::new(&o.include).map_err(CodedError::usage)?;
+    let include = crate::archive::Include::new(&o.include).map_err(crate::error::Error::usage)?;
     let catalog = load_catalog(cfg, policy, o.target.as_deref()).await?;
     let entry = catalog.resolve(o.snapshot.as_deref())?;
     let m = &entry.manifest;
     let chosen: Vec<&SourceRecord> = match &o.source {
         Some(name) => vec![m.source(name).ok_or_else(|| {
-            CodedError::usage(format!(
+            crate::error::Error::usage(format!(
                 "snapshot {} has no source {name:?} (sources: {})",
                 m.id,
                 m.sources
@@ -118,8 +116,7 @@ pub async fn restore(
     );
     // A restore that fails removes the destination it created (and only that).
     let created = !o.to.exists();
-    std::fs::create_dir_all(&o.to)
-        .map_err(|e| anyhow::anyhow!("creating {}: {e}", o.to.display()))?;
+    std::fs::create_dir_all(&o.to).map_err(|e| crate::err!("creating {}: {e}", o.to.display()))?;
     let res = restore_into(&catalog, entry, policy, &chosen, o, include, &cfg.state_dir).await;
     if res.is_err() && created {
         let _ = crate::archive::beneath::remove_tree(&o.to);
@@ -134,7 +131,7 @@ fn check_include(
     inc: &crate::archive::Include,
     m: &archive::Manifest,
     indexes: &[Vec<archive::manifest::FileRecord>],
-) -> anyhow::Result<()> {
+) -> crate::error::Result<()> {
     let probe = inc.fresh();
     let mut any = false;
     for index in indexes {
@@ -147,13 +144,12 @@ fn check_include(
     }
     let unmatched = probe.unmatched();
     if !any {
-        return Err(CodedError::failure(format!(
+        return Err(crate::error::Error::failure(format!(
             "--include {}: matches no file of snapshot {} (patterns are gitignore-style and \
              relative to the source root, e.g. `uploads/` or `*.php`); nothing restored",
             o_list(&unmatched),
             m.id
-        ))
-        .into());
+        )));
     }
     for p in unmatched {
         tracing::warn!("--include {p:?} matches no file of snapshot {}", m.id);
@@ -176,10 +172,10 @@ async fn restore_into(
     o: &RestoreOptions,
     include: Option<crate::archive::Include>,
     state_dir: &Path,
-) -> anyhow::Result<(RestoreResult, ExitCode)> {
+) -> crate::error::Result<(RestoreResult, ExitCode)> {
     let m = &entry.manifest;
     let to = std::path::absolute(&o.to)?;
-    let to_dir = Dir::open(&to).map_err(|e| anyhow::anyhow!("opening {}: {e}", to.display()))?;
+    let to_dir = Dir::open(&to).map_err(|e| crate::err!("opening {}: {e}", to.display()))?;
     let opts = ExtractOptions {
         include: include.clone(),
         preserve_owner: crate::util::is_root() && !o.no_same_owner,

@@ -12,7 +12,6 @@
 
 use crate::archive::{ExtractOptions, SourceRecord};
 use crate::config::{Config, Policy, SourceSpec};
-use crate::error::CodedError;
 use crate::repo::fetch;
 use crate::repo::Entry;
 use crate::source::db::{DatabaseFacts, DumpedDatabase};
@@ -50,13 +49,13 @@ pub async fn restore_into_database(
     cfg: &Config,
     policy: &Policy,
     o: &RestoreDbOptions,
-) -> anyhow::Result<RestoreDbResult> {
+) -> crate::error::Result<RestoreDbResult> {
     let spec = database_source(policy, o)?.clone();
     let catalog = crate::ops::load_catalog(cfg, policy, o.target.as_deref()).await?;
     let entry = catalog.resolve(o.snapshot.as_deref())?;
     let m = entry.manifest.clone();
     let rec = m.source(&o.source).ok_or_else(|| {
-        CodedError::usage(format!("snapshot {} has no source {:?}", m.id, o.source))
+        crate::error::Error::usage(format!("snapshot {} has no source {:?}", m.id, o.source))
     })?;
     let dumped = chosen_dump(spec.source(), entry, rec, o)?;
 
@@ -107,28 +106,32 @@ pub async fn restore_into_database(
 
 /// The configured source `--source` names, if it can load into a database
 /// (usage errors otherwise, before anything is fetched).
-fn database_source<'a>(policy: &'a Policy, o: &RestoreDbOptions) -> anyhow::Result<&'a SourceSpec> {
+fn database_source<'a>(
+    policy: &'a Policy,
+    o: &RestoreDbOptions,
+) -> crate::error::Result<&'a SourceSpec> {
     let spec = policy
         .sources
         .iter()
         .find(|s| s.name() == o.source)
         .ok_or_else(|| {
-            CodedError::usage(format!(
+            crate::error::Error::usage(format!(
                 "policy {} has no source {:?}; --into-database loads into that source's configured server",
                 policy.name, o.source
             ))
         })?;
     let source = spec.source();
     if source.database_restore().is_none() {
-        return Err(CodedError::usage(format!(
+        return Err(crate::error::Error::usage(format!(
             "source {} is of type {}: --into-database works for postgres and mysql sources; restore it with --to DIR",
             o.source,
             source.kind()
-        ))
-        .into());
+        )));
     }
     if o.into.is_empty() {
-        return Err(CodedError::usage("--into-database: expected a database name").into());
+        return Err(crate::error::Error::usage(
+            "--into-database: expected a database name",
+        ));
     }
     Ok(spec)
 }
@@ -141,7 +144,7 @@ fn chosen_dump(
     entry: &Entry,
     rec: &SourceRecord,
     o: &RestoreDbOptions,
-) -> anyhow::Result<DumpedDatabase> {
+) -> crate::error::Result<DumpedDatabase> {
     let id = &entry.manifest.id;
     // Which targets this manifest came from, for messages.
     let held_by = if entry.complete_on.is_empty() {
@@ -150,21 +153,23 @@ fn chosen_dump(
         format!(" on target {}", entry.complete_on.join(", "))
     };
     if rec.kind != source.kind() {
-        return Err(CodedError::failure(format!(
+        return Err(crate::error::Error::failure(format!(
             "source {}: snapshot {id}{held_by}: not loaded: the manifest records a {} source, \
              the configuration a {} source",
             rec.name,
             rec.kind,
             source.kind()
-        ))
-        .into());
+        )));
     }
     let facts = DatabaseFacts::from_record(rec)?;
     let configured = source.dump_format().expect("a database source");
     facts
         .check_configured(configured.engine, configured.format)
         .map_err(|p| {
-            CodedError::failure(format!("source {}: snapshot {id}{held_by}: {p}", rec.name))
+            crate::error::Error::failure(format!(
+                "source {}: snapshot {id}{held_by}: {p}",
+                rec.name
+            ))
         })?;
     let dumped = match &o.database {
         Some(d) => facts.databases.iter().find(|x| &x.name == d),
@@ -173,11 +178,10 @@ fn chosen_dump(
     };
     dumped.cloned().ok_or_else(|| {
         let names: Vec<&str> = facts.databases.iter().map(|d| d.name.as_str()).collect();
-        CodedError::usage(format!(
+        crate::error::Error::usage(format!(
             "source {} of snapshot {id} holds the databases {}: choose one with --database NAME",
             rec.name,
             names.join(", ")
         ))
-        .into()
     })
 }

@@ -34,6 +34,7 @@
 use crate::archive::manifest::StreamRef;
 use crate::archive::{ArchiveSummary, ArchiveWriter, Manifest, Progress, SourceRecord};
 use crate::config::{Config, Policy, SourceSpec};
+use crate::error::Context;
 use crate::error::ExitCode;
 use crate::ops::{open_targets, state, warn_locations};
 use crate::pack::index::ChunkIndex;
@@ -42,7 +43,6 @@ use crate::repo::transfer::{self, Object};
 use crate::repo::{fetch, Catalog, Commit, Hash, Key, PolicyName, SnapshotId};
 use crate::source;
 use crate::storage::DynBackend;
-use anyhow::Context;
 use chrono::{DateTime, FixedOffset};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -540,7 +540,7 @@ async fn read_source(
     staging: &Path,
     state_dir: &Path,
     opts: &RunOptions,
-) -> anyhow::Result<Read> {
+) -> crate::error::Result<Read> {
     let (cancel, display) = (opts.cancel.as_ref(), &opts.display);
     let spec = spec.clone();
     let staging_dir = staging.to_path_buf();
@@ -554,7 +554,7 @@ async fn read_source(
     let bar = display.task(spec.name(), total, progress.clone());
     let flag = progress.clone();
     let shared = shared.clone();
-    let task = tokio::task::spawn_blocking(move || -> anyhow::Result<Read> {
+    let task = tokio::task::spawn_blocking(move || -> crate::error::Result<Read> {
         let tar = StreamSlot::new(Packer::tar(&shared));
         let index = StreamSlot::new(Packer::index(&shared));
         let mut w = ArchiveWriter::create(
@@ -616,7 +616,7 @@ pub async fn run_policy(
     cfg: &Config,
     policy: &Policy,
     opts: &RunOptions,
-) -> anyhow::Result<RunResult> {
+) -> crate::error::Result<RunResult> {
     let started = std::time::Instant::now();
     let now_local: DateTime<FixedOffset> = crate::clock::now();
     let time = opts.time.unwrap_or(now_local);
@@ -625,31 +625,7 @@ pub async fn run_policy(
         tracing::warn!("{w}");
         warnings.push(w);
     }
-    let ready = async {
-        for s in &policy.sources {
-            s.source().preflight()?;
-        }
-        let key = if opts.dry_run {
-            None
-        } else {
-            Some(cfg.signing_key()?)
-        };
-        Ok::<_, anyhow::Error>((open_targets(cfg, policy, None).await?, key))
-    };
-    let (targets, key) = match ready.await {
-        Ok(t) => t,
-        Err(e) => {
-            if !opts.dry_run {
-                let msg = format!("{e:#}");
-                state::update(&cfg.state_dir, &policy.name, |st| {
-                    st.run.last_attempt = Some(now_local);
-                    st.run.last_result = Some("failed".into());
-                    st.run.last_message = Some(msg);
-                });
-            }
-            return Err(e);
-        }
-    };
+    let (targets, key) = ready(cfg, policy, opts, now_local).await?;
 
     let Some(key) = key else {
         return Ok(dry_run(policy, &targets, time, warnings, started));
@@ -687,48 +663,20 @@ pub async fn run_policy(
     let shared = Shared::start(index, policy.compression_level, Box::new(fanout));
     let stopper = StopOnDrop(shared.clone());
 
+    let mut read = read_sources(cfg, policy, &shared, &staging, opts).await;
+    read.finish_packing(&shared).await;
+    drop(stopper);
+    let Recorded {
+        records,
+        lists,
+        referenced,
+    } = read.records();
     let Sources {
-        results: mut sources,
-        read,
+        results: sources,
         mut failed_source,
         aborted,
-    } = read_sources(cfg, policy, &shared, &staging, opts).await;
-    // The last pack closes; every stream's extents resolve.
-    let finished = if failed_source.is_none() && !aborted {
-        let s = shared.clone();
-        tokio::task::spawn_blocking(move || s.finish())
-            .await
-            .expect("packer task panicked")
-            .map_err(|e| format!("packing: {e}"))
-    } else {
-        Ok(())
-    };
-    drop(stopper);
-    if let Err(e) = finished {
-        tracing::error!("{e}");
-        failed_source = Some(e);
-    }
-
-    let mut records = Vec::new();
-    let mut lists: Vec<(Hash, Vec<u8>)> = Vec::new();
-    let mut referenced: BTreeSet<Hash> = BTreeSet::new();
-    if failed_source.is_none() && !aborted {
-        for (spec, r) in read {
-            match source_record(spec, r, &mut lists, &mut referenced) {
-                Ok((rec, res)) => {
-                    records.push(rec);
-                    sources.push(res);
-                }
-                Err(e) => {
-                    let msg = format!("source {}: {e:#}", spec.name());
-                    tracing::error!("{msg}");
-                    sources.push(SourceResult::failed(spec, msg.clone()));
-                    failed_source = Some(msg);
-                    break;
-                }
-            }
-        }
-    }
+        ..
+    } = read;
     let stored_bytes = sources.iter().map(|s| s.stored_bytes).sum();
     let mut present = vec![0usize; catalog.targets.len()];
     if failed_source.is_none() && !aborted {
@@ -750,16 +698,7 @@ pub async fn run_policy(
         }
     }
     drop(lanes);
-    let outcomes = futures::future::join_all(workers).await;
-    let outcomes: Vec<Outcome> = outcomes
-        .into_iter()
-        .map(|o| {
-            o.unwrap_or_else(|e| Outcome {
-                error: Some(format!("delivery task failed: {e}")),
-                ..Default::default()
-            })
-        })
-        .collect();
+    let outcomes = delivered(workers).await;
     let committed = outcomes.iter().filter(|o| o.committed).count();
     let tresults = target_results(&targets, outcomes, present);
 
@@ -791,10 +730,60 @@ pub async fn run_policy(
     Ok(result)
 }
 
+/// Before anything is read: every source passes its preflight, the host
+/// key loads (not for a dry run) and the targets open. A failure is
+/// recorded in the policy's state as the last attempt.
+async fn ready(
+    cfg: &Config,
+    policy: &Policy,
+    opts: &RunOptions,
+    now_local: DateTime<FixedOffset>,
+) -> crate::error::Result<(Vec<DynBackend>, Option<crate::trust::HostKey>)> {
+    let ready = async {
+        for s in &policy.sources {
+            s.source().preflight()?;
+        }
+        let key = if opts.dry_run {
+            None
+        } else {
+            Some(cfg.signing_key()?)
+        };
+        Ok::<_, crate::error::Error>((open_targets(cfg, policy, None).await?, key))
+    };
+    let r = ready.await;
+    if let (Err(e), false) = (&r, opts.dry_run) {
+        let msg = format!("{e:#}");
+        state::update(&cfg.state_dir, &policy.name, |st| {
+            st.run.last_attempt = Some(now_local);
+            st.run.last_result = Some("failed".into());
+            st.run.last_message = Some(msg);
+        });
+    }
+    r
+}
+
+/// Every target worker's outcome (a worker that panicked is a failed one).
+async fn delivered(workers: Vec<tokio::task::JoinHandle<Outcome>>) -> Vec<Outcome> {
+    futures::future::join_all(workers)
+        .await
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|e| Outcome {
+                error: Some(format!("delivery task failed: {e}")),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
 /// The run's private staging directory (and the pack-index cache), after
 /// removing what a killed run left: under the policy lock, anything in the
 /// policy's staging directory is a leftover.
-fn prepare_staging(cfg: &Config, policy: &Policy, id: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+fn prepare_staging(
+    cfg: &Config,
+    policy: &Policy,
+    id: &str,
+) -> crate::error::Result<(PathBuf, PathBuf)> {
     // Per policy: under the policy lock anything already here was left by a
     // run that was killed, and is removed.
     let policy_staging = cfg.state_dir.join("staging").join(&policy.name);
@@ -860,6 +849,69 @@ struct Sources<'a> {
     read: Vec<(&'a SourceSpec, Read)>,
     failed_source: Option<String>,
     aborted: bool,
+}
+
+impl Sources<'_> {
+    /// Close the last pack so every stream's extents resolve (only when
+    /// every source was read); a packing error fails the run.
+    async fn finish_packing(&mut self, shared: &Arc<Shared>) {
+        if self.failed_source.is_some() || self.aborted {
+            return;
+        }
+        let s = shared.clone();
+        let finished = tokio::task::spawn_blocking(move || s.finish())
+            .await
+            .expect("packer task panicked");
+        if let Err(e) = finished {
+            let e = format!("packing: {e}");
+            tracing::error!("{e}");
+            self.failed_source = Some(e);
+        }
+    }
+
+    /// The manifest's source records, the extent lists to store and the
+    /// packs they reference, from the sources read (nothing after a
+    /// failure); each source's result joins `results`.
+    fn records(&mut self) -> Recorded {
+        let mut records = Vec::new();
+        let mut lists = Vec::new();
+        let mut referenced = BTreeSet::new();
+        if self.failed_source.is_some() || self.aborted {
+            return Recorded {
+                records,
+                lists,
+                referenced,
+            };
+        }
+        for (spec, r) in std::mem::take(&mut self.read) {
+            match source_record(spec, r, &mut lists, &mut referenced) {
+                Ok((rec, res)) => {
+                    records.push(rec);
+                    self.results.push(res);
+                }
+                Err(e) => {
+                    let msg = format!("source {}: {e:#}", spec.name());
+                    tracing::error!("{msg}");
+                    self.results.push(SourceResult::failed(spec, msg.clone()));
+                    self.failed_source = Some(msg);
+                    break;
+                }
+            }
+        }
+        Recorded {
+            records,
+            lists,
+            referenced,
+        }
+    }
+}
+
+/// What the manifest records of the sources read: their records, the
+/// extent lists to store and the packs those reference.
+struct Recorded {
+    records: Vec<SourceRecord>,
+    lists: Vec<(Hash, Vec<u8>)>,
+    referenced: BTreeSet<Hash>,
 }
 
 /// Read every source once, in order, into the run's packs; stop at the
@@ -1057,10 +1109,10 @@ fn source_record(
     r: Read,
     lists: &mut Vec<(Hash, Vec<u8>)>,
     referenced: &mut BTreeSet<Hash>,
-) -> anyhow::Result<(SourceRecord, SourceResult)> {
+) -> crate::error::Result<(SourceRecord, SourceResult)> {
     let tar = r.tar.resolve().context("placing the tar stream")?;
     let index = r.index.resolve().context("placing the file index")?;
-    anyhow::ensure!(
+    crate::ensure!(
         tar.stats.bytes == r.summary.tar_size,
         "the tar stream is {} bytes but {} were packed",
         r.summary.tar_size,
@@ -1259,7 +1311,7 @@ pub async fn run_step(
     decision: Option<&crate::ops::due::Decision>,
     opts: &RunOptions,
     prune: bool,
-) -> anyhow::Result<RunStep> {
+) -> crate::error::Result<RunStep> {
     let mut step = RunStep {
         run: None,
         catch_up: None,

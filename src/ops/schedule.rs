@@ -47,7 +47,7 @@ pub async fn policy_schedule(
     cfg: &Config,
     policy: &Policy,
     now: DateTime<FixedOffset>,
-) -> anyhow::Result<PolicySchedule> {
+) -> crate::error::Result<PolicySchedule> {
     let st = state::load(&cfg.state_dir, &policy.name);
     let job = |j: Job, rec: &state::OpRecord, d: due::Decision| JobStatus {
         schedule: d.schedule.clone(),

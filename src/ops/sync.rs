@@ -269,7 +269,7 @@ pub async fn sync_policy(
     cfg: &Config,
     policy: &Policy,
     o: &SyncOptions,
-) -> anyhow::Result<SyncResult> {
+) -> crate::error::Result<SyncResult> {
     let catalog = crate::ops::load_catalog(cfg, policy, None).await?;
     let mut res = SyncResult {
         policy: policy.name.clone(),
@@ -286,32 +286,73 @@ pub async fn sync_policy(
         tracing::warn!("target {t} unreachable, not synced: {e}");
     }
     let reachable: Vec<&DynBackend> = catalog.reachable().map(|s| &s.target).collect();
+    let mut progress = Progress::default();
     if !o.dry_run {
-        for t in &reachable {
-            match t.cleanup_incomplete(o.abort_uploads_older_than).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!("target {}: aborted {n} stale incomplete uploads", t.name());
-                    res.aborted_uploads.push((t.name().to_string(), n));
-                }
-                Err(e) => tracing::warn!("{e}"),
-            }
-        }
-    }
-    // What each target holds (updated as we copy).
-    let mut have = holdings(&catalog);
-    let mut copied_any = false;
-    let mut failed_any = false;
-    if !o.dry_run {
+        res.aborted_uploads = abort_stale_uploads(&reachable, o).await;
         let (repaired, problems) = repair_damaged(cfg, &catalog, &wanted_fn(o)).await;
-        copied_any |= !repaired.is_empty();
-        failed_any |= !problems.is_empty();
+        progress.copied |= !repaired.is_empty();
+        progress.failed |= !problems.is_empty();
         res.repaired = repaired;
         res.problems.extend(problems);
     }
+    copy_missing(cfg, policy, &catalog, o, &mut res, &mut progress).await;
+    if !o.dry_run {
+        caught_up(cfg, policy, &reachable, &res);
+    }
+    progress.failed |= unrepaired_manifests(&catalog, &mut res);
+    res.result = if o.dry_run {
+        Verdict::DryRun
+    } else if progress.failed {
+        if progress.copied {
+            Verdict::Partial
+        } else {
+            Verdict::Failed
+        }
+    } else if !res.unreachable.is_empty() {
+        Verdict::Partial
+    } else {
+        Verdict::Ok
+    };
+    Ok(res)
+}
 
-    // What retention no longer keeps is never copied back (a target that was
-    // away while prune ran elsewhere still holds it; prune removes it there).
+/// Whether a sync copied anything and whether anything failed.
+#[derive(Default)]
+struct Progress {
+    copied: bool,
+    failed: bool,
+}
+
+/// Abort incomplete uploads older than the option on every reachable
+/// target; per target, how many.
+async fn abort_stale_uploads(reachable: &[&DynBackend], o: &SyncOptions) -> Vec<(String, usize)> {
+    let mut aborted = Vec::new();
+    for t in reachable {
+        match t.cleanup_incomplete(o.abort_uploads_older_than).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!("target {}: aborted {n} stale incomplete uploads", t.name());
+                aborted.push((t.name().to_string(), n));
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    aborted
+}
+
+/// Copy every retained snapshot to the wanted targets lacking it, from a
+/// target holding it complete. What retention no longer keeps is never
+/// copied back (a target that was away while prune ran elsewhere still
+/// holds it; prune removes it there).
+async fn copy_missing(
+    cfg: &Config,
+    policy: &Policy,
+    catalog: &Catalog,
+    o: &SyncOptions,
+    res: &mut SyncResult,
+    progress: &mut Progress,
+) {
+    let mut have = holdings(catalog);
     let times: Vec<_> = catalog.entries.iter().map(|e| e.manifest.time).collect();
     let dropped: HashSet<usize> =
         crate::retention::apply(&times, &policy.retention, crate::clock::now().to_utc())
@@ -345,14 +386,14 @@ pub async fn sync_policy(
             );
             tracing::error!("{msg}");
             res.problems.push(msg);
-            failed_any = true;
+            progress.failed = true;
             continue;
         }
-        let copies = copy_snapshot(cfg, &catalog, entry, &needers, &sources, &mut have, o).await;
+        let copies = copy_snapshot(cfg, catalog, entry, &needers, &sources, &mut have, o).await;
         for c in copies {
             match &c.error {
                 Some(e) => {
-                    failed_any = true;
+                    progress.failed = true;
                     tracing::error!(
                         "sync snapshot={} target={}: FAILED: {e}",
                         c.snapshot,
@@ -360,7 +401,7 @@ pub async fn sync_policy(
                     );
                 }
                 None => {
-                    copied_any |= !o.dry_run;
+                    progress.copied |= !o.dry_run;
                     tracing::info!(
                         "sync snapshot={} target={} {} packs={} lists={} bytes={}",
                         c.snapshot,
@@ -375,55 +416,48 @@ pub async fn sync_policy(
             res.copies.push(c);
         }
     }
-    if !o.dry_run {
-        // Targets now holding everything are caught up: they no longer keep
-        // the policy due (see `ops::due`).
-        let failed: HashSet<&str> = res
-            .copies
-            .iter()
-            .filter(|c| c.error.is_some())
-            .map(|c| c.target.as_str())
-            .collect();
-        let done: Vec<String> = reachable
-            .iter()
-            .map(|t| t.name().to_string())
-            .filter(|n| !failed.contains(n.as_str()))
-            .collect();
-        if !done.is_empty() {
-            crate::ops::state::update(&cfg.state_dir, &policy.name, |st| {
-                st.run.missed_targets.retain(|t| !done.contains(t));
-            });
-        }
+}
+
+/// Targets now holding everything are caught up: they no longer keep the
+/// policy due (see `ops::due`).
+fn caught_up(cfg: &Config, policy: &Policy, reachable: &[&DynBackend], res: &SyncResult) {
+    let failed: HashSet<&str> = res
+        .copies
+        .iter()
+        .filter(|c| c.error.is_some())
+        .map(|c| c.target.as_str())
+        .collect();
+    let done: Vec<String> = reachable
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|n| !failed.contains(n.as_str()))
+        .collect();
+    if !done.is_empty() {
+        crate::ops::state::update(&cfg.state_dir, &policy.name, |st| {
+            st.run.missed_targets.retain(|t| !done.contains(t));
+        });
     }
-    // Manifests that are not authentic stay a problem unless this sync just
-    // replaced them with the authentic copy; sync never deletes them (what
-    // cannot be authenticated is left for a person to look at).
+}
+
+/// Manifests that are not authentic stay a problem unless this sync just
+/// replaced them with the authentic copy; sync never deletes them (what
+/// cannot be authenticated is left for a person to look at). Whether any
+/// remains.
+fn unrepaired_manifests(catalog: &Catalog, res: &mut SyncResult) -> bool {
+    let mut any = false;
     for d in &catalog.bad_manifests {
         let repaired = res
             .copies
             .iter()
             .any(|c| c.target == d.target && c.snapshot == d.snapshot && c.error.is_none());
         if !repaired {
-            failed_any = true;
+            any = true;
             res.problems.push(format!(
                 "{d}: not copied anywhere; delete it from that target if it is not yours"
             ));
         }
     }
-    res.result = if o.dry_run {
-        Verdict::DryRun
-    } else if failed_any {
-        if copied_any {
-            Verdict::Partial
-        } else {
-            Verdict::Failed
-        }
-    } else if !res.unreachable.is_empty() {
-        Verdict::Partial
-    } else {
-        Verdict::Ok
-    };
-    Ok(res)
+    any
 }
 
 /// Whether `sync` is to bring target `t` up to date.

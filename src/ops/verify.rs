@@ -23,12 +23,14 @@
 
 use crate::archive::beneath::Dir;
 use crate::archive::ExtractOptions;
+use crate::archive::SourceRecord;
 use crate::config::{Config, Policy, SourceSpec};
 use crate::error::{ConfigError, ExitCode};
 use crate::ops::Verdict;
 use crate::ops::{combine, load_catalog, state};
 use crate::repo::fetch::{self, FetchError};
 use crate::repo::{Catalog, Hash, Holding, Key};
+use crate::storage::DynBackend;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Default)]
@@ -144,7 +146,7 @@ pub fn choose(
 /// Open the policy's scratch root, creating the default one (mode 0700):
 /// refused (a configuration error, exit 2) unless it is a directory owned by
 /// the running user that nobody else can write.
-pub fn scratch_root(cfg: &Config, policy: &Policy) -> anyhow::Result<Dir> {
+pub fn scratch_root(cfg: &Config, policy: &Policy) -> crate::error::Result<Dir> {
     let default = cfg.state_dir.join("scratch");
     let path = policy.verify.scratch_dir.clone().unwrap_or(default.clone());
     let what = if path == default {
@@ -152,7 +154,7 @@ pub fn scratch_root(cfg: &Config, policy: &Policy) -> anyhow::Result<Dir> {
     } else {
         path.display().to_string()
     };
-    let refuse = |msg: String| -> anyhow::Error {
+    let refuse = |msg: String| -> crate::error::Error {
         ConfigError::new(
             policy.file.display(),
             "[verify] scratch_dir",
@@ -169,7 +171,7 @@ pub fn scratch_root(cfg: &Config, policy: &Policy) -> anyhow::Result<Dir> {
     };
     if std::fs::symlink_metadata(&path).is_err() {
         crate::util::create_private_dir_all(&path)
-            .map_err(|e| anyhow::anyhow!("creating the scratch directory {what}: {e}"))?;
+            .map_err(|e| crate::err!("creating the scratch directory {what}: {e}"))?;
     }
     let dir = match Dir::open_nofollow(&path) {
         Ok(d) => d,
@@ -180,11 +182,11 @@ pub fn scratch_root(cfg: &Config, policy: &Policy) -> anyhow::Result<Dir> {
                 "is not a directory".into()
             }))
         }
-        Err(e) => return Err(anyhow::anyhow!("opening the scratch directory {what}: {e}")),
+        Err(e) => return Err(crate::err!("opening the scratch directory {what}: {e}")),
     };
     let (uid, mode) = dir
         .owner_and_mode()
-        .map_err(|e| anyhow::anyhow!("scratch directory {what}: {e}"))?;
+        .map_err(|e| crate::err!("scratch directory {what}: {e}"))?;
     let euid = unsafe { libc::geteuid() };
     if uid != euid {
         return Err(refuse(format!(
@@ -217,8 +219,38 @@ async fn check_on_target(
         error: None,
         archives: Vec::new(),
     };
-    // This target's own manifest must have authenticated and be this one.
-    let problem = match catalog.holding(st, entry) {
+    if let Some((result, error)) = holding_problem(catalog, st, entry) {
+        tc.result = result;
+        tc.error = Some(error);
+        return tc;
+    }
+    let mut damaged = Vec::new();
+    for rec in &m.sources {
+        let check = SourceCheck {
+            policy,
+            catalog,
+            entry,
+            target: t,
+            display,
+        };
+        let ac = check.run(rec, scratch_root, &mut damaged).await;
+        if ac.result != CheckStatus::Ok {
+            tc.result = CheckStatus::Failed;
+        }
+        tc.archives.push(ac);
+    }
+    record_damaged(state_dir, &policy.name, &damaged);
+    tc
+}
+
+/// Why this target's copy of `entry` cannot be checked: its own manifest
+/// must have authenticated and be this one.
+fn holding_problem(
+    catalog: &Catalog,
+    st: &crate::repo::TargetState,
+    entry: &crate::repo::Entry,
+) -> Option<(CheckStatus, String)> {
+    match catalog.holding(st, entry) {
         Holding::Holds => None,
         Holding::Unreachable(e) => Some((CheckStatus::Unreachable, e.to_string())),
         Holding::Absent => Some((
@@ -230,23 +262,31 @@ async fn check_on_target(
             CheckStatus::Failed,
             "manifest differs from the authentic copy".to_string(),
         )),
-    };
-    if let Some((result, error)) = problem {
-        tc.result = result;
-        tc.error = Some(error);
-        return tc;
     }
-    let mut damaged = Vec::new();
-    for rec in &m.sources {
-        let label = format!("{}:{}", t.name(), rec.name);
-        // Never ownership, never setuid/setgid, never the archive root's mode.
-        let opts = ExtractOptions {
-            preserve_owner: false,
-            apply_root: false,
-            hash_files: true,
-            display: display.clone(),
-            ..Default::default()
-        };
+}
+
+/// One source of one snapshot, checked on one target alone.
+struct SourceCheck<'a> {
+    policy: &'a Policy,
+    catalog: &'a Catalog,
+    entry: &'a crate::repo::Entry,
+    target: &'a DynBackend,
+    display: &'a crate::progress::Handle,
+}
+
+impl SourceCheck<'_> {
+    /// Unpack `rec` from this target into a fresh scratch directory,
+    /// compare every file with the file index, then the source's own check
+    /// (databases loaded into scratch databases); damaged packs join
+    /// `damaged`.
+    async fn run(
+        &self,
+        rec: &SourceRecord,
+        scratch_root: &Dir,
+        damaged: &mut Vec<(String, String)>,
+    ) -> ArchiveCheck {
+        let t = self.target;
+        let catalog = self.catalog;
         let mut ac = ArchiveCheck {
             source: rec.name.clone(),
             archive: Hash::new(&rec.stream.list)
@@ -263,75 +303,91 @@ async fn check_on_target(
             result: CheckStatus::Ok,
             problems: Vec::new(),
         };
-        let scratch = match scratch_root.create_fresh("verify-") {
-            Ok(d) => Some(d),
-            Err(e) => {
-                ac.problems.push(format!(
-                    "scratch area: creating a directory in {}: {e}",
-                    scratch_root.path.display()
-                ));
-                None
+        match scratch_root.create_fresh("verify-") {
+            Ok(scratch) => {
+                self.unpack_and_compare(rec, &scratch, &mut ac, damaged)
+                    .await;
+                let _ = crate::archive::beneath::remove_tree(&scratch.path);
             }
-        };
-        if let Some(scratch) = &scratch {
-            // This target alone, its pack indexes read from it (no cache).
-            let sources = [fetch::Packs::new(t, &catalog.policy, None)];
-            match fetch::unpack(&sources, &catalog.policy, rec, scratch, &opts, &label).await {
-                Ok(u) => {
-                    ac.packs = packs_of(entry);
-                    ac.problems =
-                        crate::archive::reader::compare_files(&u.index, &u.report.files, None);
-                    if ac.problems.is_empty() {
-                        let source = policy
-                            .sources
-                            .iter()
-                            .find(|s| s.name() == rec.name)
-                            .map(SourceSpec::source);
-                        let checked = crate::source::verify_unpacked(
-                            &policy.verify,
-                            source,
-                            rec,
-                            &scratch.path,
-                        );
-                        match checked {
-                            Ok(p) => ac.problems.extend(p),
-                            Err(e) => ac.problems.push(format!("{e:#}")),
-                        }
-                    }
-                }
-                Err(FetchError::Skip(e)) => ac.problems.push(e),
-                Err(FetchError::Damaged(e, read)) => {
-                    ac.problems.push(e);
-                    damaged.extend(read.failed);
-                }
-                Err(FetchError::Fatal(e)) => ac.problems.push(format!("scratch area: {e:#}")),
-            }
-            let _ = crate::archive::beneath::remove_tree(&scratch.path);
+            Err(e) => ac.problems.push(format!(
+                "scratch area: creating a directory in {}: {e}",
+                scratch_root.path.display()
+            )),
         }
+        let id = &self.entry.manifest.id;
         if !ac.problems.is_empty() {
             ac.result = CheckStatus::Failed;
-            tc.result = CheckStatus::Failed;
             for p in &ac.problems {
                 tracing::error!(
-                    "verify target={} snapshot={} source={}: {p}",
+                    "verify target={} snapshot={id} source={}: {p}",
                     t.name(),
-                    m.id,
                     rec.name
                 );
             }
         } else {
             tracing::info!(
-                "verified target={} snapshot={} source={} archive={}",
+                "verified target={} snapshot={id} source={} archive={}",
                 t.name(),
-                m.id,
                 rec.name,
                 &rec.stream.blake3[..16]
             );
         }
-        tc.archives.push(ac);
+        ac
     }
-    record_damaged(state_dir, &policy.name, &damaged);
-    tc
+
+    /// The unpack into `scratch` and the comparisons; problems join `ac`.
+    async fn unpack_and_compare(
+        &self,
+        rec: &SourceRecord,
+        scratch: &Dir,
+        ac: &mut ArchiveCheck,
+        damaged: &mut Vec<(String, String)>,
+    ) {
+        let t = self.target;
+        let label = format!("{}:{}", t.name(), rec.name);
+        // Never ownership, never setuid/setgid, never the archive root's mode.
+        let opts = ExtractOptions {
+            preserve_owner: false,
+            apply_root: false,
+            hash_files: true,
+            display: self.display.clone(),
+            ..Default::default()
+        };
+        // This target alone, its pack indexes read from it (no cache).
+        let policy = &self.catalog.policy;
+        let sources = [fetch::Packs::new(t, policy, None)];
+        match fetch::unpack(&sources, policy, rec, scratch, &opts, &label).await {
+            Ok(u) => {
+                ac.packs = packs_of(self.entry);
+                ac.problems =
+                    crate::archive::reader::compare_files(&u.index, &u.report.files, None);
+                if ac.problems.is_empty() {
+                    let source = self
+                        .policy
+                        .sources
+                        .iter()
+                        .find(|s| s.name() == rec.name)
+                        .map(SourceSpec::source);
+                    let checked = crate::source::verify_unpacked(
+                        &self.policy.verify,
+                        source,
+                        rec,
+                        &scratch.path,
+                    );
+                    match checked {
+                        Ok(p) => ac.problems.extend(p),
+                        Err(e) => ac.problems.push(format!("{e:#}")),
+                    }
+                }
+            }
+            Err(FetchError::Skip(e)) => ac.problems.push(e),
+            Err(FetchError::Damaged(e, read)) => {
+                ac.problems.push(e);
+                damaged.extend(read.failed);
+            }
+            Err(FetchError::Fatal(e)) => ac.problems.push(format!("scratch area: {e:#}")),
+        }
+    }
 }
 
 fn packs_of(entry: &crate::repo::Entry) -> usize {
@@ -399,14 +455,13 @@ pub async fn verify_policy(
     cfg: &Config,
     policy: &Policy,
     o: &VerifyOptions,
-) -> anyhow::Result<VerifyResult> {
+) -> crate::error::Result<VerifyResult> {
     let scratch = scratch_root(cfg, policy)?;
     let catalog = load_catalog(cfg, policy, o.target.as_deref()).await?;
-    let mut problems: Vec<String> = catalog
-        .bad_manifests
-        .iter()
-        .map(|d| d.to_string())
-        .collect();
+    let mut f = Findings::default();
+    for d in &catalog.bad_manifests {
+        f.problem(ExitCode::Failure, d.to_string());
+    }
     let ids: Vec<String> = catalog.entries.iter().map(|e| e.id.to_string()).collect();
     let st = state::load(&cfg.state_dir, &policy.name);
     let picks: Vec<usize> = if o.all {
@@ -419,95 +474,32 @@ pub async fn verify_policy(
         )
     };
     let now = crate::clock::now();
-    let mut snapshots = Vec::new();
-    let mut codes = Vec::new();
-    if !problems.is_empty() {
-        codes.push(ExitCode::Failure);
-    }
     if ids.is_empty() {
-        problems.push(format!(
-            "policy {}: no snapshots found on any reachable target",
-            policy.name
-        ));
-        codes.push(ExitCode::Failure);
+        f.problem(
+            ExitCode::Failure,
+            format!(
+                "policy {}: no snapshots found on any reachable target",
+                policy.name
+            ),
+        );
     }
+    let mut snapshots = Vec::new();
     for i in picks {
-        let m = &catalog.entries[i].manifest;
-        let mut sc = SnapshotCheck {
-            id: m.id.clone(),
-            time: m.time.to_rfc3339(),
-            targets: Vec::new(),
-        };
-        for ti in 0..catalog.targets.len() {
-            let tc = check_on_target(
-                policy,
-                &catalog,
-                &catalog.entries[i],
-                ti,
-                &scratch,
-                &o.display,
-                &cfg.state_dir,
-            )
-            .await;
-            codes.push(match tc.result {
-                CheckStatus::Ok => ExitCode::Success,
-                CheckStatus::Failed => ExitCode::Failure,
-                CheckStatus::Missing | CheckStatus::Unreachable => ExitCode::Partial,
-            });
-            if tc.result != CheckStatus::Ok {
-                problems.push(format!(
-                    "snapshot {} on target {}: {}{}",
-                    m.id,
-                    tc.target,
-                    tc.result,
-                    tc.error
-                        .as_deref()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
-                ));
-            }
-            sc.targets.push(tc);
-        }
+        let sc = check_snapshot(cfg, policy, &catalog, i, &scratch, o, &mut f).await;
         if sc.targets.iter().all(|t| t.result == CheckStatus::Ok) {
-            let id = m.id.clone();
+            let id = sc.id.clone();
             state::update(&cfg.state_dir, &policy.name, |s| {
                 s.verified.insert(id, now);
             });
         }
         snapshots.push(sc);
     }
-    let mut packs = Vec::new();
-    if o.read_all {
-        for st in &catalog.targets {
-            let pc = read_all(&catalog, st).await;
-            if let Some(e) = &pc.error {
-                problems.push(format!("--read-all: target {}: {e}", pc.target));
-                codes.push(ExitCode::Partial);
-            }
-            if !pc.damaged.is_empty() {
-                codes.push(ExitCode::Failure);
-                for (p, e) in &pc.damaged {
-                    problems.push(format!("target {}: pack {p}: {e}", pc.target));
-                }
-                let d: Vec<(String, String)> = pc
-                    .damaged
-                    .iter()
-                    .map(|(p, _)| (pc.target.clone(), p.clone()))
-                    .collect();
-                record_damaged(&cfg.state_dir, &policy.name, &d);
-            }
-            tracing::info!(
-                "verify --read-all target={} packs={} bytes={} damaged={}",
-                pc.target,
-                pc.packs,
-                pc.bytes,
-                pc.damaged.len()
-            );
-            packs.push(pc);
-        }
-    }
-    let code = combine(codes);
-    let result = match code {
+    let packs = if o.read_all {
+        read_all_targets(cfg, policy, &catalog, &mut f).await
+    } else {
+        Vec::new()
+    };
+    let result = match combine(f.codes) {
         ExitCode::Success => Verdict::Ok,
         ExitCode::Partial => Verdict::Partial,
         _ => Verdict::Failed,
@@ -528,6 +520,117 @@ pub async fn verify_policy(
         result,
         snapshots,
         packs,
-        problems,
+        problems: f.problems,
     })
+}
+
+/// What a verification found so far: the problems, in order, and the exit
+/// code each check contributes.
+#[derive(Default)]
+struct Findings {
+    problems: Vec<String>,
+    codes: Vec<ExitCode>,
+}
+
+impl Findings {
+    fn problem(&mut self, code: ExitCode, msg: String) {
+        self.codes.push(code);
+        self.problems.push(msg);
+    }
+}
+
+/// Check snapshot `i` of the catalog on every target.
+async fn check_snapshot(
+    cfg: &Config,
+    policy: &Policy,
+    catalog: &Catalog,
+    i: usize,
+    scratch: &Dir,
+    o: &VerifyOptions,
+    f: &mut Findings,
+) -> SnapshotCheck {
+    let m = &catalog.entries[i].manifest;
+    let mut sc = SnapshotCheck {
+        id: m.id.clone(),
+        time: m.time.to_rfc3339(),
+        targets: Vec::new(),
+    };
+    for ti in 0..catalog.targets.len() {
+        let tc = check_on_target(
+            policy,
+            catalog,
+            &catalog.entries[i],
+            ti,
+            scratch,
+            &o.display,
+            &cfg.state_dir,
+        )
+        .await;
+        let code = match tc.result {
+            CheckStatus::Ok => ExitCode::Success,
+            CheckStatus::Failed => ExitCode::Failure,
+            CheckStatus::Missing | CheckStatus::Unreachable => ExitCode::Partial,
+        };
+        if tc.result == CheckStatus::Ok {
+            f.codes.push(code);
+        } else {
+            f.problem(
+                code,
+                format!(
+                    "snapshot {} on target {}: {}{}",
+                    m.id,
+                    tc.target,
+                    tc.result,
+                    tc.error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ),
+            );
+        }
+        sc.targets.push(tc);
+    }
+    sc
+}
+
+/// `--read-all`: re-hash every pack on every target; damaged packs are
+/// recorded in the policy's state for `sync` to repair.
+async fn read_all_targets(
+    cfg: &Config,
+    policy: &Policy,
+    catalog: &Catalog,
+    f: &mut Findings,
+) -> Vec<PackCheck> {
+    let mut packs = Vec::new();
+    for st in &catalog.targets {
+        let pc = read_all(catalog, st).await;
+        if let Some(e) = &pc.error {
+            f.problem(
+                ExitCode::Partial,
+                format!("--read-all: target {}: {e}", pc.target),
+            );
+        }
+        if !pc.damaged.is_empty() {
+            f.codes.push(ExitCode::Failure);
+            for (p, e) in &pc.damaged {
+                f.problems
+                    .push(format!("target {}: pack {p}: {e}", pc.target));
+            }
+            let d: Vec<(String, String)> = pc
+                .damaged
+                .iter()
+                .map(|(p, _)| (pc.target.clone(), p.clone()))
+                .collect();
+            record_damaged(&cfg.state_dir, &policy.name, &d);
+        }
+        tracing::info!(
+            "verify --read-all target={} packs={} bytes={} damaged={}",
+            pc.target,
+            pc.packs,
+            pc.bytes,
+            pc.damaged.len()
+        );
+        packs.push(pc);
+    }
+    packs
 }

@@ -477,7 +477,7 @@ impl Catalog {
     /// A machine that trusts no key cannot tell genuine snapshots from
     /// planted ones. When signed snapshots were found, say which keys signed
     /// them on which target and the line that pins them (exit 2).
-    pub fn require_trust(&self) -> Result<(), crate::error::CodedError> {
+    pub fn require_trust(&self) -> Result<(), crate::error::Error> {
         if !self.trust_empty {
             return Ok(());
         }
@@ -511,7 +511,7 @@ impl Catalog {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        Err(crate::error::CodedError::usage(format!(
+        Err(crate::error::Error::usage(format!(
             "policy {}: this machine trusts no signing key, so no snapshot can be authenticated ({found}). \
              If these are your backup host's keys (compare with `backupctl key fingerprint` there), \
              add to backupctl.toml: {line}  — or pass --trust {} for this run",
@@ -522,8 +522,7 @@ impl Catalog {
 
     /// "latest"/None, an exact id, or a unique id prefix. Not found is a
     /// failure (exit 1); an ambiguous prefix a usage error (exit 2).
-    pub fn resolve(&self, spec: Option<&str>) -> Result<&Entry, crate::error::CodedError> {
-        use crate::error::CodedError;
+    pub fn resolve(&self, spec: Option<&str>) -> Result<&Entry, crate::error::Error> {
         match spec {
             None | Some("latest") => self
                 .entries
@@ -531,7 +530,7 @@ impl Catalog {
                 .rev()
                 .find(|e| !e.complete_on.is_empty())
                 .ok_or_else(|| {
-                    CodedError::failure(format!(
+                    crate::error::Error::failure(format!(
                         "policy {}: no complete snapshot on any reachable target",
                         self.policy
                     ))
@@ -547,11 +546,11 @@ impl Catalog {
                     .collect();
                 match matches.len() {
                     1 => Ok(matches[0]),
-                    0 => Err(CodedError::failure(format!(
+                    0 => Err(crate::error::Error::failure(format!(
                         "policy {}: no snapshot {s:?} on any reachable target",
                         self.policy
                     ))),
-                    n => Err(CodedError::usage(format!(
+                    n => Err(crate::error::Error::usage(format!(
                         "policy {}: {s:?} matches {n} snapshots ({}); give more of the id",
                         self.policy,
                         matches

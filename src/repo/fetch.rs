@@ -26,7 +26,6 @@ use super::layout::{Hash, Key, PolicyName, SnapshotId};
 use crate::archive::beneath::Dir;
 use crate::archive::manifest::{FileRecord, StreamRef};
 use crate::archive::{self, Expected, ExtractError, ExtractOptions, Progress, SourceRecord};
-use crate::error::CodedError;
 use crate::pack::extents::ExtentList;
 use crate::pack::format::{decode_frame, PackIndex};
 use crate::pack::reader::{PackSource, ReadReport, StreamReader};
@@ -49,7 +48,7 @@ pub enum FetchError {
     /// next target.
     Damaged(String, ReadReport),
     /// Stop: a local problem.
-    Fatal(anyhow::Error),
+    Fatal(crate::error::Error),
 }
 
 /// A manifest listed at `size` bytes is refused unread when too large.
@@ -374,7 +373,7 @@ pub async fn unpack(
     let fd = dest
         .fd
         .try_clone()
-        .map_err(|e| FetchError::Fatal(anyhow::anyhow!("{}: {e}", dest.path.display())))?;
+        .map_err(|e| FetchError::Fatal(crate::err!("{}: {e}", dest.path.display())))?;
     let srcs: Vec<Arc<dyn PackSource>> = sources
         .iter()
         .map(|p| p.clone() as Arc<dyn PackSource>)
@@ -401,9 +400,9 @@ pub async fn unpack(
             index,
             read,
         }),
-        (Err(ExtractError::Io { path, source }), _) => Err(FetchError::Fatal(anyhow::anyhow!(
-            "writing {path}: {source}"
-        ))),
+        (Err(ExtractError::Io { path, source }), _) => {
+            Err(FetchError::Fatal(crate::err!("writing {path}: {source}")))
+        }
         (Err(e), read) => Err(FetchError::Damaged(e.to_string(), read)),
     }
 }
@@ -428,7 +427,7 @@ pub struct Fetched<T> {
 /// Why [`first_intact`] got nothing.
 pub enum Failover {
     /// A local problem stopped it.
-    Fatal(anyhow::Error),
+    Fatal(crate::error::Error),
     /// Every target was skipped (with why).
     Exhausted(Vec<(String, String)>),
 }
@@ -532,19 +531,18 @@ pub async fn index_of(
     catalog: &Catalog,
     entry: &Entry,
     rec: &SourceRecord,
-) -> anyhow::Result<Vec<FileRecord>> {
+) -> crate::error::Result<Vec<FileRecord>> {
     let (sources, skipped) = sources_for(catalog, entry, None);
     if sources.is_empty() {
-        return Err(CodedError::failure(format!(
+        return Err(crate::error::Error::failure(format!(
             "source {}: no target holds the snapshot complete ({})",
             rec.name,
             Failover::why(&skipped)
-        ))
-        .into());
+        )));
     }
     read_index(&sources, &catalog.policy, rec)
         .await
-        .map_err(|e| CodedError::failure(format!("source {}: file index: {e}", rec.name)).into())
+        .map_err(|e| crate::error::Error::failure(format!("source {}: file index: {e}", rec.name)))
 }
 
 /// Unpack one source of snapshot `entry` into a fresh hidden directory (mode
@@ -560,18 +558,17 @@ pub async fn unpack_first_intact(
     opts: &ExtractOptions,
     include: Option<&crate::archive::Include>,
     cache: Option<&Path>,
-) -> anyhow::Result<Fetched<Unpacked>> {
+) -> crate::error::Result<Fetched<Unpacked>> {
     let (sources, mut skipped) = sources_for(catalog, entry, cache);
     if sources.is_empty() {
-        return Err(CodedError::failure(format!(
+        return Err(crate::error::Error::failure(format!(
             "source {}: no target could provide an intact copy ({})",
             rec.name,
             Failover::why(&skipped)
-        ))
-        .into());
+        )));
     }
     let staging_dir = parent.create_fresh(".backupctl-restore-").map_err(|e| {
-        anyhow::anyhow!(
+        crate::err!(
             "creating a staging directory in {}: {e}",
             parent.path.display()
         )
@@ -626,7 +623,7 @@ pub async fn unpack_first_intact(
         }
         Err(FetchError::Skip(msg) | FetchError::Damaged(msg, _)) => {
             let _ = crate::archive::beneath::remove_tree(&dir);
-            Err(CodedError::failure(format!(
+            Err(crate::error::Error::failure(format!(
                 "source {}: no target could provide an intact copy ({msg}{})",
                 rec.name,
                 if skipped.is_empty() {
@@ -634,8 +631,7 @@ pub async fn unpack_first_intact(
                 } else {
                     format!("; {}", Failover::why(&skipped))
                 }
-            ))
-            .into())
+            )))
         }
     }
 }

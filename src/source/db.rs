@@ -9,8 +9,7 @@
 //! bytes and so the same archive, stored only once.
 
 use crate::archive::{ArchiveWriter, EntryMeta};
-use crate::error::CodedError;
-use anyhow::Context;
+use crate::error::Context;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -77,9 +76,9 @@ impl DatabaseFacts {
         ))
     }
 
-    pub fn from_record(rec: &crate::archive::SourceRecord) -> anyhow::Result<DatabaseFacts> {
+    pub fn from_record(rec: &crate::archive::SourceRecord) -> crate::error::Result<DatabaseFacts> {
         let v = rec.database.clone().ok_or_else(|| {
-            anyhow::anyhow!(
+            crate::err!(
                 "source {}: the manifest has no database facts for this source",
                 rec.name
             )
@@ -90,7 +89,7 @@ impl DatabaseFacts {
 }
 
 /// Find the first of `names` on PATH, or fail naming the Debian package.
-pub fn find_tool(names: &[&str], package: &str) -> anyhow::Result<PathBuf> {
+pub fn find_tool(names: &[&str], package: &str) -> crate::error::Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     for name in names {
         for dir in std::env::split_paths(&path) {
@@ -100,7 +99,7 @@ pub fn find_tool(names: &[&str], package: &str) -> anyhow::Result<PathBuf> {
             }
         }
     }
-    anyhow::bail!(
+    crate::bail!(
         "{} not found on PATH: install the Debian package {package} (apt-get install {package})",
         names.join(" or ")
     )
@@ -114,19 +113,18 @@ fn is_executable(p: &Path) -> bool {
 /// The password from the environment variable named by `password_env`.
 /// A named but unset variable is a usage error (exit 2). `what` prefixes the
 /// message (`"[verify] postgres"`; empty for a source, whose name the caller adds).
-pub fn password_from_env(source: &str, var: Option<&str>) -> anyhow::Result<Option<String>> {
+pub fn password_from_env(source: &str, var: Option<&str>) -> crate::error::Result<Option<String>> {
     let Some(var) = var else { return Ok(None) };
     match std::env::var(var) {
         Ok(v) => Ok(Some(v)),
-        Err(_) => Err(CodedError::usage(format!(
+        Err(_) => Err(crate::error::Error::usage(format!(
             "{}password_env names the environment variable {var}, which is not set",
             if source.is_empty() {
                 String::new()
             } else {
                 format!("{source}: ")
             }
-        ))
-        .into()),
+        ))),
     }
 }
 
@@ -201,7 +199,11 @@ pub fn one_line(s: &str) -> String {
 
 /// Run `cmd` to completion (stdin from `input`, or empty), returning stdout.
 /// A non-zero exit or an error line on stderr fails with the stderr text.
-pub fn run_output(cmd: &mut Command, input: Option<&[u8]>, what: &str) -> anyhow::Result<String> {
+pub fn run_output(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    what: &str,
+) -> crate::error::Result<String> {
     cmd.stdin(if input.is_some() {
         Stdio::piped()
     } else {
@@ -230,20 +232,20 @@ pub fn run_output(cmd: &mut Command, input: Option<&[u8]>, what: &str) -> anyhow
     }
     let stderr = err.join().unwrap_or_default();
     if !status.success() || !error_lines(&stderr).is_empty() {
-        anyhow::bail!(describe_failure(what, Some(status), &stderr));
+        crate::bail!(describe_failure(what, Some(status), &stderr));
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// What `tool ARG` prints (`--help`, `--version`), checked like
 /// [`run_output`].
-pub fn ask_tool(tool: &Path, arg: &str) -> anyhow::Result<String> {
+pub fn ask_tool(tool: &Path, arg: &str) -> crate::error::Result<String> {
     let what = format!("{} {arg}", tool.display());
     run_output(Command::new(tool).arg(arg), None, &what)
 }
 
 /// `tool --version`, trimmed (the manifest's `dump_tool`).
-pub fn tool_version(tool: &Path) -> anyhow::Result<String> {
+pub fn tool_version(tool: &Path) -> crate::error::Result<String> {
     Ok(ask_tool(tool, "--version")?.trim().to_string())
 }
 
@@ -389,7 +391,7 @@ pub fn stream_dump(
     w: &mut ArchiveWriter,
     cmd: &mut Command,
     job: DumpJob<'_>,
-) -> anyhow::Result<DumpFile> {
+) -> crate::error::Result<DumpFile> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -409,7 +411,7 @@ pub fn stream_dump(
     let status = child.wait()?;
     let stderr = err.join().unwrap_or_default();
     if !status.success() || !error_lines(&stderr).is_empty() {
-        anyhow::bail!(
+        crate::bail!(
             "{}; the dump is incomplete",
             describe_failure(&job.what, Some(status), &stderr)
         );
@@ -418,7 +420,7 @@ pub fn stream_dump(
         added.with_context(|| format!("{}: writing the archive", job.what))?;
     if let Some(marker) = job.complete_marker {
         let tail = String::from_utf8_lossy(&tap.tail);
-        anyhow::ensure!(
+        crate::ensure!(
             tail.contains(marker),
             "{}: the dump ends without its completion line ({marker:?}); it is truncated",
             job.what
@@ -438,11 +440,11 @@ pub fn stream_dump(
 }
 
 /// The dump's parts, concatenated, from an unpacked archive in `dir`.
-pub fn open_dump(dir: &Path, dump: &DumpFile) -> anyhow::Result<Box<dyn Read + Send>> {
+pub fn open_dump(dir: &Path, dump: &DumpFile) -> crate::error::Result<Box<dyn Read + Send>> {
     let mut r: Box<dyn Read + Send> = Box::new(std::io::empty());
     for e in &dump.entries {
         let p = Path::new(e);
-        anyhow::ensure!(
+        crate::ensure!(
             p.components()
                 .all(|c| matches!(c, std::path::Component::Normal(_))),
             "unsafe dump entry name {e:?} in the manifest"
@@ -517,7 +519,7 @@ pub fn compare_counts(
 }
 
 /// Parse `{"table": count, ...}` as printed by a database's JSON aggregate.
-pub fn parse_counts(out: &str, what: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+pub fn parse_counts(out: &str, what: &str) -> crate::error::Result<BTreeMap<String, u64>> {
     let t = out.trim();
     if t.is_empty() || t == "NULL" {
         return Ok(BTreeMap::new());

@@ -13,7 +13,7 @@ use super::walk::{self, Entry, Kind, Refusal, Seen, Visitor};
 use super::{ArchiveContext, LocalPath, Size, Source, SourceOutput};
 use crate::archive::{ArchiveWriter, EntryMeta};
 use crate::config::FilesSourceSpec;
-use anyhow::Context;
+use crate::error::Context;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use std::path::Path;
 
@@ -37,17 +37,17 @@ impl Source for FilesSourceSpec {
         &self,
         w: &mut ArchiveWriter,
         _ctx: &ArchiveContext<'_>,
-    ) -> anyhow::Result<SourceOutput> {
+    ) -> crate::error::Result<SourceOutput> {
         archive_tree(self, w)
     }
 
-    fn estimate(&self) -> anyhow::Result<Option<Size>> {
+    fn estimate(&self) -> crate::error::Result<Option<Size>> {
         scan(self).map(Some)
     }
 }
 
 /// Build the exclude matcher for a source.
-pub fn excludes(spec: &FilesSourceSpec) -> anyhow::Result<Gitignore> {
+pub fn excludes(spec: &FilesSourceSpec) -> crate::error::Result<Gitignore> {
     let mut b = GitignoreBuilder::new(&spec.path);
     for pat in &spec.exclude {
         b.add_line(None, pat)
@@ -67,7 +67,7 @@ fn excluded(gi: &Gitignore, rel: &Path, is_dir: bool) -> bool {
 }
 
 /// Total bytes and files that would be archived (for progress and --dry-run).
-pub fn scan(spec: &FilesSourceSpec) -> anyhow::Result<Size> {
+pub fn scan(spec: &FilesSourceSpec) -> crate::error::Result<Size> {
     struct Count<'a> {
         gi: &'a Gitignore,
         bytes: u64,
@@ -77,17 +77,17 @@ pub fn scan(spec: &FilesSourceSpec) -> anyhow::Result<Size> {
         fn skip(&mut self, rel: &Path, is_dir: bool) -> bool {
             excluded(self.gi, rel, is_dir)
         }
-        fn dir(&mut self, _: &Path, _: &Path, _: &Seen) -> anyhow::Result<()> {
+        fn dir(&mut self, _: &Path, _: &Path, _: &Seen) -> crate::error::Result<()> {
             Ok(())
         }
-        fn entry(&mut self, e: &Entry<'_>) -> anyhow::Result<()> {
+        fn entry(&mut self, e: &Entry<'_>) -> crate::error::Result<()> {
             if e.seen.kind == Kind::File {
                 self.files += 1;
                 self.bytes += e.seen.size;
             }
             Ok(())
         }
-        fn refused(&mut self, _: &Path, _: &Path, _: bool, _: Refusal) -> anyhow::Result<()> {
+        fn refused(&mut self, _: &Path, _: &Path, _: bool, _: Refusal) -> crate::error::Result<()> {
             Ok(())
         }
     }
@@ -126,13 +126,13 @@ impl Visitor for Archiver<'_> {
         excluded(self.gi, rel, is_dir)
     }
 
-    fn dir(&mut self, rel: &Path, path: &Path, seen: &Seen) -> anyhow::Result<()> {
+    fn dir(&mut self, rel: &Path, path: &Path, seen: &Seen) -> crate::error::Result<()> {
         self.w
             .add_dir(rel, &entry_meta(seen))
             .with_context(|| format!("archiving {}", path.display()))
     }
 
-    fn entry(&mut self, e: &Entry<'_>) -> anyhow::Result<()> {
+    fn entry(&mut self, e: &Entry<'_>) -> crate::error::Result<()> {
         match e.seen.kind {
             Kind::File => match e.open_file() {
                 Ok((file, meta)) => self
@@ -165,7 +165,7 @@ impl Visitor for Archiver<'_> {
         path: &Path,
         is_dir: bool,
         why: Refusal,
-    ) -> anyhow::Result<()> {
+    ) -> crate::error::Result<()> {
         let path = path.display();
         match why {
             Refusal::Vanished => self.w.warn(format!(
@@ -194,10 +194,13 @@ impl Visitor for Archiver<'_> {
     }
 }
 
-pub fn archive_tree(spec: &FilesSourceSpec, w: &mut ArchiveWriter) -> anyhow::Result<SourceOutput> {
+pub fn archive_tree(
+    spec: &FilesSourceSpec,
+    w: &mut ArchiveWriter,
+) -> crate::error::Result<SourceOutput> {
     let gi = excludes(spec)?;
     let root = &spec.path;
-    anyhow::ensure!(
+    crate::ensure!(
         root.is_dir(),
         "source {}: {} is not a directory",
         spec.name,

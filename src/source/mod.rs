@@ -34,7 +34,6 @@ pub mod walk;
 
 use crate::archive::{ArchiveWriter, SourceRecord};
 use crate::config::{SourceSpec, VerifySpec};
-use crate::error::CodedError;
 use db::{DatabaseFacts, DumpedDatabase};
 use std::path::Path;
 
@@ -123,11 +122,11 @@ pub trait Source {
     /// Before writing anything: can this source be read at all? (By
     /// default: its local path is there; databases: the client tools are
     /// installed and the password variable is set.)
-    fn preflight(&self) -> anyhow::Result<()> {
+    fn preflight(&self) -> crate::error::Result<()> {
         let Some(p) = self.local_path().filter(|p| !p.present()) else {
             return Ok(());
         };
-        Err(CodedError::failure(format!(
+        Err(crate::error::Error::failure(format!(
             "source {}: {} does not exist or is not a {}{}; this policy was not backed up",
             self.name(),
             p.path.display(),
@@ -137,8 +136,7 @@ pub trait Source {
             } else {
                 ""
             }
-        ))
-        .into())
+        )))
     }
 
     /// Write the source's content into `w`. The caller (ops::run) names the
@@ -147,11 +145,11 @@ pub trait Source {
         &self,
         w: &mut ArchiveWriter,
         ctx: &ArchiveContext<'_>,
-    ) -> anyhow::Result<SourceOutput>;
+    ) -> crate::error::Result<SourceOutput>;
 
     /// For `run --dry-run` and progress: how much archiving would read, when
     /// that can be known without reading it (None for databases).
-    fn estimate(&self) -> anyhow::Result<Option<Size>> {
+    fn estimate(&self) -> crate::error::Result<Option<Size>> {
         Ok(None)
     }
 
@@ -170,7 +168,7 @@ pub trait Source {
         _servers: &VerifySpec,
         _facts: &DatabaseFacts,
         _dir: &Path,
-    ) -> anyhow::Result<Vec<String>> {
+    ) -> crate::error::Result<Vec<String>> {
         Ok(Vec::new())
     }
 
@@ -191,7 +189,7 @@ pub trait DatabaseRestore {
         dir: &Path,
         into: &str,
         force: bool,
-    ) -> anyhow::Result<server_db::LoadReport>;
+    ) -> crate::error::Result<server_db::LoadReport>;
 }
 
 impl SourceSpec {
@@ -220,7 +218,7 @@ pub fn verify_unpacked(
     source: Option<&dyn Source>,
     record: &SourceRecord,
     dir: &Path,
-) -> anyhow::Result<Vec<String>> {
+) -> crate::error::Result<Vec<String>> {
     let name = record.name.as_str();
     let Some(source) = source else {
         if record.kind == "files" && record.database.is_none() {

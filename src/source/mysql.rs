@@ -36,7 +36,7 @@ use super::server_db::{Endpoint, Engine, Purpose, Replace, ServerSource};
 use super::ArchiveContext;
 use crate::archive::ArchiveWriter;
 use crate::config::{DbServerSpec, MysqlSourceSpec, VerifySpec};
-use anyhow::Context;
+use crate::error::Context;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -52,7 +52,7 @@ const SYSTEM_SCHEMAS: &[&str] = &["information_schema", "performance_schema", "s
 struct OptionFile(PathBuf);
 
 impl OptionFile {
-    fn create(password: &str) -> anyhow::Result<OptionFile> {
+    fn create(password: &str) -> crate::error::Result<OptionFile> {
         let path =
             std::env::temp_dir().join(format!("backupctl-my-{}.cnf", crate::util::random_hex(16)));
         let mut f = std::fs::OpenOptions::new()
@@ -89,7 +89,7 @@ pub struct Tools {
 }
 
 impl Tools {
-    pub fn find() -> anyhow::Result<Tools> {
+    pub fn find() -> crate::error::Result<Tools> {
         let client = db::find_tool(&["mariadb", "mysql"], PACKAGE)?;
         let sandbox = db::ask_tool(&client, "--help").is_ok_and(|help| {
             help.lines()
@@ -348,7 +348,7 @@ impl Mysql {
         c
     }
 
-    fn query(&self, db: Option<&str>, sql: &str) -> anyhow::Result<String> {
+    fn query(&self, db: Option<&str>, sql: &str) -> crate::error::Result<String> {
         let mut c = self.client();
         c.args(["--batch", "--raw", "--skip-column-names", "-e", sql]);
         if let Some(d) = db {
@@ -364,7 +364,7 @@ impl Mysql {
     }
 
     /// A statement outside any database.
-    fn admin(&self, sql: &str) -> anyhow::Result<String> {
+    fn admin(&self, sql: &str) -> crate::error::Result<String> {
         self.query(None, sql)
     }
 }
@@ -385,11 +385,11 @@ impl Engine for Mysql {
     const REPLACE: Replace = Replace::DropThenLoad;
     const ROW_COUNTS: &'static str = "counted from the dump stream (rows of each table's INSERT statements), i.e. the dumped snapshot";
 
-    fn find_tools() -> anyhow::Result<()> {
+    fn find_tools() -> crate::error::Result<()> {
         Tools::find().map(drop)
     }
 
-    fn open(endpoint: Endpoint, _format: &str) -> anyhow::Result<Mysql> {
+    fn open(endpoint: Endpoint, _format: &str) -> crate::error::Result<Mysql> {
         let tools = Tools::find()?;
         let options = endpoint.password.as_deref().map(OptionFile::create);
         Ok(Mysql {
@@ -416,7 +416,7 @@ impl Engine for Mysql {
         format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
     }
 
-    fn exists(&self, db: &str) -> anyhow::Result<bool> {
+    fn exists(&self, db: &str) -> crate::error::Result<bool> {
         let sql = format!(
             "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {}",
             Self::lit(db)
@@ -424,7 +424,7 @@ impl Engine for Mysql {
         Ok(self.admin(&sql)? != "0")
     }
 
-    fn objects(&self, db: &str) -> anyhow::Result<u64> {
+    fn objects(&self, db: &str) -> crate::error::Result<u64> {
         let sql = format!(
             "SELECT (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = {0}) + (SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {0})",
             Self::lit(db)
@@ -432,21 +432,21 @@ impl Engine for Mysql {
         Ok(self.admin(&sql)?.parse().unwrap_or(0))
     }
 
-    fn create_db(&self, db: &str) -> anyhow::Result<()> {
+    fn create_db(&self, db: &str) -> crate::error::Result<()> {
         let sql = format!("CREATE DATABASE {} CHARACTER SET utf8mb4", Self::ident(db));
         self.admin(&sql).map(drop)
     }
 
-    fn drop_db(&self, db: &str) -> anyhow::Result<()> {
+    fn drop_db(&self, db: &str) -> crate::error::Result<()> {
         self.admin(&format!("DROP DATABASE IF EXISTS {}", Self::ident(db)))
             .map(drop)
     }
 
-    fn rename_db(&self, _from: &str, _to: &str) -> anyhow::Result<()> {
-        anyhow::bail!("MySQL cannot rename a database")
+    fn rename_db(&self, _from: &str, _to: &str) -> crate::error::Result<()> {
+        crate::bail!("MySQL cannot rename a database")
     }
 
-    fn counts(&self, db: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    fn counts(&self, db: &str) -> crate::error::Result<BTreeMap<String, u64>> {
         let tables = self.admin(&format!(
             "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
             Self::lit(db)
@@ -473,12 +473,12 @@ impl Engine for Mysql {
         &self.tools.dump
     }
 
-    fn server_version(&self, first: Option<&str>) -> anyhow::Result<String> {
+    fn server_version(&self, first: Option<&str>) -> crate::error::Result<String> {
         self.query(first, "SELECT VERSION()")
     }
 
     /// All but the system schemas.
-    fn list_databases(&self) -> anyhow::Result<Vec<String>> {
+    fn list_databases(&self) -> crate::error::Result<Vec<String>> {
         Ok(self
             .admin("SHOW DATABASES")?
             .lines()
@@ -493,7 +493,7 @@ impl Engine for Mysql {
         w: &mut ArchiveWriter,
         name: &str,
         _ctx: &ArchiveContext<'_>,
-    ) -> anyhow::Result<(DumpFile, BTreeMap<String, u64>)> {
+    ) -> crate::error::Result<(DumpFile, BTreeMap<String, u64>)> {
         let mut counter = DumpCounter::default();
         let mut observe = |b: &[u8]| counter.feed(b);
         let mut cmd = self.command(&self.tools.dump);

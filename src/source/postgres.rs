@@ -56,7 +56,7 @@ use super::server_db::{Endpoint, Engine, Purpose, Replace, ServerSource};
 use super::ArchiveContext;
 use crate::archive::ArchiveWriter;
 use crate::config::{DbServerSpec, PostgresSourceSpec, VerifySpec};
-use anyhow::Context;
+use crate::error::Context;
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -191,7 +191,7 @@ const CUSTOM_HEAD: HeadRewrite = HeadRewrite {
 const RESTRICT_SECRET_FILE: &str = "pg-restrict-key.secret";
 
 /// The secret in `<state_dir>/pg-restrict-key.secret`, created on first use.
-fn restrict_secret(state_dir: &Path) -> anyhow::Result<String> {
+fn restrict_secret(state_dir: &Path) -> crate::error::Result<String> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = state_dir.join(RESTRICT_SECRET_FILE);
     let valid = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
@@ -227,7 +227,7 @@ fn restrict_secret(state_dir: &Path) -> anyhow::Result<String> {
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let secret = text.trim();
-    anyhow::ensure!(
+    crate::ensure!(
         valid(secret),
         "{} does not hold 64 hex digits; delete it and a new secret is made \
          (plain dumps then change once)",
@@ -243,7 +243,7 @@ fn restrict_secret(state_dir: &Path) -> anyhow::Result<String> {
 /// server but stable: the BLAKE3-derived key of a random secret kept in the
 /// state directory and of `what` (64 hex digits). A lost state directory
 /// means a new secret, and plain dumps that change once.
-pub fn restrict_key(state_dir: &Path, what: &str) -> anyhow::Result<String> {
+pub fn restrict_key(state_dir: &Path, what: &str) -> crate::error::Result<String> {
     let secret = restrict_secret(state_dir)?;
     let mut material = secret.into_bytes();
     material.push(0);
@@ -271,7 +271,7 @@ pub struct Tools {
 }
 
 impl Tools {
-    pub fn find() -> anyhow::Result<Tools> {
+    pub fn find() -> crate::error::Result<Tools> {
         Ok(Tools {
             psql: db::find_tool(&["psql"], PACKAGE)?,
             pg_dump: db::find_tool(&["pg_dump"], PACKAGE)?,
@@ -298,13 +298,17 @@ impl Tools {
 
 /// Does this pg_dump / pg_dumpall know `--restrict-key` (and so write
 /// `\restrict` lines into plain dumps)? Older releases do neither.
-fn has_restrict_key(tool: &Path) -> anyhow::Result<bool> {
+fn has_restrict_key(tool: &Path) -> crate::error::Result<bool> {
     Ok(db::ask_tool(tool, "--help")?.contains("--restrict-key"))
 }
 
 /// `--restrict-key=KEY` for the plain dump `what` ([`restrict_key`]), when
 /// the dump tool `knows` the option.
-fn restrict_key_arg(knows: bool, state_dir: &Path, what: &str) -> anyhow::Result<Option<String>> {
+fn restrict_key_arg(
+    knows: bool,
+    state_dir: &Path,
+    what: &str,
+) -> crate::error::Result<Option<String>> {
     if !knows {
         return Ok(None);
     }
@@ -364,7 +368,7 @@ impl Postgres {
     }
 
     /// Run one SQL statement in `dbname`, returning its trimmed output.
-    fn query(&self, dbname: &str, sql: &str) -> anyhow::Result<String> {
+    fn query(&self, dbname: &str, sql: &str) -> crate::error::Result<String> {
         let what = format!("psql on database {dbname} ({})", self.describe());
         let out = db::run_output(self.psql(dbname).arg("-c").arg(sql), None, &what)?;
         Ok(out.trim().to_string())
@@ -372,13 +376,13 @@ impl Postgres {
 
     /// Is the role we log in as a superuser? (Then SQL in a dump, such as
     /// `COPY ... TO PROGRAM`, can run commands on the database server.)
-    fn is_superuser(&self) -> anyhow::Result<bool> {
+    fn is_superuser(&self) -> crate::error::Result<bool> {
         let sql = "SELECT rolsuper FROM pg_roles WHERE rolname = current_user";
         Ok(self.query(MAINTENANCE_DB, sql)? == "t")
     }
 
     /// Does pg_dump know `--restrict-key`? (Asked once.)
-    fn pg_dump_knows_restrict_key(&self) -> anyhow::Result<bool> {
+    fn pg_dump_knows_restrict_key(&self) -> crate::error::Result<bool> {
         if let Some(k) = self.dump_restrict_key.get() {
             return Ok(*k);
         }
@@ -404,11 +408,11 @@ impl Engine for Postgres {
     const ROW_COUNTS: &'static str =
         "counted in the exported snapshot that pg_dump --snapshot dumped";
 
-    fn find_tools() -> anyhow::Result<()> {
+    fn find_tools() -> crate::error::Result<()> {
         Tools::find().map(drop)
     }
 
-    fn open(endpoint: Endpoint, format: &str) -> anyhow::Result<Postgres> {
+    fn open(endpoint: Endpoint, format: &str) -> crate::error::Result<Postgres> {
         Ok(Postgres {
             endpoint,
             tools: Tools::find()?,
@@ -434,7 +438,7 @@ impl Engine for Postgres {
         format!("\"{}\"", s.replace('"', "\"\""))
     }
 
-    fn exists(&self, db: &str) -> anyhow::Result<bool> {
+    fn exists(&self, db: &str) -> crate::error::Result<bool> {
         let sql = format!(
             "SELECT count(*) FROM pg_database WHERE datname = {}",
             Self::lit(db)
@@ -442,21 +446,21 @@ impl Engine for Postgres {
         Ok(self.query(MAINTENANCE_DB, &sql)? != "0")
     }
 
-    fn objects(&self, db: &str) -> anyhow::Result<u64> {
+    fn objects(&self, db: &str) -> crate::error::Result<u64> {
         Ok(self.query(db, USER_OBJECTS_SQL)?.parse().unwrap_or(0))
     }
 
-    fn create_db(&self, db: &str) -> anyhow::Result<()> {
+    fn create_db(&self, db: &str) -> crate::error::Result<()> {
         let sql = format!("CREATE DATABASE {} TEMPLATE template0", Self::ident(db));
         self.query(MAINTENANCE_DB, &sql).map(drop)
     }
 
-    fn drop_db(&self, db: &str) -> anyhow::Result<()> {
+    fn drop_db(&self, db: &str) -> crate::error::Result<()> {
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", Self::ident(db));
         self.query(MAINTENANCE_DB, &sql).map(drop)
     }
 
-    fn rename_db(&self, from: &str, to: &str) -> anyhow::Result<()> {
+    fn rename_db(&self, from: &str, to: &str) -> crate::error::Result<()> {
         let sql = format!(
             "ALTER DATABASE {} RENAME TO {}",
             Self::ident(from),
@@ -465,7 +469,7 @@ impl Engine for Postgres {
         self.query(MAINTENANCE_DB, &sql).map(drop)
     }
 
-    fn counts(&self, db: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+    fn counts(&self, db: &str) -> crate::error::Result<BTreeMap<String, u64>> {
         db::parse_counts(&self.query(db, COUNT_SQL)?, db)
     }
 
@@ -516,7 +520,7 @@ impl Engine for Postgres {
         source: &str,
         facts: &DatabaseFacts,
         dir: &Path,
-    ) -> anyhow::Result<Vec<String>> {
+    ) -> crate::error::Result<Vec<String>> {
         if !facts.databases.is_empty() && self.is_superuser().unwrap_or(false) {
             tracing::warn!(
                 "source {source}: verify loads dumps as a superuser ({}): SQL in a dump, such as \
@@ -540,11 +544,11 @@ impl Engine for Postgres {
         &self.tools.pg_dump
     }
 
-    fn server_version(&self, first: Option<&str>) -> anyhow::Result<String> {
+    fn server_version(&self, first: Option<&str>) -> crate::error::Result<String> {
         self.query(first.unwrap_or(MAINTENANCE_DB), "SHOW server_version")
     }
 
-    fn list_databases(&self) -> anyhow::Result<Vec<String>> {
+    fn list_databases(&self) -> crate::error::Result<Vec<String>> {
         let sql = "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn \
                    ORDER BY datname";
         Ok(self
@@ -559,7 +563,7 @@ impl Engine for Postgres {
         &self,
         w: &mut ArchiveWriter,
         ctx: &ArchiveContext<'_>,
-    ) -> anyhow::Result<Option<DumpFile>> {
+    ) -> crate::error::Result<Option<DumpFile>> {
         let tool = &self.tools.pg_dumpall;
         let mut cmd = self.command(tool);
         cmd.args(["-w", "--globals-only", "-l", MAINTENANCE_DB]);
@@ -586,10 +590,10 @@ impl Engine for Postgres {
         w: &mut ArchiveWriter,
         name: &str,
         ctx: &ArchiveContext<'_>,
-    ) -> anyhow::Result<(DumpFile, BTreeMap<String, u64>)> {
+    ) -> crate::error::Result<(DumpFile, BTreeMap<String, u64>)> {
         let plain = self.plain();
         let entry = dump_entry(name, &self.format);
-        anyhow::ensure!(
+        crate::ensure!(
             entry != GLOBALS_ENTRY,
             "database {name:?}: its dump name clashes with the globals dump"
         );
@@ -811,7 +815,7 @@ impl SnapshotSession {
     fn open(
         pg: &Postgres,
         dbname: &str,
-    ) -> anyhow::Result<(SnapshotSession, String, BTreeMap<String, u64>)> {
+    ) -> crate::error::Result<(SnapshotSession, String, BTreeMap<String, u64>)> {
         let what = format!("database {dbname} ({})", pg.describe());
         let mut child = pg
             .psql(dbname)
@@ -844,7 +848,7 @@ impl SnapshotSession {
             let _ = child.kill();
             let status = child.wait().ok();
             let e = err.join().unwrap_or_default();
-            anyhow::bail!(
+            crate::bail!(
                 "{what}: cannot open a snapshot: {}",
                 if e.is_empty() {
                     format!("psql ended ({status:?})")
@@ -863,13 +867,13 @@ impl SnapshotSession {
     }
 
     /// End the transaction (after pg_dump finished with the snapshot).
-    fn close(mut self) -> anyhow::Result<()> {
+    fn close(mut self) -> crate::error::Result<()> {
         if let Some(mut stdin) = self.child.stdin.take() {
             let _ = stdin.write_all(b"COMMIT;\n");
         }
         let status = self.child.wait()?;
         let e = self.err.join().unwrap_or_default();
-        anyhow::ensure!(
+        crate::ensure!(
             status.success(),
             "{}: snapshot session failed ({status}): {}",
             self.what,

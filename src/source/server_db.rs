@@ -19,8 +19,7 @@ use super::db::{self, DatabaseFacts, DumpFile, DumpedDatabase, LoadError};
 use super::{ArchiveContext, DatabaseRestore, DumpFormat, Source, SourceOutput};
 use crate::archive::ArchiveWriter;
 use crate::config::{DatabaseSelection, DbServerSpec, DbSourceSpec, VerifySpec};
-use crate::error::CodedError;
-use anyhow::Context;
+use crate::error::Context;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
@@ -38,7 +37,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// `what` prefixes a configuration error (`"[verify] postgres"`; empty
     /// for a source, whose name the caller adds).
-    pub fn resolve(server: &DbServerSpec, what: &str) -> anyhow::Result<Endpoint> {
+    pub fn resolve(server: &DbServerSpec, what: &str) -> crate::error::Result<Endpoint> {
         Ok(Endpoint {
             host: server.host.clone(),
             port: server.port,
@@ -99,10 +98,10 @@ pub trait Engine: Sized {
     const ROW_COUNTS: &'static str;
 
     /// Are the client tools installed? (An error names the Debian package.)
-    fn find_tools() -> anyhow::Result<()>;
+    fn find_tools() -> crate::error::Result<()>;
     /// Find the tools, for `endpoint`, loading dumps in `format` (the
     /// configured source's, never the manifest's).
-    fn open(endpoint: Endpoint, format: &str) -> anyhow::Result<Self>;
+    fn open(endpoint: Endpoint, format: &str) -> crate::error::Result<Self>;
     fn endpoint(&self) -> &Endpoint;
     /// The policy's verification server for this engine, if configured.
     fn verify_server(servers: &VerifySpec) -> Option<&DbServerSpec>;
@@ -117,16 +116,16 @@ pub trait Engine: Sized {
     /// An SQL string literal.
     fn lit(s: &str) -> String;
 
-    fn exists(&self, db: &str) -> anyhow::Result<bool>;
+    fn exists(&self, db: &str) -> crate::error::Result<bool>;
     /// Tables, views and the like in `db` (see [`Engine::OBJECTS`]).
-    fn objects(&self, db: &str) -> anyhow::Result<u64>;
-    fn create_db(&self, db: &str) -> anyhow::Result<()>;
+    fn objects(&self, db: &str) -> crate::error::Result<u64>;
+    fn create_db(&self, db: &str) -> crate::error::Result<()>;
     /// Drop `db` if it exists (even while others are connected to it).
-    fn drop_db(&self, db: &str) -> anyhow::Result<()>;
+    fn drop_db(&self, db: &str) -> crate::error::Result<()>;
     /// Only with [`Replace::LoadThenRename`].
-    fn rename_db(&self, from: &str, to: &str) -> anyhow::Result<()>;
+    fn rename_db(&self, from: &str, to: &str) -> crate::error::Result<()>;
     /// Rows of every table of `db`, as the manifest names tables.
-    fn counts(&self, db: &str) -> anyhow::Result<BTreeMap<String, u64>>;
+    fn counts(&self, db: &str) -> crate::error::Result<BTreeMap<String, u64>>;
 
     /// Can dumps of the configured format be loaded safely here? Err says
     /// why not (for people).
@@ -142,7 +141,7 @@ pub trait Engine: Sized {
         _source: &str,
         _facts: &DatabaseFacts,
         _dir: &Path,
-    ) -> anyhow::Result<Vec<String>> {
+    ) -> crate::error::Result<Vec<String>> {
         Ok(Vec::new())
     }
 
@@ -150,15 +149,15 @@ pub trait Engine: Sized {
     fn dump_tool(&self) -> &Path;
     /// The server's version, asked in database `first` (or the engine's
     /// default one).
-    fn server_version(&self, first: Option<&str>) -> anyhow::Result<String>;
+    fn server_version(&self, first: Option<&str>) -> crate::error::Result<String>;
     /// Every database `all = true` dumps.
-    fn list_databases(&self) -> anyhow::Result<Vec<String>>;
+    fn list_databases(&self) -> crate::error::Result<Vec<String>>;
     /// With `all = true`: the cluster-wide objects (PostgreSQL's roles).
     fn dump_globals(
         &self,
         _w: &mut ArchiveWriter,
         _ctx: &ArchiveContext<'_>,
-    ) -> anyhow::Result<Option<DumpFile>> {
+    ) -> crate::error::Result<Option<DumpFile>> {
         Ok(None)
     }
     /// Stream one database's dump into `w`, with its tables' row counts as
@@ -168,7 +167,7 @@ pub trait Engine: Sized {
         w: &mut ArchiveWriter,
         name: &str,
         ctx: &ArchiveContext<'_>,
-    ) -> anyhow::Result<(DumpFile, BTreeMap<String, u64>)>;
+    ) -> crate::error::Result<(DumpFile, BTreeMap<String, u64>)>;
 }
 
 /// A configured source of a database server (`type = "postgres"`,
@@ -179,7 +178,7 @@ pub trait ServerSource: DbSourceSpec {
 }
 
 /// The engine on the source's own server.
-fn own_server<S: ServerSource>(s: &S) -> anyhow::Result<S::Engine> {
+fn own_server<S: ServerSource>(s: &S) -> crate::error::Result<S::Engine> {
     S::Engine::open(Endpoint::resolve(&s.server(), "")?, s.format())
 }
 
@@ -192,7 +191,7 @@ impl<S: ServerSource> Source for S {
         S::Engine::KIND
     }
 
-    fn preflight(&self) -> anyhow::Result<()> {
+    fn preflight(&self) -> crate::error::Result<()> {
         S::Engine::find_tools()
             .and_then(|_| db::password_from_env("", self.server().password_env.as_deref()))
             .map(|_| ())
@@ -203,7 +202,7 @@ impl<S: ServerSource> Source for S {
         &self,
         w: &mut ArchiveWriter,
         ctx: &ArchiveContext<'_>,
-    ) -> anyhow::Result<SourceOutput> {
+    ) -> crate::error::Result<SourceOutput> {
         archive(&own_server(self)?, &self.selection(), self.format(), w, ctx)
     }
 
@@ -220,7 +219,7 @@ impl<S: ServerSource> Source for S {
         servers: &VerifySpec,
         facts: &DatabaseFacts,
         dir: &Path,
-    ) -> anyhow::Result<Vec<String>> {
+    ) -> crate::error::Result<Vec<String>> {
         let endpoint = match S::Engine::verify_server(servers) {
             Some(v) => Endpoint::resolve(v, &format!("[verify] {}", S::Engine::KIND))?,
             None => Endpoint::resolve(&self.server(), "")?,
@@ -241,7 +240,7 @@ impl<S: ServerSource> DatabaseRestore for S {
         dir: &Path,
         into: &str,
         force: bool,
-    ) -> anyhow::Result<LoadReport> {
+    ) -> crate::error::Result<LoadReport> {
         restore_into(&own_server(self)?, d, dir, into, force)
     }
 }
@@ -253,7 +252,7 @@ fn archive<E: Engine>(
     format: &str,
     w: &mut ArchiveWriter,
     ctx: &ArchiveContext<'_>,
-) -> anyhow::Result<SourceOutput> {
+) -> crate::error::Result<SourceOutput> {
     let dump_tool = db::tool_version(e.dump_tool())?;
     let named = sel.names();
     let server_version = e.server_version(named.first().map(String::as_str))?;
@@ -303,7 +302,7 @@ struct TempDb<'a, E: Engine> {
 
 impl<'a, E: Engine> TempDb<'a, E> {
     /// A new database named `prefix` and random hex.
-    fn create(engine: &'a E, prefix: &str) -> anyhow::Result<TempDb<'a, E>> {
+    fn create(engine: &'a E, prefix: &str) -> crate::error::Result<TempDb<'a, E>> {
         let name = format!("{prefix}{}", crate::util::random_hex(12));
         engine.create_db(&name)?;
         Ok(TempDb {
@@ -352,7 +351,7 @@ fn verify<E: Engine>(
     source: &str,
     facts: &DatabaseFacts,
     dir: &Path,
-) -> anyhow::Result<Vec<String>> {
+) -> crate::error::Result<Vec<String>> {
     if !facts.databases.is_empty() {
         if let Err(why) = e.check_loader() {
             // Before any scratch database is made.
@@ -405,20 +404,19 @@ fn restore_into<E: Engine>(
     dir: &Path,
     into: &str,
     force: bool,
-) -> anyhow::Result<LoadReport> {
+) -> crate::error::Result<LoadReport> {
     // Before anything on the server changes.
     e.check_loader().map_err(|why| {
-        CodedError::failure(format!("database {}: {}", d.name, LoadError::Refused(why)))
+        crate::error::Error::failure(format!("database {}: {}", d.name, LoadError::Refused(why)))
     })?;
     let exists = e.exists(into)?;
     let objects = if exists { e.objects(into)? } else { 0 };
     if objects > 0 && !force {
-        return Err(CodedError::usage(format!(
+        return Err(crate::error::Error::usage(format!(
             "database {into} on {} is not empty ({objects} {}); pass --force to replace it",
             e.describe(),
             E::OBJECTS
-        ))
-        .into());
+        )));
     }
     let replaced_existing = match E::REPLACE {
         Replace::LoadThenRename => load_then_rename(e, d, dir, into, exists)?,
@@ -426,7 +424,7 @@ fn restore_into<E: Engine>(
     };
     let loaded = e.counts(into)?;
     let problems = db::compare_counts(&format!("database {into}"), &d.tables, &loaded);
-    anyhow::ensure!(
+    crate::ensure!(
         problems.is_empty(),
         "restored, but row counts differ from the dump: {}",
         problems.join("; ")
@@ -447,10 +445,10 @@ fn load_then_rename<E: Engine>(
     dir: &Path,
     into: &str,
     exists: bool,
-) -> anyhow::Result<bool> {
+) -> crate::error::Result<bool> {
     let temp = TempDb::create(e, "backupctl_restore_")?;
     load(e, dir, &d.dump, &temp.name, Purpose::Restore).map_err(|err| {
-        CodedError::failure(format!(
+        crate::error::Error::failure(format!(
             "database {}: {err}; {into} was left unchanged",
             d.name
         ))
@@ -472,7 +470,7 @@ fn drop_then_load<E: Engine>(
     into: &str,
     exists: bool,
     not_empty: bool,
-) -> anyhow::Result<bool> {
+) -> crate::error::Result<bool> {
     if not_empty {
         e.drop_db(into)?;
     }
@@ -480,7 +478,7 @@ fn drop_then_load<E: Engine>(
         e.create_db(into)?;
     }
     load(e, dir, &d.dump, into, Purpose::Restore).map_err(|err| {
-        CodedError::failure(format!("database {}, loading into {into}: {err}", d.name))
+        crate::error::Error::failure(format!("database {}, loading into {into}: {err}", d.name))
     })?;
     Ok(not_empty)
 }
@@ -507,10 +505,7 @@ mod tests {
             ..server
         };
         let e = Endpoint::resolve(&unset, "[verify] mysql").unwrap_err();
-        assert!(matches!(
-            crate::error::exit_code_for(&e),
-            crate::error::ExitCode::Usage
-        ));
+        assert!(matches!(e.exit_code(), crate::error::ExitCode::Usage));
         assert!(
             e.to_string()
                 .starts_with("[verify] mysql: password_env names"),

@@ -26,7 +26,7 @@ use super::db::{DatabaseFacts, DumpFile, DumpedDatabase};
 use super::{ArchiveContext, DumpFormat, LocalPath, Source, SourceOutput};
 use crate::archive::{ArchiveWriter, EntryMeta};
 use crate::config::{SqliteSourceSpec, VerifySpec};
-use anyhow::Context;
+use crate::error::Context;
 use rusqlite::config::DbConfig;
 use rusqlite::{ffi, Connection, OpenFlags};
 use std::collections::BTreeMap;
@@ -54,7 +54,7 @@ impl Source for SqliteSourceSpec {
         &self,
         w: &mut ArchiveWriter,
         ctx: &ArchiveContext<'_>,
-    ) -> anyhow::Result<SourceOutput> {
+    ) -> crate::error::Result<SourceOutput> {
         archive(self, w, ctx.staging)
     }
 
@@ -70,7 +70,7 @@ impl Source for SqliteSourceSpec {
         _servers: &VerifySpec,
         facts: &DatabaseFacts,
         dir: &Path,
-    ) -> anyhow::Result<Vec<String>> {
+    ) -> crate::error::Result<Vec<String>> {
         verify(&self.name, facts, dir)
     }
 }
@@ -78,7 +78,7 @@ impl Source for SqliteSourceSpec {
 /// Open a database file as data only: nothing in it can run code, load an
 /// extension or reach another file (see the module documentation). A
 /// symbolic link is refused (`SQLITE_OPEN_NOFOLLOW`).
-pub fn open_guarded(path: &Path) -> anyhow::Result<Connection> {
+pub fn open_guarded(path: &Path) -> crate::error::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -94,7 +94,7 @@ pub fn open_guarded(path: &Path) -> anyhow::Result<Connection> {
         (DbConfig::SQLITE_DBCONFIG_ENABLE_FTS3_TOKENIZER, false),
     ] {
         let now = conn.set_db_config(setting, on)?;
-        anyhow::ensure!(now == on, "SQLite refused the setting {setting:?} = {on}");
+        crate::ensure!(now == on, "SQLite refused the setting {setting:?} = {on}");
     }
     // Neither in rusqlite's safe API (without its load_extension and limits
     // features): extension loading off (it is by default; made sure of),
@@ -114,7 +114,7 @@ pub fn open_guarded(path: &Path) -> anyhow::Result<Connection> {
         ffi::sqlite3_limit(db, ffi::SQLITE_LIMIT_ATTACHED, 0);
         (rc, state)
     };
-    anyhow::ensure!(
+    crate::ensure!(
         rc == ffi::SQLITE_OK && load_ext == 0,
         "SQLite refused to disable extension loading"
     );
@@ -123,7 +123,7 @@ pub fn open_guarded(path: &Path) -> anyhow::Result<Connection> {
 
 /// Integrity check and row counts of a database file, opened with
 /// [`open_guarded`].
-pub fn inspect(path: &Path) -> anyhow::Result<(Vec<String>, BTreeMap<String, u64>)> {
+pub fn inspect(path: &Path) -> crate::error::Result<(Vec<String>, BTreeMap<String, u64>)> {
     let conn = open_guarded(path)?;
     let mut problems = Vec::new();
     let mut stmt = conn.prepare("PRAGMA integrity_check")?;
@@ -154,13 +154,11 @@ pub fn archive(
     spec: &SqliteSourceSpec,
     w: &mut ArchiveWriter,
     staging: &Path,
-) -> anyhow::Result<SourceOutput> {
+) -> crate::error::Result<SourceOutput> {
     let source_meta = std::fs::metadata(&spec.path)
         .ok()
         .filter(|m| m.is_file())
-        .ok_or_else(|| {
-            anyhow::anyhow!("{} does not exist or is not a file", spec.path.display())
-        })?;
+        .ok_or_else(|| crate::err!("{} does not exist or is not a file", spec.path.display()))?;
     let copy = staging.join(format!("sqlite-{}.db", crate::util::random_hex(12)));
     let _cleanup = RemoveFile(copy.clone());
     // Created 0600 before SQLite opens it (SQLite would create it 0644, and
@@ -170,7 +168,7 @@ pub fn archive(
     backup_copy(&spec.path, &copy)?;
     crate::util::test_hook("sqlite-copy", &[copy.as_os_str()]);
     let (problems, tables) = inspect(&copy)?;
-    anyhow::ensure!(
+    crate::ensure!(
         problems.is_empty(),
         "the copy of {} fails PRAGMA integrity_check: {}",
         spec.path.display(),
@@ -210,7 +208,7 @@ pub fn archive(
 /// backup API, in one step: one read transaction, so the copy is one
 /// committed state (chunked steps would restart whenever the application
 /// writes). A writer holding a lock makes us wait, up to 10 minutes.
-fn backup_copy(path: &Path, copy: &Path) -> anyhow::Result<()> {
+fn backup_copy(path: &Path, copy: &Path) -> crate::error::Result<()> {
     use rusqlite::backup::StepResult;
     let src = Connection::open_with_flags(
         path,
@@ -231,7 +229,7 @@ fn backup_copy(path: &Path, copy: &Path) -> anyhow::Result<()> {
             _ if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50))
             }
-            _ => anyhow::bail!(
+            _ => crate::bail!(
                 "online backup of {}: the database stayed locked for 10 minutes",
                 path.display()
             ),
@@ -252,7 +250,7 @@ fn archive_copy(
     copy: &Path,
     entry: String,
     meta: &EntryMeta,
-) -> anyhow::Result<DumpFile> {
+) -> crate::error::Result<DumpFile> {
     let size = std::fs::metadata(copy)?.len();
     let mut h = blake3::Hasher::new();
     h.update_reader(std::fs::File::open(copy)?)?;
@@ -267,7 +265,11 @@ fn archive_copy(
 
 /// The restored file passes integrity_check and its row counts match. The
 /// file must be a regular file inside `dir` (the manifest names it).
-pub fn verify(source: &str, facts: &DatabaseFacts, dir: &Path) -> anyhow::Result<Vec<String>> {
+pub fn verify(
+    source: &str,
+    facts: &DatabaseFacts,
+    dir: &Path,
+) -> crate::error::Result<Vec<String>> {
     let mut out = Vec::new();
     for d in &facts.databases {
         let Some(entry) = d.dump.entries.first() else {

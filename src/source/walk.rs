@@ -177,9 +177,9 @@ pub trait Visitor {
     /// directory, or the walk's view when it is not descended (a mount point
     /// with `one_file_system`, or a directory that cannot be read, reported
     /// next with [`Visitor::refused`]).
-    fn dir(&mut self, rel: &Path, path: &Path, seen: &Seen) -> anyhow::Result<()>;
+    fn dir(&mut self, rel: &Path, path: &Path, seen: &Seen) -> crate::error::Result<()>;
     /// Anything but a directory.
-    fn entry(&mut self, e: &Entry<'_>) -> anyhow::Result<()>;
+    fn entry(&mut self, e: &Entry<'_>) -> crate::error::Result<()>;
     /// An entry (`is_dir`: a directory or its listing) that is not walked.
     fn refused(
         &mut self,
@@ -187,7 +187,7 @@ pub trait Visitor {
         path: &Path,
         is_dir: bool,
         why: Refusal,
-    ) -> anyhow::Result<()>;
+    ) -> crate::error::Result<()>;
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -200,17 +200,17 @@ pub struct Options {
 /// Walk the tree at `root` (a directory; the one path that is followed if it
 /// is a symbolic link). Fails only when the root cannot be opened or the
 /// visitor fails; every other problem goes to [`Visitor::refused`].
-pub fn walk(root: &Path, opts: Options, v: &mut dyn Visitor) -> anyhow::Result<()> {
+pub fn walk(root: &Path, opts: Options, v: &mut dyn Visitor) -> crate::error::Result<()> {
     let fd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(io::Error::from)
-    .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", root.display()))?;
+    .map_err(|e| crate::err!("cannot open {}: {e}", root.display()))?;
     let st = rustix::fs::fstat(&fd)
         .map_err(io::Error::from)
-        .map_err(|e| anyhow::anyhow!("cannot stat {}: {e}", root.display()))?;
+        .map_err(|e| crate::err!("cannot stat {}: {e}", root.display()))?;
     let mut w = Walker {
         opts,
         root_dev: Seen::from_stat(&st).dev,
@@ -232,7 +232,7 @@ struct Walker<'v> {
 
 impl Walker<'_> {
     /// The entries of the (opened) current directory, sorted by name.
-    fn contents(&mut self, fd: OwnedFd) -> anyhow::Result<()> {
+    fn contents(&mut self, fd: OwnedFd) -> crate::error::Result<()> {
         let mut dir = match Dir::new(fd) {
             Ok(d) => d,
             Err(e) => {
@@ -277,7 +277,7 @@ impl Walker<'_> {
     }
 
     /// One entry of the directory `dfd`; `self.rel`/`self.path` name it.
-    fn child(&mut self, dfd: BorrowedFd<'_>, name: &CStr) -> anyhow::Result<()> {
+    fn child(&mut self, dfd: BorrowedFd<'_>, name: &CStr) -> crate::error::Result<()> {
         let seen = match rustix::fs::statat(dfd, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Seen::from_stat(&st),
             Err(e) if e == Errno::NOENT => {
@@ -379,12 +379,12 @@ mod tests {
         fn skip(&mut self, rel: &Path, _is_dir: bool) -> bool {
             self.skip.iter().any(|s| rel == Path::new(s))
         }
-        fn dir(&mut self, rel: &Path, _path: &Path, seen: &Seen) -> anyhow::Result<()> {
+        fn dir(&mut self, rel: &Path, _path: &Path, seen: &Seen) -> crate::error::Result<()> {
             assert_eq!(seen.kind, Kind::Dir);
             self.lines.push(format!("dir {}", rel.display()));
             Ok(())
         }
-        fn entry(&mut self, e: &Entry<'_>) -> anyhow::Result<()> {
+        fn entry(&mut self, e: &Entry<'_>) -> crate::error::Result<()> {
             let line = match e.seen.kind {
                 Kind::File if self.read => match e.open_file() {
                     Ok((f, m)) => {
@@ -412,7 +412,7 @@ mod tests {
             _path: &Path,
             is_dir: bool,
             why: Refusal,
-        ) -> anyhow::Result<()> {
+        ) -> crate::error::Result<()> {
             let why = match why {
                 Refusal::Vanished => "vanished".to_string(),
                 Refusal::Replaced(w) => w.to_string(),
@@ -516,10 +516,10 @@ mod tests {
             fn skip(&mut self, _: &Path, _: bool) -> bool {
                 false
             }
-            fn dir(&mut self, _: &Path, _: &Path, _: &Seen) -> anyhow::Result<()> {
+            fn dir(&mut self, _: &Path, _: &Path, _: &Seen) -> crate::error::Result<()> {
                 Ok(())
             }
-            fn entry(&mut self, e: &Entry<'_>) -> anyhow::Result<()> {
+            fn entry(&mut self, e: &Entry<'_>) -> crate::error::Result<()> {
                 if e.seen.kind != Kind::File {
                     return Ok(());
                 }
@@ -550,7 +550,13 @@ mod tests {
                 self.0.push(format!("{} {what}", e.rel.display()));
                 Ok(())
             }
-            fn refused(&mut self, _: &Path, _: &Path, _: bool, _: Refusal) -> anyhow::Result<()> {
+            fn refused(
+                &mut self,
+                _: &Path,
+                _: &Path,
+                _: bool,
+                _: Refusal,
+            ) -> crate::error::Result<()> {
                 Ok(())
             }
         }

@@ -440,11 +440,11 @@ pub(crate) fn bad_range(
 /// Build the target named `name` from the configuration. S3 targets stage
 /// uploads in `<state_dir>/staging/.targets/<name>/` (policy and target names
 /// never start with `.`).
-pub async fn open(cfg: &Config, name: &str) -> anyhow::Result<DynBackend> {
+pub async fn open(cfg: &Config, name: &str) -> crate::error::Result<DynBackend> {
     let spec = cfg
         .targets
         .get(name)
-        .ok_or_else(|| anyhow::anyhow!("target {name:?} is not defined"))?;
+        .ok_or_else(|| crate::err!("target {name:?} is not defined"))?;
     Ok(match spec {
         TargetSpec::Fs(s) => Arc::new(fs::FsBackend::new(name, s)),
         TargetSpec::S3(s) => {
