@@ -493,7 +493,7 @@ at its end still exits 1, saying the output must be discarded.
 
 Examples:
   backupctl dump shop latest site/config/settings.php > settings.php
-  backupctl dump shop 20260131T023000Z-1a2b shopdb/shop.sql.zst | zstd -dc | less
+  backupctl dump shop 20260131T023000Z-1a2b shopdb/shop.sql | less
 
 Exit codes: 0 written and verified; 1 no reachable target, no target serves it intact,
 or its bytes do not match the index (the output is then not the file); 2 unknown
@@ -502,6 +502,7 @@ policy, snapshot, source or path, or PATH is not a regular file.";
 #[derive(Debug, Args)]
 #[command(after_help = LS_HELP)]
 pub struct LsArgs {
+    /// The policy's name (policies/NAME.toml).
     pub policy: String,
     /// Snapshot id (or a unique prefix), or `latest` (the default).
     #[arg(value_name = "SNAPSHOT")]
@@ -520,6 +521,7 @@ pub struct LsArgs {
 #[derive(Debug, Args)]
 #[command(after_help = FIND_HELP)]
 pub struct FindArgs {
+    /// The policy's name (policies/NAME.toml).
     pub policy: String,
     /// Glob matched against each path's last component, or (with a `/`)
     /// against the whole SOURCE/relative/path.
@@ -532,6 +534,7 @@ pub struct FindArgs {
 #[derive(Debug, Args)]
 #[command(after_help = DIFF_HELP)]
 pub struct DiffArgs {
+    /// The policy's name (policies/NAME.toml).
     pub policy: String,
     /// The older snapshot (id, unique prefix, or `latest`).
     #[arg(value_name = "SNAP1")]
@@ -547,6 +550,7 @@ pub struct DiffArgs {
 #[derive(Debug, Args)]
 #[command(after_help = DUMP_HELP)]
 pub struct DumpArgs {
+    /// The policy's name (policies/NAME.toml).
     pub policy: String,
     /// Snapshot id (or a unique prefix), or `latest`.
     pub snapshot: String,
