@@ -129,6 +129,10 @@ async fn dispatch(cli: Cli) -> backupctl::error::Result<ExitCode> {
         }
         Command::Daemon(a) => commands::daemon(cfg, a, quiet).await,
         Command::Restore(a) => commands::restore(cfg, a, quiet).await,
+        Command::Ls(a) => commands::ls(cfg, a, quiet).await,
+        Command::Find(a) => commands::find(cfg, a, quiet).await,
+        Command::Diff(a) => commands::diff(cfg, a, quiet).await,
+        Command::Dump(a) => commands::dump(cfg, a, quiet).await,
         Command::Key(_) | Command::Completions(_) | Command::Man(_) => {
             unreachable!("handled before loading the configuration")
         }

@@ -13,6 +13,8 @@ mod s3_common;
 #[path = "sched_common/mod.rs"]
 mod sched_common;
 
+#[path = "browse.rs"]
+mod browse;
 #[path = "core_bad_input.rs"]
 mod core_bad_input;
 #[path = "core_hostile.rs"]

@@ -23,6 +23,9 @@ Examples:
   backupctl run                            back up every policy now
   backupctl run shop --dry-run             show what would be backed up
   backupctl list shop                      snapshots and where each is complete
+  backupctl ls shop latest site/public     a snapshot's files, without restoring
+  backupctl dump shop latest site/app.conf > app.conf
+                                           one file, verified, to stdout
   backupctl restore shop --to /srv/restore latest snapshot of every source
   backupctl restore shop --source shopdb --into-database shop_restored
                                            load a database dump into its server
@@ -118,6 +121,14 @@ pub enum Command {
     /// Targets are tried in the policy's order; a target that is unreachable,
     /// lacks the snapshot or serves damaged bytes is skipped with a warning.
     Restore(RestoreArgs),
+    /// List a snapshot's files (from its file index; nothing is restored).
+    Ls(LsArgs),
+    /// Find paths matching a pattern across all snapshots: where a file existed, and when.
+    Find(FindArgs),
+    /// Compare two snapshots: files added, removed and changed, with sizes.
+    Diff(DiffArgs),
+    /// Write one file of a snapshot to stdout, verified against its recorded hash.
+    Dump(DumpArgs),
     /// Prove integrity: re-hash archives on every target and test-restore them into a scratch area.
     Verify(VerifyArgs),
     /// Apply the retention rules: forget old snapshots, then delete unreferenced archives.
@@ -421,4 +432,128 @@ pub struct SyncArgs {
 fn parse_time(s: &str) -> Result<DateTime<FixedOffset>, String> {
     DateTime::parse_from_rfc3339(s)
         .map_err(|e| format!("expected an RFC 3339 time such as 2026-01-31T02:30:00+01:00: {e}"))
+}
+
+// ---------------------------------------------------------------------------
+// Browsing a snapshot: ls, find, diff, dump (src/ops/browse.rs)
+// ---------------------------------------------------------------------------
+
+const LS_HELP: &str = "\
+Paths are SOURCE/relative/path: a snapshot holds one tree per source of the policy
+(`backupctl list POLICY --json` names them), and SOURCE alone is that source's root.
+SNAPSHOT is an id (or a unique prefix of one) or `latest`. With one argument after
+POLICY, it is the SNAPSHOT if it is `latest` or names a snapshot, else a PATH in the
+latest snapshot. Directories end in `/`. Only the file index is read.
+
+Examples:
+  backupctl ls shop                              every file of the latest snapshot
+  backupctl ls shop site/public                  one directory (recursively), latest snapshot
+  backupctl ls shop 20260131T023000Z-1a2b --long  modes, owners, sizes and mtimes
+  backupctl ls shop latest site --json           one source, machine-readable
+
+Exit codes: 0 listed; 1 no reachable target, or no target serves the index intact;
+2 unknown policy, snapshot, source or path.";
+
+const FIND_HELP: &str = "\
+PATTERN is a glob (`*`, `?`, `[abc]`, `**`). Without a `/` it matches the last
+component of each path (like `find -name`); with one, the whole SOURCE/relative/path,
+where `*` stays within one component and `**` crosses them. Every snapshot's file
+index is read (each distinct index once); no archive is downloaded.
+
+Examples:
+  backupctl find shop 'invoice-*.pdf'            every snapshot holding such a file
+  backupctl find shop 'site/uploads/**/*.jpg'    by full path
+  backupctl find shop config.php --json          machine-readable
+
+Exit codes: 0 searched (with or without matches); 1 no reachable target; 2 unknown
+policy or invalid pattern; 3 some snapshots could not be searched (named).";
+
+const DIFF_HELP: &str = "\
+Compares the file indexes of two snapshots (no archive is downloaded). An entry is
+changed when its type, content (BLAKE3), size, mode, owner, link target or mtime
+differs; a directory's mtime alone is not a change (it moves whenever an entry is
+added or removed, which is reported itself). Lines start with + (added),
+- (removed) or M (changed, with what changed). Differences do not change the exit
+code.
+
+Examples:
+  backupctl diff shop 20260130T023000Z-9f8e latest
+  backupctl diff shop 20260130 20260131 --json   unique id prefixes
+
+Exit codes: 0 compared; 1 no reachable target, or no target serves an index intact;
+2 unknown policy or snapshot.";
+
+const DUMP_HELP: &str = "\
+Writes exactly the file's bytes to stdout, nothing else (messages go to stderr).
+The source's tar stream is read through the pack reader (every chunk checked, each
+extent failing over to the next target) up to the end of that one file, and the
+file's BLAKE3 is checked against the snapshot's file index: a file up to 16 MiB is
+checked before anything is written; a larger one is streamed, and a mismatch found
+at its end still exits 1, saying the output must be discarded.
+
+Examples:
+  backupctl dump shop latest site/config/settings.php > settings.php
+  backupctl dump shop 20260131T023000Z-1a2b shopdb/shop.sql | less
+
+Exit codes: 0 written and verified; 1 no reachable target, no target serves it intact,
+or its bytes do not match the index (the output is then not the file); 2 unknown
+policy, snapshot, source or path, or PATH is not a regular file.";
+
+#[derive(Debug, Args)]
+#[command(after_help = LS_HELP)]
+pub struct LsArgs {
+    /// The policy's name (policies/NAME.toml).
+    pub policy: String,
+    /// Snapshot id (or a unique prefix), or `latest` (the default).
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshot: Option<String>,
+    /// SOURCE or SOURCE/relative/path: list only it and what is beneath it.
+    #[arg(value_name = "PATH")]
+    pub path: Option<String>,
+    /// Also show type and mode, owner (uid:gid), size in bytes and mtime.
+    #[arg(long, short = 'l')]
+    pub long: bool,
+    /// Machine-readable output (the entries with every field).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = FIND_HELP)]
+pub struct FindArgs {
+    /// The policy's name (policies/NAME.toml).
+    pub policy: String,
+    /// Glob matched against each path's last component, or (with a `/`)
+    /// against the whole SOURCE/relative/path.
+    pub pattern: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = DIFF_HELP)]
+pub struct DiffArgs {
+    /// The policy's name (policies/NAME.toml).
+    pub policy: String,
+    /// The older snapshot (id, unique prefix, or `latest`).
+    #[arg(value_name = "SNAP1")]
+    pub from: String,
+    /// The newer snapshot.
+    #[arg(value_name = "SNAP2")]
+    pub to: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = DUMP_HELP)]
+pub struct DumpArgs {
+    /// The policy's name (policies/NAME.toml).
+    pub policy: String,
+    /// Snapshot id (or a unique prefix), or `latest`.
+    pub snapshot: String,
+    /// SOURCE/relative/path of a regular file.
+    pub path: String,
 }

@@ -369,3 +369,53 @@ fn cancel_on_signal() -> CancellationToken {
     });
     token
 }
+
+// ---------------------------------------------------------------------------
+// Browsing a snapshot: ls, find, diff, dump (backupctl::ops::browse)
+// ---------------------------------------------------------------------------
+
+/// `ls`: a snapshot's entries, from its file indexes.
+pub async fn ls(cfg: &Config, a: &args::LsArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let policy = cfg.policy(&a.policy)?;
+    let r = ops::browse::ls(cfg, policy, a.snapshot.as_deref(), a.path.as_deref()).await?;
+    let long = a.long;
+    Show {
+        json: a.json,
+        quiet,
+    }
+    .one(&r, ExitCode::Success, |r| render_ls(r, long));
+    Ok(ExitCode::Success)
+}
+
+/// `find`: paths matching a pattern, across snapshots.
+pub async fn find(cfg: &Config, a: &args::FindArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let policy = cfg.policy(&a.policy)?;
+    let r = ops::browse::find(cfg, policy, &a.pattern).await?;
+    let code = r.exit_code();
+    Show {
+        json: a.json,
+        quiet,
+    }
+    .one(&r, code, render_find);
+    Ok(code)
+}
+
+/// `diff`: what changed between two snapshots.
+pub async fn diff(cfg: &Config, a: &args::DiffArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+    let policy = cfg.policy(&a.policy)?;
+    let r = ops::browse::diff(cfg, policy, &a.from, &a.to).await?;
+    Show {
+        json: a.json,
+        quiet,
+    }
+    .one(&r, ExitCode::Success, render_diff);
+    Ok(ExitCode::Success)
+}
+
+/// `dump`: one file's bytes to stdout (nothing else goes there).
+pub async fn dump(cfg: &Config, a: &args::DumpArgs, _quiet: bool) -> anyhow::Result<ExitCode> {
+    let policy = cfg.policy(&a.policy)?;
+    let out = Box::new(std::io::stdout());
+    ops::browse::dump(cfg, policy, &a.snapshot, &a.path, out).await?;
+    Ok(ExitCode::Success)
+}

@@ -442,3 +442,134 @@ fn render_job(name: &str, j: &ops::schedule::JobStatus) -> String {
         if j.due { "; DUE now" } else { "" }
     )
 }
+
+// ---------------------------------------------------------------------------
+// Browsing a snapshot: ls, find, diff (dump writes the file itself)
+// ---------------------------------------------------------------------------
+
+/// A path for the terminal: escaped, directories ending in `/`.
+fn shown_path(e: &ops::browse::Listed) -> String {
+    let p = backupctl::util::printable(&e.path);
+    if e.is_dir() {
+        format!("{p}/")
+    } else {
+        p
+    }
+}
+
+/// `type mode uid:gid size mtime path [-> target]`.
+fn long_line(e: &ops::browse::Listed) -> String {
+    let mut s = format!(
+        "{:<7} {} {:>11} {:>12} {:<30} {}",
+        e.kind,
+        e.mode,
+        format!("{}:{}", e.uid, e.gid),
+        e.size,
+        e.mtime,
+        shown_path(e)
+    );
+    if let Some(t) = &e.target {
+        s.push_str(&format!(" -> {}", backupctl::util::printable(t)));
+    }
+    s
+}
+
+pub fn render_ls(r: &ops::browse::LsResult, long: bool) -> String {
+    r.entries
+        .iter()
+        .map(|e| if long { long_line(e) } else { shown_path(e) })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn render_find(r: &ops::browse::FindResult) -> String {
+    let mut s = String::new();
+    for m in &r.matches {
+        s.push_str(&format!(
+            "{} (in {} of {} snapshots)\n",
+            backupctl::util::printable(&m.path),
+            m.snapshots.len(),
+            r.searched.len()
+        ));
+        for seen in &m.snapshots {
+            s.push_str(&format!(
+                "  {}  {}  {:<7} {} {:>12}  {}{}\n",
+                seen.id,
+                short_time(&seen.time),
+                seen.kind,
+                seen.mode,
+                human_bytes(seen.size),
+                seen.mtime,
+                seen.blake3
+                    .as_ref()
+                    .map(|h| format!("  blake3 {}", &h[..h.len().min(16)]))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    if r.matches.is_empty() {
+        s.push_str(&format!(
+            "no path matches {:?} in {} snapshots of policy {}\n",
+            backupctl::util::printable(&r.pattern),
+            r.searched.len(),
+            r.policy
+        ));
+    }
+    for (id, why) in &r.skipped {
+        s.push_str(&format!("snapshot {id}: NOT SEARCHED: {why}\n"));
+    }
+    s.trim_end().to_string()
+}
+
+pub fn render_diff(r: &ops::browse::DiffResult) -> String {
+    let mut s = format!(
+        "policy {}: {} ({}) -> {} ({})\n",
+        r.policy,
+        r.from.id,
+        short_time(&r.from.time),
+        r.to.id,
+        short_time(&r.to.time)
+    );
+    let size = |e: &ops::browse::Listed| {
+        if e.kind == "file" {
+            format!("  ({})", human_bytes(e.size))
+        } else {
+            String::new()
+        }
+    };
+    for e in &r.added {
+        s.push_str(&format!("+ {}{}\n", shown_path(e), size(e)));
+    }
+    for e in &r.removed {
+        s.push_str(&format!("- {}{}\n", shown_path(e), size(e)));
+    }
+    for c in &r.changed {
+        let mut what = Vec::new();
+        for k in &c.changes {
+            what.push(match k.as_str() {
+                "size" => format!("size {} -> {}", c.old.size, c.new.size),
+                "mode" => format!("mode {} -> {}", c.old.mode, c.new.mode),
+                "type" => format!("type {} -> {}", c.old.kind, c.new.kind),
+                "owner" => format!(
+                    "owner {}:{} -> {}:{}",
+                    c.old.uid, c.old.gid, c.new.uid, c.new.gid
+                ),
+                other => other.to_string(),
+            });
+        }
+        s.push_str(&format!(
+            "M {}  ({})\n",
+            shown_path(&c.new),
+            what.join(", ")
+        ));
+    }
+    s.push_str(&format!(
+        "{} added ({}), {} removed ({}), {} changed",
+        r.added.len(),
+        human_bytes(r.added_bytes),
+        r.removed.len(),
+        human_bytes(r.removed_bytes),
+        r.changed.len()
+    ));
+    s
+}

@@ -19,6 +19,7 @@ macro_rules! status_names {
     };
 }
 
+pub mod browse;
 pub mod check;
 pub mod daemon;
 pub mod due;
