@@ -375,7 +375,7 @@ fn cancel_on_signal() -> CancellationToken {
 // ---------------------------------------------------------------------------
 
 /// `ls`: a snapshot's entries, from its file indexes.
-pub async fn ls(cfg: &Config, a: &args::LsArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+pub async fn ls(cfg: &Config, a: &args::LsArgs, quiet: bool) -> backupctl::error::Result<ExitCode> {
     let policy = cfg.policy(&a.policy)?;
     let r = ops::browse::ls(cfg, policy, a.snapshot.as_deref(), a.path.as_deref()).await?;
     let long = a.long;
@@ -388,7 +388,11 @@ pub async fn ls(cfg: &Config, a: &args::LsArgs, quiet: bool) -> anyhow::Result<E
 }
 
 /// `find`: paths matching a pattern, across snapshots.
-pub async fn find(cfg: &Config, a: &args::FindArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+pub async fn find(
+    cfg: &Config,
+    a: &args::FindArgs,
+    quiet: bool,
+) -> backupctl::error::Result<ExitCode> {
     let policy = cfg.policy(&a.policy)?;
     let r = ops::browse::find(cfg, policy, &a.pattern).await?;
     let code = r.exit_code();
@@ -401,7 +405,11 @@ pub async fn find(cfg: &Config, a: &args::FindArgs, quiet: bool) -> anyhow::Resu
 }
 
 /// `diff`: what changed between two snapshots.
-pub async fn diff(cfg: &Config, a: &args::DiffArgs, quiet: bool) -> anyhow::Result<ExitCode> {
+pub async fn diff(
+    cfg: &Config,
+    a: &args::DiffArgs,
+    quiet: bool,
+) -> backupctl::error::Result<ExitCode> {
     let policy = cfg.policy(&a.policy)?;
     let r = ops::browse::diff(cfg, policy, &a.from, &a.to).await?;
     Show {
@@ -413,7 +421,11 @@ pub async fn diff(cfg: &Config, a: &args::DiffArgs, quiet: bool) -> anyhow::Resu
 }
 
 /// `dump`: one file's bytes to stdout (nothing else goes there).
-pub async fn dump(cfg: &Config, a: &args::DumpArgs, _quiet: bool) -> anyhow::Result<ExitCode> {
+pub async fn dump(
+    cfg: &Config,
+    a: &args::DumpArgs,
+    _quiet: bool,
+) -> backupctl::error::Result<ExitCode> {
     let policy = cfg.policy(&a.policy)?;
     let out = Box::new(std::io::stdout());
     ops::browse::dump(cfg, policy, &a.snapshot, &a.path, out).await?;

@@ -40,7 +40,7 @@
 use crate::archive::manifest::FileRecord;
 use crate::archive::SourceRecord;
 use crate::config::{Config, Policy};
-use crate::error::{CodedError, ExitCode};
+use crate::error::{Error, ExitCode};
 use crate::pack::reader::{PackSource, StreamReader};
 use crate::repo::{fetch, Catalog, Entry, Hash};
 use base64::Engine;
@@ -148,25 +148,24 @@ impl SnapshotRef {
 }
 
 /// The policy's catalog; no reachable target is a failure (exit 1).
-async fn open(cfg: &Config, policy: &Policy) -> anyhow::Result<Catalog> {
+async fn open(cfg: &Config, policy: &Policy) -> crate::error::Result<Catalog> {
     let catalog = crate::ops::load_catalog(cfg, policy, None).await?;
     if catalog.reachable().next().is_none() {
-        return Err(CodedError::failure(format!(
+        return Err(crate::error::Error::failure(format!(
             "policy {}: no target is reachable ({})",
             policy.name,
             fetch::Failover::why(&catalog.unreachable())
-        ))
-        .into());
+        )));
     }
     Ok(catalog)
 }
 
 /// `spec` (an id, a unique prefix, or `latest`; None is `latest`). A
 /// snapshot that no reachable target holds is a usage error (exit 2).
-fn resolve<'a>(catalog: &'a Catalog, spec: Option<&str>) -> anyhow::Result<&'a Entry> {
+fn resolve<'a>(catalog: &'a Catalog, spec: Option<&str>) -> crate::error::Result<&'a Entry> {
     match catalog.resolve(spec) {
         Ok(e) => Ok(e),
-        Err(e) if e.code == ExitCode::Failure && !matches!(spec, None | Some("latest")) => {
+        Err(e) if e.exit_code() == ExitCode::Failure && !matches!(spec, None | Some("latest")) => {
             let known: Vec<&str> = catalog
                 .entries
                 .iter()
@@ -174,17 +173,16 @@ fn resolve<'a>(catalog: &'a Catalog, spec: Option<&str>) -> anyhow::Result<&'a E
                 .take(5)
                 .map(|e| e.manifest.id.as_str())
                 .collect();
-            Err(CodedError::usage(format!(
+            Err(crate::error::Error::usage(format!(
                 "{e}{}",
                 if known.is_empty() {
                     String::new()
                 } else {
                     format!(" (latest: {}; see `backupctl list`)", known.join(", "))
                 }
-            ))
-            .into())
+            )))
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
@@ -207,9 +205,9 @@ fn split_path(p: &str) -> (String, String) {
     }
 }
 
-fn source_of<'a>(e: &'a Entry, name: &str) -> anyhow::Result<&'a SourceRecord> {
+fn source_of<'a>(e: &'a Entry, name: &str) -> crate::error::Result<&'a SourceRecord> {
     e.manifest.source(name).ok_or_else(|| {
-        CodedError::usage(format!(
+        crate::error::Error::usage(format!(
             "snapshot {} has no source {:?} (paths are SOURCE/relative/path; sources: {})",
             e.manifest.id,
             crate::util::printable(name),
@@ -220,7 +218,6 @@ fn source_of<'a>(e: &'a Entry, name: &str) -> anyhow::Result<&'a SourceRecord> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ))
-        .into()
     })
 }
 
@@ -262,7 +259,7 @@ pub async fn ls(
     policy: &Policy,
     first: Option<&str>,
     second: Option<&str>,
-) -> anyhow::Result<LsResult> {
+) -> crate::error::Result<LsResult> {
     let catalog = open(cfg, policy).await?;
     let (snap, path) = match (first, second) {
         (Some(a), Some(b)) => (Some(a), Some(b)),
@@ -282,7 +279,7 @@ pub async fn ls(
         Some((src, rel)) => {
             if second.is_none() && m.source(&src).is_none() && !src.contains('/') && rel.is_empty()
             {
-                return Err(CodedError::usage(format!(
+                return Err(crate::error::Error::usage(format!(
                     "policy {}: {:?} names neither a snapshot (see `backupctl list {}`) nor a \
                      source of the latest snapshot {} (sources: {})",
                     policy.name,
@@ -294,8 +291,7 @@ pub async fn ls(
                         .map(|s| s.name.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
-                ))
-                .into());
+                )));
             }
             let rec = source_of(entry, &src)?;
             let index = fetch::index_of(&catalog, entry, rec).await?;
@@ -308,7 +304,7 @@ pub async fn ls(
                 }
             }
             if !found {
-                return Err(not_found(entry, &src, &rel).into());
+                return Err(not_found(entry, &src, &rel));
             }
         }
     }
@@ -321,8 +317,8 @@ pub async fn ls(
     })
 }
 
-fn not_found(e: &Entry, src: &str, rel: &str) -> CodedError {
-    CodedError::usage(format!(
+fn not_found(e: &Entry, src: &str, rel: &str) -> Error {
+    crate::error::Error::usage(format!(
         "snapshot {} ({}) has no path {:?} (see `backupctl ls {} {} {src}`)",
         e.manifest.id,
         e.manifest.time.to_rfc3339(),
@@ -385,18 +381,22 @@ impl FindResult {
 
 /// The pattern as a matcher of full `SOURCE/path` strings (a pattern with
 /// a `/`) or of the last component (one without).
-fn matcher(pattern: &str) -> anyhow::Result<(globset::GlobMatcher, bool)> {
+fn matcher(pattern: &str) -> crate::error::Result<(globset::GlobMatcher, bool)> {
     let pat = pattern.trim_start_matches('/');
     let glob = globset::GlobBuilder::new(pat)
         .literal_separator(true)
         .backslash_escape(true)
         .build()
-        .map_err(|e| CodedError::usage(format!("pattern {pattern:?}: {e}")))?;
+        .map_err(|e| crate::error::Error::usage(format!("pattern {pattern:?}: {e}")))?;
     Ok((glob.compile_matcher(), pat.contains('/')))
 }
 
 /// `find POLICY PATTERN`: every path matching PATTERN in every snapshot.
-pub async fn find(cfg: &Config, policy: &Policy, pattern: &str) -> anyhow::Result<FindResult> {
+pub async fn find(
+    cfg: &Config,
+    policy: &Policy,
+    pattern: &str,
+) -> crate::error::Result<FindResult> {
     let (m, full) = matcher(pattern)?;
     let catalog = open(cfg, policy).await?;
     let mut cache: HashMap<String, Arc<Vec<FileRecord>>> = HashMap::new();
@@ -524,7 +524,10 @@ fn changes(a: &Listed, b: &Listed) -> Vec<String> {
 }
 
 /// Every entry of a snapshot by exact path (bytes; base64 when not UTF-8).
-async fn entries_of(catalog: &Catalog, e: &Entry) -> anyhow::Result<BTreeMap<String, Listed>> {
+async fn entries_of(
+    catalog: &Catalog,
+    e: &Entry,
+) -> crate::error::Result<BTreeMap<String, Listed>> {
     let mut out = BTreeMap::new();
     for rec in &e.manifest.sources {
         for f in fetch::index_of(catalog, e, rec).await? {
@@ -541,7 +544,7 @@ pub async fn diff(
     policy: &Policy,
     from: &str,
     to: &str,
-) -> anyhow::Result<DiffResult> {
+) -> crate::error::Result<DiffResult> {
     let catalog = open(cfg, policy).await?;
     let (a, b) = (resolve(&catalog, Some(from))?, resolve(&catalog, Some(to))?);
     let (ea, eb) = (
@@ -612,15 +615,14 @@ pub async fn dump(
     snapshot: &str,
     path: &str,
     out: Box<dyn Write + Send>,
-) -> anyhow::Result<DumpResult> {
+) -> crate::error::Result<DumpResult> {
     let catalog = open(cfg, policy).await?;
     let entry = resolve(&catalog, Some(snapshot))?;
     let (src, rel) = split_path(path);
     if src.is_empty() {
-        return Err(CodedError::usage(
+        return Err(crate::error::Error::usage(
             "dump: PATH is SOURCE/relative/path (see `backupctl ls POLICY SNAPSHOT`)",
-        )
-        .into());
+        ));
     }
     let rec = source_of(entry, &src)?;
     let index = fetch::index_of(&catalog, entry, rec).await?;
@@ -630,25 +632,23 @@ pub async fn dump(
         .ok_or_else(|| not_found(entry, &src, &rel))?;
     let shown = crate::util::printable(&Listed::of(&src, f).path);
     if !f.is_file() {
-        return Err(CodedError::usage(format!(
+        return Err(crate::error::Error::usage(format!(
             "{shown} in snapshot {} is a {}, not a regular file; dump writes one file's bytes \
              (`backupctl ls` lists a directory)",
             entry.manifest.id, f.kind
-        ))
-        .into());
+        )));
     }
-    let want_path = f.path_bytes().map_err(CodedError::failure)?.into_owned();
+    let want_path = f.path_bytes().map_err(Error::failure)?.into_owned();
     let (size, want_hash) = (f.size, f.blake3.clone());
 
     let (sources, skipped) = fetch::sources_for(&catalog, entry, None);
     if sources.is_empty() {
-        return Err(CodedError::failure(format!(
+        return Err(crate::error::Error::failure(format!(
             "source {}: no target holds snapshot {} complete ({})",
             rec.name,
             entry.manifest.id,
             fetch::Failover::why(&skipped)
-        ))
-        .into());
+        )));
     }
     let list = stream_list(&catalog, &sources, rec).await?;
     let srcs: Vec<Arc<dyn PackSource>> = sources
@@ -683,18 +683,17 @@ pub async fn dump(
                 targets: read.served,
             })
         }
-        Err(DumpError::Write(e)) => {
-            Err(CodedError::failure(format!("dump {what}: writing the output: {e}")).into())
-        }
-        Err(DumpError::Data { msg, written }) => Err(CodedError::failure(format!(
+        Err(DumpError::Write(e)) => Err(crate::error::Error::failure(format!(
+            "dump {what}: writing the output: {e}"
+        ))),
+        Err(DumpError::Data { msg, written }) => Err(crate::error::Error::failure(format!(
             "dump {what}: {msg}{}",
             if written > 0 {
                 format!("; {written} bytes were already written: DISCARD THE OUTPUT")
             } else {
                 "; nothing was written".to_string()
             }
-        ))
-        .into()),
+        ))),
     }
 }
 
@@ -704,8 +703,9 @@ async fn stream_list(
     catalog: &Catalog,
     sources: &[Arc<fetch::Packs>],
     rec: &SourceRecord,
-) -> anyhow::Result<crate::pack::extents::ExtentList> {
-    let hash = Hash::new(&rec.stream.list).map_err(|e| CodedError::failure(e.to_string()))?;
+) -> crate::error::Result<crate::pack::extents::ExtentList> {
+    let hash =
+        Hash::new(&rec.stream.list).map_err(|e| crate::error::Error::failure(e.to_string()))?;
     let mut why = Vec::new();
     for p in sources {
         let Some(st) = catalog.targets.iter().find(|t| t.name() == p.name()) else {
@@ -722,12 +722,11 @@ async fn stream_list(
             }
         }
     }
-    Err(CodedError::failure(format!(
+    Err(crate::error::Error::failure(format!(
         "source {}: extent list {hash}: no target serves it intact ({})",
         rec.name,
         fetch::Failover::why(&why)
-    ))
-    .into())
+    )))
 }
 
 enum DumpError {
