@@ -129,6 +129,7 @@ async fn dispatch(cli: Cli) -> backupctl::error::Result<ExitCode> {
         }
         Command::Daemon(a) => commands::daemon(cfg, a, quiet).await,
         Command::Restore(a) => commands::restore(cfg, a, quiet).await,
+        Command::Status(a) => commands::status(cfg, a, quiet).await,
         Command::Ls(a) => commands::ls(cfg, a, quiet).await,
         Command::Find(a) => commands::find(cfg, a, quiet).await,
         Command::Diff(a) => commands::diff(cfg, a, quiet).await,

@@ -735,6 +735,7 @@ const WHERE: &[(&str, &[&str])] = &[
         &["verify.postgres", "verify.mysql"],
     ),
     ("`[[notify]]`", &["notify"]),
+    ("`[fleet]`", &["fleet"]),
 ];
 
 const TARGET_TYPES: &[&str] = &["fs", "s3"];
@@ -858,7 +859,9 @@ fn probe_files(scope: &str, extra: Option<String>, kind: Option<&str>) -> (Table
     source.insert("type".into(), src_type.into());
     let mut verify = Table::new();
     let mut notify: Table = toml::toml! { on = ["failure"] command = ["true"] };
+    let mut fleet: Table = toml::toml! { targets = ["a"] };
     let table: &mut Table = match scope {
+        "fleet" => &mut fleet,
         "config" => &mut cfg,
         "notify" => &mut notify,
         "fs" => &mut fs,
@@ -888,6 +891,9 @@ fn probe_files(scope: &str, extra: Option<String>, kind: Option<&str>) -> (Table
     }
     if scope == "notify" {
         cfg.insert("notify".into(), Value::Array(vec![Value::Table(notify)]));
+    }
+    if scope == "fleet" {
+        cfg.insert("fleet".into(), Value::Table(fleet));
     }
     policy.insert("sources".into(), Value::Array(vec![Value::Table(source)]));
     let mut targets = Table::new();

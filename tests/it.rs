@@ -49,6 +49,8 @@ mod scheduling;
 mod secrets;
 #[path = "source_read.rs"]
 mod source_read;
+#[path = "status.rs"]
+mod status;
 #[path = "storage_suite.rs"]
 mod storage_suite;
 #[path = "trust.rs"]

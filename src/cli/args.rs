@@ -121,6 +121,8 @@ pub enum Command {
     /// Targets are tried in the policy's order; a target that is unreachable,
     /// lacks the snapshot or serves damaged bytes is skipped with a warning.
     Restore(RestoreArgs),
+    /// Is every policy backed up, fresh, on every target and verified? (exit 1 if not)
+    Status(StatusArgs),
     /// List a snapshot's files (from its file index; nothing is restored).
     Ls(LsArgs),
     /// Find paths matching a pattern across all snapshots: where a file existed, and when.
@@ -438,6 +440,22 @@ fn parse_time(s: &str) -> Result<DateTime<FixedOffset>, String> {
 // Browsing a snapshot: ls, find, diff, dump (src/ops/browse.rs)
 // ---------------------------------------------------------------------------
 
+const STATUS_HELP: &str = "\
+Per policy: the newest complete snapshot and its age against the schedule (stale
+beyond 1.5 intervals, or the policy's `max_age`), each target (reachable, holds the
+newest snapshot, restore points, bytes stored), the last run and verification, and
+the 3-2-1 assessment. Policies found on `[fleet] targets` are shown as TARGET/POLICY.
+
+Exit codes: 0 healthy; 1 anything stale, failed, missing on a target, or unverified
+beyond `[verify] max_age`; 2 configuration error. With --nagios: one line in the
+Nagios plugin format and its codes (0 OK, 1 WARNING: 3-2-1 only, 2 CRITICAL).
+
+Examples:
+  backupctl status                       every policy (and every fleet target's)
+  backupctl status shop --json           one policy, machine-readable
+  backupctl status --nagios              for check_by_ssh / NRPE / Icinga
+";
+
 const LS_HELP: &str = "\
 Paths are SOURCE/relative/path: a snapshot holds one tree per source of the policy
 (`backupctl list POLICY --json` names them), and SOURCE alone is that source's root.
@@ -498,6 +516,19 @@ Examples:
 Exit codes: 0 written and verified; 1 no reachable target, no target serves it intact,
 or its bytes do not match the index (the output is then not the file); 2 unknown
 policy, snapshot, source or path, or PATH is not a regular file.";
+
+#[derive(Debug, Args)]
+#[command(after_help = STATUS_HELP)]
+pub struct StatusArgs {
+    /// Policies (or TARGET/POLICY of a fleet target) to report (default: all).
+    pub policies: Vec<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// One line in the Nagios plugin format, with its exit codes.
+    #[arg(long, conflicts_with = "json")]
+    pub nagios: bool,
+}
 
 #[derive(Debug, Args)]
 #[command(after_help = LS_HELP)]

@@ -370,6 +370,27 @@ fn cancel_on_signal() -> CancellationToken {
     token
 }
 
+/// `status`: health of every policy, for people, scripts and Nagios.
+pub async fn status(
+    cfg: &Config,
+    a: &args::StatusArgs,
+    quiet: bool,
+) -> backupctl::error::Result<ExitCode> {
+    let r = ops::status::status(cfg, &a.policies).await?;
+    if a.nagios {
+        let (line, code) = r.nagios();
+        println!("{line}");
+        return Ok(code);
+    }
+    let code = r.exit_code();
+    Show {
+        json: a.json,
+        quiet,
+    }
+    .one(&r, code, render_status);
+    Ok(code)
+}
+
 // ---------------------------------------------------------------------------
 // Browsing a snapshot: ls, find, diff, dump (backupctl::ops::browse)
 // ---------------------------------------------------------------------------

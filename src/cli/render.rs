@@ -573,3 +573,72 @@ pub fn render_diff(r: &ops::browse::DiffResult) -> String {
     ));
     s
 }
+
+pub fn render_status(r: &ops::status::StatusReport) -> String {
+    use backupctl::notify::human_duration;
+    use backupctl::util::human_bytes;
+    let mut out = String::new();
+    for p in &r.policies {
+        let word = if p.healthy { "OK" } else { "PROBLEM" };
+        let newest = match &p.newest {
+            Some(n) => format!(
+                "newest {} ({} ago{})",
+                n.id,
+                human_duration(n.age_seconds),
+                p.max_age_seconds
+                    .map(|m| format!(", max {}", human_duration(m)))
+                    .unwrap_or_default()
+            ),
+            None => "no snapshot".into(),
+        };
+        out.push_str(&format!("{:<7} {}  {newest}\n", word, p.policy));
+        for t in &p.targets {
+            let state = match &t.error {
+                Some(e) => format!("unreachable: {e}"),
+                None => format!(
+                    "{}, {} restore points, {}",
+                    if t.holds_newest {
+                        "holds the newest"
+                    } else {
+                        "LACKS the newest"
+                    },
+                    t.restore_points,
+                    human_bytes(t.bytes_stored)
+                ),
+            };
+            out.push_str(&format!(
+                "        target {} ({}): {state}\n",
+                t.name, t.location
+            ));
+        }
+        if let Some(v) = &p.verify {
+            out.push_str(&format!(
+                "        verified: {}\n",
+                match (&v.last_success, &v.last_result) {
+                    (Some(t), r) => format!(
+                        "last success {t}{}",
+                        r.as_deref()
+                            .filter(|r| *r != "success")
+                            .map(|r| format!(", last attempt {r}"))
+                            .unwrap_or_default()
+                    ),
+                    (None, Some(r)) => format!("never successfully (last attempt {r})"),
+                    (None, None) => "never".into(),
+                }
+            ));
+        }
+        if let Some(x) = &p.rule_3_2_1 {
+            out.push_str(&format!(
+                "        3-2-1: {} copies, {} locations, {} away from this host{}\n",
+                x.copies,
+                x.locations,
+                x.offsite,
+                if x.ok { "" } else { " (not met)" }
+            ));
+        }
+        for why in &p.problems {
+            out.push_str(&format!("        ! {why}\n"));
+        }
+    }
+    out.trim_end().to_string()
+}

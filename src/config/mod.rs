@@ -43,6 +43,48 @@ pub struct Config {
     pub broken: BTreeMap<String, ConfigError>,
     /// `[[notify]]` of backupctl.toml: notifiers for every policy.
     pub notify: Vec<crate::notify::NotifySpec>,
+    /// `location`: where this host is, if said.
+    pub location: Option<String>,
+    /// `[fleet]`: targets other hosts write to, watched by `status`.
+    pub fleet: Option<Fleet>,
+}
+
+/// `[fleet]`, validated.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    pub targets: Vec<String>,
+    pub max_age: std::time::Duration,
+}
+
+/// A watched policy's newest snapshot may be this old by default (a nightly
+/// run plus two hours of slack).
+pub const FLEET_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(26 * 3600);
+
+/// Validate `[fleet]`: its targets must be defined.
+fn parse_fleet(
+    path: &Path,
+    spec: Option<spec::FleetSpec>,
+    targets: &BTreeMap<String, TargetSpec>,
+) -> Result<Option<Fleet>, ConfigError> {
+    let Some(spec) = spec else { return Ok(None) };
+    for (i, t) in spec.targets.iter().enumerate() {
+        if !targets.contains_key(t) {
+            return Err(ConfigError::new(
+                path.display(),
+                format!("fleet.targets[{i}]"),
+                format!("unknown target {t:?}: expected a name defined under [targets]"),
+            ));
+        }
+    }
+    let max_age = match spec.max_age.as_deref() {
+        Some(t) => crate::duration::parse_elapsed(t)
+            .map_err(|e| ConfigError::new(path.display(), "fleet.max_age", e.to_string()))?,
+        None => FLEET_MAX_AGE,
+    };
+    Ok(Some(Fleet {
+        targets: spec.targets,
+        max_age,
+    }))
 }
 
 /// A validated policy (`policies/<name>.toml`).
@@ -60,6 +102,8 @@ pub struct Policy {
     pub sources: Vec<SourceSpec>,
     pub verify: VerifySpec,
     pub verify_schedule: Option<Schedule>,
+    /// `[verify] max_age`: `status` reports the policy unverified beyond it.
+    pub verify_max_age: Option<std::time::Duration>,
     /// The policy's own `[[notify]]` notifiers (the global ones apply too).
     pub notify: Vec<crate::notify::NotifySpec>,
     /// `max_age`: the newest snapshot may be this old before `stale`.
@@ -234,6 +278,7 @@ impl Config {
             let spec = TargetSpec::parse(path, &key, &dir, value)?;
             targets.insert(name, spec);
         }
+        let fleet = parse_fleet(path, raw.fleet, &targets)?;
 
         Ok((
             Config {
@@ -248,6 +293,8 @@ impl Config {
                 policies: BTreeMap::new(),
                 broken: BTreeMap::new(),
                 notify,
+                location: raw.location,
+                fleet,
             },
             raw.policies_dir.is_some(),
         ))
@@ -562,6 +609,14 @@ impl Policy {
                     .map_err(|e| ConfigError::new(&fd, "verify.schedule", e.to_string()))
             })
             .transpose()?;
+        let verify_max_age = verify
+            .max_age
+            .as_deref()
+            .map(|t| {
+                crate::duration::parse_elapsed(t)
+                    .map_err(|e| ConfigError::new(&fd, "verify.max_age", e.to_string()))
+            })
+            .transpose()?;
 
         let notify = crate::notify::spec::parse_list(file, &format!("policy {name}"), raw.notify)?;
         let max_age = raw
@@ -586,6 +641,7 @@ impl Policy {
             sources,
             verify,
             verify_schedule,
+            verify_max_age,
         })
     }
 

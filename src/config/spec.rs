@@ -21,6 +21,24 @@ pub(super) struct RawConfig {
     /// `[[notify]]`: notifiers for every policy (see [`crate::notify`]).
     #[serde(default)]
     pub notify: Vec<toml::Value>,
+    /// Where this host is (compared with the targets' `location` by the
+    /// 3-2-1 assessment of `status`).
+    pub location: Option<String>,
+    /// `[fleet]`: targets other hosts write to, watched by `status`.
+    pub fleet: Option<FleetSpec>,
+}
+
+/// `[fleet]` of backupctl.toml: on a monitoring machine, the targets whose
+/// every policy `status` reports (each host's snapshots, read from the
+/// targets and authenticated with `trusted_keys`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSpec {
+    /// Target names (defined under `[targets]`), typically one per host
+    /// prefix of a shared bucket.
+    pub targets: Vec<String>,
+    /// How old a watched policy's newest snapshot may be (default 26h).
+    pub max_age: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -442,6 +460,9 @@ pub struct VerifySpec {
     pub scratch_dir: Option<PathBuf>,
     /// Cron schedule making verification due (`verify --due`).
     pub schedule: Option<String>,
+    /// How long ago the last successful verification may be before
+    /// `status` reports the policy unverified (e.g. `"8d"`).
+    pub max_age: Option<String>,
     pub postgres: Option<DbServerSpec>,
     pub mysql: Option<DbServerSpec>,
 }
@@ -452,6 +473,7 @@ impl Default for VerifySpec {
             sample: 1,
             scratch_dir: None,
             schedule: None,
+            max_age: None,
             postgres: None,
             mysql: None,
         }

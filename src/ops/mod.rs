@@ -32,6 +32,7 @@ pub mod restore_db;
 pub mod run;
 pub mod schedule;
 pub mod state;
+pub mod status;
 pub mod sync;
 pub mod verify;
 

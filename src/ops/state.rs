@@ -32,6 +32,9 @@ pub struct PolicyState {
     pub run: OpRecord,
     #[serde(default)]
     pub verify: OpRecord,
+    /// Targets on which the last verification passed every check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verified_on: Vec<String>,
     /// snapshot id -> when it was last verified.
     #[serde(default)]
     pub verified: std::collections::BTreeMap<String, DateTime<FixedOffset>>,

@@ -504,7 +504,21 @@ pub async fn verify_policy(
         ExitCode::Partial => Verdict::Partial,
         _ => Verdict::Failed,
     };
+    let passed: Vec<String> = catalog
+        .targets
+        .iter()
+        .map(|t| t.target.name().to_string())
+        .filter(|n| {
+            !snapshots.is_empty()
+                && snapshots.iter().all(|sc| {
+                    sc.targets
+                        .iter()
+                        .any(|t| &t.target == n && t.result == CheckStatus::Ok)
+                })
+        })
+        .collect();
     state::update(&cfg.state_dir, &policy.name, |s| {
+        s.verified_on = passed;
         s.verify.last_attempt = Some(now);
         s.verify.last_result = Some(if result == Verdict::Ok {
             "success".into()
