@@ -138,6 +138,13 @@ fn policy<'a>(v: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {name} in {v:#}"))
 }
 
+/// `status --json` at `now`, expecting exit `want`; the report.
+fn status_at(cfg: &Path, s3: &S3Env, now: &str, want: i32) -> Value {
+    let o = cli(cfg, s3, now, &["status", "--json"]);
+    assert_eq!(code(&o), want, "{}", text(&o));
+    json(&o)
+}
+
 fn problems(p: &Value) -> String {
     p["problems"].to_string()
 }
@@ -202,9 +209,7 @@ fn status_reports_healthy_stale_missing_failed_and_nagios() {
 
     // Stale: 40 hours without a snapshot (more than 1.5 daily intervals).
     let late = "2026-05-05T18:30:00+00:00";
-    let o = cli(&h.cfg, &s3, late, &["status", "--json"]);
-    assert_eq!(code(&o), 1, "{}", text(&o));
-    let p = policy(&json(&o), "shop").clone();
+    let p = policy(&status_at(&h.cfg, &s3, late, 1), "shop").clone();
     assert_eq!(p["stale"], true);
     assert!(problems(&p).contains("stale"), "{p:#}");
     let n = cli(&h.cfg, &s3, late, &["status", "--nagios"]);
@@ -218,24 +223,18 @@ fn status_reports_healthy_stale_missing_failed_and_nagios() {
     std::fs::write(h.dir.join("site/a.txt"), "changed\n").unwrap();
     let r = h.run(&s3, "2026-05-05T02:30:00+00:00");
     assert_eq!(code(&r), 3, "partial run: {}", text(&r));
-    let o = cli(
-        &h.cfg,
-        &s3,
-        "2026-05-05T03:00:00+00:00",
-        &["status", "--json"],
-    );
-    assert_eq!(code(&o), 1, "{}", text(&o));
-    let p = policy(&json(&o), "shop").clone();
+    let p = policy(
+        &status_at(&h.cfg, &s3, "2026-05-05T03:00:00+00:00", 1),
+        "shop",
+    )
+    .clone();
     assert_eq!(p["targets"][0]["reachable"], false, "{p:#}");
     std::fs::rename(&away, &h.fs_root).unwrap();
-    let o = cli(
-        &h.cfg,
-        &s3,
-        "2026-05-05T03:00:00+00:00",
-        &["status", "--json"],
-    );
-    assert_eq!(code(&o), 1, "{}", text(&o));
-    let p = policy(&json(&o), "shop").clone();
+    let p = policy(
+        &status_at(&h.cfg, &s3, "2026-05-05T03:00:00+00:00", 1),
+        "shop",
+    )
+    .clone();
     assert_eq!(p["targets"][0]["holds_newest"], false);
     assert_eq!(p["targets"][0]["restore_points"], 1);
     assert_eq!(p["targets"][1]["holds_newest"], true);
@@ -254,14 +253,11 @@ fn status_reports_healthy_stale_missing_failed_and_nagios() {
     std::fs::rename(h.dir.join("etc"), h.dir.join("etc-gone")).unwrap();
     let r = h.run(&s3, "2026-05-06T02:30:00+00:00");
     assert_ne!(code(&r), 0, "{}", text(&r));
-    let o = cli(
-        &h.cfg,
-        &s3,
-        "2026-05-06T03:00:00+00:00",
-        &["status", "--json"],
-    );
-    assert_eq!(code(&o), 1, "{}", text(&o));
-    let p = policy(&json(&o), "shop").clone();
+    let p = policy(
+        &status_at(&h.cfg, &s3, "2026-05-06T03:00:00+00:00", 1),
+        "shop",
+    )
+    .clone();
     assert!(problems(&p).contains("last run failed"), "{p:#}");
     assert_eq!(p["last_run"]["result"], "failed");
 
@@ -293,14 +289,11 @@ fn status_reports_a_policy_unverified_beyond_verify_max_age() {
 
     let v = cli(&h.cfg, &s3, soon, &["verify"]);
     assert_eq!(code(&v), 0, "{}", text(&v));
-    let o = cli(
-        &h.cfg,
-        &s3,
-        "2026-05-04T04:00:00+00:00",
-        &["status", "--json"],
-    );
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    let p = policy(&json(&o), "shop").clone();
+    let p = policy(
+        &status_at(&h.cfg, &s3, "2026-05-04T04:00:00+00:00", 0),
+        "shop",
+    )
+    .clone();
     assert_eq!(p["verify"]["overdue"], false);
     assert_eq!(p["verify"]["last_result"], "success");
     let on: Vec<&str> = p["verify"]["targets"]
