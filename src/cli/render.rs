@@ -202,6 +202,38 @@ pub fn render_verify(r: &ops::verify::VerifyResult) -> String {
     s.trim_end().to_string()
 }
 
+pub fn render_drill(r: &ops::drill::DrillResult) -> String {
+    use backupctl::util::printable;
+    let mut s = format!(
+        "policy {}: drill {}\n",
+        printable(&r.policy),
+        r.result.as_str().to_uppercase()
+    );
+    for t in &r.targets {
+        s.push_str(&format!(
+            "  target {}: {}{}{}\n",
+            printable(&t.target),
+            t.result,
+            t.snapshot
+                .as_deref()
+                .map(|id| format!(
+                    ", snapshot {} ({} old): {} in {:.2}s, {:.1} MB/s",
+                    printable(id),
+                    ops::drill_report::human_age(t.age_seconds.unwrap_or(0)),
+                    backupctl::util::human_bytes(t.bytes),
+                    t.seconds,
+                    t.mb_per_s
+                ))
+                .unwrap_or_default(),
+            t.error
+                .as_deref()
+                .map(|e| format!(" ({})", printable(e)))
+                .unwrap_or_default()
+        ));
+    }
+    s.trim_end().to_string()
+}
+
 pub fn render_restore(r: &ops::restore::RestoreResult) -> String {
     let mut s = String::new();
     for src in &r.sources {
@@ -410,6 +442,7 @@ pub fn render_schedule(p: &ops::schedule::PolicySchedule) -> String {
     );
     s.push_str(&render_job("run", &p.run));
     s.push_str(&render_job("verify", &p.verify));
+    s.push_str(&render_drill_record(&p.drill));
     s.trim_end().to_string()
 }
 
@@ -441,4 +474,29 @@ fn render_job(name: &str, j: &ops::schedule::JobStatus) -> String {
         j.next.first().map(String::as_str).unwrap_or("never"),
         if j.due { "; DUE now" } else { "" }
     )
+}
+
+fn render_drill_record(d: &ops::drill::DrillRecord) -> String {
+    let (Some(r), Some(t)) = (&d.last_result, &d.last_attempt) else {
+        return "  drill: never\n".to_string();
+    };
+    let mut s = format!("  drill: last {r} at {}\n", t.to_rfc3339());
+    for (name, t) in &d.targets {
+        s.push_str(&format!(
+            "    {}: {}{}\n",
+            backupctl::util::printable(name),
+            t.result,
+            match (&t.snapshot, t.age_seconds) {
+                (Some(id), Some(age)) => format!(
+                    ", snapshot {} ({} old), {:.2}s, {:.1} MB/s",
+                    backupctl::util::printable(id),
+                    ops::drill_report::human_age(age),
+                    t.seconds,
+                    t.mb_per_s
+                ),
+                _ => String::new(),
+            }
+        ));
+    }
+    s
 }
