@@ -133,7 +133,8 @@ fn md_code(body: &str) -> String {
         }
     }
     let fence = "`".repeat((longest + 1).max(3));
-    format!("{fence}sh\n{}\n{fence}\n", crate::util::printable(body))
+    let lines: Vec<String> = body.lines().map(crate::util::printable).collect();
+    format!("{fence}sh\n{}\n{fence}\n", lines.join("\n"))
 }
 
 fn markdown(results: &[DrillResult], now: &str) -> String {
@@ -255,6 +256,15 @@ pub fn html_escape(s: &str) -> String {
         }
     }
     out
+}
+
+/// Lines for a `<pre>` block, each escaped.
+fn html_lines(lines: &[String]) -> String {
+    lines
+        .iter()
+        .map(|l| html_escape(l))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}\
@@ -485,8 +495,8 @@ fn html(results: &[DrillResult], now: &str) -> String {
                     "<p>Restore by hand with backupctl:</p><pre>{}</pre>\n<p>With stock tools \
                      (sh, tail, head, zstd, tar; see RESTORE-README.txt at the target's \
                      root):</p><pre>{}</pre>",
-                    e(&t.commands.backupctl.join("\n")),
-                    e(&t.commands.stock.join("\n"))
+                    html_lines(&t.commands.backupctl),
+                    html_lines(&t.commands.stock)
                 );
             }
         }
