@@ -68,6 +68,14 @@ impl Drop for Deployment {
     }
 }
 
+/// Drills load dumps into scratch databases on the shared PostgreSQL
+/// server: they hold the lock the PostgreSQL tests count those under.
+fn pg_lock() -> std::sync::MutexGuard<'static, ()> {
+    crate::db_postgres::VERIFY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
 fn deploy() -> Option<Deployment> {
     let pg = DbServer::postgres()?;
     let s3 = s3_env()?;
@@ -205,6 +213,7 @@ fn chromium_render(html: &Path, shot_name: &str) -> Option<PathBuf> {
 
 #[test]
 fn drill_restores_from_every_target_and_reports() {
+    let _g = pg_lock();
     let Some(d) = deploy() else {
         return;
     };
@@ -444,6 +453,7 @@ fn drill_restores_from_every_target_and_reports() {
 
 #[test]
 fn a_damaged_pack_fails_that_target_only_and_target_restricts() {
+    let _g = pg_lock();
     let Some(d) = deploy() else {
         return;
     };
@@ -516,4 +526,55 @@ fn a_damaged_pack_fails_that_target_only_and_target_restricts() {
     // An unknown report format is a usage error before anything runs.
     let o = d.run(&["drill", "--report", d.path("r.txt").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+/// Without services: a target that holds no snapshot is `missing`, one
+/// that cannot be reached `unreachable` (exit 3, the others still drilled);
+/// the Markdown report says so.
+#[test]
+fn missing_and_unreachable_targets_are_partial() {
+    let s = Setup::new();
+    s.fs_config(&["a", "b"]);
+    let cfg = std::fs::read_to_string(s.config_path()).unwrap();
+    s.write(
+        "backupctl.toml",
+        &format!(
+            "{cfg}\n[targets.gone]\ntype = \"fs\"\npath = \"{}\"\nlocation = \"elsewhere\"\n",
+            s.path("not-mounted").display()
+        ),
+    );
+    make_tree(&s.path("src"));
+    s.files_policy("shop", &s.path("src"), &["a"], "");
+    let run = |args: &[&str]| {
+        let mut c = s.cmd();
+        c.env("TZ", "UTC")
+            .env("BACKUPCTL_NOW", "2026-05-01T12:00:00Z")
+            .env_remove("BACKUPCTL_LOG")
+            .args(args);
+        c.output().unwrap()
+    };
+    let o = run(&["run", "--time", "2026-05-01T00:00:00Z"]);
+    expect_code(&o, 0);
+    s.files_policy("shop", &s.path("src"), &["a", "b", "gone"], "");
+    expect_code(&run(&["init", "b"]), 0);
+    let md = s.path("drill.md");
+    let o = run(&["drill", "--json", "--report", md.to_str().unwrap()]);
+    expect_code(&o, 3);
+    let r = &json(&o)[0];
+    assert_eq!(r["result"], "partial", "{r}");
+    assert_eq!(target(r, "a")["result"], "ok");
+    assert_eq!(target(r, "a")["age_seconds"], 12 * 3600);
+    assert_eq!(target(r, "b")["result"], "missing");
+    assert_eq!(target(r, "b")["snapshot"], serde_json::Value::Null);
+    assert_eq!(target(r, "gone")["result"], "unreachable");
+    let text_md = std::fs::read_to_string(&md).unwrap();
+    assert!(text_md.contains("| b | - | missing |"), "{text_md}");
+    assert!(text_md.contains("| gone | - | unreachable |"), "{text_md}");
+    // Text output names every target.
+    let o = run(&["drill"]);
+    expect_code(&o, 3);
+    let out = stdout(&o);
+    assert!(out.contains("policy shop: drill PARTIAL"), "{out}");
+    assert!(out.contains("target a: ok, snapshot"), "{out}");
+    assert!(out.contains("target b: missing"), "{out}");
 }

@@ -269,10 +269,10 @@ fn html_lines(lines: &[String]) -> String {
 
 const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}\
 h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ccc}\
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}\
+table{border-collapse:collapse;margin:1em 0;max-width:100%}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;overflow-wrap:anywhere}\
 td.n{text-align:right}.ok{color:#176f2c;font-weight:bold}.failed{color:#b00020;font-weight:bold}\
 .missing,.unreachable,.partial{color:#a65e00;font-weight:bold}\
-pre{background:#f4f4f4;padding:8px;overflow-x:auto;white-space:pre-wrap}svg{background:#fafafa;border:1px solid #ddd}\
+pre{background:#f4f4f4;padding:8px;overflow-x:auto;white-space:pre-wrap;overflow-wrap:anywhere}svg{background:#fafafa;border:1px solid #ddd}\
 .muted{color:#666}";
 
 fn status_class(s: &str) -> &'static str {
