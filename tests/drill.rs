@@ -577,4 +577,15 @@ fn missing_and_unreachable_targets_are_partial() {
     assert!(out.contains("policy shop: drill PARTIAL"), "{out}");
     assert!(out.contains("target a: ok, snapshot"), "{out}");
     assert!(out.contains("target b: missing"), "{out}");
+    // A policy that cannot be drilled at all is in the report too.
+    s.write("policies/broken.toml", "targets = [\"a\"\n");
+    let o = run(&["drill", "--report", md.to_str().unwrap()]);
+    expect_code(&o, 2);
+    let text_md = std::fs::read_to_string(&md).unwrap();
+    assert!(text_md.contains("## Policies not drilled"), "{text_md}");
+    assert!(
+        text_md.contains("- broken: policy file not loaded"),
+        "{text_md}"
+    );
+    assert!(text_md.contains("## Policy shop: PARTIAL"), "{text_md}");
 }

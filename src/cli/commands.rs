@@ -153,7 +153,17 @@ pub async fn drill(cfg: &Config, a: &args::DrillArgs, quiet: bool) -> anyhow::Re
     .outcome(&o, render_drill);
     if let Some(r) = &a.report {
         let now = backupctl::clock::now().to_rfc3339();
-        if let Err(e) = ops::drill_report::write(r, &o.results, &now) {
+        let failed: Vec<(String, String)> = o
+            .failures
+            .iter()
+            .map(|f| (f.policy.clone(), f.error.clone()))
+            .collect();
+        let rep = ops::drill_report::Report {
+            results: &o.results,
+            failed: &failed,
+            now: &now,
+        };
+        if let Err(e) = ops::drill_report::write(r, &rep) {
             eprintln!("error: {e:#}");
             code = ops::combine([code, ExitCode::Failure]);
         }

@@ -30,23 +30,31 @@ impl Format {
     }
 }
 
-/// Render the report for these policies' drills.
-pub fn render(format: Format, results: &[DrillResult], now: &str) -> String {
+/// What a report covers: the drills, the policies that could not be
+/// drilled at all (policy, why), and when.
+pub struct Report<'a> {
+    pub results: &'a [DrillResult],
+    pub failed: &'a [(String, String)],
+    pub now: &'a str,
+}
+
+/// Render the report.
+pub fn render(format: Format, r: &Report<'_>) -> String {
     match format {
-        Format::Markdown => markdown(results, now),
-        Format::Html => html(results, now),
+        Format::Markdown => markdown(r),
+        Format::Html => html(r),
     }
 }
 
 /// Write the report to `path` atomically.
-pub fn write(path: &Path, results: &[DrillResult], now: &str) -> anyhow::Result<()> {
+pub fn write(path: &Path, r: &Report<'_>) -> anyhow::Result<()> {
     let Some(format) = Format::of(path) else {
         anyhow::bail!(
             "--report {}: the file name must end in .md or .html",
             path.display()
         );
     };
-    crate::metrics::write_atomic(path, render(format, results, now).as_bytes())
+    crate::metrics::write_atomic(path, render(format, r).as_bytes())
         .map_err(|e| anyhow::anyhow!("--report {}: {e}", path.display()))
 }
 
@@ -137,7 +145,8 @@ fn md_code(body: &str) -> String {
     format!("{fence}sh\n{}\n{fence}\n", lines.join("\n"))
 }
 
-fn markdown(results: &[DrillResult], now: &str) -> String {
+fn markdown(rep: &Report<'_>) -> String {
+    let (results, now) = (rep.results, rep.now);
     let mut s = String::new();
     let _ = writeln!(s, "# Recovery drill\n");
     let _ = writeln!(
@@ -234,6 +243,13 @@ fn markdown(results: &[DrillResult], now: &str) -> String {
             }
             s.push('\n');
         }
+    }
+    if !rep.failed.is_empty() {
+        let _ = writeln!(s, "## Policies not drilled\n");
+        for (p, why) in rep.failed {
+            let _ = writeln!(s, "- {}: {}", md_escape(p), md_escape(why));
+        }
+        s.push('\n');
     }
     s
 }
@@ -402,7 +418,8 @@ fn durations_svg(r: &DrillResult) -> String {
     s
 }
 
-fn html(results: &[DrillResult], now: &str) -> String {
+fn html(rep: &Report<'_>) -> String {
+    let (results, now) = (rep.results, rep.now);
     let e = html_escape;
     let mut s = String::new();
     let _ = write!(
@@ -508,6 +525,13 @@ fn html(results: &[DrillResult], now: &str) -> String {
             s.push_str("</ul>\n");
         }
         s.push_str("</section>\n");
+    }
+    if !rep.failed.is_empty() {
+        s.push_str("<section><h2 class=\"failed\">Policies not drilled</h2><ul>\n");
+        for (p, why) in rep.failed {
+            let _ = writeln!(s, "<li>{}: {}</li>", e(p), e(why));
+        }
+        s.push_str("</ul></section>\n");
     }
     s.push_str("</body></html>\n");
     s
