@@ -4,11 +4,12 @@
 # (started later by scripts/services/*, never as system services), and Garage,
 # the S3-compatible server, built from crates.io once and cached in ~/.cargo/bin;
 # tzdata for the deployment test, which runs across a daylight-saving change;
-# Python's prometheus_client for the metrics test.
+# Python's prometheus_client for the metrics test; headless Chromium for the
+# drill report test (it renders the HTML report).
 set -euo pipefail
 
 need_apt=()
-for pkg_cmd in zstd:zstd b3sum:b3sum sqlite3:sqlite3 postgresql:/usr/lib/postgresql mariadb-server:mariadbd mariadb-client:mariadb-dump tzdata:/usr/share/zoneinfo/Europe/Berlin; do
+for pkg_cmd in zstd:zstd b3sum:b3sum sqlite3:sqlite3 postgresql:/usr/lib/postgresql mariadb-server:mariadbd mariadb-client:mariadb-dump tzdata:/usr/share/zoneinfo/Europe/Berlin chromium:chromium; do
   pkg=${pkg_cmd%%:*}; cmd=${pkg_cmd#*:}
   if [[ $cmd == /* ]]; then [[ -e $cmd ]] || need_apt+=("$pkg"); else command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg"); fi
 done

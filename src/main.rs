@@ -121,6 +121,7 @@ async fn dispatch(cli: Cli) -> backupctl::error::Result<ExitCode> {
         Command::Run(a) => commands::run(cfg, a, quiet).await,
         Command::Prune(a) => commands::prune(cfg, a, quiet).await,
         Command::Verify(a) => commands::verify(cfg, a, quiet).await,
+        Command::Drill(a) => commands::drill(cfg, a, quiet).await,
         Command::Sync(a) => commands::sync(cfg, a, quiet).await,
         Command::List(a) => commands::list(cfg, a, quiet).await,
         Command::Schedule(a) => commands::schedule(cfg, a, quiet).await,

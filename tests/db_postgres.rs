@@ -47,8 +47,8 @@ fn source(pg: &DbServer, db: &str, extra: &str) -> String {
 }
 
 /// Verify runs one at a time in this test binary, so we can check that the
-/// scratch databases it creates are always dropped.
-static VERIFY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// scratch databases it creates are always dropped (`drill` tests hold it too).
+pub(crate) static VERIFY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn verify(s: &DbSetup, pg: &DbServer) -> std::process::Output {
     verify_args(s, pg, &["verify"])

@@ -29,6 +29,8 @@ mod db_postgres;
 mod db_sqlite;
 #[path = "deployment.rs"]
 mod deployment;
+#[path = "drill.rs"]
+mod drill;
 #[path = "examples.rs"]
 mod examples;
 #[path = "isolation.rs"]

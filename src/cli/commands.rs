@@ -140,6 +140,60 @@ pub async fn verify(
     .outcome(&o, render_verify))
 }
 
+/// `drill`: restore each target's newest snapshot, timed; `--report`.
+pub async fn drill(
+    cfg: &Config,
+    a: &args::DrillArgs,
+    quiet: bool,
+) -> backupctl::error::Result<ExitCode> {
+    if let Some(r) = &a.report {
+        if ops::drill_report::Format::of(r).is_none() {
+            return Err(backupctl::error::Error::usage(format!(
+                "--report {}: the file name must end in .md or .html",
+                r.display()
+            )));
+        }
+    }
+    let opts = ops::drill::DrillOptions {
+        display: report::display(),
+        target: a.target.clone(),
+    };
+    let opts = &opts;
+    let plan = Plan {
+        names: &a.policies,
+        op: Some("drill"),
+        ..Default::default()
+    };
+    let o = for_each_policy(cfg, &plan, move |p, _| {
+        Box::pin(ops::drill::drill_policy(cfg, p, opts))
+    })
+    .await?;
+    write_metrics(cfg, &a.metrics, &o).await;
+    let mut code = Show {
+        json: a.json,
+        quiet,
+    }
+    .outcome(&o, render_drill);
+    if let Some(r) = &a.report {
+        let now = backupctl::clock::now().to_rfc3339();
+        let failed: Vec<(String, String)> = o
+            .failures
+            .iter()
+            .map(|f| (f.policy.clone(), f.error.clone()))
+            .collect();
+        let rep = ops::drill_report::Report {
+            results: &o.results,
+            failed: &failed,
+            now: &now,
+        };
+        if let Err(e) = ops::drill_report::write(r, &rep) {
+            eprintln!("error: {e:#}");
+            code = ops::combine([code, ExitCode::Failure]);
+        }
+    }
+    Ok(code)
+}
+
 /// `sync`: copy what a target lacks and repair damage.
 pub async fn sync(
     cfg: &Config,

@@ -202,6 +202,38 @@ pub fn render_verify(r: &ops::verify::VerifyResult) -> String {
     s.trim_end().to_string()
 }
 
+pub fn render_drill(r: &ops::drill::DrillResult) -> String {
+    use backupctl::util::printable;
+    let mut s = format!(
+        "policy {}: drill {}\n",
+        printable(&r.policy),
+        r.result.as_str().to_uppercase()
+    );
+    for t in &r.targets {
+        s.push_str(&format!(
+            "  target {}: {}{}{}\n",
+            printable(&t.target),
+            t.result,
+            t.snapshot
+                .as_deref()
+                .map(|id| format!(
+                    ", snapshot {} ({} old): {} in {:.2}s, {:.1} MB/s",
+                    printable(id),
+                    ops::drill_report::human_age(t.age_seconds.unwrap_or(0)),
+                    backupctl::util::human_bytes(t.bytes),
+                    t.seconds,
+                    t.mb_per_s
+                ))
+                .unwrap_or_default(),
+            t.error
+                .as_deref()
+                .map(|e| format!(" ({})", printable(e)))
+                .unwrap_or_default()
+        ));
+    }
+    s.trim_end().to_string()
+}
+
 pub fn render_restore(r: &ops::restore::RestoreResult) -> String {
     let mut s = String::new();
     for src in &r.sources {
@@ -410,6 +442,7 @@ pub fn render_schedule(p: &ops::schedule::PolicySchedule) -> String {
     );
     s.push_str(&render_job("run", &p.run));
     s.push_str(&render_job("verify", &p.verify));
+    s.push_str(&render_drill_record(&p.drill));
     s.trim_end().to_string()
 }
 
@@ -627,6 +660,19 @@ pub fn render_status(r: &ops::status::StatusReport) -> String {
                 }
             ));
         }
+        if let Some(d) = &p.drill {
+            let rows: Vec<String> = d
+                .targets
+                .iter()
+                .map(|(t, r)| format!("{t} {} in {:.1}s", r.result, r.seconds))
+                .collect();
+            out.push_str(&format!(
+                "        drilled: {} {} ({})\n",
+                d.last_attempt.as_deref().unwrap_or("-"),
+                d.last_result.as_deref().unwrap_or("-"),
+                rows.join(", ")
+            ));
+        }
         if let Some(x) = &p.rule_3_2_1 {
             out.push_str(&format!(
                 "        3-2-1: {} copies, {} locations, {} away from this host{}\n",
@@ -641,4 +687,28 @@ pub fn render_status(r: &ops::status::StatusReport) -> String {
         }
     }
     out.trim_end().to_string()
+}
+fn render_drill_record(d: &ops::drill::DrillRecord) -> String {
+    let (Some(r), Some(t)) = (&d.last_result, &d.last_attempt) else {
+        return "  drill: never\n".to_string();
+    };
+    let mut s = format!("  drill: last {r} at {}\n", t.to_rfc3339());
+    for (name, t) in &d.targets {
+        s.push_str(&format!(
+            "    {}: {}{}\n",
+            backupctl::util::printable(name),
+            t.result,
+            match (&t.snapshot, t.age_seconds) {
+                (Some(id), Some(age)) => format!(
+                    ", snapshot {} ({} old), {:.2}s, {:.1} MB/s",
+                    backupctl::util::printable(id),
+                    ops::drill_report::human_age(age),
+                    t.seconds,
+                    t.mb_per_s
+                ),
+                _ => String::new(),
+            }
+        ));
+    }
+    s
 }

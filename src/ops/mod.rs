@@ -22,6 +22,8 @@ macro_rules! status_names {
 pub mod browse;
 pub mod check;
 pub mod daemon;
+pub mod drill;
+pub mod drill_report;
 pub mod due;
 pub mod init;
 pub mod list;
@@ -60,7 +62,8 @@ macro_rules! coded {
 coded!(
     crate::ops::prune::PruneResult,
     crate::ops::sync::SyncResult,
-    crate::ops::verify::VerifyResult
+    crate::ops::verify::VerifyResult,
+    crate::ops::drill::DrillResult
 );
 
 /// Open the policy's targets in its order (or only `only`).

@@ -37,6 +37,8 @@ pub struct PolicySchedule {
     pub run: JobStatus,
     pub verify: JobStatus,
     pub last_snapshot: Option<String>,
+    /// The last recovery drill (`drill`), per target.
+    pub drill: crate::ops::drill::DrillRecord,
 }
 
 fn rfc(t: Option<DateTime<FixedOffset>>) -> Option<String> {
@@ -82,7 +84,8 @@ pub async fn policy_schedule(
         jitter_seconds: policy.jitter.map(|j| j.as_secs()),
         run,
         verify,
-        last_snapshot: st.run.last_snapshot,
+        last_snapshot: st.run.last_snapshot.clone(),
+        drill: st.drill,
     })
 }
 

@@ -48,6 +48,9 @@ pub struct PolicyState {
     /// an intact copy from another target.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub damaged: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// The last test restores (`drill`), per target.
+    #[serde(default)]
+    pub drill: crate::ops::drill::DrillRecord,
 }
 
 fn path(state_dir: &Path, policy: &str) -> PathBuf {

@@ -7,8 +7,8 @@
 //! newest is stale (older than `max_age`, else 1.5 schedule intervals), its
 //! last run failed, a target is unreachable or lacks the newest snapshot, a
 //! target serves a manifest that does not authenticate, the last
-//! verification failed, or `[verify] max_age` is set and the last successful
-//! verification is older (or never happened). The 3-2-1 assessment (at
+//! verification or drill failed, or `[verify] max_age` is set and the last
+//! successful verification is older (or never happened). The 3-2-1 assessment (at
 //! least 3 copies counting the live data, in at least 2 distinct
 //! `location`s, at least 1 away from this host's `location`) is reported as
 //! a warning, not a failure.
@@ -73,6 +73,16 @@ pub struct VerifyHealth {
     pub overdue: bool,
 }
 
+/// The last recovery drill (`backupctl drill`), from the history.
+#[derive(Debug, Serialize)]
+pub struct DrillHealth {
+    pub last_attempt: Option<String>,
+    pub last_success: Option<String>,
+    pub last_result: Option<String>,
+    /// Per target: when, result, restore seconds and throughput, RPO.
+    pub targets: std::collections::BTreeMap<String, crate::ops::drill::DrillTargetRecord>,
+}
+
 /// The 3-2-1 rule for the newest snapshot.
 #[derive(Debug, Serialize)]
 pub struct Rule321 {
@@ -103,6 +113,8 @@ pub struct PolicyStatus {
     pub last_run: Option<LastRun>,
     pub targets: Vec<TargetHealth>,
     pub verify: Option<VerifyHealth>,
+    /// The last drill (`None` when the policy was never drilled here).
+    pub drill: Option<DrillHealth>,
     pub rule_3_2_1: Option<Rule321>,
 }
 
@@ -245,6 +257,18 @@ async fn local(cfg: &Config, policy: &Policy, now: DateTime<FixedOffset>) -> Pol
         });
     }
     s.verify = Some(v);
+    let d = &st.drill;
+    if d.last_attempt.is_some() {
+        if d.last_result.as_deref() == Some("failed") {
+            s.problem("last drill failed".into());
+        }
+        s.drill = Some(DrillHealth {
+            last_attempt: d.last_attempt.map(|t| t.to_rfc3339()),
+            last_success: d.last_success.map(|t| t.to_rfc3339()),
+            last_result: d.last_result.clone(),
+            targets: d.targets.clone(),
+        });
+    }
     s
 }
 
@@ -450,6 +474,7 @@ impl PolicyStatus {
             last_run: None,
             targets: Vec::new(),
             verify: None,
+            drill: None,
             rule_3_2_1: None,
         }
     }

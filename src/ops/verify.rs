@@ -201,7 +201,8 @@ pub fn scratch_root(cfg: &Config, policy: &Policy) -> crate::error::Result<Dir> 
     Ok(dir)
 }
 
-async fn check_on_target(
+/// Check snapshot `entry` on target `ti` alone (also `drill`'s test restore).
+pub(crate) async fn check_on_target(
     policy: &Policy,
     catalog: &Catalog,
     entry: &crate::repo::Entry,

@@ -89,3 +89,30 @@ backupctl target.
         version = env!("CARGO_PKG_VERSION")
     )
 }
+
+/// The one-line stock-tools restore of a tar stream, run from inside the
+/// policy's directory (`<policy>/`): the extents of `extents` (a path
+/// relative to it, `lists/<list>.extents`) concatenated, decompressed and
+/// unpacked into `dest` (already quoted for sh). Step 2 and 4 of
+/// [`restore_instructions`] as one pipe.
+pub fn stock_restore_pipe(extents: &str, dest: &str) -> String {
+    format!(
+        "while read p o l; do tail -c +$((o+1)) \"$p\" | head -c \"$l\"; done < {extents} \
+         | zstd -dc | tar -xpf - -C {dest}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_pipe_is_the_readmes_recipe() {
+        let pipe = super::stock_restore_pipe("lists/x.extents", "/restore/src");
+        let readme = super::restore_instructions();
+        assert!(
+            readme.contains("while read p o l; do tail -c +$((o+1)) \"$p\" | head -c \"$l\"; done")
+        );
+        assert!(pipe.starts_with("while read p o l; do tail -c +$((o+1)) \"$p\" | head -c \"$l\"; done < lists/x.extents"));
+        assert!(pipe.ends_with("| zstd -dc | tar -xpf - -C /restore/src"));
+        assert!(readme.contains("| zstd -dc | tar -xpf - -C /restore/<source>"));
+    }
+}
