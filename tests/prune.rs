@@ -473,9 +473,7 @@ impl S3TestTarget {
             garage: Some(garage),
         })
     }
-}
 
-impl S3TestTarget {
     /// The variables its config names, for every command (see
     /// [`Setup::env`]).
     fn child_env(&self) -> Vec<(String, String)> {
