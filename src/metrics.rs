@@ -170,6 +170,7 @@ fn num(v: f64) -> String {
     }
 }
 
+/// One metric family: its name, type, help text and samples (labels, value).
 struct Family {
     name: &'static str,
     kind: &'static str,
@@ -177,117 +178,149 @@ struct Family {
     samples: Vec<(Vec<(&'static str, String)>, String)>,
 }
 
+/// Every family, in output order: (name, type, help).
+const FAMILIES: [(&str, &str, &str); 9] = [
+    (
+        "backupctl_last_success_timestamp_seconds",
+        "gauge",
+        "When the snapshot of the policy's last run that completed on every target was taken (Unix time).",
+    ),
+    (
+        "backupctl_last_run_duration_seconds",
+        "gauge",
+        "How long the policy's last run took.",
+    ),
+    (
+        "backupctl_bytes_read_total",
+        "counter",
+        "Source bytes read by the policy's runs (file contents, database dumps).",
+    ),
+    (
+        "backupctl_bytes_stored_total",
+        "counter",
+        "Archive bytes written to the policy's targets (new archives, copies by sync and catch-up).",
+    ),
+    (
+        "backupctl_target_up",
+        "gauge",
+        "1 if the target worked the last time the policy used it, else 0.",
+    ),
+    (
+        "backupctl_snapshots",
+        "gauge",
+        "Snapshots of the policy complete on the target, when last listed.",
+    ),
+    (
+        "backupctl_last_verify_timestamp_seconds",
+        "gauge",
+        "When the policy was last verified (Unix time).",
+    ),
+    (
+        "backupctl_last_verify_ok",
+        "gauge",
+        "1 if the policy's last verification found everything intact on every target, else 0.",
+    ),
+    (
+        "backupctl_restore_seconds",
+        "gauge",
+        "How long the last test restore of the policy from the target took.",
+    ),
+];
+
+// Indices into FAMILIES.
+const LAST_SUCCESS: usize = 0;
+const LAST_RUN_DURATION: usize = 1;
+const BYTES_READ: usize = 2;
+const BYTES_STORED: usize = 3;
+const TARGET_UP: usize = 4;
+const SNAPSHOTS: usize = 5;
+const LAST_VERIFY: usize = 6;
+const LAST_VERIFY_OK: usize = 7;
+const RESTORE_SECONDS: usize = 8;
+
 /// The textfile for these policies' states (sorted by policy name).
 pub fn render(states: &BTreeMap<String, PolicyState>) -> String {
-    let mut fams = vec![
-        Family {
-            name: "backupctl_last_success_timestamp_seconds",
-            kind: "gauge",
-            help: "When the snapshot of the policy's last run that completed on every target was taken (Unix time).",
+    let mut fams: Vec<Family> = FAMILIES
+        .iter()
+        .map(|&(name, kind, help)| Family {
+            name,
+            kind,
+            help,
             samples: Vec::new(),
-        },
-        Family {
-            name: "backupctl_last_run_duration_seconds",
-            kind: "gauge",
-            help: "How long the policy's last run took.",
-            samples: Vec::new(),
-        },
-        Family {
-            name: "backupctl_bytes_read_total",
-            kind: "counter",
-            help: "Source bytes read by the policy's runs (file contents, database dumps).",
-            samples: Vec::new(),
-        },
-        Family {
-            name: "backupctl_bytes_stored_total",
-            kind: "counter",
-            help: "Archive bytes written to the policy's targets (new archives, copies by sync and catch-up).",
-            samples: Vec::new(),
-        },
-        Family {
-            name: "backupctl_target_up",
-            kind: "gauge",
-            help: "1 if the target worked the last time the policy used it, else 0.",
-            samples: Vec::new(),
-        },
-        Family {
-            name: "backupctl_snapshots",
-            kind: "gauge",
-            help: "Snapshots of the policy complete on the target, when last listed.",
-            samples: Vec::new(),
-        },
-        Family {
-            name: "backupctl_last_verify_timestamp_seconds",
-            kind: "gauge",
-            help: "When the policy was last verified (Unix time).",
-            samples: Vec::new(),
-        },
-        Family {
-            name: "backupctl_last_verify_ok",
-            kind: "gauge",
-            help: "1 if the policy's last verification found everything intact on every target, else 0.",
-            samples: Vec::new(),
-        },
-        Family {
-            name: "backupctl_restore_seconds",
-            kind: "gauge",
-            help: "How long the last test restore of the policy from the target took.",
-            samples: Vec::new(),
-        },
-    ];
-    let ts = |t: &DateTime<FixedOffset>| num(t.timestamp_millis() as f64 / 1000.0);
+        })
+        .collect();
     for (policy, st) in states {
-        let m = &st.metrics;
-        let p = || vec![("policy", policy.clone())];
-        let pt = |t: &str| vec![("policy", policy.clone()), ("target", t.to_string())];
-        if let Some(t) = &m.last_success {
-            fams[0].samples.push((p(), ts(t)));
-        }
-        if let Some(d) = m.last_run_duration_seconds {
-            fams[1]
-                .samples
-                .push((p(), num((d * 1000.0).round() / 1000.0)));
-        }
-        if m.bytes_read_total > 0 || m.last_run_duration_seconds.is_some() {
-            fams[2].samples.push((p(), m.bytes_read_total.to_string()));
-        }
-        if m.bytes_stored_total > 0 || m.last_run_duration_seconds.is_some() {
-            fams[3]
-                .samples
-                .push((p(), m.bytes_stored_total.to_string()));
-        }
-        for (t, tm) in &m.targets {
-            if let Some(up) = tm.up {
-                fams[4].samples.push((pt(t), (up as u8).to_string()));
-            }
-            if let Some(n) = tm.snapshots {
-                fams[5].samples.push((pt(t), n.to_string()));
-            }
-            if let Some(s) = tm.restore_seconds {
-                fams[8]
-                    .samples
-                    .push((pt(t), num((s * 1000.0).round() / 1000.0)));
-            }
-        }
-        if let Some(t) = &st.verify.last_attempt {
-            fams[6].samples.push((p(), ts(t)));
-            let ok = st.verify.last_result.as_deref() == Some("success");
-            fams[7].samples.push((p(), (ok as u8).to_string()));
-        }
+        add_policy(&mut fams, policy, st);
     }
     let mut out = String::new();
     for f in fams.iter().filter(|f| !f.samples.is_empty()) {
-        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
-        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
-        for (labels, v) in &f.samples {
-            let l: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
-                .collect();
-            let _ = writeln!(out, "{}{{{}}} {v}", f.name, l.join(","));
-        }
+        write_family(&mut out, f);
     }
     out
+}
+
+/// A time as Unix seconds (millisecond precision).
+fn timestamp(t: &DateTime<FixedOffset>) -> String {
+    num(t.timestamp_millis() as f64 / 1000.0)
+}
+
+/// Seconds rounded to the millisecond.
+fn seconds(s: f64) -> String {
+    num((s * 1000.0).round() / 1000.0)
+}
+
+/// Add one policy's samples to the families.
+fn add_policy(fams: &mut [Family], policy: &str, st: &PolicyState) {
+    let m = &st.metrics;
+    let p = || vec![("policy", policy.to_string())];
+    let pt = |t: &str| vec![("policy", policy.to_string()), ("target", t.to_string())];
+    if let Some(t) = &m.last_success {
+        fams[LAST_SUCCESS].samples.push((p(), timestamp(t)));
+    }
+    if let Some(d) = m.last_run_duration_seconds {
+        fams[LAST_RUN_DURATION].samples.push((p(), seconds(d)));
+    }
+    if m.bytes_read_total > 0 || m.last_run_duration_seconds.is_some() {
+        let v = m.bytes_read_total.to_string();
+        fams[BYTES_READ].samples.push((p(), v));
+    }
+    if m.bytes_stored_total > 0 || m.last_run_duration_seconds.is_some() {
+        let v = m.bytes_stored_total.to_string();
+        fams[BYTES_STORED].samples.push((p(), v));
+    }
+    for (t, tm) in &m.targets {
+        if let Some(up) = tm.up {
+            fams[TARGET_UP]
+                .samples
+                .push((pt(t), (up as u8).to_string()));
+        }
+        if let Some(n) = tm.snapshots {
+            fams[SNAPSHOTS].samples.push((pt(t), n.to_string()));
+        }
+        if let Some(s) = tm.restore_seconds {
+            fams[RESTORE_SECONDS].samples.push((pt(t), seconds(s)));
+        }
+    }
+    if let Some(t) = &st.verify.last_attempt {
+        fams[LAST_VERIFY].samples.push((p(), timestamp(t)));
+        let ok = st.verify.last_result.as_deref() == Some("success");
+        fams[LAST_VERIFY_OK]
+            .samples
+            .push((p(), (ok as u8).to_string()));
+    }
+}
+
+/// A family's HELP and TYPE lines, then one line per sample.
+fn write_family(out: &mut String, f: &Family) {
+    let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+    let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
+    for (labels, v) in &f.samples {
+        let l: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+            .collect();
+        let _ = writeln!(out, "{}{{{}}} {v}", f.name, l.join(","));
+    }
 }
 
 /// Refresh `touched` policies' snapshot counts, then write the textfile for
@@ -356,5 +389,54 @@ mod tests {
             text.contains("backupctl_snapshots{policy=\"shop\",target=\"a\\\"b\\\\c\\nd\"} 2\n")
         );
         assert!(!text.contains("backupctl_restore_seconds"));
+    }
+
+    /// Families come in a fixed order, each with its samples by policy;
+    /// a family without samples is left out.
+    #[test]
+    fn families_in_order_then_policies() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap();
+        let mut a = PolicyState::default();
+        a.metrics.last_success = Some(t("2026-01-01T00:00:00.5Z"));
+        a.metrics.last_run_duration_seconds = Some(2.0004);
+        a.metrics.bytes_stored_total = 7;
+        a.metrics.targets.insert(
+            "nas".into(),
+            TargetMetrics {
+                up: Some(false),
+                snapshots: Some(3),
+                restore_seconds: Some(0.25),
+            },
+        );
+        a.verify.last_attempt = Some(t("2026-01-02T00:00:00Z"));
+        a.verify.last_result = Some("success".into());
+        let mut b = PolicyState::default();
+        b.metrics.bytes_read_total = 5;
+        b.verify.last_attempt = Some(t("2026-01-02T00:00:00Z"));
+        b.verify.last_result = Some("failure".into());
+        let states = BTreeMap::from([("b".to_string(), b), ("a".to_string(), a)]);
+        let text = render(&states);
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            [
+                "backupctl_last_success_timestamp_seconds{policy=\"a\"} 1767225600.5",
+                "backupctl_last_run_duration_seconds{policy=\"a\"} 2",
+                "backupctl_bytes_read_total{policy=\"a\"} 0",
+                "backupctl_bytes_read_total{policy=\"b\"} 5",
+                "backupctl_bytes_stored_total{policy=\"a\"} 7",
+                "backupctl_target_up{policy=\"a\",target=\"nas\"} 0",
+                "backupctl_snapshots{policy=\"a\",target=\"nas\"} 3",
+                "backupctl_last_verify_timestamp_seconds{policy=\"a\"} 1767312000",
+                "backupctl_last_verify_timestamp_seconds{policy=\"b\"} 1767312000",
+                "backupctl_last_verify_ok{policy=\"a\"} 1",
+                "backupctl_last_verify_ok{policy=\"b\"} 0",
+                "backupctl_restore_seconds{policy=\"a\",target=\"nas\"} 0.25",
+            ]
+        );
+        assert_eq!(text.matches("# HELP ").count(), 9);
+        assert!(text.starts_with(
+            "# HELP backupctl_last_success_timestamp_seconds When the snapshot of the policy's last run that completed on every target was taken (Unix time).\n# TYPE backupctl_last_success_timestamp_seconds gauge\n"
+        ));
     }
 }

@@ -193,16 +193,15 @@ fn config_is_found_via_env_var_and_cwd() {
         "policies/shop.toml",
         &format!("targets = [\"nas\", \"off\"]\n[retention]\ndaily = 7\n{GOOD_TAIL}"),
     );
-    let o = std::process::Command::new(bin())
+    let o = bin()
         .arg("check")
         .env("BACKUPCTL_CONFIG", s.config_path())
         .current_dir("/")
         .output()
         .unwrap();
     expect_code(&o, 0);
-    let o = std::process::Command::new(bin())
+    let o = bin()
         .arg("check")
-        .env_remove("BACKUPCTL_CONFIG")
         .current_dir(s.dir.path())
         .output()
         .unwrap();

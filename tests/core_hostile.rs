@@ -369,17 +369,19 @@ fn the_crafted_zstd_frames_are_what_they_claim() {
 /// (`ulimit -v`; a decompression into memory of what a bomb says would
 /// fail), under a time limit: passing proves the bounds.
 fn run_limited(s: &Setup, args: &[&str]) -> std::process::Output {
-    Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -f 8192 && ulimit -v 1048576 && exec timeout 120 \"$@\"")
-        .arg("sh")
-        .arg(bin())
-        .arg("--config")
-        .arg(s.config_path())
-        .args(args)
-        .env_remove("BACKUPCTL_CONFIG")
-        .output()
-        .unwrap()
+    bin_via(
+        "sh",
+        &[
+            "-c",
+            "ulimit -f 8192 && ulimit -v 1048576 && exec timeout 120 \"$@\"",
+            "sh",
+        ],
+    )
+    .arg("--config")
+    .arg(s.config_path())
+    .args(args)
+    .output()
+    .unwrap()
 }
 
 /// Every file under the setup's directory except `--to` and the state

@@ -165,15 +165,12 @@ impl Deployment {
         std::fs::write(p, content).unwrap();
     }
 
-    /// The binary with `config`, the deployment's environment and nothing
-    /// inherited that could change its behaviour.
+    /// The binary with `config` and the deployment's environment (nothing
+    /// inherited that could change its behaviour: see [`common::bin`]).
     fn cmd_with(&self, config: &Path) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_backupctl"));
+        let mut c = common::bin();
         c.arg("--config")
             .arg(config)
-            .env_remove("BACKUPCTL_CONFIG")
-            .env_remove("BACKUPCTL_NOW")
-            .env_remove("BACKUPCTL_LOG")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         c
     }

@@ -36,14 +36,12 @@ impl Deployment {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_backupctl"));
+        let mut c = bin();
         c.arg("--config")
             .arg(&self.cfg)
             .args(args)
             .env("TZ", "UTC")
-            .env("BACKUPCTL_NOW", NOW)
-            .env_remove("BACKUPCTL_CONFIG")
-            .env_remove("BACKUPCTL_LOG");
+            .env("BACKUPCTL_NOW", NOW);
         for (k, v) in &self.env {
             c.env(k, v);
         }

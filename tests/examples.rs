@@ -991,13 +991,11 @@ fn the_demo_backs_up_files_and_a_database_to_two_targets() {
         .unwrap();
     copy_tree(&repo().join("fixtures"), &dir.path().join("fixtures"));
     let cmd = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_backupctl"))
+        crate::common::bin()
             .args(args)
             .current_dir(dir.path())
             .env("BACKUPCTL_CONFIG", &config)
             .env("TZ", "UTC")
-            .env_remove("BACKUPCTL_NOW")
-            .env_remove("BACKUPCTL_LOG")
             .output()
             .unwrap()
     };

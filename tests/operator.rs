@@ -153,9 +153,7 @@ fn setup(config_extra: &str, policy_extra: &str) -> Setup {
 
 fn run_env(s: &Setup, env: &[(&str, &str)], args: &[&str]) -> Output {
     let mut c = s.cmd();
-    c.env("TZ", "UTC")
-        .env_remove("BACKUPCTL_NOW")
-        .env_remove("BACKUPCTL_LOG");
+    c.env("TZ", "UTC");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -526,8 +524,7 @@ fn stale_fires_once_when_the_newest_snapshot_is_older_than_max_age() {
         let mut c = s.cmd();
         c.current_dir(s.dir.path())
             .env("TZ", "UTC")
-            .env("BACKUPCTL_NOW", now)
-            .env_remove("BACKUPCTL_LOG");
+            .env("BACKUPCTL_NOW", now);
         c.args(args).output().unwrap()
     };
     let t0 = "2026-03-01T03:00:00Z";
@@ -918,11 +915,7 @@ fn json_logs_parse_and_the_log_file_gets_the_summary_line() {
 // ---------------------------------------------------------------------------
 
 fn bin_out(args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .env_remove("BACKUPCTL_CONFIG")
-        .output()
-        .unwrap()
+    bin().args(args).output().unwrap()
 }
 
 #[test]

@@ -10,14 +10,8 @@ use std::process::{Command, Output};
 
 /// Run the binary with `umask 000` (and the test hook `hook`, if any).
 fn run_umask_000(s: &Setup, args: &[&str], hook: Option<&str>) -> Output {
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg("umask 000; exec \"$0\" \"$@\"")
-        .arg(bin())
-        .arg("--config")
-        .arg(s.config_path())
-        .args(args)
-        .env_remove("BACKUPCTL_CONFIG");
+    let mut c = bin_via("sh", &["-c", "umask 000; exec \"$0\" \"$@\""]);
+    c.arg("--config").arg(s.config_path()).args(args);
     if let Some(h) = hook {
         c.env("BACKUPCTL_TEST_HOOK", h);
     }

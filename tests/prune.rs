@@ -457,7 +457,7 @@ impl S3TestTarget {
         let garage = s3_common::Garage::start("prune")?;
         let env = garage.env.clone();
         // backupctl reads the key from variables the config names; these are
-        // unique to this instance (std serialises env access with spawning).
+        // unique to this instance.
         let tag = s3_common::unique("k")
             .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
             .to_uppercase();
@@ -465,8 +465,6 @@ impl S3TestTarget {
             format!("PRUNE_S3_{tag}_KEY"),
             format!("PRUNE_S3_{tag}_SECRET"),
         );
-        std::env::set_var(&key_vars.0, &env.key_id);
-        std::env::set_var(&key_vars.1, &env.secret);
         Some(S3TestTarget {
             name: name.to_string(),
             prefix: "prune/".to_string(),
@@ -474,6 +472,15 @@ impl S3TestTarget {
             key_vars,
             garage: Some(garage),
         })
+    }
+
+    /// The variables its config names, for every command (see
+    /// [`Setup::env`]).
+    fn child_env(&self) -> Vec<(String, String)> {
+        vec![
+            (self.key_vars.0.clone(), self.env.key_id.clone()),
+            (self.key_vars.1.clone(), self.env.secret.clone()),
+        ]
     }
 }
 
@@ -522,7 +529,8 @@ fn s3_prune_end_to_end() {
     let Some(b) = S3TestTarget::shared("b") else {
         return;
     };
-    let s = Setup::new();
+    let mut s = Setup::new();
+    s.env = b.child_env();
     let a = FsTestTarget::new(s.path(), "a");
     s.write_config(&[a.config_snippet(), b.config_snippet()]);
     prune_end_to_end(&s, &a, &b);
@@ -533,7 +541,8 @@ fn s3_prune_with_the_s3_target_down() {
     let Some(b) = S3TestTarget::private("b") else {
         return;
     };
-    let s = Setup::new();
+    let mut s = Setup::new();
+    s.env = b.child_env();
     let a = FsTestTarget::new(s.path(), "a");
     s.write_config(&[a.config_snippet(), b.config_snippet()]);
     prune_with_target_down(&s, &a, &b);

@@ -96,7 +96,7 @@ fn server_stopped_mid_upload_then_sync_completes() {
     ) else {
         return;
     };
-    let mut child = s3_common::bin()
+    let mut child = crate::common::bin()
         .arg("--config")
         .arg(&s.cfg)
         .arg("run")
@@ -268,14 +268,11 @@ fn one_gib_archive_uploads_with_bounded_memory() {
     }) else {
         return;
     };
-    let o = std::process::Command::new("/usr/bin/time")
-        .arg("-v")
-        .arg(env!("CARGO_BIN_EXE_backupctl"))
+    let o = crate::common::bin_via("/usr/bin/time", &["-v"])
         .arg("--config")
         .arg(&s.cfg)
         .args(["run", "--json"])
         .envs(s.envs())
-        .env_remove("BACKUPCTL_CONFIG")
         .output()
         .expect("/usr/bin/time (Debian package `time`)");
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -487,7 +484,7 @@ fn a_slow_target_does_not_hold_back_the_others() {
         &["offsite", "local"],
         &src,
     );
-    let mut child = s3_common::bin()
+    let mut child = crate::common::bin()
         .arg("--config")
         .arg(&cfg)
         .arg("run")

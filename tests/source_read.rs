@@ -287,7 +287,8 @@ fn a_file_swapped_for_another_file_is_not_substituted() {
 
 // ---- unreadable files (as an unprivileged user) ----
 
-/// `setpriv` to nobody, when running as root with setpriv available.
+/// backupctl under `setpriv` to nobody, when running as root with setpriv
+/// available.
 fn as_nobody() -> Option<Command> {
     if !running_as_root() {
         eprintln!("skipped: needs root (to make files another user cannot read)");
@@ -306,9 +307,10 @@ fn as_nobody() -> Option<Command> {
         eprintln!("skipped: setpriv cannot switch to nobody here");
         return None;
     }
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]);
-    Some(c)
+    Some(bin_via(
+        "setpriv",
+        &["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"],
+    ))
 }
 
 fn chown_nobody(p: &Path) {
@@ -349,7 +351,6 @@ fn unreadable_files_make_the_snapshot_incomplete_exit_3() {
     }
     let at = "2026-03-01T03:00:00Z";
     let o = nobody
-        .arg(bin())
         .arg("--config")
         .arg(s.config_path())
         .args(["run", "--json"])

@@ -396,7 +396,7 @@ fn a_machine_that_trusts_no_key_says_which_to_pin() {
 fn explicit_key_files() {
     let Site { s, .. } = site();
     let key = s.path("keys/backup.key");
-    let o = std::process::Command::new(bin())
+    let o = bin()
         .args(["key", "init", "--key-file", key.to_str().unwrap(), "--json"])
         .output()
         .unwrap();

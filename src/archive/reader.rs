@@ -301,61 +301,19 @@ pub fn extract<R: Read + Send>(
     dest_path: &Path,
     opts: &ExtractOptions,
 ) -> Result<ExtractReport, ExtractError> {
-    let source_failed = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    const CHUNK: usize = 1 << 20;
+    let stop = AtomicBool::new(false);
     let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
     let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
-    let tar_limit = opts.expect.as_ref().map(|e| e.tar_size);
+    let sr = SourceReader {
+        inner: src,
+        hasher: blake3::Hasher::new(),
+        count: 0,
+        limit: opts.expect.as_ref().map(|e| e.tar_size),
+        failed: Arc::new(AtomicBool::new(false)),
+    };
     std::thread::scope(|scope| {
-        let failed = source_failed.clone();
-        let stop2 = stop.clone();
-        let decoder = scope.spawn(move || -> Decoded {
-            let mut sr = SourceReader {
-                inner: src,
-                hasher: blake3::Hasher::new(),
-                count: 0,
-                limit: tar_limit,
-                failed: failed.clone(),
-            };
-            let classify =
-                |e: io::Error| ExtractError::Integrity(format!("reading the stream failed: {e}"));
-            let mut unpacker_done = false;
-            loop {
-                if stop2.load(Ordering::SeqCst) {
-                    return Ok(None);
-                }
-                let mut chunk = recycle_rx.try_recv().unwrap_or_default();
-                chunk.resize(CHUNK, 0);
-                let mut filled = 0;
-                while filled < chunk.len() {
-                    match sr.read(&mut chunk[filled..]) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            let err = classify(e);
-                            if !unpacker_done {
-                                let _ = tx.send(Err(io::Error::other(err.to_string())));
-                            }
-                            return Err(err);
-                        }
-                    }
-                }
-                if filled == 0 {
-                    break;
-                }
-                chunk.truncate(filled);
-                // Once the unpacker has reached the end of the tar stream,
-                // keep reading (bounded) so the hash covers every byte.
-                if !unpacker_done && tx.send(Ok(chunk)).is_err() {
-                    unpacker_done = true;
-                }
-            }
-            drop(tx);
-            Ok(Some((sr.hasher.finalize().to_hex().to_string(), sr.count)))
-        });
-
+        let stop = &stop;
+        let decoder = scope.spawn(move || decode(sr, stop, tx, recycle_rx));
         let mut reader = ChannelReader {
             rx,
             recycle: recycle_tx,
@@ -371,36 +329,109 @@ pub fn extract<R: Read + Send>(
         let forwarded = reader.forwarded_error;
         drop(reader);
         let decoded = decoder.join().expect("reader thread panicked");
-        // Report the first cause: a read failure the unpacker ran into, or
-        // the unpacker's own refusal.
-        let (hash, size) = match (decoded, unpacked) {
-            (Err(d), Err(_)) if forwarded => return Err(d),
-            (_, Err(u)) => return Err(u),
-            (Err(d), Ok(())) => return Err(d),
-            (Ok(None), Ok(())) => unreachable!("the reader stops only after an unpack error"),
-            (Ok(Some(x)), Ok(())) => x,
-        };
-        if let Some(expected) = expected_hash {
-            if hash != expected {
-                return Err(ExtractError::Integrity(format!(
-                    "the stream hashes to {hash}, the manifest records {expected}: the copy is damaged"
-                )));
-            }
-        }
-        if let Some(e) = &opts.expect {
-            if size != e.tar_size {
-                return Err(ExtractError::Integrity(format!(
-                    "the stream is {size} bytes; the manifest records {}",
-                    e.tar_size
-                )));
-            }
-        }
+        let (hash, size) = first_cause(decoded, unpacked, forwarded)?;
+        check_stream(&hash, size, expected_hash, opts)?;
         // The bytes are the ones recorded: now directories get their modes.
         let mut report = unpacker.finish()?;
         report.archive_hash = hash;
         report.archive_size = size;
         Ok(report)
     })
+}
+
+/// The reader thread: read `sr` in 1 MiB chunks (reusing those that come
+/// back on `recycle`) and send them to the unpacker until the end or
+/// `stop`; a read error is forwarded too. Once the unpacker has left, the
+/// rest is still read (bounded) so the hash covers every byte.
+fn decode<R: Read>(
+    mut sr: SourceReader<R>,
+    stop: &AtomicBool,
+    tx: mpsc::SyncSender<io::Result<Vec<u8>>>,
+    recycle: mpsc::Receiver<Vec<u8>>,
+) -> Decoded {
+    const CHUNK: usize = 1 << 20;
+    let mut unpacker_done = false;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        let mut chunk = recycle.try_recv().unwrap_or_default();
+        chunk.resize(CHUNK, 0);
+        let filled = match fill(&mut sr, &mut chunk) {
+            Ok(n) => n,
+            Err(e) => {
+                let err = ExtractError::Integrity(format!("reading the stream failed: {e}"));
+                if !unpacker_done {
+                    let _ = tx.send(Err(io::Error::other(err.to_string())));
+                }
+                return Err(err);
+            }
+        };
+        if filled == 0 {
+            break;
+        }
+        chunk.truncate(filled);
+        if !unpacker_done && tx.send(Ok(chunk)).is_err() {
+            unpacker_done = true;
+        }
+    }
+    drop(tx);
+    Ok(Some((sr.hasher.finalize().to_hex().to_string(), sr.count)))
+}
+
+/// Read into `buf` until it is full or the source ends; returns the bytes read.
+fn fill(src: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match src.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The stream's (BLAKE3, size), or the first cause of failure: a read
+/// failure the unpacker ran into (`forwarded`), or the unpacker's own refusal.
+fn first_cause(
+    decoded: Decoded,
+    unpacked: Result<(), ExtractError>,
+    forwarded: bool,
+) -> Result<(String, u64), ExtractError> {
+    match (decoded, unpacked) {
+        (Err(d), Err(_)) if forwarded => Err(d),
+        (_, Err(u)) => Err(u),
+        (Err(d), Ok(())) => Err(d),
+        (Ok(None), Ok(())) => unreachable!("the reader stops only after an unpack error"),
+        (Ok(Some(x)), Ok(())) => Ok(x),
+    }
+}
+
+/// Refuse a stream whose hash or size is not the one recorded.
+fn check_stream(
+    hash: &str,
+    size: u64,
+    expected_hash: Option<&str>,
+    opts: &ExtractOptions,
+) -> Result<(), ExtractError> {
+    if let Some(expected) = expected_hash {
+        if hash != expected {
+            return Err(ExtractError::Integrity(format!(
+                "the stream hashes to {hash}, the manifest records {expected}: the copy is damaged"
+            )));
+        }
+    }
+    if let Some(e) = &opts.expect {
+        if size != e.tar_size {
+            return Err(ExtractError::Integrity(format!(
+                "the stream is {size} bytes; the manifest records {}",
+                e.tar_size
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Validate an archive path: relative, no `..`, no root; returns it normalised.
@@ -562,6 +593,92 @@ fn pax_value<'p>(pax: &'p Option<Vec<u8>>, key: &str) -> Option<&'p [u8]> {
         .map(|e| e.value_bytes())
 }
 
+/// An entry's mode, mtime and owner (None unless ownership is restored).
+struct Attrs {
+    mode: u32,
+    mtime: filetime::FileTime,
+    owner: Option<(u32, u32)>,
+}
+
+impl Attrs {
+    /// As a directory's deferred metadata.
+    fn dir_meta(&self) -> DirMeta {
+        DirMeta {
+            mode: self.mode,
+            mtime: Some(self.mtime),
+            owner: self.owner,
+        }
+    }
+}
+
+/// A pax record's decimal value, or `dflt`.
+fn pax_num(pax: &Option<Vec<u8>>, key: &str, dflt: u64) -> u64 {
+    pax_value(pax, key)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(dflt)
+}
+
+/// An entry's path (GNU long name, else pax path, else the header's),
+/// checked to be relative, without `..` and without NUL bytes.
+fn entry_path(header: &tar::Header, p: &Pending) -> Result<PathBuf, ExtractError> {
+    let raw = match &p.long_name {
+        Some(n) => trim_nul(n.clone()),
+        None => match pax_value(&p.pax, "path") {
+            Some(v) => v.to_vec(),
+            None => header.path_bytes().into_owned(),
+        },
+    };
+    let rel = safe_relative(Path::new(OsStr::from_bytes(&raw))).map_err(ExtractError::Unsafe)?;
+    if raw.contains(&0) {
+        return Err(ExtractError::Unsafe(format!(
+            "{}: name contains a NUL byte",
+            rel.display()
+        )));
+    }
+    Ok(rel)
+}
+
+/// Refuse a pax size that disagrees with the header's.
+fn check_pax_size(p: &Pending, size: u64, rel: &Path) -> Result<(), ExtractError> {
+    let Some(v) = pax_value(&p.pax, "size") else {
+        return Ok(());
+    };
+    if std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        != Some(size)
+    {
+        return Err(ExtractError::Integrity(format!(
+            "{}: a pax size disagrees with the header",
+            rel.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A link entry's target (GNU long link, else pax linkpath, else the
+/// header's); refused when empty or holding a NUL byte.
+fn link_target(header: &tar::Header, p: &Pending, rel: &Path) -> Result<Vec<u8>, ExtractError> {
+    let t = match &p.long_link {
+        Some(n) => trim_nul(n.clone()),
+        None => match pax_value(&p.pax, "linkpath") {
+            Some(v) => v.to_vec(),
+            None => header
+                .link_name_bytes()
+                .map(|c| c.into_owned())
+                .unwrap_or_default(),
+        },
+    };
+    if t.is_empty() || t.contains(&0) {
+        return Err(ExtractError::Unsafe(format!(
+            "{}: link without a valid target",
+            rel.display()
+        )));
+    }
+    Ok(t)
+}
+
 /// The process umask (read without changing it).
 fn current_umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")
@@ -669,6 +786,8 @@ impl<'a> Unpacker<'a> {
         Ok((fd, leaf))
     }
 
+    /// Restore one entry (any extension headers before it in `p`): its name
+    /// and attributes are read and checked first, then its kind decides.
     fn entry<R: Read>(
         &mut self,
         entry: &mut tar::Entry<R>,
@@ -676,35 +795,52 @@ impl<'a> Unpacker<'a> {
     ) -> Result<(), ExtractError> {
         let header = entry.header();
         let kind = header.entry_type();
-        let raw = match p.long_name {
-            Some(n) => trim_nul(n),
-            None => match pax_value(&p.pax, "path") {
-                Some(v) => v.to_vec(),
-                None => header.path_bytes().into_owned(),
-            },
-        };
-        let raw_path = Path::new(OsStr::from_bytes(&raw));
-        let rel = safe_relative(raw_path).map_err(ExtractError::Unsafe)?;
-        if raw.contains(&0) {
-            return Err(ExtractError::Unsafe(format!(
-                "{}: name contains a NUL byte",
-                rel.display()
-            )));
-        }
+        let rel = entry_path(header, &p)?;
         self.report.entries += 1;
         let size = entry.size();
-        if let Some(v) = pax_value(&p.pax, "size") {
-            if std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                != Some(size)
-            {
-                return Err(ExtractError::Integrity(format!(
-                    "{}: a pax size disagrees with the header",
-                    rel.display()
-                )));
-            }
+        check_pax_size(&p, size, &rel)?;
+        let attrs = self.attrs(header, &p);
+        if rel.as_os_str().is_empty() {
+            return self.root_entry(kind, &attrs);
         }
+        let included = self.included(&rel, kind == tar::EntryType::Directory);
+        match kind {
+            tar::EntryType::Directory if !included => self.skip(),
+            tar::EntryType::Directory => self.directory(&rel, &attrs),
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                self.regular(entry, &rel, size, included, &attrs)
+            }
+            tar::EntryType::Symlink => {
+                let target = link_target(header, &p, &rel)?;
+                if !included {
+                    return self.skip();
+                }
+                self.symlink(&rel, &target, &attrs)
+            }
+            tar::EntryType::Link => {
+                let target = link_target(header, &p, &rel)?;
+                if !included {
+                    return self.skip();
+                }
+                self.hard_link(&rel, &target)
+            }
+            other => Err(ExtractError::Unsafe(format!(
+                "{}: refusing entry of type {:?} (device nodes, FIFOs, sparse and other special files are not restored)",
+                rel.display(),
+                other
+            ))),
+        }
+    }
+
+    /// Count an entry the include filter leaves out.
+    fn skip(&mut self) -> Result<(), ExtractError> {
+        self.report.skipped += 1;
+        Ok(())
+    }
+
+    /// An entry's mode, mtime and (when restoring ownership) owner, pax
+    /// records overriding the header.
+    fn attrs(&self, header: &tar::Header, p: &Pending) -> Attrs {
         let mode = header.mode().unwrap_or(0o644) & 0o7777;
         let mut mtime = filetime::FileTime::from_unix_time(header.mtime().unwrap_or(0) as i64, 0);
         if let Some(t) = pax_value(&p.pax, "mtime")
@@ -713,214 +849,199 @@ impl<'a> Unpacker<'a> {
         {
             mtime = t;
         }
-        let num = |key: &str, dflt: u64| {
-            pax_value(&p.pax, key)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(dflt)
-        };
-        let owner = if self.opts.preserve_owner {
-            Some((
-                num("uid", header.uid().unwrap_or(0)) as u32,
-                num("gid", header.gid().unwrap_or(0)) as u32,
-            ))
-        } else {
-            None
-        };
-        let link_target = || -> Result<Vec<u8>, ExtractError> {
-            let t = match &p.long_link {
-                Some(n) => trim_nul(n.clone()),
-                None => match pax_value(&p.pax, "linkpath") {
-                    Some(v) => v.to_vec(),
-                    None => header
-                        .link_name_bytes()
-                        .map(|c| c.into_owned())
-                        .unwrap_or_default(),
-                },
-            };
-            if t.is_empty() || t.contains(&0) {
-                return Err(ExtractError::Unsafe(format!(
-                    "{}: link without a valid target",
-                    rel.display()
-                )));
-            }
-            Ok(t)
-        };
+        let owner = self.opts.preserve_owner.then(|| {
+            (
+                pax_num(&p.pax, "uid", header.uid().unwrap_or(0)) as u32,
+                pax_num(&p.pax, "gid", header.gid().unwrap_or(0)) as u32,
+            )
+        });
+        Attrs { mode, mtime, owner }
+    }
 
-        if rel.as_os_str().is_empty() {
-            // The root itself ("./").
-            if kind != tar::EntryType::Directory {
-                return Err(ExtractError::Unsafe(format!(
-                    "an entry of type {kind:?} for the archive root"
-                )));
-            }
-            self.root_meta = Some(DirMeta {
-                mode,
-                mtime: Some(mtime),
-                owner,
-            });
+    /// The archive root ("./"): only a directory, whose metadata waits for
+    /// [`Unpacker::finish`].
+    fn root_entry(&mut self, kind: tar::EntryType, a: &Attrs) -> Result<(), ExtractError> {
+        if kind != tar::EntryType::Directory {
+            return Err(ExtractError::Unsafe(format!(
+                "an entry of type {kind:?} for the archive root"
+            )));
+        }
+        self.root_meta = Some(a.dir_meta());
+        Ok(())
+    }
+
+    /// Create the directory `rel` (and its parents); its metadata waits for
+    /// [`Unpacker::finish`].
+    fn directory(&mut self, rel: &Path, a: &Attrs) -> Result<(), ExtractError> {
+        let comps: Vec<&OsStr> = rel.iter().collect();
+        let made = &mut self.made;
+        made.clear();
+        self.cursor
+            .dir(&comps, true, &mut |d| made.push(d))
+            .map_err(|e| walk_error(self.dest, rel, &comps, e))?;
+        let node = self.tree.record(&comps, made);
+        self.tree.nodes[node].meta = Some(a.dir_meta());
+        Ok(())
+    }
+
+    /// A regular file: checked against the manifest even when filtered out,
+    /// then written, its size checked, and its owner, mode and mtime set.
+    fn regular<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<R>,
+        rel: &Path,
+        size: u64,
+        included: bool,
+        a: &Attrs,
+    ) -> Result<(), ExtractError> {
+        let key = rel.as_os_str().as_bytes().to_vec();
+        self.check_listed(&key, rel, size)?;
+        if !included {
+            return self.skip(); // the tar reader skips the data
+        }
+        let dest = self.dest;
+        let (dir, leaf) = self.parent_of(rel)?;
+        let mut file =
+            beneath::create_file_at(dir, leaf, 0o600).map_err(|e| write_error(dest, rel, e))?;
+        let (written, hash) = self.copy_data(entry, &mut file, rel)?;
+        if written != size {
+            return Err(ExtractError::Integrity(format!(
+                "{}: truncated entry",
+                rel.display()
+            )));
+        }
+        self.set_file_attrs(&file, rel, a)?;
+        drop(file);
+        if let Some(p) = &self.opts.progress {
+            p.files.fetch_add(1, Ordering::Relaxed);
+        }
+        self.report.files.insert(key, (written, hash));
+        Ok(())
+    }
+
+    /// Refuse a regular file the manifest (when given) does not list with
+    /// the size its header announces.
+    fn check_listed(&self, key: &[u8], rel: &Path, size: u64) -> Result<(), ExtractError> {
+        let Some(e) = &self.opts.expect else {
             return Ok(());
+        };
+        match e.size_of(key) {
+            None => Err(ExtractError::Integrity(format!(
+                "{}: a file the manifest does not list",
+                rel.display()
+            ))),
+            Some(want) if want != size => Err(ExtractError::Integrity(format!(
+                "{}: the archive announces {size} bytes, the manifest records {want}",
+                rel.display()
+            ))),
+            Some(_) => Ok(()),
         }
-        let included = self.included(&rel, kind == tar::EntryType::Directory);
-        match kind {
-            tar::EntryType::Directory => {
-                if !included {
-                    self.report.skipped += 1;
-                    return Ok(());
-                }
-                let comps: Vec<&OsStr> = rel.iter().collect();
-                let made = &mut self.made;
-                made.clear();
-                self.cursor
-                    .dir(&comps, true, &mut |d| made.push(d))
-                    .map_err(|e| walk_error(self.dest, &rel, &comps, e))?;
-                let node = self.tree.record(&comps, made);
-                self.tree.nodes[node].meta = Some(DirMeta {
-                    mode,
-                    mtime: Some(mtime),
-                    owner,
-                });
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let key = rel.as_os_str().as_bytes().to_vec();
-                if let Some(e) = &self.opts.expect {
-                    match e.size_of(&key) {
-                        None => {
-                            return Err(ExtractError::Integrity(format!(
-                                "{}: a file the manifest does not list",
-                                rel.display()
-                            )))
-                        }
-                        Some(want) if want != size => {
-                            return Err(ExtractError::Integrity(format!(
-                                "{}: the archive announces {size} bytes, the manifest records {want}",
-                                rel.display()
-                            )))
-                        }
-                        Some(_) => {}
-                    }
-                }
-                if !included {
-                    self.report.skipped += 1;
-                    return Ok(()); // the tar reader skips the data
-                }
-                let dest = self.dest;
-                let (dir, leaf) = self.parent_of(&rel)?;
-                let mut file = beneath::create_file_at(dir, leaf, 0o600)
-                    .map_err(|e| write_error(dest, &rel, e))?;
-                let mut hasher = blake3::Hasher::new();
-                let mut written = 0u64;
-                loop {
-                    let n = match entry.read(&mut self.buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            return Err(ExtractError::Integrity(format!(
-                                "reading {}: {e}",
-                                rel.display()
-                            )))
-                        }
-                    };
-                    if self.opts.hash_files {
-                        hasher.update(&self.buf[..n]);
-                    }
-                    file.write_all(&self.buf[..n])
-                        .map_err(|e| write_error(dest, &rel, e))?;
-                    written += n as u64;
-                    if let Some(p) = &self.opts.progress {
-                        p.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                }
-                if written != size {
+    }
+
+    /// Copy an entry's data into `file`; returns the bytes written and their
+    /// BLAKE3 (empty when not hashed, see [`ExtractOptions::hash_files`]).
+    fn copy_data<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<R>,
+        file: &mut std::fs::File,
+        rel: &Path,
+    ) -> Result<(u64, String), ExtractError> {
+        let mut hasher = blake3::Hasher::new();
+        let mut written = 0u64;
+        loop {
+            let n = match entry.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
                     return Err(ExtractError::Integrity(format!(
-                        "{}: truncated entry",
+                        "reading {}: {e}",
                         rel.display()
-                    )));
+                    )))
                 }
-                let restored = match owner {
-                    Some((uid, gid)) => {
-                        let ok = beneath::fchown(file.as_fd(), uid, gid).is_ok();
-                        if !ok {
-                            self.report.owner_failures += 1;
-                        }
-                        ok
-                    }
-                    None => false,
-                };
-                beneath::fchmod(file.as_fd(), self.final_mode(mode, restored))
-                    .map_err(|e| write_error(dest, &rel, e))?;
-                beneath::set_fd_mtime(file.as_fd(), mtime)
-                    .map_err(|e| write_error(dest, &rel, e))?;
-                drop(file);
-                if let Some(p) = &self.opts.progress {
-                    p.files.fetch_add(1, Ordering::Relaxed);
-                }
-                // Empty when not hashed (see ExtractOptions::hash_files).
-                let hash = if self.opts.hash_files {
-                    hasher.finalize().to_hex().to_string()
-                } else {
-                    String::new()
-                };
-                self.report.files.insert(key, (written, hash));
+            };
+            if self.opts.hash_files {
+                hasher.update(&self.buf[..n]);
             }
-            tar::EntryType::Symlink => {
-                let target = link_target()?;
-                if !included {
-                    self.report.skipped += 1;
-                    return Ok(());
-                }
-                let dest = self.dest;
-                let (dir, leaf) = self.parent_of(&rel)?;
-                let target = OsStr::from_bytes(&target);
-                beneath::symlink_at(target, dir, leaf).map_err(|e| write_error(dest, &rel, e))?;
-                if let Some((uid, gid)) = owner {
-                    if beneath::lchown_at(dir, leaf, uid, gid).is_err() {
-                        self.report.owner_failures += 1;
-                    }
-                }
-                let (dir, leaf) = self.parent_of(&rel)?;
-                beneath::set_link_mtime_at(dir, leaf, mtime)
-                    .map_err(|e| write_error(dest, &rel, e))?;
-            }
-            tar::EntryType::Link => {
-                let target = link_target()?;
-                if !included {
-                    self.report.skipped += 1;
-                    return Ok(());
-                }
-                let target_rel = safe_relative(Path::new(OsStr::from_bytes(&target)))
-                    .map_err(|e| {
-                        ExtractError::Unsafe(format!("{}: hard link target {e}", rel.display()))
-                    })?;
-                let tkey = target_rel.as_os_str().as_bytes();
-                let Some(info) = self.report.files.get(tkey).cloned() else {
-                    return Err(ExtractError::Unsafe(format!(
-                        "{}: hard link to {} which is not a file written earlier from this archive",
-                        rel.display(),
-                        target_rel.display()
-                    )));
-                };
-                let dest = self.dest;
-                let (src_dir, src_leaf) = self.parent_of(&target_rel)?;
-                let src_dir = src_dir
-                    .try_clone_to_owned()
-                    .map_err(|e| write_error(dest, &rel, e))?;
-                let (dir, leaf) = self.parent_of(&rel)?;
-                beneath::link_at(src_dir.as_fd(), src_leaf, dir, leaf)
-                    .map_err(|e| write_error(dest, &rel, e))?;
-                self.report
-                    .files
-                    .insert(rel.as_os_str().as_bytes().to_vec(), info);
-            }
-            other => {
-                return Err(ExtractError::Unsafe(format!(
-                    "{}: refusing entry of type {:?} (device nodes, FIFOs, sparse and other special files are not restored)",
-                    rel.display(),
-                    other
-                )))
+            file.write_all(&self.buf[..n])
+                .map_err(|e| write_error(self.dest, rel, e))?;
+            written += n as u64;
+            if let Some(p) = &self.opts.progress {
+                p.bytes.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
+        let hash = if self.opts.hash_files {
+            hasher.finalize().to_hex().to_string()
+        } else {
+            String::new()
+        };
+        Ok((written, hash))
+    }
+
+    /// Give a written file its owner (when asked; setuid/setgid bits only
+    /// with it), mode and mtime.
+    fn set_file_attrs(
+        &mut self,
+        file: &std::fs::File,
+        rel: &Path,
+        a: &Attrs,
+    ) -> Result<(), ExtractError> {
+        let restored = match a.owner {
+            Some((uid, gid)) => {
+                let ok = beneath::fchown(file.as_fd(), uid, gid).is_ok();
+                if !ok {
+                    self.report.owner_failures += 1;
+                }
+                ok
+            }
+            None => false,
+        };
+        beneath::fchmod(file.as_fd(), self.final_mode(a.mode, restored))
+            .map_err(|e| write_error(self.dest, rel, e))?;
+        beneath::set_fd_mtime(file.as_fd(), a.mtime).map_err(|e| write_error(self.dest, rel, e))
+    }
+
+    /// Create the symbolic link `rel` as it was (its target is not followed
+    /// by anything later: walks refuse links), with its owner and mtime.
+    fn symlink(&mut self, rel: &Path, target: &[u8], a: &Attrs) -> Result<(), ExtractError> {
+        let dest = self.dest;
+        let (dir, leaf) = self.parent_of(rel)?;
+        let target = OsStr::from_bytes(target);
+        beneath::symlink_at(target, dir, leaf).map_err(|e| write_error(dest, rel, e))?;
+        if let Some((uid, gid)) = a.owner {
+            if beneath::lchown_at(dir, leaf, uid, gid).is_err() {
+                self.report.owner_failures += 1;
+            }
+        }
+        let (dir, leaf) = self.parent_of(rel)?;
+        beneath::set_link_mtime_at(dir, leaf, a.mtime).map_err(|e| write_error(dest, rel, e))
+    }
+
+    /// Create the hard link `rel`, only to a regular file this archive wrote
+    /// earlier.
+    fn hard_link(&mut self, rel: &Path, target: &[u8]) -> Result<(), ExtractError> {
+        let target_rel = safe_relative(Path::new(OsStr::from_bytes(target))).map_err(|e| {
+            ExtractError::Unsafe(format!("{}: hard link target {e}", rel.display()))
+        })?;
+        let tkey = target_rel.as_os_str().as_bytes();
+        let Some(info) = self.report.files.get(tkey).cloned() else {
+            return Err(ExtractError::Unsafe(format!(
+                "{}: hard link to {} which is not a file written earlier from this archive",
+                rel.display(),
+                target_rel.display()
+            )));
+        };
+        let dest = self.dest;
+        let (src_dir, src_leaf) = self.parent_of(&target_rel)?;
+        let src_dir = src_dir
+            .try_clone_to_owned()
+            .map_err(|e| write_error(dest, rel, e))?;
+        let (dir, leaf) = self.parent_of(rel)?;
+        beneath::link_at(src_dir.as_fd(), src_leaf, dir, leaf)
+            .map_err(|e| write_error(dest, rel, e))?;
+        self.report
+            .files
+            .insert(rel.as_os_str().as_bytes().to_vec(), info);
         Ok(())
     }
 
@@ -933,100 +1054,23 @@ impl<'a> Unpacker<'a> {
     /// own mode can forbid that: each directory costs a constant number of
     /// calls however deep it is.
     fn finish(mut self) -> Result<ExtractReport, ExtractError> {
-        const KEEP_OPEN: usize = 64;
         let default = DirMeta {
             mode: 0o777 & !self.umask,
             mtime: None,
             owner: None,
         };
-        let preserve = self.opts.preserve_owner;
-        let mut failures = 0;
-        let mut apply = |fd: BorrowedFd<'_>, d: &DirMeta| -> io::Result<()> {
-            let restored = match d.owner {
-                Some((uid, gid)) if preserve => {
-                    let ok = beneath::fchown(fd, uid, gid).is_ok();
-                    if !ok {
-                        failures += 1;
-                    }
-                    ok
-                }
-                _ => false,
-            };
-            let mode = if restored { d.mode } else { d.mode & !SETID };
-            beneath::fchmod(fd, mode)?;
-            if let Some(t) = d.mtime {
-                beneath::set_fd_mtime(fd, t)?;
-            }
-            Ok(())
+        let mut meta = MetaApplier {
+            preserve: self.opts.preserve_owner,
+            failures: 0,
         };
-        struct Frame {
-            node: usize,
-            /// None for the root (`self.root`) and for ancestors closed
-            /// to bound the descriptors in use.
-            fd: Option<OwnedFd>,
-            id: (u64, u64),
-            children: Vec<usize>,
-            next: usize,
-        }
         let tree = std::mem::replace(&mut self.tree, DirTree::new());
-        let (dest, root) = (self.dest, self.root);
-        let err = |i: usize, e: io::Error| write_error(dest, &tree.path(i), e);
-        let children = |i: usize| tree.nodes[i].children.values().copied().collect();
-        let mut stack = vec![Frame {
-            node: 0,
-            fd: None,
-            id: (0, 0),
-            children: children(0),
-            next: 0,
-        }];
-        while let Some(top) = stack.last_mut() {
-            if let Some(&child) = top.children.get(top.next) {
-                top.next += 1;
-                let parent = top.fd.as_ref().map_or(root, |f| f.as_fd());
-                let fd = beneath::open_dir_at(parent, &tree.nodes[child].name)
-                    .map_err(|e| err(child, e))?;
-                let id = dev_ino(fd.as_fd()).map_err(|e| err(child, e))?;
-                if stack.len() > KEEP_OPEN {
-                    let far = stack.len() - KEEP_OPEN;
-                    stack[far].fd = None;
-                }
-                stack.push(Frame {
-                    node: child,
-                    fd: Some(fd),
-                    id,
-                    children: children(child),
-                    next: 0,
-                });
-                continue;
-            }
-            // Every child done: this directory's turn, then its parent's.
-            let frame = stack.pop().expect("the top frame");
-            let Some(fd) = frame.fd else {
-                break; // the root: applied below
-            };
-            if let Some(parent) = stack.last_mut() {
-                if parent.node != 0 && parent.fd.is_none() {
-                    let up = beneath::open_dir_at(fd.as_fd(), OsStr::new(".."))
-                        .map_err(|e| err(parent.node, e))?;
-                    if dev_ino(up.as_fd()).map_err(|e| err(parent.node, e))? != parent.id {
-                        return Err(ExtractError::Unsafe(format!(
-                            "{}: a directory was moved during extraction",
-                            tree.path(parent.node).display()
-                        )));
-                    }
-                    parent.fd = Some(up);
-                }
-            }
-            let node = &tree.nodes[frame.node];
-            if let Some(d) = node.meta.or(node.created.then_some(default)) {
-                apply(fd.as_fd(), &d).map_err(|e| err(frame.node, e))?;
-            }
-        }
+        TreeWalk::new(&tree, self.root, self.dest).run(default, &mut meta)?;
         if self.opts.apply_root {
             let d = self.root_meta.unwrap_or(default);
-            apply(self.root, &d).map_err(|e| write_error(self.dest, Path::new(""), e))?;
+            meta.apply(self.root, &d)
+                .map_err(|e| write_error(self.dest, Path::new(""), e))?;
         }
-        self.report.owner_failures += failures;
+        self.report.owner_failures += meta.failures;
         if self.report.owner_failures > 0 {
             tracing::warn!(
                 "{}: the ownership of {} entries could not be restored; their setuid/setgid bits were dropped",
@@ -1035,6 +1079,153 @@ impl<'a> Unpacker<'a> {
             );
         }
         Ok(self.report)
+    }
+}
+
+/// Most directory descriptors [`Unpacker::finish`] keeps open.
+const KEEP_OPEN: usize = 64;
+
+/// Gives directories their deferred metadata; counts the ownerships it
+/// could not restore.
+struct MetaApplier {
+    preserve: bool,
+    failures: u64,
+}
+
+impl MetaApplier {
+    /// Give the directory `fd` its owner (when restoring ownership; the
+    /// setuid/setgid bits only with it), mode and mtime.
+    fn apply(&mut self, fd: BorrowedFd<'_>, d: &DirMeta) -> io::Result<()> {
+        let restored = match d.owner {
+            Some((uid, gid)) if self.preserve => {
+                let ok = beneath::fchown(fd, uid, gid).is_ok();
+                if !ok {
+                    self.failures += 1;
+                }
+                ok
+            }
+            _ => false,
+        };
+        let mode = if restored { d.mode } else { d.mode & !SETID };
+        beneath::fchmod(fd, mode)?;
+        if let Some(t) = d.mtime {
+            beneath::set_fd_mtime(fd, t)?;
+        }
+        Ok(())
+    }
+}
+
+/// A directory on the walk of [`TreeWalk`].
+struct Frame {
+    node: usize,
+    /// None for the root (`TreeWalk::root`) and for ancestors closed to
+    /// bound the descriptors in use.
+    fd: Option<OwnedFd>,
+    id: (u64, u64),
+    children: Vec<usize>,
+    next: usize,
+}
+
+/// The depth-first walk of a [`DirTree`] below the destination, children
+/// before parents, with at most [`KEEP_OPEN`] descriptors open.
+struct TreeWalk<'t> {
+    tree: &'t DirTree,
+    root: BorrowedFd<'t>,
+    dest: &'t Path,
+    stack: Vec<Frame>,
+}
+
+impl<'t> TreeWalk<'t> {
+    /// A walk starting at the root (node 0).
+    fn new(tree: &'t DirTree, root: BorrowedFd<'t>, dest: &'t Path) -> Self {
+        let mut walk = TreeWalk {
+            tree,
+            root,
+            dest,
+            stack: Vec::new(),
+        };
+        walk.stack.push(walk.frame(0, None, (0, 0)));
+        walk
+    }
+
+    /// The frame of node `node`, its children not yet visited.
+    fn frame(&self, node: usize, fd: Option<OwnedFd>, id: (u64, u64)) -> Frame {
+        Frame {
+            node,
+            fd,
+            id,
+            children: self.tree.nodes[node].children.values().copied().collect(),
+            next: 0,
+        }
+    }
+
+    /// An error about node `i`'s directory.
+    fn err(&self, i: usize, e: io::Error) -> ExtractError {
+        write_error(self.dest, &self.tree.path(i), e)
+    }
+
+    /// Apply `meta` to every directory below the root (the root excluded):
+    /// its entry's metadata, else `default` for one this extraction made.
+    fn run(mut self, default: DirMeta, meta: &mut MetaApplier) -> Result<(), ExtractError> {
+        while !self.stack.is_empty() {
+            if self.descend()? {
+                continue;
+            }
+            // Every child done: this directory's turn, then its parent's.
+            let frame = self.stack.pop().expect("the top frame");
+            let Some(fd) = frame.fd else {
+                break; // the root: applied by the caller
+            };
+            self.reopen_parent(fd.as_fd())?;
+            let node = &self.tree.nodes[frame.node];
+            if let Some(d) = node.meta.or(node.created.then_some(default)) {
+                meta.apply(fd.as_fd(), &d)
+                    .map_err(|e| self.err(frame.node, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Open the top directory's next child and push it (closing the
+    /// farthest open ancestor past [`KEEP_OPEN`]); false when none is left.
+    fn descend(&mut self) -> Result<bool, ExtractError> {
+        let top = self.stack.last_mut().expect("a frame");
+        let Some(&child) = top.children.get(top.next) else {
+            return Ok(false);
+        };
+        top.next += 1;
+        let parent = top.fd.as_ref().map_or(self.root, |f| f.as_fd());
+        let fd = beneath::open_dir_at(parent, &self.tree.nodes[child].name)
+            .map_err(|e| self.err(child, e))?;
+        let id = dev_ino(fd.as_fd()).map_err(|e| self.err(child, e))?;
+        if self.stack.len() > KEEP_OPEN {
+            let far = self.stack.len() - KEEP_OPEN;
+            self.stack[far].fd = None;
+        }
+        let frame = self.frame(child, Some(fd), id);
+        self.stack.push(frame);
+        Ok(true)
+    }
+
+    /// Reopen the parent of the directory `fd` (now on top) as "..", if its
+    /// descriptor was closed, refusing a different directory.
+    fn reopen_parent(&mut self, fd: BorrowedFd<'_>) -> Result<(), ExtractError> {
+        let Some(parent) = self.stack.last() else {
+            return Ok(());
+        };
+        if parent.node == 0 || parent.fd.is_some() {
+            return Ok(());
+        }
+        let (node, id) = (parent.node, parent.id);
+        let up = beneath::open_dir_at(fd, OsStr::new("..")).map_err(|e| self.err(node, e))?;
+        if dev_ino(up.as_fd()).map_err(|e| self.err(node, e))? != id {
+            return Err(ExtractError::Unsafe(format!(
+                "{}: a directory was moved during extraction",
+                self.tree.path(node).display()
+            )));
+        }
+        self.stack.last_mut().expect("the parent frame").fd = Some(up);
+        Ok(())
     }
 }
 

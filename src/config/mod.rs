@@ -473,8 +473,155 @@ fn policy_name(file: &Path) -> Result<String, ConfigError> {
     Ok(name)
 }
 
+/// A schedule expression at `key`.
+fn parse_schedule(file: &Path, key: &str, s: &str) -> Result<Schedule, ConfigError> {
+    s.parse::<Schedule>()
+        .map_err(|e| ConfigError::new(file.display(), key, e.to_string()))
+}
+
+/// `targets`: at least one, each defined in backupctl.toml, none twice.
+fn check_targets(
+    file: &Path,
+    names: &[String],
+    defined: &BTreeMap<String, TargetSpec>,
+) -> Result<(), ConfigError> {
+    let fd = file.display();
+    if names.is_empty() {
+        return Err(ConfigError::new(
+            &fd,
+            "targets",
+            "expected at least one target name, e.g. targets = [\"nas\", \"offsite\"]",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for t in names {
+        if !defined.contains_key(t) {
+            let known: Vec<&str> = defined.keys().map(String::as_str).collect();
+            return Err(ConfigError::new(
+                &fd,
+                "targets",
+                format!(
+                    "target {t:?} is not defined in backupctl.toml (defined: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
+        if !seen.insert(t) {
+            return Err(ConfigError::new(
+                &fd,
+                "targets",
+                format!("target {t:?} is listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `compression_level`: a zstd level from 1 to 19 (3 when unset).
+fn compression_level(file: &Path, level: Option<i32>) -> Result<i32, ConfigError> {
+    let level = level.unwrap_or(3);
+    if !(1..=19).contains(&level) {
+        return Err(ConfigError::new(
+            file.display(),
+            "compression_level",
+            format!("expected a zstd level from 1 to 19, got {level}"),
+        ));
+    }
+    Ok(level)
+}
+
+/// `[retention]`: required, valid, with at least one rule.
+fn parse_retention(file: &Path, raw: Option<toml::Value>) -> Result<RetentionPolicy, ConfigError> {
+    let fd = file.display();
+    let retention: RetentionPolicy = match raw {
+        Some(v) => from_value(file, "retention", v)?,
+        None => {
+            return Err(ConfigError::new(
+                &fd,
+                "retention",
+                "missing [retention] section: expected at least one rule, e.g. daily = 7",
+            ))
+        }
+    };
+    retention
+        .validate()
+        .map_err(|e| ConfigError::new(&fd, "retention", e))?;
+    if retention.is_empty() {
+        return Err(ConfigError::new(
+            &fd,
+            "retention",
+            "no retention rule set: expected at least one of last, hourly, daily, weekly, monthly, yearly (a count, -1 = unlimited) or within (e.g. \"14d\")",
+        ));
+    }
+    Ok(retention)
+}
+
+/// `[[sources]]`: at least one, each valid and named uniquely.
+fn parse_sources(
+    file: &Path,
+    dir: &Path,
+    raw: Vec<toml::Value>,
+) -> Result<Vec<SourceSpec>, ConfigError> {
+    if raw.is_empty() {
+        return Err(ConfigError::new(
+            file.display(),
+            "sources",
+            "expected at least one [[sources]] entry",
+        ));
+    }
+    let mut sources = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, v) in raw.into_iter().enumerate() {
+        let key = format!("sources[{i}]");
+        let src = SourceSpec::parse(file, &key, dir, v)?;
+        let key = format!("sources[{i}] ({})", src.name());
+        validate_name(file, &key, src.name())?;
+        if !names.insert(src.name().to_string()) {
+            return Err(ConfigError::new(
+                file.display(),
+                format!("sources[{i}].name"),
+                format!(
+                    "duplicate source name {:?}: each source needs a unique name",
+                    src.name()
+                ),
+            ));
+        }
+        sources.push(src);
+    }
+    Ok(sources)
+}
+
+/// `[verify]` (defaults when absent), its scratch directory resolved
+/// (`<state_dir>/scratch` by default), and its schedule.
+fn parse_verify(
+    file: &Path,
+    dir: &Path,
+    state_dir: &Path,
+    raw: Option<toml::Value>,
+) -> Result<(VerifySpec, Option<Schedule>), ConfigError> {
+    let mut verify: VerifySpec = match raw {
+        Some(v) => from_value(file, "verify", v)?,
+        None => VerifySpec::default(),
+    };
+    verify.scratch_dir = Some(match verify.scratch_dir.take() {
+        Some(p) => resolve(dir, &p),
+        None => state_dir.join("scratch"),
+    });
+    let schedule = verify
+        .schedule
+        .as_deref()
+        .map(|s| parse_schedule(file, "verify.schedule", s))
+        .transpose()?;
+    Ok((verify, schedule))
+}
+
 impl Policy {
-    /// The policy in `text` (the file `file`); reads nothing.
+    /// The policy in `text` (the file `file`); reads nothing. Keys are
+    /// checked one after another; the first problem is the error.
     fn parse(
         file: &Path,
         text: &str,
@@ -485,139 +632,30 @@ impl Policy {
         let name = policy_name(file)?;
         let raw: RawPolicy = toml::from_str(text).map_err(|e| toml_error(file, text, "", e))?;
         let fd = file.display();
-
-        let (schedule, schedule_text) = match raw.schedule {
-            Some(s) => (
-                Some(
-                    s.parse::<Schedule>()
-                        .map_err(|e| ConfigError::new(&fd, "schedule", e.to_string()))?,
-                ),
-                Some(s),
-            ),
-            None => (None, None),
-        };
+        let schedule = raw
+            .schedule
+            .as_deref()
+            .map(|s| parse_schedule(file, "schedule", s))
+            .transpose()?;
         let jitter = raw
             .jitter
             .as_deref()
             .map(crate::schedule::parse_jitter)
             .transpose()
             .map_err(|e| ConfigError::new(&fd, "jitter", e))?;
-
-        if raw.targets.is_empty() {
-            return Err(ConfigError::new(
-                &fd,
-                "targets",
-                "expected at least one target name, e.g. targets = [\"nas\", \"offsite\"]",
-            ));
-        }
-        let mut seen = BTreeSet::new();
-        for t in &raw.targets {
-            if !targets.contains_key(t) {
-                let known: Vec<&str> = targets.keys().map(String::as_str).collect();
-                return Err(ConfigError::new(
-                    &fd,
-                    "targets",
-                    format!(
-                        "target {t:?} is not defined in backupctl.toml (defined: {})",
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                ));
-            }
-            if !seen.insert(t) {
-                return Err(ConfigError::new(
-                    &fd,
-                    "targets",
-                    format!("target {t:?} is listed twice"),
-                ));
-            }
-        }
-
-        let level = raw.compression_level.unwrap_or(3);
-        if !(1..=19).contains(&level) {
-            return Err(ConfigError::new(
-                &fd,
-                "compression_level",
-                format!("expected a zstd level from 1 to 19, got {level}"),
-            ));
-        }
-
-        let retention: RetentionPolicy = match raw.retention {
-            Some(v) => from_value(file, "retention", v)?,
-            None => {
-                return Err(ConfigError::new(
-                    &fd,
-                    "retention",
-                    "missing [retention] section: expected at least one rule, e.g. daily = 7",
-                ))
-            }
-        };
-        retention
-            .validate()
-            .map_err(|e| ConfigError::new(&fd, "retention", e))?;
-        if retention.is_empty() {
-            return Err(ConfigError::new(
-                &fd,
-                "retention",
-                "no retention rule set: expected at least one of last, hourly, daily, weekly, monthly, yearly (a count, -1 = unlimited) or within (e.g. \"14d\")",
-            ));
-        }
-
-        if raw.sources.is_empty() {
-            return Err(ConfigError::new(
-                &fd,
-                "sources",
-                "expected at least one [[sources]] entry",
-            ));
-        }
-        let mut sources = Vec::new();
-        let mut names = BTreeSet::new();
-        for (i, v) in raw.sources.into_iter().enumerate() {
-            let key = format!("sources[{i}]");
-            let src = SourceSpec::parse(file, &key, dir, v)?;
-            let key = format!("sources[{i}] ({})", src.name());
-            validate_name(file, &key, src.name())?;
-            if !names.insert(src.name().to_string()) {
-                return Err(ConfigError::new(
-                    &fd,
-                    format!("sources[{i}].name"),
-                    format!(
-                        "duplicate source name {:?}: each source needs a unique name",
-                        src.name()
-                    ),
-                ));
-            }
-            sources.push(src);
-        }
-
-        let mut verify: VerifySpec = match raw.verify {
-            Some(v) => from_value(file, "verify", v)?,
-            None => VerifySpec::default(),
-        };
-        verify.scratch_dir = Some(match verify.scratch_dir.take() {
-            Some(p) => resolve(dir, &p),
-            None => state_dir.join("scratch"),
-        });
-        let verify_schedule = verify
-            .schedule
-            .as_deref()
-            .map(|s| {
-                s.parse::<Schedule>()
-                    .map_err(|e| ConfigError::new(&fd, "verify.schedule", e.to_string()))
-            })
-            .transpose()?;
+        check_targets(file, &raw.targets, targets)?;
+        let level = compression_level(file, raw.compression_level)?;
+        let retention = parse_retention(file, raw.retention)?;
+        let sources = parse_sources(file, dir, raw.sources)?;
+        let (verify, verify_schedule) = parse_verify(file, dir, state_dir, raw.verify)?;
         let verify_max_age = verify
             .max_age
             .as_deref()
             .map(|t| {
                 crate::duration::parse_elapsed(t)
-                    .map_err(|e| ConfigError::new(&fd, "verify.max_age", e.to_string()))
+                    .map_err(|e| ConfigError::new(file.display(), "verify.max_age", e.to_string()))
             })
             .transpose()?;
-
         let notify = crate::notify::spec::parse_list(file, &format!("policy {name}"), raw.notify)?;
         let max_age = raw
             .max_age
@@ -633,7 +671,7 @@ impl Policy {
             name,
             file: file.to_path_buf(),
             schedule,
-            schedule_text,
+            schedule_text: raw.schedule,
             jitter,
             targets: raw.targets,
             compression_level: level,
@@ -652,5 +690,68 @@ impl Policy {
             .filter_map(|t| cfg.targets.get(t))
             .map(|t| t.location())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error's full text, as the CLI prints it.
+    fn text<T: std::fmt::Debug>(r: Result<T, ConfigError>) -> String {
+        r.expect_err("an error").to_string()
+    }
+
+    #[test]
+    fn targets_must_be_listed_defined_and_distinct() {
+        let file = Path::new("/etc/backupctl/policies/shop.toml");
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut defined = BTreeMap::new();
+        assert_eq!(
+            text(check_targets(file, &names(&["nas"]), &defined)),
+            "/etc/backupctl/policies/shop.toml: targets: target \"nas\" is not defined in backupctl.toml (defined: none)"
+        );
+        let fs: toml::Value =
+            toml::from_str("type = \"fs\"\npath = \"/srv\"\nlocation = \"home\"").unwrap();
+        let nas = TargetSpec::parse(file, "targets.nas", Path::new("/"), fs).unwrap();
+        defined.insert("nas".to_string(), nas.clone());
+        defined.insert("usb".to_string(), nas);
+        check_targets(file, &names(&["nas", "usb"]), &defined).unwrap();
+        assert_eq!(
+            text(check_targets(file, &names(&["nas", "off"]), &defined)),
+            "/etc/backupctl/policies/shop.toml: targets: target \"off\" is not defined in backupctl.toml (defined: nas, usb)"
+        );
+        assert_eq!(
+            text(check_targets(file, &names(&["usb", "usb"]), &defined)),
+            "/etc/backupctl/policies/shop.toml: targets: target \"usb\" is listed twice"
+        );
+        assert!(text(check_targets(file, &[], &defined)).starts_with(
+            "/etc/backupctl/policies/shop.toml: targets: expected at least one target name"
+        ));
+    }
+
+    #[test]
+    fn compression_levels_are_zstd_levels() {
+        let file = Path::new("p.toml");
+        assert_eq!(compression_level(file, None).unwrap(), 3);
+        assert_eq!(compression_level(file, Some(1)).unwrap(), 1);
+        assert_eq!(compression_level(file, Some(19)).unwrap(), 19);
+        assert_eq!(
+            text(compression_level(file, Some(20))),
+            "p.toml: compression_level: expected a zstd level from 1 to 19, got 20"
+        );
+        assert!(compression_level(file, Some(0)).is_err());
+    }
+
+    #[test]
+    fn retention_is_required_and_needs_a_rule() {
+        let file = Path::new("p.toml");
+        assert!(text(parse_retention(file, None))
+            .starts_with("p.toml: retention: missing [retention] section"));
+        let empty = toml::Value::Table(Default::default());
+        assert!(text(parse_retention(file, Some(empty)))
+            .starts_with("p.toml: retention: no retention rule set"));
+        let daily: toml::Value = toml::from_str("daily = 7").unwrap();
+        assert!(!parse_retention(file, Some(daily)).unwrap().is_empty());
     }
 }

@@ -191,118 +191,140 @@ pub fn parse_list(
         .collect()
 }
 
+/// One `notify` entry at `key`: its events, exactly one sink, its timeout
+/// and retries, each checked in that order.
 fn parse_one(
     file: &Path,
     key: &str,
     origin: &str,
     v: toml::Value,
 ) -> Result<NotifySpec, ConfigError> {
-    let fd = file.display();
     let raw = RawNotify::deserialize(v)
-        .map_err(|e| ConfigError::new(&fd, key, e.message().trim().to_string()))?;
-    let expected = EVENTS
-        .iter()
-        .map(|(n, _)| format!("\"{n}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    if raw.on.is_empty() {
-        return Err(ConfigError::new(
-            &fd,
-            format!("{key}.on"),
-            format!("expected at least one event: {expected}"),
-        ));
-    }
-    let mut on = BTreeSet::new();
-    for e in &raw.on {
-        match EVENTS.iter().find(|(n, _)| n == e) {
-            Some((_, k)) => {
-                on.insert(*k);
-            }
-            None => {
-                return Err(ConfigError::new(
-                    &fd,
-                    format!("{key}.on"),
-                    format!("unknown event {e:?}: expected {expected}"),
-                ))
-            }
-        }
-    }
-    let literal = |k: &'static str, u: String| -> Result<UrlSource, ConfigError> {
-        // The message never repeats the URL: it may hold a token.
-        check_url(&u)
-            .map_err(|e| ConfigError::new(&fd, format!("{key}.{k}"), format!("expected {e}")))?;
-        Ok(UrlSource::Literal(u))
-    };
-    let env = |k: &'static str, var: String| -> Result<UrlSource, ConfigError> {
-        if var.trim().is_empty() || var.contains('=') {
-            return Err(ConfigError::new(
-                &fd,
-                format!("{key}.{k}"),
-                "expected the name of an environment variable",
-            ));
-        }
-        Ok(UrlSource::Env { key: k, var })
-    };
-    let mut sinks = Vec::new();
-    if let Some(u) = raw.webhook {
-        sinks.push(Sink::Webhook(literal("webhook", u)?));
-    }
-    if let Some(v) = raw.webhook_env {
-        sinks.push(Sink::Webhook(env("webhook_env", v)?));
-    }
-    if let Some(u) = raw.healthchecks {
-        sinks.push(Sink::Healthchecks(literal("healthchecks", u)?));
-    }
-    if let Some(v) = raw.healthchecks_env {
-        sinks.push(Sink::Healthchecks(env("healthchecks_env", v)?));
-    }
-    if let Some(argv) = raw.command {
-        if argv.first().is_none_or(|a| a.trim().is_empty()) {
-            return Err(ConfigError::new(
-                &fd,
-                format!("{key}.command"),
-                "expected a program and its arguments, e.g. [\"/usr/local/bin/page-me\", \"--urgent\"]",
-            ));
-        }
-        sinks.push(Sink::Command(argv));
-    }
-    if sinks.len() != 1 {
-        return Err(ConfigError::new(
-            &fd,
-            key,
-            "expected exactly one of webhook, webhook_env, healthchecks, healthchecks_env or command",
-        ));
-    }
-    let timeout = match raw.timeout.as_deref() {
-        None => DEFAULT_TIMEOUT,
-        Some(t) => {
-            let d = crate::duration::parse_elapsed(t)
-                .map_err(|e| ConfigError::new(&fd, format!("{key}.timeout"), e.to_string()))?;
-            if d.is_zero() || d > MAX_TIMEOUT {
-                return Err(ConfigError::new(
-                    &fd,
-                    format!("{key}.timeout"),
-                    "expected a duration from 1s to 10m",
-                ));
-            }
-            d
-        }
-    };
+        .map_err(|e| ConfigError::new(file.display(), key, e.message().trim().to_string()))?;
+    let on = parse_events(file, key, &raw.on)?;
+    let sink = parse_sink(file, key, &raw)?;
+    let timeout = parse_timeout(file, key, raw.timeout.as_deref())?;
     let retries = raw.retries.unwrap_or(DEFAULT_RETRIES);
     if retries > MAX_RETRIES {
         return Err(ConfigError::new(
-            &fd,
+            file.display(),
             format!("{key}.retries"),
             format!("expected at most {MAX_RETRIES}"),
         ));
     }
     Ok(NotifySpec {
         on,
-        sink: sinks.pop().expect("one sink"),
+        sink,
         timeout,
         retries,
         origin: format!("{origin} {key}"),
     })
+}
+
+/// `on`: at least one event, each one of [`EVENTS`].
+fn parse_events(file: &Path, key: &str, on: &[String]) -> Result<BTreeSet<EventKind>, ConfigError> {
+    let expected = EVENTS
+        .iter()
+        .map(|(n, _)| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let err = |m: String| ConfigError::new(file.display(), format!("{key}.on"), m);
+    if on.is_empty() {
+        return Err(err(format!("expected at least one event: {expected}")));
+    }
+    on.iter()
+        .map(|e| match EVENTS.iter().find(|(n, _)| n == e) {
+            Some((_, k)) => Ok(*k),
+            None => Err(err(format!("unknown event {e:?}: expected {expected}"))),
+        })
+        .collect()
+}
+
+/// The one sink of an entry: a webhook or healthchecks URL (literal or
+/// from an environment variable) or a command.
+fn parse_sink(file: &Path, key: &str, raw: &RawNotify) -> Result<Sink, ConfigError> {
+    let mut sinks = Vec::new();
+    if let Some(u) = &raw.webhook {
+        sinks.push(Sink::Webhook(literal_url(file, key, "webhook", u)?));
+    }
+    if let Some(v) = &raw.webhook_env {
+        sinks.push(Sink::Webhook(env_url(file, key, "webhook_env", v)?));
+    }
+    if let Some(u) = &raw.healthchecks {
+        sinks.push(Sink::Healthchecks(literal_url(
+            file,
+            key,
+            "healthchecks",
+            u,
+        )?));
+    }
+    if let Some(v) = &raw.healthchecks_env {
+        sinks.push(Sink::Healthchecks(env_url(
+            file,
+            key,
+            "healthchecks_env",
+            v,
+        )?));
+    }
+    if let Some(argv) = &raw.command {
+        if argv.first().is_none_or(|a| a.trim().is_empty()) {
+            return Err(ConfigError::new(
+                file.display(),
+                format!("{key}.command"),
+                "expected a program and its arguments, e.g. [\"/usr/local/bin/page-me\", \"--urgent\"]",
+            ));
+        }
+        sinks.push(Sink::Command(argv.clone()));
+    }
+    if sinks.len() != 1 {
+        return Err(ConfigError::new(
+            file.display(),
+            key,
+            "expected exactly one of webhook, webhook_env, healthchecks, healthchecks_env or command",
+        ));
+    }
+    Ok(sinks.pop().expect("one sink"))
+}
+
+/// A URL given in the file at `key.k`; the message never repeats it (it may
+/// hold a token).
+fn literal_url(file: &Path, key: &str, k: &'static str, u: &str) -> Result<UrlSource, ConfigError> {
+    check_url(u).map_err(|e| {
+        ConfigError::new(
+            file.display(),
+            format!("{key}.{k}"),
+            format!("expected {e}"),
+        )
+    })?;
+    Ok(UrlSource::Literal(u.to_string()))
+}
+
+/// A URL read from the environment variable named at `key.k`.
+fn env_url(file: &Path, key: &str, k: &'static str, var: &str) -> Result<UrlSource, ConfigError> {
+    if var.trim().is_empty() || var.contains('=') {
+        return Err(ConfigError::new(
+            file.display(),
+            format!("{key}.{k}"),
+            "expected the name of an environment variable",
+        ));
+    }
+    Ok(UrlSource::Env {
+        key: k,
+        var: var.to_string(),
+    })
+}
+
+/// `timeout`: a duration from 1s to 10m ([`DEFAULT_TIMEOUT`] when unset).
+fn parse_timeout(file: &Path, key: &str, t: Option<&str>) -> Result<Duration, ConfigError> {
+    let Some(t) = t else {
+        return Ok(DEFAULT_TIMEOUT);
+    };
+    let err = |m: String| ConfigError::new(file.display(), format!("{key}.timeout"), m);
+    let d = crate::duration::parse_elapsed(t).map_err(|e| err(e.to_string()))?;
+    if d.is_zero() || d > MAX_TIMEOUT {
+        return Err(err("expected a duration from 1s to 10m".to_string()));
+    }
+    Ok(d)
 }
 
 /// The parts of a URL: scheme, user info, host[:port], the rest (path,

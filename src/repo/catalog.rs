@@ -68,17 +68,24 @@ impl TargetView {
 
     /// What of snapshot `e` is missing here (lists, packs), for messages.
     pub fn missing(&self, e: &Entry) -> Vec<String> {
+        self.missing_parts(&e.lists, &e.packs)
+    }
+
+    /// Which of `lists` and `packs` are missing here, counted, for messages.
+    fn missing_parts(
+        &self,
+        lists: &[Hash],
+        packs: &std::collections::BTreeSet<Hash>,
+    ) -> Vec<String> {
         let mut out = Vec::new();
-        let lists = e
-            .lists
+        let lists = lists
             .iter()
             .filter(|l| !self.lists.contains_key(*l))
             .count();
         if lists > 0 {
             out.push(format!("{lists} extent list(s)"));
         }
-        let packs = e
-            .packs
+        let packs = packs
             .iter()
             .filter(|p| !self.packs.contains_key(*p))
             .count();
@@ -244,8 +251,8 @@ async fn list_packs(
     policy: &PolicyName,
     list: &Hash,
     size: u64,
-    cache: &mut HashMap<Hash, std::sync::Arc<std::collections::BTreeSet<Hash>>>,
-) -> Result<std::sync::Arc<std::collections::BTreeSet<Hash>>, String> {
+    cache: &mut HashMap<Hash, PackSet>,
+) -> Result<PackSet, String> {
     if let Some(p) = cache.get(list) {
         return Ok(p.clone());
     }
@@ -275,166 +282,180 @@ async fn list_packs(
     Err(why.join("; "))
 }
 
+/// The packs an extent list references, shared between entries.
+type PackSet = std::sync::Arc<std::collections::BTreeSet<Hash>>;
+
+/// List every target (concurrently); one that cannot be listed keeps the
+/// error (and it is logged).
+async fn list_targets(policy: &PolicyName, targets: &[DynBackend]) -> Vec<TargetState> {
+    let views = futures::future::join_all(targets.iter().map(|t| view(t, policy))).await;
+    let mut states = Vec::new();
+    for (t, v) in targets.iter().zip(views) {
+        if let Err(e) = &v {
+            tracing::warn!("{e}");
+        }
+        states.push(TargetState {
+            target: t.clone(),
+            view: v.map_err(|e| e.to_string()),
+            authentic: BTreeMap::new(),
+        });
+    }
+    states
+}
+
+/// Read and authenticate every manifest every reachable target lists (16
+/// at a time), recording each target's authentic digests. Returns, per id,
+/// the copy of the first target (policy order) that authenticated, and the
+/// copies that did not.
+async fn authenticate(
+    states: &mut [TargetState],
+    policy: &PolicyName,
+    trust: &Trust,
+) -> (BTreeMap<SnapshotId, (usize, Authentic)>, Vec<Damaged>) {
+    let jobs: Vec<(usize, SnapshotId, u64)> = states
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.view.as_ref().ok().map(|v| (i, v)))
+        .flat_map(|(i, v)| {
+            v.snapshots
+                .iter()
+                .map(move |(id, size)| (i, id.clone(), *size))
+        })
+        .collect();
+    let handles: Vec<DynBackend> = states.iter().map(|s| s.target.clone()).collect();
+    let mut reads = stream::iter(jobs.into_iter().map(|(i, id, size)| {
+        let t = handles[i].clone();
+        async move {
+            let r = read_authentic(&t, policy, &id, size, trust).await;
+            (i, id, r)
+        }
+    }))
+    .buffer_unordered(16);
+    let mut first: BTreeMap<SnapshotId, (usize, Authentic)> = BTreeMap::new();
+    let mut bad = Vec::new();
+    while let Some((i, id, r)) = reads.next().await {
+        let tname = states[i].name().to_string();
+        match r {
+            Ok(a) => {
+                states[i].authentic.insert(id.clone(), a.digest);
+                let better = first.get(&id).is_none_or(|(j, _)| i < *j);
+                if better {
+                    first.insert(id, (i, a));
+                }
+            }
+            Err((reason, signer)) => {
+                tracing::warn!("target {tname}: snapshot {id}: {reason}; not used");
+                bad.push(Damaged {
+                    target: tname,
+                    snapshot: id.to_string(),
+                    reason,
+                    signer,
+                });
+            }
+        }
+    }
+    (first, bad)
+}
+
+/// The extent lists a manifest's sources name (stream and index of each).
+fn manifest_lists(m: &Manifest) -> Vec<Hash> {
+    m.sources
+        .iter()
+        .flat_map(|s| s.streams())
+        .filter_map(|st| Hash::new(&st.list).ok())
+        .collect()
+}
+
+/// Every pack the manifest's extent lists reference, and why a list could
+/// not be read (the last such error), if one could not.
+async fn referenced_packs(
+    states: &[TargetState],
+    policy: &PolicyName,
+    m: &Manifest,
+    cache: &mut HashMap<Hash, PackSet>,
+) -> (std::collections::BTreeSet<Hash>, Option<String>) {
+    let mut packs = std::collections::BTreeSet::new();
+    let mut unreadable_list = None;
+    for (l, size) in m
+        .sources
+        .iter()
+        .flat_map(|s| s.streams())
+        .filter_map(|st| Hash::new(&st.list).ok().map(|h| (h, st.list_size)))
+    {
+        match list_packs(states, policy, &l, size, cache).await {
+            Ok(ps) => packs.extend(ps.iter().cloned()),
+            Err(e) => unreadable_list = Some(e),
+        }
+    }
+    (packs, unreadable_list)
+}
+
+/// What one snapshot needs on a target to be complete there.
+struct Needs<'a> {
+    id: &'a SnapshotId,
+    /// BLAKE3 of its authenticated manifest.
+    digest: &'a [u8; 32],
+    lists: &'a [Hash],
+    packs: &'a std::collections::BTreeSet<Hash>,
+    /// Why an extent list could not be read (its packs are then unknown).
+    unreadable: Option<&'a str>,
+}
+
+impl Needs<'_> {
+    /// How a target listing `v`, whose own authentic manifest for the id has
+    /// digest `own`, stands: None without a manifest for the id, else
+    /// complete (Ok) or why not (Err).
+    fn judge(&self, v: &TargetView, own: Option<&[u8; 32]>) -> Option<Result<(), String>> {
+        if !v.snapshots.contains_key(self.id) {
+            return None;
+        }
+        Some(match own {
+            None => Err("manifest not authentic (see the warnings)".to_string()),
+            Some(d) if d != self.digest => {
+                Err("holds a different signed manifest for this id".to_string())
+            }
+            Some(_) => {
+                let missing = v.missing_parts(self.lists, self.packs);
+                if let Some(why) = self.unreadable {
+                    Err(format!("extent list unreadable: {why}"))
+                } else if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("missing {}", missing.join(", ")))
+                }
+            }
+        })
+    }
+}
+
+/// The reachable targets (policy order) on which a snapshot is complete, and
+/// those holding its id without being complete, with why.
+fn placement(states: &[TargetState], needs: &Needs) -> (Vec<String>, Vec<(String, String)>) {
+    let mut complete_on = Vec::new();
+    let mut incomplete_on = Vec::new();
+    for st in states {
+        let Ok(v) = &st.view else { continue };
+        match needs.judge(v, st.authentic.get(needs.id)) {
+            None => {}
+            Some(Ok(())) => complete_on.push(st.name().to_string()),
+            Some(Err(why)) => incomplete_on.push((st.name().to_string(), why)),
+        }
+    }
+    (complete_on, incomplete_on)
+}
+
 impl Catalog {
     /// List every target, read and authenticate every manifest on each (each
     /// target is judged by its own copies), and merge what authenticated.
     pub async fn load(policy: &PolicyName, targets: &[DynBackend], trust: &Trust) -> Catalog {
-        let views = futures::future::join_all(targets.iter().map(|t| view(t, policy))).await;
-        let mut states = Vec::new();
-        for (t, v) in targets.iter().zip(views) {
-            if let Err(e) = &v {
-                tracing::warn!("{e}");
-            }
-            states.push(TargetState {
-                target: t.clone(),
-                view: v.map_err(|e| e.to_string()),
-                authentic: BTreeMap::new(),
-            });
-        }
-        let jobs: Vec<(usize, SnapshotId, u64)> = states
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.view.as_ref().ok().map(|v| (i, v)))
-            .flat_map(|(i, v)| {
-                v.snapshots
-                    .iter()
-                    .map(move |(id, size)| (i, id.clone(), *size))
-            })
-            .collect();
-        let handles: Vec<DynBackend> = states.iter().map(|s| s.target.clone()).collect();
-        let mut reads = stream::iter(jobs.into_iter().map(|(i, id, size)| {
-            let t = handles[i].clone();
-            async move {
-                let r = read_authentic(&t, policy, &id, size, trust).await;
-                (i, id, r)
-            }
-        }))
-        .buffer_unordered(16);
-        // Per id: the copy of the first target (policy order) that
-        // authenticated; per target: which digest it holds.
-        let mut first: BTreeMap<SnapshotId, (usize, Authentic)> = BTreeMap::new();
-        let mut bad = Vec::new();
-        while let Some((i, id, r)) = reads.next().await {
-            let tname = states[i].name().to_string();
-            match r {
-                Ok(a) => {
-                    states[i].authentic.insert(id.clone(), a.digest);
-                    let better = first.get(&id).is_none_or(|(j, _)| i < *j);
-                    if better {
-                        first.insert(id, (i, a));
-                    }
-                }
-                Err((reason, signer)) => {
-                    tracing::warn!("target {tname}: snapshot {id}: {reason}; not used");
-                    bad.push(Damaged {
-                        target: tname,
-                        snapshot: id.to_string(),
-                        reason,
-                        signer,
-                    });
-                }
-            }
-        }
-        drop(reads);
-
+        let mut states = list_targets(policy, targets).await;
+        let (first, mut bad) = authenticate(&mut states, policy, trust).await;
         let mut entries = Vec::new();
-        let mut list_cache: HashMap<Hash, std::sync::Arc<std::collections::BTreeSet<Hash>>> =
-            HashMap::new();
+        let mut list_cache = HashMap::new();
         for (id, (_, a)) in first {
-            let digest = a.digest;
-            let m = match Manifest::parse(&a.bytes) {
-                Ok(m) if m.id == id.as_str() && m.policy == policy.as_str() => m,
-                Ok(_) => {
-                    Self::reject(
-                        &mut states,
-                        &mut bad,
-                        &id,
-                        &digest,
-                        "signed manifest names another snapshot or policy",
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    Self::reject(
-                        &mut states,
-                        &mut bad,
-                        &id,
-                        &digest,
-                        &format!("signed but invalid: {e}"),
-                    );
-                    continue;
-                }
-            };
-            let lists: Vec<Hash> = m
-                .sources
-                .iter()
-                .flat_map(|s| s.streams())
-                .filter_map(|st| Hash::new(&st.list).ok())
-                .collect();
-            let mut packs = std::collections::BTreeSet::new();
-            let mut unreadable_list = None;
-            for (l, size) in m
-                .sources
-                .iter()
-                .flat_map(|s| s.streams())
-                .filter_map(|st| Hash::new(&st.list).ok().map(|h| (h, st.list_size)))
-            {
-                match list_packs(&states, policy, &l, size, &mut list_cache).await {
-                    Ok(ps) => packs.extend(ps.iter().cloned()),
-                    Err(e) => unreadable_list = Some(e),
-                }
-            }
-            let mut complete_on = Vec::new();
-            let mut incomplete_on = Vec::new();
-            for st in &states {
-                let Ok(v) = &st.view else { continue };
-                if !v.snapshots.contains_key(&id) {
-                    continue;
-                }
-                let name = st.name().to_string();
-                match st.authentic.get(&id) {
-                    None => incomplete_on.push((
-                        name,
-                        "manifest not authentic (see the warnings)".to_string(),
-                    )),
-                    Some(d) if *d != digest => incomplete_on.push((
-                        name,
-                        "holds a different signed manifest for this id".to_string(),
-                    )),
-                    Some(_) => {
-                        let e = Entry {
-                            id: id.clone(),
-                            manifest: m.clone(),
-                            digest,
-                            signer: a.signer,
-                            lists: lists.clone(),
-                            packs: std::sync::Arc::new(packs.clone()),
-                            packs_known: unreadable_list.is_none(),
-                            complete_on: Vec::new(),
-                            incomplete_on: Vec::new(),
-                        };
-                        let missing = v.missing(&e);
-                        if let Some(why) = &unreadable_list {
-                            incomplete_on.push((name, format!("extent list unreadable: {why}")));
-                        } else if missing.is_empty() {
-                            complete_on.push(name);
-                        } else {
-                            incomplete_on.push((name, format!("missing {}", missing.join(", "))));
-                        }
-                    }
-                }
-            }
-            entries.push(Entry {
-                id,
-                manifest: m,
-                digest,
-                signer: a.signer,
-                lists,
-                packs: std::sync::Arc::new(packs),
-                packs_known: unreadable_list.is_none(),
-                complete_on,
-                incomplete_on,
-            });
+            let merged =
+                Self::merge_entry(&mut states, &mut bad, policy, id, a, &mut list_cache).await;
+            entries.extend(merged);
         }
         entries.sort_by(|a, b| {
             a.manifest
@@ -450,6 +471,60 @@ impl Catalog {
             bad_manifests: bad,
             trust_empty: trust.is_empty(),
         }
+    }
+
+    /// One snapshot's entry from its first authentic copy `a`: the manifest
+    /// parsed (None, and the copy rejected, when it is unusable), its lists
+    /// and packs read, and every target judged.
+    async fn merge_entry(
+        states: &mut [TargetState],
+        bad: &mut Vec<Damaged>,
+        policy: &PolicyName,
+        id: SnapshotId,
+        a: Authentic,
+        cache: &mut HashMap<Hash, PackSet>,
+    ) -> Option<Entry> {
+        let digest = a.digest;
+        let m = Self::parse_manifest(states, bad, policy, &id, &a)?;
+        let lists = manifest_lists(&m);
+        let (packs, unreadable_list) = referenced_packs(states, policy, &m, cache).await;
+        let needs = Needs {
+            id: &id,
+            digest: &digest,
+            lists: &lists,
+            packs: &packs,
+            unreadable: unreadable_list.as_deref(),
+        };
+        let (complete_on, incomplete_on) = placement(states, &needs);
+        Some(Entry {
+            id,
+            manifest: m,
+            digest,
+            signer: a.signer,
+            lists,
+            packs: std::sync::Arc::new(packs),
+            packs_known: unreadable_list.is_none(),
+            complete_on,
+            incomplete_on,
+        })
+    }
+
+    /// Parse an authentic manifest; one that is invalid or names another
+    /// snapshot or policy is rejected on every target holding it (None).
+    fn parse_manifest(
+        states: &mut [TargetState],
+        bad: &mut Vec<Damaged>,
+        policy: &PolicyName,
+        id: &SnapshotId,
+        a: &Authentic,
+    ) -> Option<Manifest> {
+        let why = match Manifest::parse(&a.bytes) {
+            Ok(m) if m.id == id.as_str() && m.policy == policy.as_str() => return Some(m),
+            Ok(_) => "signed manifest names another snapshot or policy".to_string(),
+            Err(e) => format!("signed but invalid: {e}"),
+        };
+        Self::reject(states, bad, id, &a.digest, &why);
+        None
     }
 
     /// A signed manifest that is nevertheless unusable: no target holds it.
@@ -686,5 +761,58 @@ mod tests {
         assert_eq!(v.packs.values().next(), Some(&5));
         assert_eq!(v.lists.values().next(), Some(&7));
         assert_eq!(v.others.len(), 5);
+    }
+
+    /// A target is complete for a snapshot only with its own copy of the
+    /// same authentic manifest, every list readable and every list and pack
+    /// listed; otherwise it says why.
+    #[test]
+    fn a_target_is_judged_by_its_own_manifest_lists_and_packs() {
+        let id = SnapshotId::new("20260101T000000Z-0123abcd").unwrap();
+        let (list, pack, gone) = ("ab".repeat(32), "cd".repeat(32), "ef".repeat(32));
+        let shop = PolicyName::new("shop").unwrap();
+        let v = TargetView::from_listing(
+            &shop,
+            vec![
+                obj(&format!("shop/snapshots/{id}.json"), 4),
+                obj(&format!("shop/packs/cd/{pack}.pack"), 5),
+                obj(&format!("shop/lists/{list}.extents"), 7),
+            ],
+        );
+        let lists = [Hash::new(&list).unwrap()];
+        let packs: std::collections::BTreeSet<Hash> = [Hash::new(&pack).unwrap()].into();
+        let mut more = packs.clone();
+        more.insert(Hash::new(&gone).unwrap());
+        let (digest, other) = ([1u8; 32], [2u8; 32]);
+        let needs = |packs, unreadable| Needs {
+            id: &id,
+            digest: &digest,
+            lists: &lists,
+            packs,
+            unreadable,
+        };
+        assert_eq!(needs(&packs, None).judge(&v, Some(&digest)), Some(Ok(())));
+        assert_eq!(
+            needs(&packs, None).judge(&v, None),
+            Some(Err("manifest not authentic (see the warnings)".into()))
+        );
+        assert_eq!(
+            needs(&packs, None).judge(&v, Some(&other)),
+            Some(Err("holds a different signed manifest for this id".into()))
+        );
+        assert_eq!(
+            needs(&packs, Some("gone")).judge(&v, Some(&digest)),
+            Some(Err("extent list unreadable: gone".into()))
+        );
+        assert_eq!(
+            needs(&more, None).judge(&v, Some(&digest)),
+            Some(Err("missing 1 pack(s)".into()))
+        );
+        let empty = TargetView::default();
+        assert_eq!(needs(&more, None).judge(&empty, Some(&digest)), None);
+        assert_eq!(
+            empty.missing_parts(&lists, &more),
+            ["1 extent list(s)", "2 pack(s)"]
+        );
     }
 }

@@ -99,6 +99,97 @@ fn env_var(cfg_file: &Path, key: &str, var: &str) -> Result<String, ConfigError>
     }
 }
 
+/// The SDK configuration before credentials: rustls (ring), connect and
+/// read timeouts, standard retries up to `max_attempts`, and the region
+/// (`us-east-1` for a custom endpoint without one; else the AWS chain's).
+fn sdk_loader(spec: &S3TargetSpec) -> aws_config::ConfigLoader {
+    let region = match &spec.region {
+        Some(r) => Some(Region::new(r.clone())),
+        None if spec.endpoint.is_some() => Some(Region::new("us-east-1")),
+        None => None,
+    };
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let attempts = spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS).max(1);
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
+                .build(),
+        )
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(attempts)
+                .with_initial_backoff(Duration::from_millis(500))
+                .with_max_backoff(Duration::from_secs(10)),
+        );
+    if let Some(r) = region {
+        loader = loader.region(r);
+    }
+    loader
+}
+
+/// The credentials in the variables named by `access_key_id_env` and
+/// `secret_access_key_env` (both set, or None: the AWS chain decides).
+fn env_credentials(
+    cfg_file: &Path,
+    key: &str,
+    spec: &S3TargetSpec,
+) -> Result<Option<Credentials>, ConfigError> {
+    let (Some(id_var), Some(secret_var)) = (&spec.access_key_id_env, &spec.secret_access_key_env)
+    else {
+        return Ok(None);
+    };
+    let id = env_var(cfg_file, &format!("{key}.access_key_id_env"), id_var)?;
+    let secret = env_var(
+        cfg_file,
+        &format!("{key}.secret_access_key_env"),
+        secret_var,
+    )?;
+    Ok(Some(Credentials::new(
+        id,
+        secret,
+        None,
+        None,
+        "backupctl-target-env",
+    )))
+}
+
+/// The two clients: with request checksums (WhenSupported) and without
+/// (WhenRequired), path-style by default for a custom endpoint.
+fn clients(sdk: &aws_config::SdkConfig, spec: &S3TargetSpec) -> (Client, Client) {
+    let mut b = aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(spec.force_path_style.unwrap_or(spec.endpoint.is_some()));
+    if let Some(ep) = &spec.endpoint {
+        b = b.endpoint_url(ep);
+    }
+    let client = Client::from_conf(
+        b.clone()
+            .request_checksum_calculation(RequestChecksumCalculation::WhenSupported)
+            .build(),
+    );
+    let plain_client = Client::from_conf(
+        b.request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .build(),
+    );
+    (client, plain_client)
+}
+
+/// The configured `prefix` as keys are built with it: no leading `/`, and
+/// "" or ending in `/`.
+fn key_prefix(prefix: &str) -> String {
+    let mut prefix = prefix.trim_start_matches('/').to_string();
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    prefix
+}
+
 impl S3Backend {
     /// Start downloading `key`, or the byte range `range` (HTTP `bytes=a-b`) of it.
     async fn get_object(
@@ -128,50 +219,9 @@ impl S3Backend {
         staging: &Path,
     ) -> Result<S3Backend, ConfigError> {
         let key = format!("targets.{name}");
-        let region = match &spec.region {
-            Some(r) => Some(Region::new(r.clone())),
-            None if spec.endpoint.is_some() => Some(Region::new("us-east-1")),
-            None => None,
-        };
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let attempts = spec.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS).max(1);
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .read_timeout(READ_TIMEOUT)
-                    .build(),
-            )
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(attempts)
-                    .with_initial_backoff(Duration::from_millis(500))
-                    .with_max_backoff(Duration::from_secs(10)),
-            );
-        if let Some(r) = region {
-            loader = loader.region(r);
-        }
-        if let (Some(id_var), Some(secret_var)) =
-            (&spec.access_key_id_env, &spec.secret_access_key_env)
-        {
-            let id = env_var(cfg_file, &format!("{key}.access_key_id_env"), id_var)?;
-            let secret = env_var(
-                cfg_file,
-                &format!("{key}.secret_access_key_env"),
-                secret_var,
-            )?;
-            loader = loader.credentials_provider(Credentials::new(
-                id,
-                secret,
-                None,
-                None,
-                "backupctl-target-env",
-            ));
+        let mut loader = sdk_loader(spec);
+        if let Some(creds) = env_credentials(cfg_file, &key, spec)? {
+            loader = loader.credentials_provider(creds);
         }
         let sdk = loader.load().await;
         if sdk.region().is_none() {
@@ -181,29 +231,12 @@ impl S3Backend {
                 "no region: set region (e.g. \"eu-central-1\") or AWS_REGION",
             ));
         }
-        let mut b = aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(spec.force_path_style.unwrap_or(spec.endpoint.is_some()));
-        if let Some(ep) = &spec.endpoint {
-            b = b.endpoint_url(ep);
-        }
-        let client = Client::from_conf(
-            b.clone()
-                .request_checksum_calculation(RequestChecksumCalculation::WhenSupported)
-                .build(),
-        );
-        let plain_client = Client::from_conf(
-            b.request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-                .build(),
-        );
-        let mut prefix = spec.prefix.trim_start_matches('/').to_string();
-        if !prefix.is_empty() && !prefix.ends_with('/') {
-            prefix.push('/');
-        }
+        let (client, plain_client) = clients(&sdk, spec);
         Ok(S3Backend {
             name: name.to_string(),
             location: spec.location.clone(),
             bucket: spec.bucket.clone(),
-            prefix,
+            prefix: key_prefix(&spec.prefix),
             endpoint: spec.endpoint.clone(),
             storage_class: spec.storage_class.as_deref().map(StorageClass::from),
             part_size: spec.part_size_mib.unwrap_or(DEFAULT_PART_SIZE_MIB) << 20,
@@ -232,7 +265,9 @@ impl S3Backend {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let target = self.name.clone();
+        if let Some(e) = self.transport_error(what, key, &err) {
+            return e;
+        }
         let status = err.raw_response().map(|r| r.status().as_u16());
         let code = err.code().unwrap_or_default().to_string();
         let detail = match err.message() {
@@ -241,38 +276,56 @@ impl S3Backend {
             None if !code.is_empty() => code.clone(),
             None => chain(&err),
         };
-        match &err {
-            SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-                return StorageError::Unavailable {
-                    target,
-                    message: format!("{what} {key}: {} ({})", chain(&err), self.where_()),
-                }
-            }
+        if let Some(message) = self.code_hint(&code, &detail) {
+            return StorageError::Permanent {
+                target: self.name.clone(),
+                message,
+            };
+        }
+        self.status_error(what, key, status, &code, &detail)
+    }
+
+    /// An error without an answer from the service (timeout, broken
+    /// response, no connection, refused credentials, a request that could
+    /// not be built); None when the service answered.
+    fn transport_error<E>(&self, what: &str, key: &str, err: &SdkError<E>) -> Option<StorageError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let target = self.name.clone();
+        Some(match err {
+            SdkError::TimeoutError(_) | SdkError::ResponseError(_) => StorageError::Unavailable {
+                target,
+                message: format!("{what} {key}: {} ({})", chain(err), self.where_()),
+            },
             SdkError::DispatchFailure(d) => {
-                let text = chain(&err);
+                let text = chain(err);
                 if d.is_user() || text.contains("credentials") || text.contains("identity") {
-                    return StorageError::Permanent {
+                    return Some(StorageError::Permanent {
                         target,
                         message: format!("{what} {key}: {text}; check the credentials (access_key_id_env / secret_access_key_env or the AWS credential chain)"),
-                    };
+                    });
                 }
-                return StorageError::Unavailable {
+                StorageError::Unavailable {
                     target,
                     message: format!(
                         "{what} {key}: cannot reach {}: {text}",
                         self.endpoint.as_deref().unwrap_or("the S3 endpoint")
                     ),
-                };
-            }
-            SdkError::ConstructionFailure(_) => {
-                return StorageError::Permanent {
-                    target,
-                    message: format!("{what} {key}: {}", chain(&err)),
                 }
             }
-            _ => {}
-        }
-        let hint = match code.as_str() {
+            SdkError::ConstructionFailure(_) => StorageError::Permanent {
+                target,
+                message: format!("{what} {key}: {}", chain(err)),
+            },
+            _ => return None,
+        })
+    }
+
+    /// What to fix, for the error codes whose cause is known (a missing
+    /// bucket, refused credentials, access denied, the wrong region).
+    fn code_hint(&self, code: &str, detail: &str) -> Option<String> {
+        match code {
             "NoSuchBucket" => Some(format!(
                 "bucket {:?} does not exist{}: create it or fix `bucket` in [targets.{}]",
                 self.bucket,
@@ -294,11 +347,22 @@ impl S3Backend {
                 Some(format!("wrong region for {} ({detail}): fix `region` in [targets.{}]", self.where_(), self.name))
             }
             _ => None,
-        };
-        if let Some(message) = hint {
-            return StorageError::Permanent { target, message };
         }
-        match (status, code.as_str()) {
+    }
+
+    /// A service error by HTTP status and code: not found, access denied,
+    /// unavailable (5xx and throttling, after the SDK's retries), else
+    /// permanent.
+    fn status_error(
+        &self,
+        what: &str,
+        key: &str,
+        status: Option<u16>,
+        code: &str,
+        detail: &str,
+    ) -> StorageError {
+        let target = self.name.clone();
+        match (status, code) {
             (Some(404), _) | (_, "NoSuchKey") | (_, "NotFound") => StorageError::NotFound {
                 target,
                 key: key.to_string(),
@@ -898,5 +962,79 @@ impl Backend for S3Backend {
             backend: self.clone(),
             staged: TempFile::create(path).map_err(io)?,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_lose_the_leading_slash_and_end_in_one() {
+        assert_eq!(key_prefix(""), "");
+        assert_eq!(key_prefix("/"), "");
+        assert_eq!(key_prefix("a"), "a/");
+        assert_eq!(key_prefix("/a/b/"), "a/b/");
+    }
+
+    /// A backend for target `t`, bucket `b` at a custom endpoint (nothing is
+    /// contacted).
+    async fn backend() -> S3Backend {
+        let spec: S3TargetSpec = toml::from_str(
+            "bucket = \"b\"\nendpoint = \"http://127.0.0.1:9\"\nlocation = \"l\"\nprefix = \"/p\"",
+        )
+        .unwrap();
+        let b = S3Backend::new(Path::new("c.toml"), "t", &spec, Path::new("/nonexistent"))
+            .await
+            .unwrap();
+        assert_eq!(b.full_key("k"), "p/k");
+        b
+    }
+
+    #[tokio::test]
+    async fn error_codes_with_a_known_cause_say_what_to_fix() {
+        let b = backend().await;
+        assert_eq!(
+            b.code_hint("NoSuchBucket", "").as_deref(),
+            Some("bucket \"b\" does not exist at http://127.0.0.1:9: create it or fix `bucket` in [targets.t]")
+        );
+        assert!(b
+            .code_hint("PermanentRedirect", "PermanentRedirect: m")
+            .unwrap()
+            .starts_with("wrong region for bucket b at http://127.0.0.1:9 (PermanentRedirect: m)"));
+        assert!(b
+            .code_hint("ExpiredToken", "x")
+            .unwrap()
+            .starts_with("the credentials were refused (x)"));
+        assert_eq!(b.code_hint("InternalError", "x"), None);
+    }
+
+    #[tokio::test]
+    async fn statuses_decide_between_missing_busy_and_permanent() {
+        let b = backend().await;
+        let text = |s, c, d| b.status_error("download", "k", s, c, d).to_string();
+        assert!(b
+            .status_error("download", "k", Some(404), "", "")
+            .is_not_found());
+        assert!(b
+            .status_error("download", "k", None, "NoSuchKey", "")
+            .is_not_found());
+        assert_eq!(
+            text(Some(503), "", "busy"),
+            "target t: unavailable: download k: HTTP 503: busy (after retries)"
+        );
+        assert_eq!(
+            text(Some(400), "SlowDown", "SlowDown: m"),
+            "target t: unavailable: download k: HTTP 400: SlowDown: m (after retries)"
+        );
+        assert_eq!(
+            text(Some(403), "", ""),
+            "target t: download k: access denied by bucket b at http://127.0.0.1:9 (HTTP 403): check the credentials and the key's permissions on the bucket"
+        );
+        assert_eq!(
+            text(Some(400), "Bad", "Bad: m"),
+            "target t: download k: HTTP 400: Bad: m"
+        );
+        assert_eq!(text(None, "Bad", "Bad: m"), "target t: download k: Bad: m");
     }
 }

@@ -1,5 +1,6 @@
-//! Shared test harness: temporary configurations, running the real binary,
-//! and independent checks (walking trees, hashing with system tools).
+//! Shared test harness: temporary configurations, running the real binary
+//! (always through [`bin`], one environment policy), and independent checks
+//! (walking trees, hashing with system tools).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -10,8 +11,45 @@ use std::process::{Command, Output};
 pub mod v2;
 pub use v2::*;
 
-pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_backupctl"))
+/// The backupctl binary under test (to name it; spawn it with [`bin`]):
+/// Cargo's, or `BACKUPCTL_TEST_BIN` when set (a copy of this build, when
+/// the target directory is shared with other checkouts that may replace
+/// Cargo's while the suite runs).
+pub fn bin_path() -> PathBuf {
+    std::env::var_os("BACKUPCTL_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_backupctl")))
+}
+
+/// All a spawned backupctl inherits from the test process (when set).
+/// Everything else it sees (`BACKUPCTL_*`, `AWS_*`, `TZ`, credentials,
+/// passwords) is what the test sets on the command.
+pub const INHERITED_ENV: &[&str] = &["PATH", "HOME", "TMPDIR"];
+
+/// The one way tests spawn backupctl: the binary with an empty environment
+/// but [`INHERITED_ENV`].
+pub fn bin() -> Command {
+    with_env_policy(Command::new(bin_path()))
+}
+
+/// backupctl run by `wrapper` (`sh -c`, `setpriv`, `/usr/bin/time`...):
+/// `wrapper wrapper_args... <backupctl>` under [`bin`]'s environment
+/// policy; backupctl's own arguments follow.
+pub fn bin_via(wrapper: &str, wrapper_args: &[&str]) -> Command {
+    let mut c = with_env_policy(Command::new(wrapper));
+    c.args(wrapper_args).arg(bin_path());
+    c
+}
+
+/// `c` with its environment cleared but for [`INHERITED_ENV`].
+fn with_env_policy(mut c: Command) -> Command {
+    c.env_clear();
+    for k in INHERITED_ENV {
+        if let Some(v) = std::env::var_os(k) {
+            c.env(k, v);
+        }
+    }
+    c
 }
 
 /// A temporary backupctl setup: config dir, policies dir, targets, a source tree.
@@ -67,10 +105,10 @@ impl Setup {
         );
     }
 
+    /// backupctl with this setup's config.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(bin());
+        let mut c = bin();
         c.arg("--config").arg(self.config_path());
-        c.env_remove("BACKUPCTL_CONFIG");
         c
     }
 

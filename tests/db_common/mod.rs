@@ -177,8 +177,9 @@ impl DbSetup {
         self.dir.path()
     }
 
+    /// backupctl with this setup's config.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_backupctl"));
+        let mut c = crate::common::bin();
         c.arg("--config").arg(&self.config);
         c
     }

@@ -4,16 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The backupctl binary under test.
-pub fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_backupctl"));
-    c.env_remove("BACKUPCTL_CONFIG");
-    c
-}
-
 /// Run the binary with `--config cfg` and arguments; returns the output.
 pub fn run_cli(cfg: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut c = bin();
+    let mut c = crate::common::bin();
     c.arg("--config").arg(cfg).args(args);
     for (k, v) in envs {
         c.env(k, v);

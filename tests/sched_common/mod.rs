@@ -102,6 +102,8 @@ pub struct Setup {
     pub config: PathBuf,
     pub state: PathBuf,
     pub source: PathBuf,
+    /// Variables every command gets (a target's credentials).
+    pub env: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -121,6 +123,7 @@ impl Setup {
             config,
             state,
             source,
+            env: Vec::new(),
         }
     }
 
@@ -152,15 +155,13 @@ impl Setup {
         .unwrap();
     }
 
-    /// The binary with this config; TZ pinned to UTC, no inherited clock.
+    /// The binary with this config and [`Setup::env`]; TZ pinned to UTC.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_backupctl"));
+        let mut c = crate::common::bin();
         c.arg("--config")
             .arg(&self.config)
             .env("TZ", "UTC")
-            .env_remove("BACKUPCTL_NOW")
-            .env_remove("BACKUPCTL_CONFIG")
-            .env_remove("BACKUPCTL_LOG");
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
