@@ -306,6 +306,68 @@ fn inside(t: &DateTime<FixedOffset>, start: Option<&DateTime<FixedOffset>>) -> b
     start.is_none_or(|s| t > s)
 }
 
+/// A counted rule (`last`, `hourly` ... `yearly`) while the snapshots are
+/// walked: how many it may still keep, and the period of the last kept.
+struct Counted {
+    period: Period,
+    left: i64,
+    prev: Option<(i64, u32, u32, u32)>,
+}
+
+/// A `within_*` rule: its window's start and the period of the last kept.
+struct WithinRule {
+    period: Period,
+    label: String,
+    start: Option<DateTime<FixedOffset>>,
+    prev: Option<(i64, u32, u32, u32)>,
+}
+
+/// The counted rules in the order `Counters` reports them.
+fn counted_rules(policy: &RetentionPolicy) -> Vec<Counted> {
+    [
+        (Period::Last, policy.last),
+        (Period::Hourly, policy.hourly),
+        (Period::Daily, policy.daily),
+        (Period::Weekly, policy.weekly),
+        (Period::Monthly, policy.monthly),
+        (Period::Yearly, policy.yearly),
+    ]
+    .into_iter()
+    .map(|(period, n)| Counted {
+        period,
+        // Invalid negatives (< -1) are treated as off.
+        left: if n >= -1 { n } else { 0 },
+        prev: None,
+    })
+    .collect()
+}
+
+/// A rule's window: `None` when the rule is off, else its start (`None`
+/// inside: no anchor, the window covers everything).
+type WindowOf<'a> = &'a dyn Fn(&Option<KeepDuration>) -> Option<Option<DateTime<FixedOffset>>>;
+
+/// The `within_*` rules that are set, with their windows (`start_of`).
+fn within_rules(policy: &RetentionPolicy, start_of: WindowOf<'_>) -> Vec<WithinRule> {
+    [
+        (Period::Hourly, &policy.within_hourly),
+        (Period::Daily, &policy.within_daily),
+        (Period::Weekly, &policy.within_weekly),
+        (Period::Monthly, &policy.within_monthly),
+        (Period::Yearly, &policy.within_yearly),
+    ]
+    .into_iter()
+    .filter_map(|(period, d)| {
+        let start = start_of(d)?;
+        Some(WithinRule {
+            period,
+            label: d.map(|d| d.to_string()).unwrap_or_default(),
+            start,
+            prev: None,
+        })
+    })
+    .collect()
+}
+
 /// Selects the snapshots to keep, exactly as restic's `forget` does for one
 /// group of snapshots.
 ///
@@ -333,52 +395,8 @@ pub fn apply(
     // keep-within: (duration, window start).
     let within = policy.within.zip(start_of(&policy.within));
 
-    struct Counted {
-        period: Period,
-        left: i64,
-        prev: Option<(i64, u32, u32, u32)>,
-    }
-    let mut counted: Vec<Counted> = [
-        (Period::Last, policy.last),
-        (Period::Hourly, policy.hourly),
-        (Period::Daily, policy.daily),
-        (Period::Weekly, policy.weekly),
-        (Period::Monthly, policy.monthly),
-        (Period::Yearly, policy.yearly),
-    ]
-    .into_iter()
-    .map(|(period, n)| Counted {
-        period,
-        // Invalid negatives (< -1) are treated as off.
-        left: if n >= -1 { n } else { 0 },
-        prev: None,
-    })
-    .collect();
-
-    struct WithinRule {
-        period: Period,
-        label: String,
-        start: Option<DateTime<FixedOffset>>,
-        prev: Option<(i64, u32, u32, u32)>,
-    }
-    let mut within_rules: Vec<WithinRule> = [
-        (Period::Hourly, &policy.within_hourly),
-        (Period::Daily, &policy.within_daily),
-        (Period::Weekly, &policy.within_weekly),
-        (Period::Monthly, &policy.within_monthly),
-        (Period::Yearly, &policy.within_yearly),
-    ]
-    .into_iter()
-    .filter_map(|(period, d)| {
-        let start = start_of(d)?;
-        Some(WithinRule {
-            period,
-            label: d.map(|d| d.to_string()).unwrap_or_default(),
-            start,
-            prev: None,
-        })
-    })
-    .collect();
+    let mut counted = counted_rules(policy);
+    let mut within_rules = within_rules(policy, &start_of);
 
     let mut decision = Decision::default();
     let n = order.len();

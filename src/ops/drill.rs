@@ -12,10 +12,12 @@
 //!
 //! Writes only the scratch area and the state: no policy lock is taken.
 
+use crate::archive::beneath::Dir;
 use crate::config::{Config, Policy, TargetSpec};
 use crate::error::ExitCode;
 use crate::ops::verify::{check_on_target, scratch_root, CheckStatus};
 use crate::ops::{combine, load_catalog, state, Verdict};
+use crate::repo::Catalog;
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -248,132 +250,20 @@ pub async fn drill_policy(
     let mut codes = Vec::new();
     let mut targets = Vec::new();
     for ti in 0..catalog.targets.len() {
-        let st = &catalog.targets[ti];
-        let name = st.name().to_string();
-        let spec = cfg.targets.get(&name);
-        let mut td = TargetDrill {
-            target: name.clone(),
-            kind: match spec {
-                Some(TargetSpec::Fs(_)) => "fs".into(),
-                Some(TargetSpec::S3(_)) => "s3".into(),
-                None => String::new(),
-            },
-            location: st.target.location().to_string(),
-            snapshot: None,
-            snapshot_time: None,
-            result: CheckStatus::Ok,
-            seconds: 0.0,
-            bytes: 0,
-            mb_per_s: 0.0,
-            age_seconds: None,
-            error: None,
-            sources: Vec::new(),
-            restore_points: catalog
-                .held_by(st)
-                .into_iter()
-                .map(|i| catalog.entries[i].manifest.time.to_rfc3339())
-                .collect(),
-            commands: RestoreCommands::default(),
-        };
-        // The newest snapshot this target serves a manifest for (an
-        // unauthentic one fails the drill rather than being passed over).
-        let newest = match &st.view {
-            Err(e) => {
-                td.result = CheckStatus::Unreachable;
-                td.error = Some(e.clone());
-                None
-            }
-            Ok(v) => {
-                let i = (0..catalog.entries.len())
-                    .rev()
-                    .find(|&i| v.snapshots.contains_key(&catalog.entries[i].id));
-                if i.is_none() {
-                    td.result = CheckStatus::Missing;
-                    td.error = Some("no snapshot of this policy on this target".into());
-                }
-                i
-            }
-        };
-        if let Some(i) = newest {
-            let entry = &catalog.entries[i];
-            let m = &entry.manifest;
-            td.snapshot = Some(m.id.clone());
-            td.snapshot_time = Some(m.time.to_rfc3339());
-            td.age_seconds = Some((now - m.time).num_seconds());
-            td.bytes = m
-                .sources
-                .iter()
-                .map(|s| s.stream.size)
-                .fold(0, u64::saturating_add);
-            td.commands = restore_commands(&policy.name, &name, spec, m);
-            let started = std::time::Instant::now();
-            let tc = check_on_target(
+        let mut td = TargetDrill::new(cfg, &catalog, &catalog.targets[ti]);
+        if let Some(i) = newest_on(&catalog, ti, &mut td) {
+            let drill = Drill {
+                cfg,
                 policy,
-                &catalog,
-                entry,
-                ti,
-                &scratch,
-                &o.display,
-                &cfg.state_dir,
-            )
-            .await;
-            td.seconds = started.elapsed().as_secs_f64();
-            if td.seconds > 0.0 {
-                td.mb_per_s = td.bytes as f64 / td.seconds / 1e6;
-            }
-            td.result = tc.result;
-            td.error = tc.error;
-            for rec in &m.sources {
-                let (rows, databases) = rows_of(rec);
-                let ac = tc.archives.iter().find(|a| a.source == rec.name);
-                td.sources.push(SourceDrill {
-                    name: rec.name.clone(),
-                    kind: rec.kind.clone(),
-                    bytes: rec.stream.size,
-                    files: rec.files,
-                    extents: format!("lists/{}.extents", rec.stream.list),
-                    blake3: rec.stream.blake3.clone(),
-                    result: ac.map_or(td.result, |a| a.result),
-                    problems: ac.map(|a| a.problems.clone()).unwrap_or_default(),
-                    rows,
-                    databases,
-                });
-            }
-            if td.error.is_none() && td.result != CheckStatus::Ok {
-                let first: Vec<String> = td
-                    .sources
-                    .iter()
-                    .flat_map(|s| s.problems.iter().map(|p| format!("{}: {p}", s.name)))
-                    .take(3)
-                    .collect();
-                td.error = Some(first.join("; "));
-            }
+                catalog: &catalog,
+                scratch: &scratch,
+                display: &o.display,
+                now,
+            };
+            drill.restore(ti, i, &mut td).await;
         }
-        codes.push(match td.result {
-            CheckStatus::Ok => ExitCode::Success,
-            CheckStatus::Failed => ExitCode::Failure,
-            CheckStatus::Missing | CheckStatus::Unreachable => ExitCode::Partial,
-        });
-        if td.result == CheckStatus::Ok {
-            tracing::info!(
-                "drill policy={} target={} snapshot={} seconds={:.3} bytes={} age_seconds={}",
-                policy.name,
-                name,
-                td.snapshot.as_deref().unwrap_or(""),
-                td.seconds,
-                td.bytes,
-                td.age_seconds.unwrap_or(0)
-            );
-        } else {
-            let p = format!(
-                "target {name}: {}{}",
-                td.result,
-                td.error
-                    .as_deref()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
-            );
-            tracing::error!("drill policy={}: {p}", policy.name);
+        codes.push(td.result.exit_code());
+        if let Some(p) = td.log(&policy.name) {
             problems.push(p);
         }
         targets.push(td);
@@ -399,6 +289,156 @@ pub async fn drill_policy(
     };
     record(cfg, &r, now);
     Ok(r)
+}
+
+/// The newest snapshot target `ti` serves a manifest for (an unauthentic
+/// one fails the drill rather than being passed over); why not, in `td`.
+fn newest_on(catalog: &Catalog, ti: usize, td: &mut TargetDrill) -> Option<usize> {
+    match &catalog.targets[ti].view {
+        Err(e) => {
+            td.result = CheckStatus::Unreachable;
+            td.error = Some(e.clone());
+            None
+        }
+        Ok(v) => {
+            let i = (0..catalog.entries.len())
+                .rev()
+                .find(|&i| v.snapshots.contains_key(&catalog.entries[i].id));
+            if i.is_none() {
+                td.result = CheckStatus::Missing;
+                td.error = Some("no snapshot of this policy on this target".into());
+            }
+            i
+        }
+    }
+}
+
+/// What one policy's drill restores with.
+struct Drill<'a> {
+    cfg: &'a Config,
+    policy: &'a Policy,
+    catalog: &'a Catalog,
+    scratch: &'a Dir,
+    display: &'a crate::progress::Handle,
+    now: DateTime<FixedOffset>,
+}
+
+impl Drill<'_> {
+    /// Restore snapshot `i` from target `ti` alone, timed, with verify's
+    /// per-target check; the row `td` gets the times, sizes and results.
+    async fn restore(&self, ti: usize, i: usize, td: &mut TargetDrill) {
+        let entry = &self.catalog.entries[i];
+        let m = &entry.manifest;
+        td.snapshot = Some(m.id.clone());
+        td.snapshot_time = Some(m.time.to_rfc3339());
+        td.age_seconds = Some((self.now - m.time).num_seconds());
+        td.bytes = m
+            .sources
+            .iter()
+            .map(|s| s.stream.size)
+            .fold(0, u64::saturating_add);
+        let spec = self.cfg.targets.get(&td.target);
+        td.commands = restore_commands(&self.policy.name, &td.target, spec, m);
+        let started = std::time::Instant::now();
+        let tc = check_on_target(
+            self.policy,
+            self.catalog,
+            entry,
+            ti,
+            self.scratch,
+            self.display,
+            &self.cfg.state_dir,
+        )
+        .await;
+        td.seconds = started.elapsed().as_secs_f64();
+        if td.seconds > 0.0 {
+            td.mb_per_s = td.bytes as f64 / td.seconds / 1e6;
+        }
+        td.result = tc.result;
+        td.error = tc.error;
+        for rec in &m.sources {
+            let (rows, databases) = rows_of(rec);
+            let ac = tc.archives.iter().find(|a| a.source == rec.name);
+            td.sources.push(SourceDrill {
+                name: rec.name.clone(),
+                kind: rec.kind.clone(),
+                bytes: rec.stream.size,
+                files: rec.files,
+                extents: format!("lists/{}.extents", rec.stream.list),
+                blake3: rec.stream.blake3.clone(),
+                result: ac.map_or(td.result, |a| a.result),
+                problems: ac.map(|a| a.problems.clone()).unwrap_or_default(),
+                rows,
+                databases,
+            });
+        }
+        if td.error.is_none() && td.result != CheckStatus::Ok {
+            let first: Vec<String> = td
+                .sources
+                .iter()
+                .flat_map(|s| s.problems.iter().map(|p| format!("{}: {p}", s.name)))
+                .take(3)
+                .collect();
+            td.error = Some(first.join("; "));
+        }
+    }
+}
+
+impl TargetDrill {
+    /// The row of target `st`, nothing drilled yet.
+    fn new(cfg: &Config, catalog: &Catalog, st: &crate::repo::TargetState) -> TargetDrill {
+        let name = st.name().to_string();
+        TargetDrill {
+            kind: match cfg.targets.get(&name) {
+                Some(TargetSpec::Fs(_)) => "fs".into(),
+                Some(TargetSpec::S3(_)) => "s3".into(),
+                None => String::new(),
+            },
+            target: name,
+            location: st.target.location().to_string(),
+            snapshot: None,
+            snapshot_time: None,
+            result: CheckStatus::Ok,
+            seconds: 0.0,
+            bytes: 0,
+            mb_per_s: 0.0,
+            age_seconds: None,
+            error: None,
+            sources: Vec::new(),
+            restore_points: catalog
+                .held_by(st)
+                .into_iter()
+                .map(|i| catalog.entries[i].manifest.time.to_rfc3339())
+                .collect(),
+            commands: RestoreCommands::default(),
+        }
+    }
+
+    /// Log the row's outcome; the problem line when it is not ok.
+    fn log(&self, policy: &str) -> Option<String> {
+        if self.result == CheckStatus::Ok {
+            tracing::info!(
+                "drill policy={policy} target={} snapshot={} seconds={:.3} bytes={} age_seconds={}",
+                self.target,
+                self.snapshot.as_deref().unwrap_or(""),
+                self.seconds,
+                self.bytes,
+                self.age_seconds.unwrap_or(0)
+            );
+            return None;
+        }
+        let p = format!(
+            "target {}: {}{}",
+            self.target,
+            self.result,
+            self.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+        tracing::error!("drill policy={policy}: {p}");
+        Some(p)
+    }
 }
 
 /// Keep the drill in the policy's state.

@@ -145,6 +145,63 @@ fn md_code(body: &str) -> String {
     format!("{fence}sh\n{}\n{fence}\n", lines.join("\n"))
 }
 
+/// One target's section of the Markdown report: what was restored, how
+/// fast, and the commands to do it by hand.
+fn md_target(s: &mut String, t: &TargetDrill) {
+    let _ = writeln!(s, "### Target {}\n", md_escape(&t.target));
+    let _ = writeln!(
+        s,
+        "- {} target, location {}",
+        md_escape(&t.kind),
+        md_escape(&t.location)
+    );
+    let _ = writeln!(
+        s,
+        "- snapshot {} taken {}: {} restored in {} s",
+        md_escape(t.snapshot.as_deref().unwrap_or("-")),
+        md_escape(&short(t.snapshot_time.as_deref())),
+        crate::util::human_bytes(t.bytes),
+        seconds(t)
+    );
+    let _ = writeln!(
+        s,
+        "- restore points: {} (oldest {}, newest {})",
+        t.restore_points.len(),
+        md_escape(&short(t.restore_points.first().map(String::as_str))),
+        md_escape(&short(t.restore_points.last().map(String::as_str)))
+    );
+    for src in &t.sources {
+        let _ = writeln!(
+            s,
+            "- source {} ({}): {}, {} files, {}",
+            md_escape(&src.name),
+            md_escape(&src.kind),
+            crate::util::human_bytes(src.bytes),
+            src.files,
+            src.result
+        );
+        for (table, n) in &src.rows {
+            let _ = writeln!(s, "  - {}: {n} rows", md_escape(table));
+        }
+        for p in &src.problems {
+            let _ = writeln!(s, "  - problem: {}", md_escape(p));
+        }
+    }
+    s.push('\n');
+    if !t.commands.backupctl.is_empty() {
+        let _ = writeln!(s, "Restore by hand with backupctl:\n");
+        s.push_str(&md_code(&t.commands.backupctl.join("\n")));
+        s.push('\n');
+        let _ = writeln!(
+            s,
+            "With stock tools (sh, tail, head, zstd, tar; see RESTORE-README.txt at the \
+                 target's root):\n"
+        );
+        s.push_str(&md_code(&t.commands.stock.join("\n")));
+        s.push('\n');
+    }
+}
+
 fn markdown(rep: &Report<'_>) -> String {
     let (results, now) = (rep.results, rep.now);
     let mut s = String::new();
@@ -183,58 +240,7 @@ fn markdown(rep: &Report<'_>) -> String {
         }
         s.push('\n');
         for t in &r.targets {
-            let _ = writeln!(s, "### Target {}\n", md_escape(&t.target));
-            let _ = writeln!(
-                s,
-                "- {} target, location {}",
-                md_escape(&t.kind),
-                md_escape(&t.location)
-            );
-            let _ = writeln!(
-                s,
-                "- snapshot {} taken {}: {} restored in {} s",
-                md_escape(t.snapshot.as_deref().unwrap_or("-")),
-                md_escape(&short(t.snapshot_time.as_deref())),
-                crate::util::human_bytes(t.bytes),
-                seconds(t)
-            );
-            let _ = writeln!(
-                s,
-                "- restore points: {} (oldest {}, newest {})",
-                t.restore_points.len(),
-                md_escape(&short(t.restore_points.first().map(String::as_str))),
-                md_escape(&short(t.restore_points.last().map(String::as_str)))
-            );
-            for src in &t.sources {
-                let _ = writeln!(
-                    s,
-                    "- source {} ({}): {}, {} files, {}",
-                    md_escape(&src.name),
-                    md_escape(&src.kind),
-                    crate::util::human_bytes(src.bytes),
-                    src.files,
-                    src.result
-                );
-                for (table, n) in &src.rows {
-                    let _ = writeln!(s, "  - {}: {n} rows", md_escape(table));
-                }
-                for p in &src.problems {
-                    let _ = writeln!(s, "  - problem: {}", md_escape(p));
-                }
-            }
-            s.push('\n');
-            if !t.commands.backupctl.is_empty() {
-                let _ = writeln!(s, "Restore by hand with backupctl:\n");
-                s.push_str(&md_code(&t.commands.backupctl.join("\n")));
-                s.push('\n');
-                let _ = writeln!(
-                    s,
-                    "With stock tools (sh, tail, head, zstd, tar; see RESTORE-README.txt at the \
-                     target's root):\n"
-                );
-                s.push_str(&md_code(&t.commands.stock.join("\n")));
-                s.push('\n');
-            }
+            md_target(&mut s, t);
         }
         if !r.problems.is_empty() {
             let _ = writeln!(s, "Problems:\n");
@@ -418,6 +424,62 @@ fn durations_svg(r: &DrillResult) -> String {
     s
 }
 
+/// One target's section of the HTML report (every string escaped).
+fn html_target(s: &mut String, t: &TargetDrill) {
+    let e = html_escape;
+    let _ = writeln!(
+        s,
+        "<h3>Target {}</h3>\n<p>{} target, location {}; snapshot {} taken {}: {} \
+             restored in {} s; {} restore points.</p>",
+        e(&t.target),
+        e(&t.kind),
+        e(&t.location),
+        e(t.snapshot.as_deref().unwrap_or("-")),
+        e(&short(t.snapshot_time.as_deref())),
+        e(&crate::util::human_bytes(t.bytes)),
+        seconds(t),
+        t.restore_points.len()
+    );
+    if !t.sources.is_empty() {
+        s.push_str(
+            "<table><thead><tr><th>source</th><th>type</th><th>bytes</th><th>files</th>\
+                 <th>result</th><th>rows checked</th><th>problems</th></tr></thead><tbody>\n",
+        );
+        for src in &t.sources {
+            let rows: Vec<String> = src
+                .rows
+                .iter()
+                .map(|(k, n)| format!("{}: {n}", e(k)))
+                .collect();
+            let probs: Vec<String> = src.problems.iter().map(|p| e(p)).collect();
+            let _ = writeln!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+                     <td class=\"{}\">{}</td><td>{}</td><td>{}</td></tr>",
+                e(&src.name),
+                e(&src.kind),
+                src.bytes,
+                src.files,
+                status_class(src.result.as_str()),
+                src.result,
+                rows.join("<br>"),
+                probs.join("<br>")
+            );
+        }
+        s.push_str("</tbody></table>\n");
+    }
+    if !t.commands.backupctl.is_empty() {
+        let _ = writeln!(
+            s,
+            "<p>Restore by hand with backupctl:</p><pre>{}</pre>\n<p>With stock tools \
+                 (sh, tail, head, zstd, tar; see RESTORE-README.txt at the target's \
+                 root):</p><pre>{}</pre>",
+            html_lines(&t.commands.backupctl),
+            html_lines(&t.commands.stock)
+        );
+    }
+}
+
 fn html(rep: &Report<'_>) -> String {
     let (results, now) = (rep.results, rep.now);
     let e = html_escape;
@@ -465,57 +527,7 @@ fn html(rep: &Report<'_>) -> String {
         s.push_str(&durations_svg(r));
         s.push('\n');
         for t in &r.targets {
-            let _ = writeln!(
-                s,
-                "<h3>Target {}</h3>\n<p>{} target, location {}; snapshot {} taken {}: {} \
-                 restored in {} s; {} restore points.</p>",
-                e(&t.target),
-                e(&t.kind),
-                e(&t.location),
-                e(t.snapshot.as_deref().unwrap_or("-")),
-                e(&short(t.snapshot_time.as_deref())),
-                e(&crate::util::human_bytes(t.bytes)),
-                seconds(t),
-                t.restore_points.len()
-            );
-            if !t.sources.is_empty() {
-                s.push_str(
-                    "<table><thead><tr><th>source</th><th>type</th><th>bytes</th><th>files</th>\
-                     <th>result</th><th>rows checked</th><th>problems</th></tr></thead><tbody>\n",
-                );
-                for src in &t.sources {
-                    let rows: Vec<String> = src
-                        .rows
-                        .iter()
-                        .map(|(k, n)| format!("{}: {n}", e(k)))
-                        .collect();
-                    let probs: Vec<String> = src.problems.iter().map(|p| e(p)).collect();
-                    let _ = writeln!(
-                        s,
-                        "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-                         <td class=\"{}\">{}</td><td>{}</td><td>{}</td></tr>",
-                        e(&src.name),
-                        e(&src.kind),
-                        src.bytes,
-                        src.files,
-                        status_class(src.result.as_str()),
-                        src.result,
-                        rows.join("<br>"),
-                        probs.join("<br>")
-                    );
-                }
-                s.push_str("</tbody></table>\n");
-            }
-            if !t.commands.backupctl.is_empty() {
-                let _ = writeln!(
-                    s,
-                    "<p>Restore by hand with backupctl:</p><pre>{}</pre>\n<p>With stock tools \
-                     (sh, tail, head, zstd, tar; see RESTORE-README.txt at the target's \
-                     root):</p><pre>{}</pre>",
-                    html_lines(&t.commands.backupctl),
-                    html_lines(&t.commands.stock)
-                );
-            }
+            html_target(&mut s, t);
         }
         if !r.problems.is_empty() {
             s.push_str("<h3>Problems</h3><ul>\n");

@@ -77,6 +77,18 @@ status_names!(CheckStatus {
     Failed => "failed",
 });
 
+impl CheckStatus {
+    /// What this result contributes to the exit code: a failure is 1, a
+    /// target that lacks the snapshot or cannot be reached 3 (partial).
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            CheckStatus::Ok => ExitCode::Success,
+            CheckStatus::Failed => ExitCode::Failure,
+            CheckStatus::Missing | CheckStatus::Unreachable => ExitCode::Partial,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct ArchiveCheck {
     pub source: String,
@@ -581,11 +593,7 @@ async fn check_snapshot(
             &cfg.state_dir,
         )
         .await;
-        let code = match tc.result {
-            CheckStatus::Ok => ExitCode::Success,
-            CheckStatus::Failed => ExitCode::Failure,
-            CheckStatus::Missing | CheckStatus::Unreachable => ExitCode::Partial,
-        };
+        let code = tc.result.exit_code();
         if tc.result == CheckStatus::Ok {
             f.codes.push(code);
         } else {
