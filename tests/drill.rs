@@ -472,18 +472,7 @@ fn a_damaged_pack_fails_that_target_only_and_target_restricts() {
         .unwrap()
         .to_string();
     let lines = std::fs::read_to_string(list_path(&d.fs_root, "shop", &list)).unwrap();
-    let (pack, off, len) = lines
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (
-                f[0].to_string(),
-                f[1].parse::<usize>().unwrap(),
-                f[2].parse::<usize>().unwrap(),
-            )
-        })
-        .max_by_key(|e| e.2)
-        .unwrap();
+    let (pack, off, len) = crate::common::largest_extent(&lines);
     let path = d.fs_root.join("shop").join(pack);
     let mut b = std::fs::read(&path).unwrap();
     let mid = off + len / 2;

@@ -1000,18 +1000,7 @@ fn read_all_finds_damage_no_sampled_snapshot_reads() {
         .unwrap()
         .to_string();
     let text = std::fs::read_to_string(list_path(&nas, "shop", &list)).unwrap();
-    let (pack, off, len) = text
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (
-                f[0].to_string(),
-                f[1].parse::<usize>().unwrap(),
-                f[2].parse::<usize>().unwrap(),
-            )
-        })
-        .max_by_key(|e| e.2)
-        .unwrap();
+    let (pack, off, len) = crate::common::largest_extent(&text);
     assert!(
         len > 1 << 20,
         "day1.bin's content is one large extent: {text}"

@@ -107,9 +107,9 @@ fn short(t: Option<&str>) -> String {
 // Markdown
 // ---------------------------------------------------------------------------
 
-/// Text for a Markdown table cell or line: HTML metacharacters as
-/// entities, Markdown's own escaped, no line breaks.
-pub fn md_escape(s: &str) -> String {
+/// `s` made printable, HTML's metacharacters as entities, and every other
+/// character through `other` (which pushes it, changed or not).
+fn escaped(s: &str, other: impl Fn(char, &mut String)) -> String {
     let mut out = String::with_capacity(s.len());
     for c in crate::util::printable(s).chars() {
         match c {
@@ -117,15 +117,23 @@ pub fn md_escape(s: &str) -> String {
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
-            '|' | '\\' | '`' | '*' | '_' | '[' | ']' | '#' | '!' => {
-                out.push('\\');
-                out.push(c);
-            }
-            '\n' | '\r' => out.push(' '),
-            c => out.push(c),
+            c => other(c, &mut out),
         }
     }
     out
+}
+
+/// Text for a Markdown table cell or line: HTML metacharacters as
+/// entities, Markdown's own escaped, no line breaks.
+pub fn md_escape(s: &str) -> String {
+    escaped(s, |c, out| match c {
+        '|' | '\\' | '`' | '*' | '_' | '[' | ']' | '#' | '!' => {
+            out.push('\\');
+            out.push(c);
+        }
+        '\n' | '\r' => out.push(' '),
+        c => out.push(c),
+    })
 }
 
 /// A fenced code block whose fence no line of `body` can close.
@@ -266,18 +274,10 @@ fn markdown(rep: &Report<'_>) -> String {
 
 /// Text for HTML element content and attribute values.
 pub fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in crate::util::printable(s).chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+    escaped(s, |c, out| match c {
+        '\'' => out.push_str("&#39;"),
+        c => out.push(c),
+    })
 }
 
 /// Lines for a `<pre>` block, each escaped.

@@ -65,6 +65,22 @@ pub fn list_path(target: &Path, policy: &str, list: &str) -> PathBuf {
 /// The uncompressed stream an extent list describes, rebuilt as
 /// RESTORE-README says: slice each extent out of its pack, concatenate,
 /// `zstd -dc`. The list's own name is checked with `b3sum` first.
+/// The largest extent of an extent list's text: (pack, offset, length).
+pub fn largest_extent(list_text: &str) -> (String, usize, usize) {
+    list_text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (
+                f[0].to_string(),
+                f[1].parse::<usize>().unwrap(),
+                f[2].parse::<usize>().unwrap(),
+            )
+        })
+        .max_by_key(|e| e.2)
+        .expect("a non-empty extent list")
+}
+
 pub fn stream_from_list(target: &Path, policy: &str, list: &str) -> Vec<u8> {
     let path = list_path(target, policy, list);
     assert_eq!(

@@ -232,18 +232,7 @@ impl DbSetup {
             .unwrap()
             .to_string();
         let text = std::fs::read_to_string(crate::common::list_path(&root, "db", &list)).unwrap();
-        let (pack, off, len) = text
-            .lines()
-            .map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                (
-                    f[0].to_string(),
-                    f[1].parse::<usize>().unwrap(),
-                    f[2].parse::<usize>().unwrap(),
-                )
-            })
-            .max_by_key(|e| e.2)
-            .expect("a non-empty stream");
+        let (pack, off, len) = crate::common::largest_extent(&text);
         let path = root.join("db").join(pack);
         let mut b = std::fs::read(&path).unwrap();
         let mid = off + len / 2;
