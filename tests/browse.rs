@@ -677,6 +677,21 @@ fn flip_in(data: &mut [u8], offset: u64, len: u64) {
     data[i] ^= 0x55;
 }
 
+/// Flip a byte of the frame at `off`/`len` in the S3 copy of the fs pack
+/// `pack` (the same name under the bucket's prefix).
+fn damage_on_s3(w: &World, pack: &Path, off: u64, len: u64) {
+    let key = format!(
+        "{}shop/{}",
+        w.prefix,
+        pack.strip_prefix(w.fs_root().join("shop"))
+            .unwrap()
+            .display()
+    );
+    let mut b = w.env.get(&key);
+    flip_in(&mut b, off, len);
+    w.env.put(&key, b);
+}
+
 #[test]
 fn dump_fails_loudly_on_damaged_or_planted_bytes() {
     let Some(w) = world() else {
@@ -707,16 +722,7 @@ fn dump_fails_loudly_on_damaged_or_planted_bytes() {
 
     // Damaged on S3 too: exit 1, nothing written, the damage named.
     for (pack, off, len) in &frames {
-        let key = format!(
-            "{}shop/{}",
-            w.prefix,
-            pack.strip_prefix(w.fs_root().join("shop"))
-                .unwrap()
-                .display()
-        );
-        let mut b = w.env.get(&key);
-        flip_in(&mut b, *off, *len);
-        w.env.put(&key, b);
+        damage_on_s3(&w, pack, *off, *len);
     }
     let (o, _) = dump_to(&w, &id, "site/docs/report.txt");
     assert_eq!(o.status.code(), Some(1), "{}", s3_common::text(&o));
@@ -735,16 +741,7 @@ fn dump_fails_loudly_on_damaged_or_planted_bytes() {
     let mut b = std::fs::read(&pack).unwrap();
     flip_in(&mut b, off, len);
     std::fs::write(&pack, b).unwrap();
-    let key = format!(
-        "{}shop/{}",
-        w.prefix,
-        pack.strip_prefix(w.fs_root().join("shop"))
-            .unwrap()
-            .display()
-    );
-    let mut b = w.env.get(&key);
-    flip_in(&mut b, off, len);
-    w.env.put(&key, b);
+    damage_on_s3(&w, &pack, off, len);
     let (o, _) = dump_to(&w, &id, LARGE);
     assert_eq!(
         o.status.code(),

@@ -961,17 +961,7 @@ fn read_all_finds_damage_no_sampled_snapshot_reads() {
     mounted_config(&s, &["nas", "offsite"]);
     // Incompressible, distinct content on each day, so day 2 shares no
     // content chunk with day 1.
-    let bytes = |seed: u64| -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..(2 << 20))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    };
+    let bytes = |seed: u64| crate::s3_common::noise(2 << 20, seed);
     let site = s.path("www");
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("day1.bin"), bytes(1)).unwrap();

@@ -344,9 +344,7 @@ fn assess(
     now: DateTime<FixedOffset>,
     threshold: impl Fn(DateTime<FixedOffset>) -> Option<chrono::TimeDelta>,
 ) -> PolicyStatus {
-    let mut s = PolicyStatus::broken(label, String::new());
-    s.problems.clear();
-    s.healthy = true;
+    let mut s = PolicyStatus::new(label);
     let newest = catalog
         .entries
         .iter()
@@ -462,11 +460,18 @@ impl PolicyStatus {
     /// A policy that could not be assessed at all (broken file, targets
     /// that cannot be opened): unhealthy, with why.
     fn broken(label: &str, why: String) -> PolicyStatus {
+        let mut s = PolicyStatus::new(label);
+        s.problem(why);
+        s
+    }
+
+    /// Nothing found wrong yet, nothing known.
+    fn new(label: &str) -> PolicyStatus {
         PolicyStatus {
             policy: label.to_string(),
             watched: false,
-            healthy: false,
-            problems: vec![why],
+            healthy: true,
+            problems: Vec::new(),
             warnings: Vec::new(),
             newest: None,
             max_age_seconds: None,
