@@ -194,6 +194,21 @@ impl HostKey {
 
     /// The signature file for `manifest` of snapshot `id` of `policy`.
     pub fn sign_manifest(&self, policy: &str, id: &str, manifest: &[u8]) -> Vec<u8> {
+        self.sign_manifest_keeping(policy, id, manifest, None)
+    }
+
+    /// The signature file for `manifest` that also carries the signature of
+    /// `previous` (a signature file), so that while a manifest is replaced
+    /// (repacking rewrites a snapshot's extent lists) whichever manifest is
+    /// in place authenticates. A `previous` that is not a signature file
+    /// is dropped.
+    pub fn sign_manifest_keeping(
+        &self,
+        policy: &str,
+        id: &str,
+        manifest: &[u8],
+        previous: Option<&[u8]>,
+    ) -> Vec<u8> {
         let sig = self.key.sign(&message(policy, id, manifest));
         let v = serde_json::json!({
             "format": SIG_FORMAT,
@@ -203,7 +218,10 @@ impl HostKey {
         });
         let mut b = serde_json::to_vec_pretty(&v).expect("signature serialises");
         b.push(b'\n');
-        b
+        match previous {
+            Some(p) => bridge(&b, p),
+            None => b,
+        }
     }
 }
 
@@ -288,13 +306,6 @@ impl Trust {
         if sig.len() > MAX_SIGNATURE_BYTES {
             return Err(AuthError::Malformed("too large".into()));
         }
-        #[derive(serde::Deserialize)]
-        struct SigFile {
-            format: String,
-            version: u32,
-            key: String,
-            signature: String,
-        }
         let f: SigFile = serde_json::from_slice(sig)
             .map_err(|e| AuthError::Malformed(format!("not a signature file: {e}")))?;
         if f.format != SIG_FORMAT || f.version != 1 {
@@ -304,12 +315,21 @@ impl Trust {
                 f.version
             )));
         }
-        let key: PublicKey = f
-            .key
+        let msg = message(policy, id, manifest);
+        let first = self.check(&f.key, &f.signature, &msg);
+        match &f.previous {
+            Some(p) if first.is_err() => self.check(&p.key, &p.signature, &msg).or(first),
+            _ => first,
+        }
+    }
+
+    /// One signature (`key`, base64 `signature`) over `msg`.
+    fn check(&self, key: &str, signature: &str, msg: &[u8]) -> Result<PublicKey, AuthError> {
+        let key: PublicKey = key
             .parse()
             .map_err(|e: String| AuthError::Malformed(crate::util::printable(&e)))?;
         let bytes: [u8; 64] = B64
-            .decode(f.signature.trim())
+            .decode(signature.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| AuthError::Malformed("signature is not 64 base64 bytes".into()))?;
@@ -318,10 +338,49 @@ impl Trust {
         }
         let sig = ed25519_dalek::Signature::from_bytes(&bytes);
         key.verifying()
-            .verify(&message(policy, id, manifest), &sig)
+            .verify(msg, &sig)
             .map_err(|_| AuthError::Altered(key))?;
         Ok(key)
     }
+}
+
+/// The signature file `new` that also carries the (first) signature of the
+/// signature file `old`: written while a manifest is replaced, so that
+/// whichever of the two manifests is in place authenticates. Needs no key
+/// (`sync` replaces a manifest with another host's authentic copy). `new`
+/// unchanged when either is not a signature file.
+pub fn bridge(new: &[u8], old: &[u8]) -> Vec<u8> {
+    let (Ok(mut v), Ok(prev)) = (
+        serde_json::from_slice::<serde_json::Value>(new),
+        serde_json::from_slice::<SigFile>(old),
+    ) else {
+        return new.to_vec();
+    };
+    if !v.is_object() {
+        return new.to_vec();
+    }
+    v["previous"] = serde_json::json!({ "key": prev.key, "signature": prev.signature });
+    let mut b = serde_json::to_vec_pretty(&v).expect("signature serialises");
+    b.push(b'\n');
+    b
+}
+
+/// A signature file: one signature, and during a manifest's replacement the
+/// signature of the manifest it replaces.
+#[derive(serde::Deserialize)]
+struct SigFile {
+    format: String,
+    version: u32,
+    key: String,
+    signature: String,
+    #[serde(default)]
+    previous: Option<Signed>,
+}
+
+#[derive(serde::Deserialize)]
+struct Signed {
+    key: String,
+    signature: String,
 }
 
 #[cfg(test)]
@@ -392,5 +451,34 @@ mod tests {
         assert!("ed25519:".parse::<PublicKey>().is_err());
         assert!("rsa:AAAA".parse::<PublicKey>().is_err());
         assert!("ed25519:not-base64!".parse::<PublicKey>().is_err());
+    }
+
+    #[test]
+    fn a_replacement_signature_also_covers_the_manifest_it_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = HostKey::create(&dir.path().join("host.key")).unwrap();
+        let other = HostKey::create(&dir.path().join("other.key")).unwrap();
+        let trust = Trust::new([k.public()]);
+        let id = "20260101T000000Z-00000000";
+        let (old, new) = (b"old manifest".as_slice(), b"new manifest".as_slice());
+        let old_sig = k.sign_manifest("shop", id, old);
+        let both = k.sign_manifest_keeping("shop", id, new, Some(&old_sig));
+        assert_eq!(trust.verify("shop", id, new, Some(&both)), Ok(k.public()));
+        assert_eq!(trust.verify("shop", id, old, Some(&both)), Ok(k.public()));
+        assert!(trust.verify("shop", id, b"third", Some(&both)).is_err());
+        assert!(trust
+            .verify("shop", "20260101T000000Z-00000001", old, Some(&both))
+            .is_err());
+        // The carried signature is checked like any: an untrusted one counts for nothing.
+        let foreign = other.sign_manifest("shop", id, old);
+        let carried = k.sign_manifest_keeping("shop", id, new, Some(&foreign));
+        assert!(matches!(
+            trust.verify("shop", id, old, Some(&carried)),
+            Err(AuthError::Altered(_))
+        ));
+        // Garbage as the previous file is dropped, not copied.
+        let plain = k.sign_manifest_keeping("shop", id, new, Some(b"junk"));
+        assert_eq!(plain, k.sign_manifest("shop", id, new));
+        assert!(trust.verify("shop", id, old, Some(&plain)).is_err());
     }
 }

@@ -41,6 +41,8 @@ mod operator;
 mod private_files;
 #[path = "prune.rs"]
 mod prune;
+#[path = "repack.rs"]
+mod repack;
 #[path = "s3_cli.rs"]
 mod s3_cli;
 #[path = "s3_faults.rs"]

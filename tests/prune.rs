@@ -10,11 +10,11 @@ use sched_common::*;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
-const POLICY: &str = "shop";
+pub(crate) const POLICY: &str = "shop";
 
 /// A target whose objects the test can also read back (independently of
 /// backupctl: the file system, or its own S3 client).
-trait Target: TestTarget {
+pub(crate) trait Target: TestTarget {
     fn get(&self, key: &str) -> Vec<u8>;
 }
 
@@ -25,7 +25,7 @@ impl Target for FsTestTarget {
 }
 
 /// Pack names (`<name>` of `<policy>/packs/<hh>/<name>.pack`) in a listing.
-fn packs_in(keys: &BTreeSet<String>) -> BTreeSet<String> {
+pub(crate) fn packs_in(keys: &BTreeSet<String>) -> BTreeSet<String> {
     let prefix = format!("{POLICY}/packs/");
     keys.iter()
         .filter_map(|k| {
@@ -38,7 +38,7 @@ fn packs_in(keys: &BTreeSet<String>) -> BTreeSet<String> {
 }
 
 /// Extent list hashes (`<policy>/lists/<hash>.extents`) in a listing.
-fn lists_in(keys: &BTreeSet<String>) -> BTreeSet<String> {
+pub(crate) fn lists_in(keys: &BTreeSet<String>) -> BTreeSet<String> {
     let prefix = format!("{POLICY}/lists/");
     keys.iter()
         .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(".extents"))
@@ -47,7 +47,7 @@ fn lists_in(keys: &BTreeSet<String>) -> BTreeSet<String> {
 }
 
 /// The manifest of snapshot `id` on `t`.
-fn manifest_of(t: &dyn Target, id: &str) -> Value {
+pub(crate) fn manifest_of(t: &dyn Target, id: &str) -> Value {
     serde_json::from_slice(&t.get(&format!("{POLICY}/snapshots/{id}.json"))).unwrap()
 }
 
@@ -61,7 +61,7 @@ fn stream_list(t: &dyn Target, id: &str) -> String {
 
 /// What snapshot `id` on `t` references, read from its manifest and its
 /// extent lists (each checked against its name with BLAKE3): (lists, packs).
-fn references(t: &dyn Target, id: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+pub(crate) fn references(t: &dyn Target, id: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     let m = manifest_of(t, id);
     let (mut lists, mut packs) = (BTreeSet::new(), BTreeSet::new());
     for src in m["sources"].as_array().unwrap() {
@@ -87,7 +87,7 @@ fn references(t: &dyn Target, id: &str) -> (BTreeSet<String>, BTreeSet<String>) 
 /// `t` holds exactly the lists and packs the snapshots `kept` reference:
 /// nothing they need is missing, nothing else is left.
 #[track_caller]
-fn assert_holds_exactly(t: &dyn Target, kept: &[&String]) {
+pub(crate) fn assert_holds_exactly(t: &dyn Target, kept: &[&String]) {
     let (mut lists, mut packs) = (BTreeSet::new(), BTreeSet::new());
     for id in kept {
         let (l, p) = references(t, id);
@@ -250,6 +250,14 @@ fn prune_end_to_end(s: &Setup, a: &dyn Target, b: &dyn Target) {
     let v2 = stdout_json(&out);
     assert_eq!(ids(&v2[0]["keep"]), ids(&v[0]["keep"]));
     assert_eq!(ids(&v2[0]["remove"]), ids(&v[0]["remove"]));
+    // The dry run decided the repack the real prune made.
+    assert_eq!(v2[0]["repack"]["packs"], v[0]["repack"]["packs"]);
+    let repacked: BTreeSet<String> = v2[0]["repack"]["packs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
     for t in [a, b] {
         let keys = t.keys();
         assert_eq!(
@@ -263,7 +271,15 @@ fn prune_end_to_end(s: &Setup, a: &dyn Target, b: &dyn Target) {
         // although 02:30 is gone. Orphans go; what is kept is whole.
         assert_holds_exactly(t, &[&id3, &id4, &id5b]);
         assert!(!lists_in(&keys).contains(&old_list), "{}", t.name());
-        assert!(packs_in(&keys).contains(&kept_pack));
+        // The orphan list pointing into a kept pack is gone, the pack is
+        // not (unless repacking moved its chunks: then it is gone as well).
+        assert_eq!(
+            packs_in(&keys).contains(&kept_pack),
+            !repacked.contains(&kept_pack),
+            "{}",
+            t.name()
+        );
+        assert!(repacked.is_disjoint(&packs_in(&keys)), "{}", t.name());
         for k in &orphans {
             assert!(!keys.contains(k), "orphan {k} left on {}", t.name());
         }
@@ -344,7 +360,7 @@ fn prune_with_target_down(s: &Setup, a: &dyn Target, b: &dyn Target) {
     assert_eq!(restored_index(s, &made[2].0, b.name()), b"three");
 }
 
-fn fs_pair(s: &Setup) -> (FsTestTarget, FsTestTarget) {
+pub(crate) fn fs_pair(s: &Setup) -> (FsTestTarget, FsTestTarget) {
     let a = FsTestTarget::new(s.path(), "a");
     let b = FsTestTarget::new(s.path(), "b");
     s.write_config(&[a.config_snippet(), b.config_snippet()]);
@@ -428,7 +444,7 @@ fn newest_by_instant_is_kept_across_offsets() {
 /// An S3 target on Garage under a unique prefix, listed and written with an
 /// independent S3 client. With a private Garage instance, `set_down` stops
 /// that server (other tests keep theirs).
-struct S3TestTarget {
+pub(crate) struct S3TestTarget {
     name: String,
     prefix: String,
     env: s3_common::S3Env,
@@ -438,7 +454,7 @@ struct S3TestTarget {
 
 impl S3TestTarget {
     /// On the shared test server (None: skipped, see s3_common).
-    fn shared(name: &str) -> Option<S3TestTarget> {
+    pub(crate) fn shared(name: &str) -> Option<S3TestTarget> {
         let env = s3_common::s3_env()?;
         Some(S3TestTarget {
             name: name.to_string(),
@@ -476,7 +492,7 @@ impl S3TestTarget {
 
     /// The variables its config names, for every command (see
     /// [`Setup::env`]).
-    fn child_env(&self) -> Vec<(String, String)> {
+    pub(crate) fn child_env(&self) -> Vec<(String, String)> {
         vec![
             (self.key_vars.0.clone(), self.env.key_id.clone()),
             (self.key_vars.1.clone(), self.env.secret.clone()),

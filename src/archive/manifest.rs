@@ -35,6 +35,11 @@ pub struct Manifest {
     pub host: String,
     pub tool_version: String,
     pub sources: Vec<SourceRecord>,
+    /// How many times repacking rewrote this snapshot's extent lists (its
+    /// streams unchanged). Of two authentic copies of one snapshot, the
+    /// higher revision is the one targets converge on.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u32,
 }
 
 /// A stream (a tar stream or a file index) and the list that finds it.

@@ -330,6 +330,26 @@ pub fn render_prune(r: &ops::prune::PruneResult) -> String {
             }
         }
     }
+    let rp = &r.repack;
+    if !rp.packs.is_empty() {
+        s.push_str(&format!(
+            "  repack: {} {} pack(s) ({} live copied, {} dead) used by {} snapshot(s){}\n",
+            if r.dry_run {
+                "would rewrite"
+            } else {
+                "rewrote"
+            },
+            rp.packs.len(),
+            human_bytes(rp.live_bytes),
+            human_bytes(rp.dead_bytes),
+            rp.snapshots.len(),
+            if r.dry_run {
+                String::new()
+            } else {
+                format!(" into {} new pack(s)", rp.packs_written.len())
+            }
+        ));
+    }
     for w in &r.warnings {
         s.push_str(&format!("  warning: {w}\n"));
     }

@@ -29,6 +29,7 @@ pub mod init;
 pub mod list;
 pub mod notify_test;
 pub mod prune;
+pub mod repack;
 pub mod restore;
 pub mod restore_db;
 pub mod run;

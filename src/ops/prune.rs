@@ -16,6 +16,11 @@
 //!    snapshot on that target references. Orphans left by an interrupted
 //!    run go the same way.
 //!
+//! 4. Repack ([`crate::ops::repack`]): packs whose dead share passed the
+//!    threshold have their live chunks copied into new packs, the retained
+//!    snapshots using them get rewritten extent lists and manifests, and the
+//!    old packs go.
+//!
 //! Safety: a target that cannot be listed is left untouched (reported, exit 3);
 //! the newest snapshot is never removed; a manifest that does not
 //! authenticate (unsigned, untrusted, altered, unreadable) may reference any
@@ -125,6 +130,8 @@ pub struct PruneResult {
     /// Newest first.
     pub remove: Vec<RemoveItem>,
     pub targets: Vec<TargetPrune>,
+    /// Packs mostly dead after the removals, rewritten (see `ops::repack`).
+    pub repack: crate::ops::repack::RepackReport,
     pub warnings: Vec<String>,
     /// Snapshots dated in the future beyond the allowed skew: kept, not
     /// counted (exit 1 so someone looks).
@@ -163,7 +170,16 @@ pub async fn prune_policy(
             policy.name
         )));
     }
-    let catalog = crate::ops::load_catalog(cfg, policy, None).await?;
+    let mut catalog = crate::ops::load_catalog(cfg, policy, None).await?;
+    let mut caught_up = Vec::new();
+    if !opts.dry_run {
+        // A target away while an earlier prune repacked still holds older
+        // copies; it is judged by current ones.
+        caught_up = crate::ops::sync::copy_newer_revisions(cfg, &catalog).await;
+        if caught_up.iter().any(|c| c.error.is_none()) {
+            catalog = crate::ops::load_catalog(cfg, policy, None).await?;
+        }
+    }
     let now = crate::clock::now();
     let limit = now + FUTURE_SKEW;
     let all: Vec<usize> = (0..catalog.entries.len()).collect();
@@ -200,6 +216,16 @@ pub async fn prune_policy(
         .iter()
         .map(|d| format!("{d}; not counted, and no pack is deleted on that target"))
         .collect();
+    for c in &caught_up {
+        let what = format!("target {}: snapshot {}", c.target, c.snapshot);
+        match &c.error {
+            None => tracing::info!(
+                "prune policy={}: {what}: brought to its repacked copy",
+                policy.name
+            ),
+            Some(e) => warnings.push(format!("{what}: holds an older copy, not replaced: {e}")),
+        }
+    }
     for &i in &future {
         let w = future_warning(&catalog, i);
         tracing::error!("prune policy={}: {w}", policy.name);
@@ -224,8 +250,10 @@ pub async fn prune_policy(
         limit,
         dry_run: opts.dry_run,
     };
-    let tresults =
+    let mut tresults =
         futures::future::join_all(catalog.targets.iter().map(|st| plan.on_target(st))).await;
+    let repack = crate::ops::repack::repack(cfg, &catalog, &mut tresults, opts.dry_run).await;
+    warnings.extend(repack.skipped.iter().map(|s| format!("repack: {s}")));
 
     let result = verdict(&tresults);
     Ok(PruneResult {
@@ -234,6 +262,7 @@ pub async fn prune_policy(
         keep,
         remove,
         targets: tresults,
+        repack,
         warnings,
         future,
         result,

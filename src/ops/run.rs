@@ -1020,6 +1020,7 @@ impl Pending<'_> {
             host: crate::util::hostname(),
             tool_version: env!("CARGO_PKG_VERSION").into(),
             sources: self.records,
+            revision: 0,
         };
         let json = manifest.to_json();
         // A manifest every reader would refuse would record a snapshot that

@@ -246,15 +246,21 @@ async fn copy_snapshot(
         let commit = authentic_copy(cfg, sources, catalog, entry)
             .await
             .and_then(|(json, sig)| {
-                Commit::new(m, json, sig, Vec::new()).map_err(|e| e.to_string())
+                Commit::new(m, json, sig.clone(), Vec::new())
+                    .map(|c| (c, sig))
+                    .map_err(|e| e.to_string())
             });
         for (i, t) in needers.iter().enumerate() {
             if copies[i].error.is_some() {
                 continue;
             }
-            let r = match &commit {
-                Ok(c) => c.apply(t).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.clone()),
+            let r = match (&commit, older_signature(catalog, entry, t).await) {
+                (Ok((c, sig)), Some(old)) => c
+                    .replace(t, crate::trust::bridge(sig, &old))
+                    .await
+                    .map_err(|e| e.to_string()),
+                (Ok((c, _)), None) => c.apply(t).await.map_err(|e| e.to_string()),
+                (Err(e), _) => Err(e.clone()),
             };
             if let Err(e) = r {
                 copies[i].status = CopyStatus::Failed;
@@ -263,6 +269,44 @@ async fn copy_snapshot(
         }
     }
     copies
+}
+
+/// The signature file of the older authentic copy of `entry` that `t`
+/// holds, if it holds one: the copy is then replaced with a bridging
+/// signature ([`crate::trust::bridge`]), so a crash leaves one of the two
+/// authentic.
+async fn older_signature(catalog: &Catalog, entry: &Entry, t: &DynBackend) -> Option<Vec<u8>> {
+    let st = catalog.targets.iter().find(|s| s.name() == t.name())?;
+    if !st.holds_older(entry) {
+        return None;
+    }
+    crate::repo::fetch::signature(t, &catalog.policy, &entry.id)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Bring every reachable target that holds an older revision of a snapshot
+/// (repacked while it was away) up to the current one, copying what it
+/// lacks from a target where the snapshot is complete: what `prune` does
+/// first, so that it judges each target by current copies.
+pub async fn copy_newer_revisions(cfg: &Config, catalog: &Catalog) -> Vec<SnapshotCopy> {
+    let mut have = holdings(catalog);
+    let o = SyncOptions::default();
+    let mut out = Vec::new();
+    for entry in &catalog.entries {
+        let needers: Vec<&DynBackend> = catalog
+            .reachable()
+            .filter(|s| s.holds_older(entry))
+            .map(|s| &s.target)
+            .collect();
+        let sources = catalog.complete_sources(entry);
+        if needers.is_empty() || sources.is_empty() {
+            continue;
+        }
+        out.extend(copy_snapshot(cfg, catalog, entry, &needers, &sources, &mut have, &o).await);
+    }
+    out
 }
 
 pub async fn sync_policy(

@@ -232,6 +232,25 @@ pub(crate) async fn check_on_target(
         error: None,
         archives: Vec::new(),
     };
+    let older;
+    let (entry, m) = match older_copy(catalog, st, entry).await {
+        Some(Ok(e)) => {
+            tracing::info!(
+                "target {}: snapshot {}: checking its older copy (repacked elsewhere since; \
+                 `backupctl sync` or the next prune brings it up to date)",
+                t.name(),
+                entry.id
+            );
+            older = e;
+            (&older, &older.manifest)
+        }
+        Some(Err(why)) => {
+            tc.result = CheckStatus::Failed;
+            tc.error = Some(why);
+            return tc;
+        }
+        None => (entry, m),
+    };
     if let Some((result, error)) = holding_problem(catalog, st, entry) {
         tc.result = result;
         tc.error = Some(error);
@@ -254,6 +273,36 @@ pub(crate) async fn check_on_target(
     }
     record_damaged(state_dir, &policy.name, &damaged);
     tc
+}
+
+/// The snapshot as `st` holds it when that is an older revision (repacked
+/// while the target was away): its own manifest, read again and checked
+/// against the digest that authenticated when the catalog was loaded.
+/// None when `st` holds the current copy or none.
+async fn older_copy(
+    catalog: &Catalog,
+    st: &crate::repo::TargetState,
+    entry: &crate::repo::Entry,
+) -> Option<Result<crate::repo::Entry, String>> {
+    if !st.holds_older(entry) {
+        return None;
+    }
+    let digest = *st.authentic.get(&entry.id)?;
+    let r = async {
+        let bytes = crate::repo::fetch::manifest(&st.target, &catalog.policy, &entry.id).await?;
+        if *blake3::hash(&bytes).as_bytes() != digest {
+            return Err("manifest changed since it authenticated".to_string());
+        }
+        let manifest = crate::archive::Manifest::parse(&bytes)?;
+        if manifest.id != entry.manifest.id || manifest.policy != entry.manifest.policy {
+            return Err("names another snapshot or policy".to_string());
+        }
+        let mut e = entry.clone();
+        e.manifest = manifest;
+        e.digest = digest;
+        Ok(e)
+    };
+    Some(r.await.map_err(|e: String| format!("its older copy: {e}")))
 }
 
 /// Why this target's copy of `entry` cannot be checked: its own manifest

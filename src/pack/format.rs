@@ -220,6 +220,16 @@ impl PackIndex {
 
     /// The entries whose frames exactly cover `[offset, offset + len)`.
     pub fn covering(&self, offset: u64, len: u64) -> Result<&[Entry], PackError> {
+        Ok(&self.entries[self.covering_range(offset, len)?])
+    }
+
+    /// The positions in `entries` of the frames that exactly cover
+    /// `[offset, offset + len)`.
+    pub fn covering_range(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<std::ops::Range<usize>, PackError> {
         let bad = |w: &str| PackError::Index(w.to_string());
         let start = self
             .entries
@@ -238,7 +248,7 @@ impl PackIndex {
         if covered != len {
             return Err(bad("extent does not end at a chunk"));
         }
-        Ok(&self.entries[start..end])
+        Ok(start..end)
     }
 }
 

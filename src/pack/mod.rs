@@ -12,9 +12,11 @@
 //!   pack, resolve extents).
 //! - [`reader`]: the read pipeline (ranged reads, every chunk checked,
 //!   failover per extent).
+//! - [`repack`]: which packs prune rewrites, and the lists after the move.
 pub mod chunker;
 pub mod extents;
 pub mod format;
 pub mod index;
 pub mod packer;
 pub mod reader;
+pub mod repack;

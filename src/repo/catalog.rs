@@ -153,6 +153,12 @@ impl TargetState {
     pub fn holds(&self, e: &Entry) -> bool {
         self.authentic.get(&e.id) == Some(&e.digest)
     }
+
+    /// Does this target hold another authentic copy of `e` (an older
+    /// revision: repacked while this target was away)?
+    pub fn holds_older(&self, e: &Entry) -> bool {
+        self.authentic.get(&e.id).is_some_and(|d| d != &e.digest)
+    }
 }
 
 /// How a target stands toward one snapshot.
@@ -305,8 +311,9 @@ async fn list_targets(policy: &PolicyName, targets: &[DynBackend]) -> Vec<Target
 
 /// Read and authenticate every manifest every reachable target lists (16
 /// at a time), recording each target's authentic digests. Returns, per id,
-/// the copy of the first target (policy order) that authenticated, and the
-/// copies that did not.
+/// the copy of highest revision (a repacked snapshot's latest lists; see
+/// `ops::repack`), from the first target in policy order that holds it, and
+/// the copies that did not authenticate.
 async fn authenticate(
     states: &mut [TargetState],
     policy: &PolicyName,
@@ -332,14 +339,20 @@ async fn authenticate(
     }))
     .buffer_unordered(16);
     let mut first: BTreeMap<SnapshotId, (usize, Authentic)> = BTreeMap::new();
+    let mut revisions: BTreeMap<SnapshotId, u32> = BTreeMap::new();
     let mut bad = Vec::new();
     while let Some((i, id, r)) = reads.next().await {
         let tname = states[i].name().to_string();
         match r {
             Ok(a) => {
                 states[i].authentic.insert(id.clone(), a.digest);
-                let better = first.get(&id).is_none_or(|(j, _)| i < *j);
+                let rev = revision(&a.bytes);
+                let better = match (first.get(&id), revisions.get(&id)) {
+                    (Some((j, _)), Some(&r)) => rev > r || (rev == r && i < *j),
+                    _ => true,
+                };
                 if better {
+                    revisions.insert(id.clone(), rev);
                     first.insert(id, (i, a));
                 }
             }
@@ -355,6 +368,12 @@ async fn authenticate(
         }
     }
     (first, bad)
+}
+
+/// The revision an authentic manifest records (0 when it does not parse:
+/// it is rejected later anyway).
+fn revision(bytes: &[u8]) -> u32 {
+    Manifest::parse(bytes).map_or(0, |m| m.revision)
 }
 
 /// The extent lists a manifest's sources name (stream and index of each).

@@ -58,6 +58,30 @@ impl Commit {
 
     /// Write the snapshot's small objects to `t`, manifest last.
     pub async fn apply(&self, t: &DynBackend) -> StorageResult<()> {
+        self.put_lists(t).await?;
+        t.put_bytes(&self.signature.0, self.signature.1.clone())
+            .await?;
+        t.put_bytes(&self.manifest.0, self.manifest.1.clone()).await
+    }
+
+    /// Replace the snapshot's manifest on `t` by this one (repacking: same
+    /// snapshot, new extent lists): the lists, then `bridge` (a signature
+    /// file covering both the manifest in place and this one, see
+    /// [`crate::trust::HostKey::sign_manifest_keeping`]), the manifest, and
+    /// its own signature last. Whichever manifest a crash leaves in place
+    /// authenticates, and its lists are there.
+    pub async fn replace(&self, t: &DynBackend, bridge: Vec<u8>) -> StorageResult<()> {
+        self.put_lists(t).await?;
+        t.put_bytes(&self.signature.0, bridge).await?;
+        t.put_bytes(&self.manifest.0, self.manifest.1.clone())
+            .await?;
+        t.put_bytes(&self.signature.0, self.signature.1.clone())
+            .await
+    }
+
+    /// The extent lists (unless already there with the same size) and the
+    /// restore instructions.
+    async fn put_lists(&self, t: &DynBackend) -> StorageResult<()> {
         for (key, text) in &self.lists {
             if t.stat(key).await? != Some(text.len() as u64) {
                 t.put_bytes(key, text.clone()).await?;
@@ -67,9 +91,6 @@ impl Commit {
             &Key::RestoreReadme.object(),
             super::readme::restore_instructions().into_bytes(),
         )
-        .await?;
-        t.put_bytes(&self.signature.0, self.signature.1.clone())
-            .await?;
-        t.put_bytes(&self.manifest.0, self.manifest.1.clone()).await
+        .await
     }
 }
