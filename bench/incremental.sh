@@ -30,7 +30,7 @@ if [[ ! -d $DAY2 ]]; then
   cp -a "$DAY1" "$DAY2.tmp" && python3 "$GEN" "$DAY2.tmp" --mutate 1 --seed 2 && mv "$DAY2.tmp" "$DAY2"
 fi
 cargo build --release --quiet
-B=$PWD/target/release/backupctl
+B=${CARGO_TARGET_DIR:-$PWD/target}/release/backupctl
 
 # The backed-up path is the same on both days (restic and borg key their
 # parent snapshot and file cache on it): a copy of day 1, brought to day 2

@@ -129,7 +129,11 @@ fn read_extents(
     sources: &[Arc<dyn PackSource>],
     report: &std::sync::Mutex<ReadReport>,
     tx: &mpsc::SyncSender<Result<Vec<u8>, ReadError>>,
+    digest: &std::sync::Mutex<Option<blake3::Hash>>,
 ) {
+    // The whole stream's BLAKE3, here rather than in the consumer (which
+    // unpacks and hashes every file): the two threads share the work.
+    let mut hasher = blake3::Hasher::new();
     for e in &list.extents {
         let fail = |why: Vec<String>| ReadError::Extent {
             pack: e.pack.clone(),
@@ -187,12 +191,16 @@ fn read_extents(
                 }
             }
             let msg = got.ok_or_else(|| fail(why));
+            if let Ok(b) = &msg {
+                hasher.update(b);
+            }
             let stop = msg.is_err();
             if tx.send(msg).is_err() || stop {
                 return;
             }
         }
     }
+    *digest.lock().expect("digest") = Some(hasher.finalize());
 }
 
 /// Reads a stream back from its extents.
@@ -200,7 +208,8 @@ pub struct StreamReader {
     rx: mpsc::Receiver<Result<Vec<u8>, ReadError>>,
     cur: Vec<u8>,
     pos: usize,
-    hasher: blake3::Hasher,
+    /// Set by the reading thread once every extent was read.
+    digest: Arc<std::sync::Mutex<Option<blake3::Hash>>>,
     total: u64,
     limit: u64,
     failed: Option<ReadError>,
@@ -214,12 +223,14 @@ impl StreamReader {
         let (tx, rx) = mpsc::sync_channel(2);
         let report = Arc::new(std::sync::Mutex::new(ReadReport::default()));
         let r = report.clone();
-        std::thread::spawn(move || read_extents(&list, &sources, &r, &tx));
+        let digest = Arc::new(std::sync::Mutex::new(None));
+        let d = digest.clone();
+        std::thread::spawn(move || read_extents(&list, &sources, &r, &tx, &d));
         StreamReader {
             rx,
             cur: Vec::new(),
             pos: 0,
-            hasher: blake3::Hasher::new(),
+            digest,
             total: 0,
             limit,
             failed: None,
@@ -231,7 +242,13 @@ impl StreamReader {
     /// return the stream's BLAKE3 and length.
     pub fn finish(mut self) -> io::Result<(String, u64)> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((self.hasher.finalize().to_hex().to_string(), self.total))
+        // Read to the end: the reading thread has finished every extent.
+        let h = self
+            .digest
+            .lock()
+            .expect("digest")
+            .ok_or_else(|| io::Error::other("the stream was not read to its end"))?;
+        Ok((h.to_hex().to_string(), self.total))
     }
 
     /// The targets that served extents, in first-use order.
@@ -260,7 +277,6 @@ impl Read for StreamReader {
                         self.failed = Some(e.clone());
                         return Err(e.into());
                     }
-                    self.hasher.update(&chunk);
                     self.cur = chunk;
                     self.pos = 0;
                 }
