@@ -34,7 +34,7 @@ declare -a one two
 for r in $(seq 1 "$ROUNDS"); do
   for kind in 0 1; do
     d=$W/r$r-$kind; config "$d" $kind
-    s=$(date +%s.%N); "$B" -q -c "$d/backupctl.toml" run >/dev/null; e=$(date +%s.%N)
+    s=$(date +%s.%N); "$B" -q -c "$d/backupctl.toml" run >/dev/null 2>"$d.stderr"; e=$(date +%s.%N)
     t=$(python3 -c "print(round($e-$s,2))")
     if [[ $kind == 0 ]]; then one+=("$t"); else two+=("$t"); fi
     echo "round $r: $([[ $kind == 0 ]] && echo 'fs     ' || echo 'fs + s3') $t s"
