@@ -681,16 +681,7 @@ fn a_prune_killed_at_any_moment_leaves_every_listed_snapshot_whole() {
         contents.push((id, own));
     }
     for delay_ms in [1u64, 5, 15, 40, 100] {
-        let mut child = s
-            .cmd()
-            .args(["prune", "-q"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        signal(child.id(), libc::SIGKILL);
-        let _ = child.wait();
+        kill_after(&s, &["prune", "-q"], delay_ms);
         let listed = stdout_json(&s.run(&["list", POLICY, "--json"]));
         let listed: Vec<String> = listed[0]["snapshots"]
             .as_array()

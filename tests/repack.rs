@@ -140,9 +140,10 @@ fn listed(s: &Setup, policy: &str) -> Vec<String> {
         .collect()
 }
 
-/// Restore `id` of `shop` from `target` alone and check it against `want`.
-fn restore_and_check(s: &Setup, id: &str, target: &str, want: &Expected) {
-    let to = s.path().join(format!("restore-{id}-{target}"));
+/// Restore `id` of `shop` from `target` alone into `<setup>/<dir>`;
+/// returns the restored site tree.
+fn restore_from(s: &Setup, id: &str, target: &str, dir: &str) -> std::path::PathBuf {
+    let to = s.path().join(dir);
     let out = s.run(&[
         "restore",
         POLICY,
@@ -153,6 +154,12 @@ fn restore_and_check(s: &Setup, id: &str, target: &str, want: &Expected) {
         target,
     ]);
     expect_code(&out, 0, &format!("restore {id} from {target}"));
+    to
+}
+
+/// Restore `id` of `shop` from `target` alone and check it against `want`.
+fn restore_and_check(s: &Setup, id: &str, target: &str, want: &Expected) {
+    let to = restore_from(s, id, target, &format!("restore-{id}-{target}"));
     common::assert_hash_list(&want.tree, &to.join("site"), &format!("{id} from {target}"));
     let db = to.join("app/app.db");
     assert_eq!(sqlite3(&db, "PRAGMA integrity_check"), "ok");
@@ -393,31 +400,12 @@ fn a_repack_killed_at_any_moment_loses_nothing() {
         let v = s.run(&["verify", POLICY, "--all"]);
         expect_code(&v, 0, &format!("verify after {what}"));
         for t in ["a", "b"] {
-            let to = s.path().join(format!("r-{}-{t}", what.replace(' ', "-")));
-            let out = s.run(&[
-                "restore",
-                POLICY,
-                &newest,
-                "--to",
-                to.to_str().unwrap(),
-                "--target",
-                t,
-            ]);
-            expect_code(&out, 0, &format!("restore from {t} after {what}"));
+            let to = restore_from(&s, &newest, t, &format!("r-{}-{t}", what.replace(' ', "-")));
             common::assert_hash_list(&want, &to.join("site"), what);
         }
     };
     for delay_ms in [5u64, 30, 80, 150, 300, 600] {
-        let mut child = s
-            .cmd()
-            .args(["prune", "-q"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        signal(child.id(), libc::SIGKILL);
-        let _ = child.wait();
+        kill_after(&s, &["prune", "-q"], delay_ms);
         assert_eq!(listed(&s, POLICY).iter().max(), Some(&newest));
         check(&format!("a prune killed at {delay_ms} ms"));
     }
@@ -455,17 +443,7 @@ fn a_target_away_during_repack_catches_up_through_sync() {
     b.set_down(false);
     // b still holds the snapshot's older copy, authentic and complete on its
     // own: restore from b alone serves it, byte for byte.
-    let to = s.path().join("from-b-early");
-    let out = s.run(&[
-        "restore",
-        POLICY,
-        &newest,
-        "--to",
-        to.to_str().unwrap(),
-        "--target",
-        "b",
-    ]);
-    expect_code(&out, 0, "restore from b's older copy");
+    let to = restore_from(&s, &newest, "b", "from-b-early");
     common::assert_hash_list(&want, &to.join("site"), "b's older copy");
     // verify checks each target's own copy: b's older one is whole (b also
     // still holds what prune forgot while it was away: not checked here).
@@ -488,17 +466,7 @@ fn a_target_away_during_repack_catches_up_through_sync() {
         assert_holds_exactly(t, &[&newest]);
     }
     for t in ["a", "b"] {
-        let to = s.path().join(format!("after-{t}"));
-        let out = s.run(&[
-            "restore",
-            POLICY,
-            &newest,
-            "--to",
-            to.to_str().unwrap(),
-            "--target",
-            t,
-        ]);
-        expect_code(&out, 0, &format!("restore from {t}"));
+        let to = restore_from(&s, &newest, t, &format!("after-{t}"));
         common::assert_hash_list(&want, &to.join("site"), t);
     }
     let v = s.run(&["verify", POLICY, "--all"]);

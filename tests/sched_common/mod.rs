@@ -265,3 +265,18 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
     }
     v
 }
+
+/// Start backupctl with `args` (output discarded) and `kill -9` it after
+/// `delay_ms` milliseconds.
+pub fn kill_after(s: &Setup, args: &[&str], delay_ms: u64) {
+    let mut child = s
+        .cmd()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    signal(child.id(), libc::SIGKILL);
+    let _ = child.wait();
+}
