@@ -540,15 +540,22 @@ impl TestTarget for S3TestTarget {
     }
 }
 
-#[test]
-fn s3_prune_end_to_end() {
-    let Some(b) = S3TestTarget::shared("b") else {
-        return;
-    };
+/// A setup with directory target "a" and S3 target "b" on the shared test
+/// server (None: skipped, see s3_common).
+pub(crate) fn fs_and_s3() -> Option<(Setup, FsTestTarget, S3TestTarget)> {
+    let b = S3TestTarget::shared("b")?;
     let mut s = Setup::new();
     s.env = b.child_env();
     let a = FsTestTarget::new(s.path(), "a");
     s.write_config(&[a.config_snippet(), b.config_snippet()]);
+    Some((s, a, b))
+}
+
+#[test]
+fn s3_prune_end_to_end() {
+    let Some((s, a, b)) = fs_and_s3() else {
+        return;
+    };
     prune_end_to_end(&s, &a, &b);
 }
 

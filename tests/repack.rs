@@ -7,7 +7,7 @@
 //! from the target's own files and lists.
 
 use crate::common::{self, HashList};
-use crate::prune::{assert_holds_exactly, fs_pair, packs_in, S3TestTarget, Target, POLICY};
+use crate::prune::{assert_holds_exactly, fs_and_s3, fs_pair, packs_in, Target, POLICY};
 use crate::sched_common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -172,13 +172,9 @@ fn restore_and_check(s: &Setup, id: &str, target: &str, want: &Expected) {
 /// live bytes (without it, three weeks of rewritten files stay stored).
 #[test]
 fn three_weeks_of_nightly_prune_repack_and_every_snapshot_stays_whole() {
-    let Some(b) = S3TestTarget::shared("b") else {
+    let Some((s, a, b)) = fs_and_s3() else {
         return;
     };
-    let mut s = Setup::new();
-    s.env = b.child_env();
-    let a = FsTestTarget::new(s.path(), "a");
-    s.write_config(&[a.config_snippet(), b.config_snippet()]);
     let db = s.path().join("app.db");
     seed_db(&db);
     s.policy(
