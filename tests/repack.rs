@@ -467,4 +467,16 @@ fn a_target_away_during_repack_catches_up_through_sync() {
     }
     let v = s.run(&["verify", POLICY, "--all"]);
     expect_code(&v, 0, "verify after catching up");
+    // The local pack index cache knows only packs that are still stored
+    // (the repacked ones' indexes were read, then forgotten with them).
+    let cached: BTreeSet<String> = walkdir::WalkDir::new(s.state.join("cache/packs").join(POLICY))
+        .into_iter()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let name = e.file_name().to_str()?.strip_suffix(".idx")?.to_string();
+            Some(name)
+        })
+        .collect();
+    assert!(!cached.is_empty());
+    assert!(cached.is_subset(&packs_in(&a.keys())), "{cached:?}");
 }

@@ -253,6 +253,9 @@ pub async fn prune_policy(
     let mut tresults =
         futures::future::join_all(catalog.targets.iter().map(|st| plan.on_target(st))).await;
     let repack = crate::ops::repack::repack(cfg, &catalog, &mut tresults, opts.dry_run).await;
+    if !opts.dry_run {
+        forget_cached_indexes(cfg, &catalog, &tresults);
+    }
     warnings.extend(repack.skipped.iter().map(|s| format!("repack: {s}")));
 
     let result = verdict(&tresults);
@@ -267,6 +270,29 @@ pub async fn prune_policy(
         future,
         result,
     })
+}
+
+/// The local index cache forgets the packs deleted on a target that no
+/// other reachable target holds (it only saves downloads: a pack still on
+/// an unreachable target has its index fetched again when needed).
+fn forget_cached_indexes(cfg: &Config, catalog: &Catalog, targets: &[TargetPrune]) {
+    let cache = crate::ops::run::pack_cache(&cfg.state_dir, &catalog.policy);
+    let deleted: HashSet<&str> = targets
+        .iter()
+        .flat_map(|t| t.archives_deleted.iter().map(String::as_str))
+        .collect();
+    for name in deleted {
+        let Ok(h) = crate::repo::Hash::new(name) else {
+            continue;
+        };
+        let kept = catalog.targets.iter().zip(targets).any(|(st, r)| {
+            st.view.as_ref().is_ok_and(|v| v.packs.contains_key(&h))
+                && !r.archives_deleted.iter().any(|d| d == name)
+        });
+        if !kept {
+            crate::repo::fetch::forget_cached_index(&cache, &h);
+        }
+    }
 }
 
 fn newest_refused(policy: &str, id: &str) -> crate::error::Error {

@@ -169,6 +169,11 @@ fn cache_path(cache: &Path, name: &str) -> PathBuf {
     cache.join(&name[..2]).join(format!("{name}.idx"))
 }
 
+/// Drop pack `name`'s index from the local cache (its pack is gone).
+pub fn forget_cached_index(cache: &Path, name: &Hash) {
+    let _ = std::fs::remove_file(cache_path(cache, name));
+}
+
 /// One target's packs, read from a blocking thread.
 pub struct Packs {
     target: DynBackend,
