@@ -52,15 +52,11 @@ static VERIFY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn verify(s: &DbSetup, my: &DbServer, args: &[&str]) -> std::process::Output {
     let _g = VERIFY.lock().unwrap_or_else(|e| e.into_inner());
-    let q = "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'backupctl\\_verify\\_%'";
-    let before = my.mysql(None, q);
+    let q = "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'backupctl\\_verify\\_%'";
+    let list = || my.mysql(None, q).lines().map(str::to_string).collect();
+    let before = list();
     let o = s.run(args, &[("TEST_MY_PW", my.password.as_str())]);
-    assert_eq!(
-        my.mysql(None, q),
-        before,
-        "scratch database left behind: {}",
-        text(&o)
-    );
+    assert_scratch_dropped(&before, list, &text(&o));
     o
 }
 

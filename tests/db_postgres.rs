@@ -56,15 +56,11 @@ fn verify(s: &DbSetup, pg: &DbServer) -> std::process::Output {
 
 fn verify_args(s: &DbSetup, pg: &DbServer, args: &[&str]) -> std::process::Output {
     let _g = VERIFY.lock().unwrap_or_else(|e| e.into_inner());
-    let q = "SELECT count(*) FROM pg_database WHERE datname LIKE 'backupctl\\_verify\\_%'";
-    let before = pg.psql("postgres", q);
+    let q = "SELECT datname FROM pg_database WHERE datname LIKE 'backupctl\\_verify\\_%'";
+    let list = || pg.psql("postgres", q).lines().map(str::to_string).collect();
+    let before = list();
     let o = s.run(args, &[("TEST_PG_PW", pg.password.as_str())]);
-    assert_eq!(
-        pg.psql("postgres", q),
-        before,
-        "scratch database left behind: {}",
-        text(&o)
-    );
+    assert_scratch_dropped(&before, list, &text(&o));
     o
 }
 

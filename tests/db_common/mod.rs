@@ -561,3 +561,26 @@ impl DbServer {
         self.mysql(Some(db), &sql)
     }
 }
+
+/// The scratch databases `list` names now that were not in `before` are
+/// gone within a minute: another test's verify (the deployment month runs
+/// its own against the same server) may hold one for a moment; one left
+/// behind stays.
+pub fn assert_scratch_dropped(
+    before: &std::collections::BTreeSet<String>,
+    list: impl Fn() -> std::collections::BTreeSet<String>,
+    what: &str,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left: Vec<String> = list().difference(before).cloned().collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "scratch database left behind: {left:?}: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
