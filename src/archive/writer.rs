@@ -47,8 +47,9 @@ impl<W: Write> Write for CountingWriter<W> {
     }
 }
 
-/// tar writes headers and 8 KiB blocks: the sink is fed through a 1 MiB
-/// buffer.
+/// tar writes 512-byte headers and whole read buffers: the headers are
+/// gathered in a small buffer, content (256 KiB reads) passes straight
+/// through (the sink buffers for itself).
 type Sink = CountingWriter<BufWriter<Box<dyn Write + Send>>>;
 
 /// What a finished archive is.
@@ -130,7 +131,7 @@ impl ArchiveWriter {
         progress: Option<Arc<Progress>>,
     ) -> io::Result<ArchiveWriter> {
         let mut builder = tar::Builder::new(CountingWriter {
-            inner: BufWriter::with_capacity(1 << 20, tar),
+            inner: BufWriter::with_capacity(64 << 10, tar),
             count: 0,
         });
         builder.mode(tar::HeaderMode::Complete);
@@ -242,7 +243,7 @@ impl ArchiveWriter {
             std::mem::take(&mut self.buf),
             self.progress.clone(),
         );
-        self.builder.append_data(&mut h, rel, &mut reader)?;
+        append_exact(&mut self.builder, &mut h, rel, &mut reader)?;
         let hash = reader.hasher.finalize().to_hex().to_string();
         let short_by = reader.short_by;
         self.buf = std::mem::take(&mut reader.buf);
@@ -321,7 +322,7 @@ impl ArchiveWriter {
             std::mem::take(&mut self.buf),
             self.progress.clone(),
         );
-        self.builder.append_data(&mut h, rel, &mut exact)?;
+        append_exact(&mut self.builder, &mut h, rel, &mut exact)?;
         let hash = exact.hasher.finalize().to_hex().to_string();
         let short = exact.short_by;
         self.buf = std::mem::take(&mut exact.buf);
@@ -412,6 +413,27 @@ fn pax_time(secs: i64, nsec: u32) -> String {
     }
 }
 
+/// One regular file's entry: its header (and any long-name records) through
+/// the builder, then its content straight from the reader's blocks into the
+/// sink (tar's own copy goes through an 8 KiB buffer), then the padding.
+fn append_exact<R: Read + ?Sized>(
+    builder: &mut tar::Builder<Sink>,
+    header: &mut tar::Header,
+    rel: &Path,
+    content: &mut ExactReader<'_, R>,
+) -> io::Result<()> {
+    // With no data, tar writes the header alone and pads nothing.
+    builder.append_data(header, rel, io::empty())?;
+    let out = builder.get_mut();
+    let mut len = 0u64;
+    while let Some(block) = content.next_block()? {
+        out.write_all(block)?;
+        len += block.len() as u64;
+    }
+    let pad = ((512 - len % 512) % 512) as usize;
+    out.write_all(&[0u8; 512][..pad])
+}
+
 /// Reads a source file, turning a read error into the end of the data (kept
 /// in `error`), so the entry can still be completed.
 struct ErrorsEndRead<'a> {
@@ -488,6 +510,21 @@ impl<'a, R: Read + ?Sized> ExactReader<'a, R> {
         self.pos = 0;
         self.filled = want;
         Ok(())
+    }
+}
+
+impl<R: Read + ?Sized> ExactReader<'_, R> {
+    /// The next block of content (read, hashed), or `None` at the end.
+    fn next_block(&mut self) -> io::Result<Option<&[u8]>> {
+        if self.pos == self.filled {
+            if self.remaining == 0 {
+                return Ok(None);
+            }
+            self.refill()?;
+        }
+        let block = &self.buf[self.pos..self.filled];
+        self.pos = self.filled;
+        Ok(Some(block))
     }
 }
 

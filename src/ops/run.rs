@@ -39,6 +39,7 @@ use crate::error::ExitCode;
 use crate::ops::{open_targets, state, warn_locations};
 use crate::pack::index::ChunkIndex;
 use crate::pack::packer::{Ended, PackSink, Packed, Packer, Shared};
+use crate::pack::pipe::Piped;
 use crate::repo::transfer::{self, Object};
 use crate::repo::{fetch, Catalog, Commit, Hash, Key, PolicyName, SnapshotId};
 use crate::source;
@@ -486,20 +487,22 @@ async fn known_chunks(catalog: &Catalog, cache: &Path) -> (ChunkIndex, Holders) 
 }
 
 /// A [`Packer`] the archive writer owns a handle to, taken back when the
-/// writer is finished.
+/// writer is finished. The packer runs on its own thread ([`Piped`]), beside
+/// the source's reading and hashing.
 #[derive(Clone)]
-struct StreamSlot(Arc<Mutex<Option<Packer>>>);
+struct StreamSlot(Arc<Mutex<Option<Piped<Packer>>>>);
 
 impl StreamSlot {
-    fn new(p: Packer) -> StreamSlot {
-        StreamSlot(Arc::new(Mutex::new(Some(p))))
+    fn new(name: &str, p: Packer) -> std::io::Result<StreamSlot> {
+        Ok(StreamSlot(Arc::new(Mutex::new(Some(Piped::new(name, p)?)))))
     }
-    fn take(&self) -> Packer {
+    fn take(&self) -> std::io::Result<Packer> {
         self.0
             .lock()
             .expect("stream slot")
             .take()
             .expect("taken once")
+            .finish()
     }
 }
 
@@ -555,8 +558,10 @@ async fn read_source(
     let flag = progress.clone();
     let shared = shared.clone();
     let task = tokio::task::spawn_blocking(move || -> crate::error::Result<Read> {
-        let tar = StreamSlot::new(Packer::tar(&shared));
-        let index = StreamSlot::new(Packer::index(&shared));
+        let tar =
+            StreamSlot::new("pack-tar", Packer::tar(&shared)).context("starting the packer")?;
+        let index =
+            StreamSlot::new("pack-index", Packer::index(&shared)).context("starting the packer")?;
         let mut w = ArchiveWriter::create(
             Box::new(tar.clone()),
             Box::new(index.clone()),
@@ -571,8 +576,14 @@ async fn read_source(
         let summary = w
             .finish()
             .with_context(|| format!("finishing archive for source {}", spec.name()))?;
-        let tar = tar.take().end().context("packing the tar stream")?;
-        let index = index.take().end().context("packing the file index")?;
+        let tar = tar
+            .take()
+            .and_then(Packer::end)
+            .context("packing the tar stream")?;
+        let index = index
+            .take()
+            .and_then(Packer::end)
+            .context("packing the file index")?;
         Ok(Read {
             summary,
             out,

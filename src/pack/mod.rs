@@ -10,6 +10,7 @@
 //! - [`index`]: the compact in-memory chunk index a run deduplicates against.
 //! - [`packer`]: the write pipeline (chunk, look up, compress in parallel,
 //!   pack, resolve extents).
+//! - [`pipe`]: runs a stream's packer on its own thread, beside the reading.
 //! - [`reader`]: the read pipeline (ranged reads, every chunk checked,
 //!   failover per extent).
 //! - [`repack`]: which packs prune rewrites, and the lists after the move.
@@ -18,5 +19,6 @@ pub mod extents;
 pub mod format;
 pub mod index;
 pub mod packer;
+pub mod pipe;
 pub mod reader;
 pub mod repack;
