@@ -17,7 +17,24 @@ use cli::args::{Cli, Command};
 use cli::commands;
 use cli::output::{self as report, print_json, say};
 
+/// glibc raises its mmap threshold to the size of each large block freed, so
+/// after the first packs (16 MiB), 1 MiB pipe blocks and compressed frames
+/// come from per-thread arenas that keep what is freed: a 1 GB run peaked at
+/// 198 MB instead of 76 MB. A fixed threshold turns that off; blocks of
+/// 1 MiB and more are mapped and unmapped whole, so code that reads many
+/// such blocks reuses its buffers (the restore side does) rather than
+/// paying fresh pages for each.
+fn bound_allocator_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() {
+    bound_allocator_memory();
     let cli = Cli::parse();
     let log = report::LogOptions {
         json: cli.log_format == cli::args::LogFormat::Json,

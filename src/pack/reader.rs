@@ -26,8 +26,9 @@ pub trait PackSource: Send + Sync {
     fn name(&self) -> &str;
     /// The pack's index, checked against its name.
     fn index(&self, pack: &str) -> Result<Arc<PackIndex>, String>;
-    /// `len` bytes of the pack from `offset` (exactly, or an error).
-    fn read(&self, pack: &str, offset: u64, len: u64) -> Result<Vec<u8>, String>;
+    /// `len` bytes of the pack from `offset` into `buf` (replacing what it
+    /// held): exactly `len` bytes, or an error.
+    fn read(&self, pack: &str, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<(), String>;
 }
 
 /// Why a stream could not be read.
@@ -56,7 +57,7 @@ impl From<ReadError> for io::Error {
 /// larger than that is read alone), so memory stays bounded whatever the
 /// extent's length.
 const READ_MAX: u64 = 4 << 20;
-const DECODED_MAX: u64 = 8 << 20;
+const DECODED_MAX: u64 = 4 << 20;
 
 /// Split the frames covering an extent into ranged reads.
 fn groups(entries: &[super::format::Entry]) -> Vec<&[super::format::Entry]> {
@@ -76,26 +77,29 @@ fn groups(entries: &[super::format::Entry]) -> Vec<&[super::format::Entry]> {
     out
 }
 
-/// Read and check one group of frames of `pack` from `src`.
+/// Read and check one group of frames of `pack` from `src`, decoded into
+/// `out` (cleared first).
 fn fetch_group(
     src: &dyn PackSource,
     pack: &str,
     group: &[super::format::Entry],
-) -> Result<Vec<u8>, String> {
+    (bytes, out): (&mut Vec<u8>, &mut Vec<u8>),
+) -> Result<(), String> {
     let first = group.first().ok_or("empty read")?;
     let offset = first.offset as u64;
     let len: u64 = group.iter().map(|c| c.clen as u64).sum();
-    let bytes = src.read(pack, offset, len)?;
+    src.read(pack, offset, len, bytes)?;
     if bytes.len() as u64 != len {
         return Err(format!("read {} bytes, expected {len}", bytes.len()));
     }
-    let mut out = Vec::with_capacity(group.iter().map(|c| c.len as usize).sum());
+    out.clear();
+    out.reserve(group.iter().map(|c| c.len as usize).sum());
     for c in group {
         let at = (c.offset as u64 - offset) as usize;
         let frame = &bytes[at..at + c.clen as usize];
         out.extend_from_slice(&decode_frame(frame, c, 0).map_err(|x| x.to_string())?);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Which sources served a stream, and which packs failed on which source
@@ -130,10 +134,13 @@ fn read_extents(
     report: &std::sync::Mutex<ReadReport>,
     tx: &mpsc::SyncSender<Result<Vec<u8>, ReadError>>,
     digest: &std::sync::Mutex<Option<blake3::Hash>>,
+    free: &mpsc::Receiver<Vec<u8>>,
 ) {
     // The whole stream's BLAKE3, here rather than in the consumer (which
     // unpacks and hashes every file): the two threads share the work.
     let mut hasher = blake3::Hasher::new();
+    // The compressed bytes of each read, in one buffer for the whole stream.
+    let mut compressed = Vec::new();
     for e in &list.extents {
         let fail = |why: Vec<String>| ReadError::Extent {
             pack: e.pack.clone(),
@@ -170,11 +177,13 @@ fn read_extents(
         for g in groups(entries) {
             let mut got = None;
             let mut why = why.clone();
+            // A buffer the consumer is done with (no fresh pages per read).
+            let mut buf = free.try_recv().unwrap_or_default();
             for s in sources {
-                match fetch_group(s.as_ref(), &e.pack, g) {
-                    Ok(b) => {
+                match fetch_group(s.as_ref(), &e.pack, g, (&mut compressed, &mut buf)) {
+                    Ok(()) => {
                         report.lock().expect("report").served_by(s.name());
-                        got = Some(b);
+                        got = Some(std::mem::take(&mut buf));
                         break;
                     }
                     Err(x) => {
@@ -206,6 +215,8 @@ fn read_extents(
 /// Reads a stream back from its extents.
 pub struct StreamReader {
     rx: mpsc::Receiver<Result<Vec<u8>, ReadError>>,
+    /// Buffers read to their end go back to the reading thread.
+    free: mpsc::Sender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
     /// Set by the reading thread once every extent was read.
@@ -225,9 +236,11 @@ impl StreamReader {
         let r = report.clone();
         let digest = Arc::new(std::sync::Mutex::new(None));
         let d = digest.clone();
-        std::thread::spawn(move || read_extents(&list, &sources, &r, &tx, &d));
+        let (free, free_rx) = mpsc::channel();
+        std::thread::spawn(move || read_extents(&list, &sources, &r, &tx, &d, &free_rx));
         StreamReader {
             rx,
+            free,
             cur: Vec::new(),
             pos: 0,
             digest,
@@ -277,7 +290,9 @@ impl Read for StreamReader {
                         self.failed = Some(e.clone());
                         return Err(e.into());
                     }
-                    self.cur = chunk;
+                    let done = std::mem::replace(&mut self.cur, chunk);
+                    // The reader may have finished: then the buffer is dropped.
+                    let _ = self.free.send(done);
                     self.pos = 0;
                 }
                 Ok(Err(e)) => {
@@ -316,11 +331,14 @@ mod tests {
                 .map(Arc::new)
                 .map_err(|_| "short".to_string())
         }
-        fn read(&self, pack: &str, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+        fn read(&self, pack: &str, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<(), String> {
             let b = self.packs.get(pack).ok_or("missing pack")?;
-            b.get(offset as usize..(offset + len) as usize)
-                .map(|s| s.to_vec())
-                .ok_or_else(|| "range beyond the pack".into())
+            let range = b
+                .get(offset as usize..(offset + len) as usize)
+                .ok_or("range beyond the pack")?;
+            buf.clear();
+            buf.extend_from_slice(range);
+            Ok(())
         }
     }
 

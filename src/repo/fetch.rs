@@ -284,7 +284,7 @@ impl PackSource for Packs {
     fn index(&self, pack: &str) -> Result<Arc<PackIndex>, String> {
         self.index_blocking(pack)
     }
-    fn read(&self, pack: &str, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+    fn read(&self, pack: &str, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<(), String> {
         let key = self.key(pack)?;
         let t = self.target.clone();
         self.runtime.block_on(async move {
@@ -292,7 +292,9 @@ impl PackSource for Packs {
                 .get_range(&key, offset, len)
                 .await
                 .map_err(|e| e.to_string())?;
-            r.read_to_end_bounded(len).await.map_err(|e| e.to_string())
+            r.read_into_bounded(len, buf)
+                .await
+                .map_err(|e| e.to_string())
         })
     }
 }

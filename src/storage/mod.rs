@@ -282,11 +282,35 @@ impl ObjectReader {
     /// is known without reading it all).
     pub async fn read_to_end_bounded(self, max: u64) -> std::io::Result<Vec<u8>> {
         let mut v = Vec::new();
-        self.into_async_read()
-            .take(max.saturating_add(1))
-            .read_to_end(&mut v)
-            .await?;
+        self.read_into_bounded(max, &mut v).await?;
         Ok(v)
+    }
+
+    /// [`ObjectReader::read_to_end_bounded`] into `buf` (cleared first), so a
+    /// reader of many ranges reuses one buffer.
+    pub async fn read_into_bounded(self, max: u64, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        buf.clear();
+        match self.0 {
+            // Straight into `buf` on a blocking thread: tokio's file reads
+            // go through a fresh buffer of their own per file.
+            Inner::File(f) => {
+                let mut v = std::mem::take(buf);
+                let (v, read) = tokio::task::spawn_blocking(move || {
+                    let limit = f.limit().min(max.saturating_add(1));
+                    let read = f.take(limit).read_to_end(&mut v);
+                    (v, read)
+                })
+                .await
+                .map_err(std::io::Error::other)?;
+                *buf = v;
+                read.map(|_| ())
+            }
+            Inner::Async(r) => r
+                .take(max.saturating_add(1))
+                .read_to_end(buf)
+                .await
+                .map(|_| ()),
+        }
     }
 }
 
