@@ -24,7 +24,7 @@ command -v /usr/bin/time >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=n
 
 [[ -d $DATA ]] || python3 bench/gen_dataset.py "$DATA" "$SIZE_MB"
 cargo build --release --quiet
-B=$PWD/target/release/backupctl
+B=${CARGO_TARGET_DIR:-$PWD/target}/release/backupctl
 DATA_ABS=$(cd "$DATA" && pwd)
 
 mkdir -p "$RUN/cfg/policies"

@@ -6,8 +6,11 @@
 #   bench/incremental.sh [SIZE_MB]      default 1000
 #
 # Reports, per tool: repository bytes after day 1, bytes day 2 added, wall
-# time of each backup, and the day-2 restore time; times as ratios against
+# time of each backup, the day-2 restore time, the time of a full integrity
+# check (`backupctl verify` against `restic check --read-data` and `borg check
+# --verify-data`) and peak RSS of backup and restore; times as ratios against
 # `tar -cf - DIR | zstd -3 -T2` of the same tree measured in this run.
+# DAY1=DIR DAY2=DIR run it on other data (the 200k tiny files, say).
 #
 # Repositories and restores go to a fresh run directory; earlier runs are
 # removed at the END (creating files soon after deleting a large tree is much
@@ -92,15 +95,19 @@ timed base-restore sh -c "mkdir -p '$RUN/r-base' && zstd -d -T2 -q -c '$RUN/base
 timed bc-restore "$B" -q -c "$RUN/cfg/backupctl.toml" restore site --to "$RUN/r-bc"
 timed restic-restore restic -q -r "$RUN/restic" restore latest --target "$RUN/r-restic"
 timed borg-restore sh -c "mkdir -p '$RUN/r-borg' && cd '$RUN/r-borg' && borg extract '$RUN/borg::day2'"
+echo "bench: integrity checks of everything stored" >&2
+timed bc-verify "$B" -q -c "$RUN/cfg/backupctl.toml" verify site
+timed restic-verify restic -q -r "$RUN/restic" check --read-data
+timed borg-verify borg check --verify-data "$RUN/borg"
 # The restore is the day-2 tree, byte for byte.
 diff -r "$DAY2" "$RUN/r-bc/site" >/dev/null && echo "backupctl restore of day 2: identical to the tree" >&2
 
 echo
 echo "dataset: $(du -sm "$DAY1" | cut -f1) MB day 1, day 2 = --mutate 1 --seed 2; tar|zstd of day 1: $(mib "$(bytes "$RUN/base-1.tar.zst")") MiB"
-printf '%-10s %12s %14s %9s %9s %9s %9s\n' tool "day1 MiB" "day2 +MiB" "day1 s" "day2 s" "restore s" "RSS MB"
+printf '%-10s %12s %14s %9s %9s %9s %9s %9s %12s\n' tool "day1 MiB" "day2 +MiB" "day1 s" "day2 s" "restore s" "verify s" "RSS MB" "restore RSS"
 for t in bc restic borg; do
   d1=$(cat "$RUN/$t-1.bytes"); d2=$(cat "$RUN/$t-2.bytes")
-  printf '%-10s %12s %14s %9s %9s %9s %9s\n' "$t" "$(mib "$d1")" "$(mib $((d2 - d1)))" "$(wall $t-1)" "$(wall $t-2)" "$(wall $t-restore)" "$(rss $t-1)"
+  printf '%-10s %12s %14s %9s %9s %9s %9s %9s %12s\n' "$t" "$(mib "$d1")" "$(mib $((d2 - d1)))" "$(wall $t-1)" "$(wall $t-2)" "$(wall $t-restore)" "$(wall $t-verify)" "$(rss $t-1)" "$(rss $t-restore)"
 done
 printf '%-10s %12s %14s %9s %9s %9s\n' "tar|zstd" "$(mib "$(bytes "$RUN/base-1.tar.zst")")" "-" "$(wall base-1)" "$(wall base-2)" "$(wall base-restore)"
 echo
@@ -111,6 +118,7 @@ for t in restic borg; do
   echo "  day-2 backup time, backupctl / $t: $(ratio "$(wall bc-2)" "$(wall $t-2)")x"
   echo "  restore time,      backupctl / $t: $(ratio "$(wall bc-restore)" "$(wall $t-restore)")x"
 done
+echo "  verify (latest snapshot, every chunk re-hashed and unpacked) / restic check --read-data (whole repository): $(ratio "$(wall bc-verify)" "$(wall restic-verify)")x"
 echo "  full backup time,  backupctl / tar|zstd -3 -T2: $(ratio "$(wall bc-1)" "$(wall base-1)")x"
 echo "  restore time,      backupctl / zstd -d|tar -x: $(ratio "$(wall bc-restore)" "$(wall base-restore)")x"
 for old in "$PWD/$W"/inc-*; do [[ $old == "$RUN" ]] || rm -rf "$old"; done
