@@ -456,9 +456,9 @@ impl Read for ErrorsEndRead<'_> {
     }
 }
 
-/// Yields exactly `remaining` bytes: the source's bytes, then zeros if it ends
-/// early. Reads the source in large blocks (tar copies in 8 KiB steps) and
-/// hashes each block once.
+/// Yields exactly `remaining` bytes, block by block ([`ExactReader::next_block`]):
+/// the source's bytes, then zeros if it ends early. Reads the source in large
+/// blocks and hashes each block once.
 struct ExactReader<'a, R: Read + ?Sized> {
     inner: &'a mut R,
     remaining: u64,
@@ -511,9 +511,7 @@ impl<'a, R: Read + ?Sized> ExactReader<'a, R> {
         self.filled = want;
         Ok(())
     }
-}
 
-impl<R: Read + ?Sized> ExactReader<'_, R> {
     /// The next block of content (read, hashed), or `None` at the end.
     fn next_block(&mut self) -> io::Result<Option<&[u8]>> {
         if self.pos == self.filled {
@@ -525,21 +523,6 @@ impl<R: Read + ?Sized> ExactReader<'_, R> {
         let block = &self.buf[self.pos..self.filled];
         self.pos = self.filled;
         Ok(Some(block))
-    }
-}
-
-impl<R: Read + ?Sized> Read for ExactReader<'_, R> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos == self.filled {
-            if self.remaining == 0 {
-                return Ok(0);
-            }
-            self.refill()?;
-        }
-        let n = out.len().min(self.filled - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
 
