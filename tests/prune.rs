@@ -149,12 +149,10 @@ fn ids(v: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Restore `id` from `target` alone and return the bytes of
-/// site/index.html (the unchanging file is checked too).
-fn restored_index(s: &Setup, id: &str, target: &str) -> Vec<u8> {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let to = s.path().join(format!("restore-{n}-{id}-{target}"));
+/// Restore snapshot `id` of [`POLICY`] from `target` alone into
+/// `<setup>/<dir>`; returns that directory (one subdirectory per source).
+pub(crate) fn restore_from(s: &Setup, id: &str, target: &str, dir: &str) -> std::path::PathBuf {
+    let to = s.path().join(dir);
     let out = s.run(&[
         "restore",
         POLICY,
@@ -164,7 +162,16 @@ fn restored_index(s: &Setup, id: &str, target: &str) -> Vec<u8> {
         "--target",
         target,
     ]);
-    expect_code(&out, 0, "restore");
+    expect_code(&out, 0, &format!("restore {id} from {target}"));
+    to
+}
+
+/// Restore `id` from `target` alone and return the bytes of
+/// site/index.html (the unchanging file is checked too).
+fn restored_index(s: &Setup, id: &str, target: &str) -> Vec<u8> {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let to = restore_from(s, id, target, &format!("restore-{n}-{id}-{target}"));
     if let Ok(logo) = std::fs::read(to.join("site/static/logo.txt")) {
         assert_eq!(logo, b"unchanging");
     }

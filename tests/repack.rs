@@ -7,7 +7,9 @@
 //! from the target's own files and lists.
 
 use crate::common::{self, HashList};
-use crate::prune::{assert_holds_exactly, fs_and_s3, fs_pair, packs_in, Target, POLICY};
+use crate::prune::{
+    assert_holds_exactly, fs_and_s3, fs_pair, packs_in, restore_from, Target, POLICY,
+};
 use crate::sched_common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -138,23 +140,6 @@ fn listed(s: &Setup, policy: &str) -> Vec<String> {
         .iter()
         .map(|e| e["id"].as_str().unwrap().to_string())
         .collect()
-}
-
-/// Restore `id` of `shop` from `target` alone into `<setup>/<dir>`;
-/// returns the restored site tree.
-fn restore_from(s: &Setup, id: &str, target: &str, dir: &str) -> std::path::PathBuf {
-    let to = s.path().join(dir);
-    let out = s.run(&[
-        "restore",
-        POLICY,
-        id,
-        "--to",
-        to.to_str().unwrap(),
-        "--target",
-        target,
-    ]);
-    expect_code(&out, 0, &format!("restore {id} from {target}"));
-    to
 }
 
 /// Restore `id` of `shop` from `target` alone and check it against `want`.

@@ -296,8 +296,7 @@ impl ObjectReader {
             Inner::File(f) => {
                 let mut v = std::mem::take(buf);
                 let (v, read) = tokio::task::spawn_blocking(move || {
-                    let limit = f.limit().min(max.saturating_add(1));
-                    let read = f.take(limit).read_to_end(&mut v);
+                    let read = f.take(max.saturating_add(1)).read_to_end(&mut v);
                     (v, read)
                 })
                 .await
